@@ -1,0 +1,30 @@
+# The two quick-start commands. Each sets itself up on a fresh clone:
+#   make demo   install, then DPO-train the bundled tiny LLaDA on bundled data (CPU, offline)
+#   make test   install, then run the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: install demo test bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: an unpinned resolve would pull the CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(OFFLINE) $(BIN)/python -m align.train_dpo recipe=demo
+
+test: install
+	$(OFFLINE) $(BIN)/python -m pytest -q tests
+
+bench: install
+	$(OFFLINE) $(BIN)/python benchmarks/estimator_variance.py
