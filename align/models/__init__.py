@@ -1,0 +1,167 @@
+"""Model layer: LLaDA and Dream as native bidirectional transformers models.
+
+- ``load_model(name_or_path)``: a hub id, a local directory, or ``tiny:llada`` /
+  ``tiny:dream`` (the bundled random tiny models used by tests and the demo);
+- ``spec_for(model)``: mask/EOS/pad ids, logit shift, LoRA defaults;
+- ``add_lora(model, ...)`` and the reference as the adapter disabled;
+- ``save_published(model, out_dir)``: published layout (``model_type: llada``,
+  published weight names), LoRA adapter and/or merged weights.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModel, PreTrainedConfig
+
+from align.models.base import DiffusionLMOutput, MaskedDiffusionLM
+from align.models.dream import DreamConfig, DreamModel
+from align.models.llada import LLaDAConfig, LLaDAModelLM
+from align.models.spec import ModelSpec, spec_for
+
+NATIVE = {"llada": (LLaDAConfig, LLaDAModelLM), "Dream": (DreamConfig, DreamModel)}
+for _config_cls, _model_cls in NATIVE.values():
+    AutoConfig.register(_config_cls.model_type, _config_cls, exist_ok=True)
+    AutoModel.register(_config_cls, _model_cls, exist_ok=True)
+
+__all__ = [
+    "DiffusionLMOutput", "MaskedDiffusionLM", "LLaDAConfig", "LLaDAModelLM", "DreamConfig", "DreamModel",
+    "ModelSpec", "spec_for", "load_model", "add_lora", "save_published", "logits_fn", "token_scorer",
+]
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_model(name_or_path: str, *, dtype=None, attn_implementation: str | None = None,
+               trust_remote_code: bool = False, **kwargs):
+    """Load a masked-diffusion LM. Returns a module with ``forward(input_ids, attention_mask)`` -> ``.logits``.
+
+    ``model_type: llada`` and ``Dream`` load into align's native implementation
+    (no remote code). Other model types load through ``AutoModel`` only with
+    ``trust_remote_code=True``. ``tiny:llada`` / ``tiny:dream`` build the
+    bundled tiny random models offline.
+    """
+    dtype = resolve_dtype(dtype)
+    if name_or_path.startswith("tiny:"):
+        from align.models.tiny import tiny_model
+
+        model = tiny_model(name_or_path.removeprefix("tiny:"))
+        model.config._attn_implementation = attn_implementation or "sdpa"
+        return model.to(dtype) if dtype is not None else model
+    config_dict, _ = PreTrainedConfig.get_config_dict(name_or_path, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")})
+    model_type = config_dict.get("model_type")
+    if model_type in NATIVE:
+        _, model_cls = NATIVE[model_type]
+        return model_cls.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation or "sdpa", **kwargs)
+    if not trust_remote_code:
+        raise ValueError(
+            f"{name_or_path}: model_type {model_type!r} has no native implementation in align "
+            f"(native: {sorted(NATIVE)}). To load it with the checkpoint's own code, pass trust_remote_code=True "
+            "(CLI: model.trust_remote_code=true); its forward must accept (input_ids, attention_mask) and return .logits."
+        )
+    return AutoModel.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                     trust_remote_code=True, **kwargs)
+
+
+def unwrap(model):
+    """The underlying MaskedDiffusionLM of a peft / DDP / DeepSpeed-wrapped model."""
+    while not isinstance(model, MaskedDiffusionLM):
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        else:
+            raise TypeError(f"not a masked-diffusion LM: {type(model).__name__}")
+    return model
+
+
+def logits_fn(model):
+    """``logits_fn(noised, attention_mask) -> aligned logits`` for the public estimator API."""
+    base = unwrap(model)
+
+    def fn(noised, attention_mask=None):
+        logits = model(noised, attention_mask=attention_mask).logits
+        if base.logits_shift:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    return fn
+
+
+def token_scorer(model):
+    """The production token scorer (``estimators.TokenScorer``): LM head only at scored positions."""
+
+    def score(noised, attention_mask, targets, score_mask):
+        return model(noised, attention_mask=attention_mask, score_mask=score_mask, targets=targets).token_logprobs
+
+    return score
+
+
+def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.05, target_modules=None):
+    """Wrap ``model`` with a peft LoRA adapter on the family's default targets (attention + MLP)."""
+    from peft import LoraConfig, get_peft_model
+
+    spec = spec_for(model)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
+                        target_modules=target_modules or spec.lora_targets, bias="none")
+    return get_peft_model(model, config)
+
+
+_REMOTE_CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "configuration_dream.py", "modeling_dream.py",
+                      "generation_utils.py", "tokenization_dream.py")
+
+
+def save_published(model, out_dir: str | Path, *, tokenizer=None, merged: bool = True, adapter: bool = True,
+                   source: str | Path | None = None) -> Path:
+    """Save in the published layout.
+
+    With a peft model: the adapter goes to ``out_dir/adapter`` (if ``adapter``)
+    and the merged full weights to ``out_dir`` (if ``merged``). Without one,
+    the full weights go to ``out_dir``. The config keeps ``model_type`` and
+    published field names; the published remote-code files are copied from
+    ``source`` when it is a local directory holding them, so LLaDA's own
+    ``AutoModel.from_pretrained(..., trust_remote_code=True)`` reads the output.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    is_peft = hasattr(model, "merge_and_unload")
+    if is_peft and adapter:
+        model.save_pretrained(out / "adapter")
+    if merged or not is_peft:
+        full = model
+        if is_peft:
+            import copy
+
+            full = copy.deepcopy(model).merge_and_unload()
+        full.save_pretrained(out, safe_serialization=True)
+        _restore_published_config(out, unwrap(model).config)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    if source is not None and Path(source).is_dir():
+        for name in _REMOTE_CODE_FILES:
+            if (Path(source) / name).exists():
+                shutil.copy2(Path(source) / name, out / name)
+    return out
+
+
+def _restore_published_config(out: Path, config) -> None:
+    """Keep the published ``architectures``/``auto_map`` (for LLaDA's own loaders)."""
+    path = out / "config.json"
+    data = json.loads(path.read_text())
+    published_arch = {"llada": ["LLaDAModelLM"], "Dream": ["DreamModel"]}
+    data["architectures"] = published_arch.get(data.get("model_type"), data.get("architectures"))
+    if getattr(config, "auto_map", None):
+        data["auto_map"] = config.auto_map
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,104 @@
+"""The one model boundary: what every masked-diffusion LM in align exposes.
+
+``forward(input_ids, attention_mask=None)`` returns ``.logits`` [b, T, V] in
+the family's published layout. ``forward(..., score_mask=, targets=)`` returns
+``.token_logprobs`` [b, T]: ``log p(targets[i])`` at the positions of
+``score_mask`` (0 elsewhere), with the logit shift applied (Dream: the
+hidden state at i−1 predicts token i). The LM head then runs only on the
+hidden states it needs, in chunks that are recomputed in backward, so
+``[b, T, V]`` logits are never materialized. At LLaDA's 126,464-entry
+vocabulary, the full logits would dominate training memory.
+
+Everything goes through ``forward`` so DDP, DeepSpeed and peft hooks see it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+
+@dataclass
+class DiffusionLMOutput(ModelOutput):
+    logits: torch.Tensor | None = None  # [b, T, V]
+    token_logprobs: torch.Tensor | None = None  # [b, T] float32
+
+
+def _target_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = head(hidden).float()  # [k, V]
+    return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
+
+
+def chunked_target_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """log softmax(head(hidden))[targets] for hidden [K, d], targets [K] -> [K], chunk rows at a time."""
+    out = []
+    for h, t in zip(hidden.split(chunk), targets.split(chunk)):
+        if torch.is_grad_enabled() and h.requires_grad:
+            out.append(checkpoint(_target_logprobs, head, h, t, use_reentrant=False))
+        else:
+            out.append(_target_logprobs(head, h, t))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+class MaskedDiffusionLM(PreTrainedModel):
+    """Base of the native LLaDA and Dream models. Subclasses define ``backbone`` and the output embeddings."""
+
+    logits_shift: bool = False  # True: hidden state i-1 predicts token i (Dream)
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    head_chunk: int = 4096  # rows of hidden states per LM-head chunk when scoring
+
+    def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Final normalized hidden states [b, T, d]."""
+        raise NotImplementedError
+
+    def output_head(self):
+        """The callable that maps hidden states [.., d] to logits [.., V]."""
+        return self.get_output_embeddings()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        score_mask: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        **unused,
+    ) -> DiffusionLMOutput:
+        hidden = self.backbone(input_ids, attention_mask)  # [b, T, d]
+        if score_mask is None:
+            return DiffusionLMOutput(logits=self.output_head()(hidden))
+        if targets is None:
+            raise ValueError("score_mask needs targets")
+        score_mask = score_mask.bool()
+        source = score_mask
+        if self.logits_shift:
+            if score_mask[:, 0].any():
+                raise ValueError("position 0 cannot be scored by a shifted-logits model (nothing precedes it)")
+            source = torch.zeros_like(score_mask)
+            source[:, :-1] = score_mask[:, 1:]
+        # hidden[source] and targets[score_mask] enumerate positions in the same row-major order
+        logp = chunked_target_logprobs(self.output_head(), hidden[source], targets[score_mask], self.head_chunk)  # [K]
+        out = torch.zeros(score_mask.shape, dtype=torch.float32, device=hidden.device)
+        out[score_mask] = logp
+        return DiffusionLMOutput(token_logprobs=out)
+
+    def aligned_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [b, T, V] where position i predicts token i, whatever the family's layout."""
+        logits = self(input_ids, attention_mask=attention_mask).logits
+        if self.logits_shift:
+            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config, "init_std", None) or getattr(self.config, "initializer_range", 0.02)
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+        elif hasattr(module, "weight") and module.__class__.__name__ == "RMSNorm":
+            nn.init.ones_(module.weight)

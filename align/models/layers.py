@@ -1,0 +1,79 @@
+"""Building blocks shared by the LLaDA and Dream implementations.
+
+Semantics follow the published modeling code of both families:
+RMSNorm normalizes in float32, casts back, then scales by the weight; RoPE
+uses the half-split ("rotate_half") layout, computed in float32; attention is
+bidirectional (no causal mask), with padding keys masked out; the MLP is
+SwiGLU, ``down(silu(gate(x)) * up(x))``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rotary_tables(seq_len: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables [T, head_dim] in float32 (frequencies repeated for both halves)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([freqs, freqs], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [b, h, T, d]: rotate in float32, return in x's dtype."""
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (xf * cos + rotated * sin).to(x.dtype)
+
+
+def padding_mask(attention_mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    """[b, T] 0/1 -> boolean key mask [b, 1, 1, T] for SDPA, or None when nothing is padded."""
+    if attention_mask is None or bool(attention_mask.bool().all()):
+        return None  # lets SDPA pick the flash kernel
+    return attention_mask.bool()[:, None, None, :]
+
+
+def attention(q, k, v, key_mask, implementation: str, dropout: float = 0.0) -> torch.Tensor:
+    """Bidirectional attention. q [b, h, T, d], k/v [b, h_kv, T, d] -> [b, h, T, d]."""
+    groups = q.shape[1] // k.shape[1]
+    if implementation == "eager":
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+        scores = (q @ k.transpose(-1, -2)) / q.shape[-1] ** 0.5
+        if key_mask is not None:
+            scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+        probs = F.dropout(scores.float().softmax(-1).to(q.dtype), dropout)
+        return probs @ v
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=key_mask, dropout_p=dropout, is_causal=False, enable_gqa=groups > 1
+    )
+
+
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+
+
+def check_attention_implementation(name: str | None) -> str:
+    name = name or "sdpa"
+    if name not in SUPPORTED_ATTENTION:
+        raise ValueError(
+            f"attn_implementation={name!r} is not supported by align's native models; use one of "
+            f"{SUPPORTED_ATTENTION} ('sdpa' dispatches to the flash kernel on GPU when no padding is present)"
+        )
+    return name

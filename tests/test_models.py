@@ -1,0 +1,206 @@
+"""Model layer: published key mapping, loading, saving, LoRA, scoring, checkpointing."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from align import estimators as E
+from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, load_model, logits_fn,
+                          save_published, spec_for, token_scorer)
+
+SHARED = Path(os.environ.get("ALIGN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "assets"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/assets (published configs) not present")
+
+
+def _published(name):
+    config = json.loads((SHARED / name / "config.json").read_text())
+    index = json.loads((SHARED / name / "model.safetensors.index.json").read_text())
+    return config, index
+
+
+@needs_shared
+@pytest.mark.parametrize("name,config_cls,model_cls,n_names", [
+    ("llada-8b-instruct", LLaDAConfig, LLaDAModelLM, 291),
+    ("dream-v0-instruct-7b", DreamConfig, DreamModel, 339),
+])
+def test_published_weight_names_and_size_map_exactly(name, config_cls, model_cls, n_names):
+    config_dict, index = _published(name)
+    config = config_cls(**{k: v for k, v in config_dict.items() if k not in ("model_type", "auto_map")})
+    with torch.device("meta"):
+        model = model_cls(config)
+    ours = model.state_dict()
+    published = set(index["weight_map"])
+    assert len(published) == n_names
+    assert set(ours) == published, (sorted(set(ours) - published)[:5], sorted(published - set(ours))[:5])
+    bf16_bytes = sum(t.numel() for t in ours.values()) * 2  # the checkpoints are bfloat16
+    assert bf16_bytes == index["metadata"]["total_size"]
+
+
+@needs_shared
+def test_llada_checkpoint_directory_loads_natively_without_remote_code(tmp_path):
+    """A directory with the published config.json (model_type llada, auto_map to remote code) and
+    weights under published names loads into the native class. Shrunk so it fits in a test."""
+    config_dict, _ = _published("llada-8b-instruct")
+    small = dict(config_dict, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=96, vocab_size=300,
+                 embedding_size=300, mask_token_id=299, eos_token_id=298, pad_token_id=298)
+    reference = LLaDAModelLM(LLaDAConfig(**{k: v for k, v in small.items() if k not in ("model_type", "auto_map")}))
+    reference.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(small))  # exactly the published fields
+    model = load_model(str(tmp_path), dtype="float32")
+    assert isinstance(model, LLaDAModelLM) and model.config.auto_map == config_dict["auto_map"]
+    ids = torch.randint(0, 300, (2, 7))
+    torch.testing.assert_close(model(ids).logits, reference(ids).logits)
+    assert spec_for(model).mask_token_id == 299
+
+
+def test_unknown_model_type_needs_trust_remote_code(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mystery_mdm"}))
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
+        load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_save_load_round_trip_in_published_layout(tmp_path, family):
+    model = load_model(f"tiny:{family}")
+    save_published(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == {"llada": "llada", "dream": "Dream"}[family]
+    assert config["architectures"] == {"llada": ["LLaDAModelLM"], "dream": ["DreamModel"]}[family]
+    if family == "llada":
+        assert {"d_model", "n_layers", "n_heads", "mlp_hidden_size", "mask_token_id"} <= set(config)
+    from safetensors.torch import load_file
+
+    assert set(load_file(tmp_path / "model.safetensors")) == set(model.state_dict())
+    reloaded = load_model(str(tmp_path), dtype="float32")
+    ids = torch.randint(0, 500, (2, 9))
+    torch.testing.assert_close(reloaded(ids).logits, model(ids).logits)
+
+
+def test_lora_merged_save_round_trip(tmp_path):
+    model = add_lora(load_model("tiny:llada"), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    ids = torch.randint(0, 500, (2, 9))
+    expected = model(ids).logits
+    save_published(model, tmp_path, merged=True, adapter=True)
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    torch.testing.assert_close(load_model(str(tmp_path), dtype="float32")(ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_lora_trains_adapter_only_and_disabled_adapter_is_base(family):
+    base_logits_model = load_model(f"tiny:{family}")
+    ids = torch.randint(0, 500, (2, 9))
+    base_logits = base_logits_model(ids).logits.detach()
+    model = add_lora(base_logits_model, r=4, alpha=8, dropout=0.0)
+    lora_names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert lora_names and all("lora_" in n for n in lora_names)
+    if family == "llada":  # the LM head shares the name ff_out but must not be adapted
+        assert not any("transformer.ff_out" in n for n in lora_names)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        model(ids).logits.logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and changed <= set(lora_names)
+    assert any("lora_A" in n for n in changed) and any("lora_B" in n for n in changed)
+    with model.disable_adapter():
+        torch.testing.assert_close(model(ids).logits, base_logits)
+    assert not torch.allclose(model(ids).logits, base_logits)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_bidirectional_last_token_changes_first_position(family):
+    model = load_model(f"tiny:{family}")
+    ids = torch.randint(3, 500, (1, 8))
+    other = ids.clone()
+    other[0, -1] = (ids[0, -1] + 7) % 500
+    assert not torch.allclose(model(ids).logits[0, 0], model(other).logits[0, 0])
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_padding_mask_invariance(family):
+    model = load_model(f"tiny:{family}")
+    ids = torch.randint(3, 500, (1, 8))
+    padded = torch.cat([ids, torch.randint(3, 500, (1, 5))], 1)
+    attn = torch.cat([torch.ones(1, 8), torch.zeros(1, 5)], 1).long()
+    torch.testing.assert_close(model(padded, attention_mask=attn).logits[:, :8], model(ids).logits, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_masked_position_scoring_equals_full_logits(family, dtype):
+    model = load_model(f"tiny:{family}", dtype=dtype)
+    model.head_chunk = 5  # several chunks
+    ids = torch.randint(3, 500, (3, 12))
+    score = torch.rand(3, 12) < 0.4
+    score[:, 0] = False
+    full = logits_fn(model)(ids).float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    got = model(ids, score_mask=score, targets=ids).token_logprobs
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got, torch.where(score, full, 0.0), atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_gradient_checkpointing_gives_the_same_gradients(family):
+    def grads(checkpointing):
+        model = load_model(f"tiny:{family}")
+        model.train()
+        if checkpointing:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        first_block = next(m for m in model.modules() if m.__class__.__name__ in ("LLaDABlock", "DreamDecoderLayer"))
+        calls = []
+        first_block.register_forward_hook(lambda *a: calls.append(1))
+        score = torch.zeros(2, 10, dtype=torch.bool)
+        score[:, 4:] = True
+        ids = torch.randint(3, 500, (2, 10), generator=torch.Generator().manual_seed(1))
+        model(ids, score_mask=score, targets=ids).token_logprobs.sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}, len(calls)
+
+    (a, calls_plain), (b, calls_ckpt) = grads(False), grads(True)
+    assert calls_plain == 1 and calls_ckpt == 2  # checkpointing really recomputed the block in backward
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("share", [(True, True), (False, False), (True, False)])
+def test_production_path_matches_public_estimator(family, share):
+    """dpo_terms through masked-only scoring == dpo_margin through full logits, same generator state."""
+    policy = add_lora(load_model(f"tiny:{family}"), r=4, alpha=8, dropout=0.0)
+    with torch.no_grad():
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    spec = spec_for(policy)
+
+    def reference_logits(noised, attn):
+        with policy.disable_adapter():
+            return logits_fn(policy)(noised, attn)
+
+    def reference_scorer(*args):
+        with policy.disable_adapter():
+            return token_scorer(policy)(*args)
+
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(3, 500, (2, 4), generator=g)
+    chosen = torch.cat([prompt, torch.randint(3, 500, (2, 6), generator=g)], 1)
+    rejected = torch.cat([prompt, torch.randint(3, 500, (2, 6), generator=g)], 1)
+    resp = torch.zeros(2, 10, dtype=torch.bool)
+    resp[:, 4:] = True
+    kw = dict(n_samples=4, share_policy_reference=share[0], share_chosen_rejected=share[1],
+              mask_token_id=spec.mask_token_id)
+    public = E.dpo_margin(logits_fn(policy), reference_logits, chosen, rejected, resp,
+                          generator=torch.Generator().manual_seed(0), **kw)
+    terms = E.dpo_terms(token_scorer(policy), reference_scorer, chosen, rejected, resp,
+                        generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(terms.margin, public, atol=1e-4, rtol=1e-4)
+    assert terms.policy_chosen.requires_grad and not terms.reference_chosen.requires_grad
