@@ -138,7 +138,7 @@ def test_padding_mask_invariance(family):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_masked_position_scoring_equals_full_logits(family, dtype):
     model = load_model(f"tiny:{family}", dtype=dtype)
-    model.head_chunk = 5  # several chunks
+    model.head_chunk_elements = 5 * model.config.vocab_size  # several chunks of 5 rows
     ids = torch.randint(3, 500, (3, 12))
     score = torch.rand(3, 12) < 0.4
     score[:, 0] = False

@@ -51,7 +51,8 @@ class MaskedDiffusionLM(PreTrainedModel):
     logits_shift: bool = False  # True: hidden state i-1 predicts token i (Dream)
     supports_gradient_checkpointing = True
     _supports_sdpa = True
-    head_chunk: int = 4096  # rows of hidden states per LM-head chunk when scoring
+    # logits elements per LM-head chunk when scoring (2**25 fp32 = 128 MiB; about 265 rows at LLaDA's vocab)
+    head_chunk_elements: int = 2**25
 
     def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Final normalized hidden states [b, T, d]."""
@@ -82,7 +83,8 @@ class MaskedDiffusionLM(PreTrainedModel):
             source = torch.zeros_like(score_mask)
             source[:, :-1] = score_mask[:, 1:]
         # hidden[source] and targets[score_mask] enumerate positions in the same row-major order
-        logp = chunked_target_logprobs(self.output_head(), hidden[source], targets[score_mask], self.head_chunk)  # [K]
+        chunk = max(1, self.head_chunk_elements // self.config.vocab_size)
+        logp = chunked_target_logprobs(self.output_head(), hidden[source], targets[score_mask], chunk)  # [K]
         out = torch.zeros(score_mask.shape, dtype=torch.float32, device=hidden.device)
         out[score_mask] = logp
         return DiffusionLMOutput(token_logprobs=out)
