@@ -1,0 +1,310 @@
+"""Typed configuration for DPO training: every default, once, with help text.
+
+Flow: recipe YAML -> :func:`load_config` (with ``key=value`` overrides, dotted
+for nested fields) -> :class:`Config` -> the trainer unpacks plain values.
+Unknown keys and wrong types fail at start-up with the key named and a
+close match suggested. ``recipe=`` takes a name in ``recipes/`` or a path.
+
+Field names follow TRL's ``DPOConfig`` / transformers' ``TrainingArguments``
+where those exist (``beta``, ``loss_type``, ``label_smoothing``,
+``rpo_alpha``, ``per_device_train_batch_size`` …).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def opt(default, help: str, choices: tuple | None = None):
+    """A config field with help text (and allowed values)."""
+    meta = {"help": help}
+    if choices:
+        meta["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelArgs:
+    name_or_path: str = opt("GSAI-ML/LLaDA-8B-Instruct", "hub id, local directory, or tiny:llada / tiny:dream")
+    tokenizer: str | None = opt(None, "tokenizer hub id or directory; defaults to name_or_path")
+    dtype: str = opt("bfloat16", "weights dtype", ("bfloat16", "float32", "float16"))
+    attn_implementation: str = opt("sdpa", "attention kernel of the native models", ("sdpa", "eager"))
+    trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
+    gradient_checkpointing: bool = opt(True, "recompute block activations in backward (saves memory)")
+
+
+@dataclass
+class LoraArgs:
+    enabled: bool = opt(True, "train a LoRA adapter (reference = adapter disabled); false = full fine-tuning")
+    r: int = opt(16, "LoRA rank")
+    alpha: int = opt(32, "LoRA alpha (scaling = alpha / r)")
+    dropout: float = opt(0.05, "dropout on the LoRA input")
+    target_modules: list[str] | None = opt(None, "module names/regex to adapt; default: the family's attention + MLP")
+
+
+@dataclass
+class DataArgs:
+    dataset: str = opt("PKU-Alignment/PKU-SafeRLHF", "hub id, or a local .jsonl/.json/.parquet file")
+    format: str = opt("pku_saferlhf", "record schema", ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs"))
+    config_name: str | None = opt(None, "hub dataset configuration name")
+    train_split: str = opt("train", "split to train on")
+    eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or file); default: dataset")
+    eval_split: str | None = opt("test", "held-out split; null disables evaluation")
+    preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
+    max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)")
+    max_response_length: int = opt(256, "response tokens kept, EOS included")
+    over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
+    on_bad_record: str = opt("error", "malformed/empty/identical records: fail naming the record, or count and skip",
+                             ("error", "skip"))
+    max_train_examples: int | None = opt(None, "use at most this many training pairs")
+    max_eval_examples: int | None = opt(None, "use at most this many held-out pairs")
+
+
+@dataclass
+class EstimatorArgs:
+    estimator: str = opt("time_free", "likelihood estimator (METHOD.md §2)", ("time_free", "any_order", "time_integral"))
+    n_samples: int = opt(4, "Monte Carlo samples per log-likelihood term")
+    coupling: str | None = opt(None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled"))
+    share_policy_reference: bool = opt(True, "policy and reference see the same masks")
+    share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
+    stratified: bool = opt(True, "stratify the mask count across a pair's samples")
+
+
+@dataclass
+class LossArgs:
+    loss_type: str = opt("sigmoid", "preference loss on the margin Δ", ("sigmoid", "ipo", "hinge", "robust"))
+    beta: float = opt(0.1, "DPO temperature β")
+    label_smoothing: float = opt(0.0, "cDPO label smoothing (sigmoid) / noise rate (robust), in [0, 0.5)")
+    rpo_alpha: float | None = opt(None, "weight of the masked-diffusion NLL on chosen (per token); null = off")
+
+
+@dataclass
+class TrainArgs:
+    output_dir: str = opt("outputs/dpo", "checkpoints, logs, resolved config and the final model")
+    seed: int = opt(42, "seeds init, data order and (with example id, epoch) every mask draw")
+    num_train_epochs: int = opt(1, "passes over the training data")
+    max_steps: int = opt(-1, "optimizer steps; > 0 overrides num_train_epochs")
+    per_device_train_batch_size: int = opt(1, "pairs per device per micro-step")
+    per_device_eval_batch_size: int = opt(2, "pairs per device per eval step")
+    gradient_accumulation_steps: int = opt(1, "micro-steps per optimizer step")
+    learning_rate: float = opt(5e-7, "peak learning rate")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_beta1: float = opt(0.9, "AdamW β1")
+    adam_beta2: float = opt(0.999, "AdamW β2")
+    warmup_ratio: float = opt(0.1, "fraction of steps with linear warm-up")
+    lr_scheduler_type: str = opt("cosine", "schedule after warm-up", ("cosine", "linear", "constant"))
+    max_grad_norm: float = opt(1.0, "gradient clipping; 0 disables")
+    mixed_precision: str = opt("no", "accelerate mixed precision (use with dtype float32 weights)", ("no", "bf16", "fp16"))
+    logging_steps: int = opt(10, "log every N optimizer steps")
+    eval_steps: int = opt(100, "evaluate every N optimizer steps (and at the end); 0 = only at the end")
+    save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end)")
+    save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
+    resume_from_checkpoint: str | None = opt(None, "'latest' or a checkpoint directory")
+    report_to: str = opt("tensorboard", "metrics backend", ("tensorboard", "wandb", "none"))
+    run_name: str | None = opt(None, "run name for the tracker")
+    save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout")
+    progress_bar: bool = opt(True, "show a progress bar on the main process")
+
+
+@dataclass
+class Config:
+    model: ModelArgs = field(default_factory=ModelArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+    estimator: EstimatorArgs = field(default_factory=EstimatorArgs)
+    loss: LossArgs = field(default_factory=LossArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str):
+    """Check ``value`` against annotation ``tp``; strings from the command line are converted."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none") and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {' or '.join(_type_name(a) for a in args)}, got {value!r}")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _unknown(key: str, known) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    prefix = key[: -len(leaf)]
+    close = difflib.get_close_matches(leaf, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise _unknown(prefix + key, fields)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+            continue
+        value = _coerce(value, tp, prefix + key)
+        choices = fields[key].metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{prefix}{key}: {value!r} is not one of {', '.join(map(str, choices))}{hint}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def resolve_recipe(recipe: str) -> Path:
+    path = Path(recipe)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    named = RECIPES_DIR / f"{recipe}.yaml"
+    if named.exists():
+        return named
+    known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(recipe, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"recipe {recipe!r} is neither a YAML file nor one of: {', '.join(known)}{hint}")
+
+
+def _validate(cfg: Config) -> Config:
+    est = cfg.estimator
+    if est.coupling is not None:
+        est.share_policy_reference = est.share_chosen_rejected = est.coupling == "coupled"
+    positive = {"estimator.n_samples": est.n_samples, "train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
+                "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
+                "data.max_prompt_length": cfg.data.max_prompt_length, "data.max_response_length": cfg.data.max_response_length,
+                "train.logging_steps": cfg.train.logging_steps, "train.save_steps": cfg.train.save_steps}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key} must be >= 1, got {value}")
+    if not 0 <= cfg.loss.label_smoothing < 0.5:
+        raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
+    if cfg.loss.beta <= 0:
+        raise ConfigError(f"loss.beta must be > 0, got {cfg.loss.beta}")
+    return cfg
+
+
+def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
+    """Build a :class:`Config` from a recipe (name or path) and ``key=value`` overrides."""
+    tree: dict = {}
+    if recipe:
+        tree = yaml.safe_load(resolve_recipe(recipe).read_text()) or {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+    est = tree.get("estimator") or {}
+    if isinstance(est, dict) and est.get("coupling") is not None:
+        explicit = [k for k in ("share_policy_reference", "share_chosen_rejected") if k in est]
+        if explicit:
+            raise ConfigError(f"estimator.coupling is a shorthand for the share_* flags; set one or the other, "
+                              f"not both (got coupling and {', '.join(explicit)})")
+    return _validate(_build(Config, tree))
+
+
+def parse_cli(argv: list[str]) -> Config:
+    recipe, overrides = None, []
+    for arg in argv:
+        if arg.startswith("recipe="):
+            recipe = arg.split("=", 1)[1]
+        elif arg in ("-h", "--help"):
+            raise SystemExit(help_text())
+        else:
+            overrides.append(arg.lstrip("-"))
+    return load_config(recipe, overrides)
+
+
+def help_text() -> str:
+    lines = ["usage: train_dpo.py recipe=NAME|PATH [section.key=value ...]", ""]
+    for section in dataclasses.fields(Config):
+        lines.append(f"{section.name}:")
+        for f in dataclasses.fields(section.default_factory()):
+            choices = f.metadata.get("choices")
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            extra = f" {{{', '.join(map(str, choices))}}}" if choices else ""
+            lines.append(f"  {section.name}.{f.name} = {default!r}{extra}\n      {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def dump_config(cfg: Config, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

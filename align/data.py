@@ -1,0 +1,266 @@
+"""Preference data: loading, validation, chat templating, tokenization, batching.
+
+Sources: a hub dataset id (with split), or a local ``.jsonl`` / ``.json`` /
+``.parquet`` file. Formats (``data.format``):
+
+- ``pku_saferlhf``: PKU-Alignment/PKU-SafeRLHF (BeaverTails preferences):
+  ``prompt, response_0, response_1, safer_response_id, better_response_id``;
+  chosen is the safer response, or the better one with ``preference=better``;
+- ``ultrafeedback``: ``chosen`` / ``rejected`` message lists ending in the
+  assistant turn (HuggingFaceH4/ultrafeedback_binarized);
+- ``hh_rlhf``: ``chosen`` / ``rejected`` transcripts "\\n\\nHuman: … \\n\\nAssistant: …"
+  (Anthropic/hh-rlhf);
+- ``pairs``: ``prompt`` (string or messages), ``chosen``, ``rejected`` strings.
+
+Every record is validated. A malformed one (missing field, non-string
+content, empty response, identical chosen and rejected, over-long prompt with
+``over_long_prompt=error``) raises :class:`BadRecord` naming it, or with
+``on_bad_record=skip`` is counted per reason and logged. Nothing is
+dropped silently.
+
+Encoding (METHOD.md §5 step 1): the prompt goes through the tokenizer's chat
+template and is truncated keeping its end. Responses are truncated to
+``max_response_length − 1`` tokens plus EOS, then the shorter one is
+EOS-extended to the pair's common length L.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+class BadRecord(ValueError):
+    """A record that cannot be used; the message says why (and is the skip-count key)."""
+
+
+class OverLongPrompt(BadRecord):
+    """Governed by ``over_long_prompt`` rather than ``on_bad_record``."""
+
+
+@dataclass
+class Encoded:
+    id: int  # position in the source split: keys the mask generators
+    prompt_ids: list[int]
+    chosen_ids: list[int]  # response tokens, EOS-extended to the pair's common length
+    rejected_ids: list[int]
+
+
+@dataclass
+class DataReport:
+    source: str
+    total: int = 0
+    kept: int = 0
+    truncated_prompts: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
+        return (f"{self.source}: {self.kept}/{self.total} pairs kept; skipped: {skipped}; "
+                f"prompts truncated: {self.truncated_prompts}")
+
+
+# ---------------------------------------------------------------- raw records
+
+
+def load_records(dataset: str, split: str | None, config_name: str | None = None) -> tuple[list[dict], str]:
+    """Rows as dicts, and a name for messages. Local jsonl/json are parsed line by line."""
+    path = Path(dataset)
+    if path.suffix in LOCAL_SUFFIXES:
+        if not path.exists():
+            raise FileNotFoundError(f"data file {dataset} does not exist")
+        if path.suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise BadRecord(f"{dataset}:{n}: not valid JSON ({e})") from None
+            return rows, str(path)
+        if path.suffix == ".json":
+            data = json.loads(path.read_text())
+            if not isinstance(data, list):
+                raise BadRecord(f"{dataset}: expected a JSON list of records")
+            return data, str(path)
+        import datasets
+
+        return list(datasets.load_dataset("parquet", data_files=str(path), split="train")), str(path)
+    import datasets
+
+    ds = datasets.load_dataset(dataset, config_name, split=split)
+    return list(ds), f"{dataset}[{split}]"
+
+
+def _text(row: dict, key: str) -> str:
+    if key not in row:
+        raise BadRecord(f"missing field {key!r}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise BadRecord(f"field {key!r} is {type(value).__name__}, not a string")
+    return value
+
+
+def _messages(value, key: str) -> list[dict]:
+    if not isinstance(value, list) or not value:
+        raise BadRecord(f"field {key!r} is not a non-empty message list")
+    for m in value:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise BadRecord(f"field {key!r} has a message without string role/content")
+    return value
+
+
+def from_pku_saferlhf(row: dict, preference: str) -> tuple[list[dict], str, str]:
+    prompt = _text(row, "prompt")
+    responses = [_text(row, "response_0"), _text(row, "response_1")]
+    key = f"{preference}_response_id"
+    if key not in row:
+        raise BadRecord(f"missing field {key!r}")
+    if row[key] not in (0, 1) or isinstance(row[key], bool):
+        raise BadRecord(f"field {key!r} is {row[key]!r}, expected 0 or 1")
+    chosen = responses[row[key]]
+    return [{"role": "user", "content": prompt}], chosen, responses[1 - row[key]]
+
+
+def from_ultrafeedback(row: dict) -> tuple[list[dict], str, str]:
+    chosen = _messages(row.get("chosen"), "chosen")
+    rejected = _messages(row.get("rejected"), "rejected")
+    if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise BadRecord("chosen/rejected must end with an assistant message")
+    if chosen[:-1] != rejected[:-1]:
+        raise BadRecord("chosen and rejected have different prompts")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+def _hh_messages(text: str) -> list[dict]:
+    parts = _HH_TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
+
+
+def from_hh_rlhf(row: dict) -> tuple[list[dict], str, str]:
+    chosen, rejected = _hh_messages(_text(row, "chosen")), _hh_messages(_text(row, "rejected"))
+    if not chosen or chosen[-1]["role"] != "assistant" or not rejected or rejected[-1]["role"] != "assistant":
+        raise BadRecord("transcript does not end with an Assistant turn")
+    if chosen[:-1] != rejected[:-1]:
+        raise BadRecord("chosen and rejected have different prompts")
+    return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
+
+
+def from_pairs(row: dict) -> tuple[list[dict], str, str]:
+    if "prompt" not in row:
+        raise BadRecord("missing field 'prompt'")
+    prompt = row["prompt"]
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, "prompt")
+    return messages, _text(row, "chosen"), _text(row, "rejected")
+
+
+def extract(row: dict, fmt: str, preference: str = "safer") -> tuple[list[dict], str, str]:
+    if not isinstance(row, dict):
+        raise BadRecord(f"record is {type(row).__name__}, not an object")
+    if fmt == "pku_saferlhf":
+        messages, chosen, rejected = from_pku_saferlhf(row, preference)
+    elif fmt == "ultrafeedback":
+        messages, chosen, rejected = from_ultrafeedback(row)
+    elif fmt == "hh_rlhf":
+        messages, chosen, rejected = from_hh_rlhf(row)
+    elif fmt == "pairs":
+        messages, chosen, rejected = from_pairs(row)
+    else:
+        raise ValueError(f"unknown data format {fmt!r}")
+    if not chosen.strip() or not rejected.strip():
+        raise BadRecord("empty response")
+    if chosen.strip() == rejected.strip():
+        raise BadRecord("chosen and rejected responses are identical")
+    return messages, chosen, rejected
+
+
+# ---------------------------------------------------------------- encoding
+
+
+def encode_pair(tokenizer, messages, chosen: str, rejected: str, *, eos_token_id: int, max_prompt_length: int,
+                max_response_length: int, over_long_prompt: str = "truncate") -> tuple[list[int], list[int], list[int], bool]:
+    """(prompt_ids, chosen_ids, rejected_ids, truncated): responses EOS-terminated and EOS-extended to one length."""
+    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
+    truncated = len(prompt_ids) > max_prompt_length
+    if truncated:
+        if over_long_prompt != "truncate":
+            raise OverLongPrompt(f"over-long prompt ({len(prompt_ids)} tokens > max_prompt_length={max_prompt_length})")
+        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the end: the question and the assistant header
+    responses = []
+    for text in (chosen, rejected):
+        ids = tokenizer(text, add_special_tokens=False).input_ids[: max_response_length - 1]
+        responses.append(ids + [eos_token_id])
+    if responses[0] == responses[1]:
+        raise BadRecord("chosen and rejected are identical after truncation")
+    L = max(map(len, responses))
+    responses = [r + [eos_token_id] * (L - len(r)) for r in responses]
+    return prompt_ids, responses[0], responses[1], truncated
+
+
+def build_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, preference: str, eos_token_id: int,
+                  max_prompt_length: int, max_response_length: int, over_long_prompt: str, on_bad_record: str,
+                  limit: int | None = None) -> tuple[list[Encoded], DataReport]:
+    report = DataReport(source)
+    out = []
+    for i, row in enumerate(rows):
+        if limit is not None and len(out) >= limit:
+            break
+        report.total += 1
+        try:
+            messages, chosen, rejected = extract(row, fmt, preference)
+            p, c, r, truncated = encode_pair(tokenizer, messages, chosen, rejected, eos_token_id=eos_token_id,
+                                             max_prompt_length=max_prompt_length,
+                                             max_response_length=max_response_length, over_long_prompt=over_long_prompt)
+        except OverLongPrompt as e:
+            if over_long_prompt == "error":
+                raise BadRecord(f"{source}: record {i}: {e} (set data.over_long_prompt=truncate or skip)") from None
+            report.skipped["over-long prompt"] += 1
+            continue
+        except BadRecord as e:
+            if on_bad_record == "error":
+                raise BadRecord(f"{source}: record {i}: {e} (set data.on_bad_record=skip to count and skip)") from None
+            report.skipped[str(e)] += 1
+            continue
+        report.truncated_prompts += truncated
+        out.append(Encoded(i, p, c, r))
+    report.kept = len(out)
+    if report.skipped:
+        log.warning("%s", report.summary())
+    return out, report
+
+
+# ---------------------------------------------------------------- batching
+
+
+def collate(examples: list[Encoded], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: chosen/rejected [b, T], attention_mask, response_mask [b, T], ids [b]."""
+    T = max(len(e.prompt_ids) + len(e.chosen_ids) for e in examples)
+    b = len(examples)
+    chosen = torch.full((b, T), pad_token_id, dtype=torch.long)
+    rejected = torch.full((b, T), pad_token_id, dtype=torch.long)
+    attention = torch.zeros(b, T, dtype=torch.long)
+    response = torch.zeros(b, T, dtype=torch.bool)
+    for i, e in enumerate(examples):
+        P, L = len(e.prompt_ids), len(e.chosen_ids)
+        chosen[i, :P] = rejected[i, :P] = torch.tensor(e.prompt_ids)
+        chosen[i, P : P + L] = torch.tensor(e.chosen_ids)
+        rejected[i, P : P + L] = torch.tensor(e.rejected_ids)
+        attention[i, : P + L] = 1
+        response[i, P : P + L] = True
+    return {"chosen_ids": chosen, "rejected_ids": rejected, "attention_mask": attention, "response_mask": response,
+            "ids": torch.tensor([e.id for e in examples])}

@@ -1,0 +1,59 @@
+"""Preference losses against hand-worked values."""
+
+import math
+
+import pytest
+import torch
+
+from align.losses import preference_loss, sft_nll
+
+
+def test_sigmoid_at_zero_margin_is_log_two():
+    """Δ = 0: −log σ(0) = log 2 ≈ 0.693147, whatever β."""
+    loss = preference_loss(torch.tensor([0.0]), loss_type="sigmoid", beta=0.5)
+    assert loss.item() == pytest.approx(math.log(2))
+
+
+def test_sigmoid_worked_value():
+    """β = 0.1, Δ = 10: βΔ = 1, −log σ(1) = log(1 + e^−1) = 0.313262."""
+    assert preference_loss(torch.tensor([10.0]), beta=0.1).item() == pytest.approx(0.313262, abs=1e-6)
+
+
+def test_label_smoothing_cdpo():
+    """ε = 0.2, βΔ = 1: 0.8·0.313262 + 0.2·(−log σ(−1) = 1.313262) = 0.513262."""
+    loss = preference_loss(torch.tensor([10.0]), beta=0.1, label_smoothing=0.2)
+    assert loss.item() == pytest.approx(0.8 * 0.313262 + 0.2 * 1.313262, abs=1e-6)
+
+
+def test_robust():
+    """ε = 0.2, βΔ = 1: (0.8·0.313262 − 0.2·1.313262) / 0.6 = −0.020071."""
+    loss = preference_loss(torch.tensor([10.0]), loss_type="robust", beta=0.1, label_smoothing=0.2)
+    assert loss.item() == pytest.approx((0.8 * 0.313262 - 0.2 * 1.313262) / 0.6, abs=1e-6)
+
+
+def test_hinge():
+    """β = 0.1: Δ = 5 -> 1 − 0.5 = 0.5; Δ = 20 -> max(0, −1) = 0."""
+    loss = preference_loss(torch.tensor([5.0, 20.0]), loss_type="hinge", beta=0.1)
+    assert loss.tolist() == pytest.approx([0.5, 0.0])
+
+
+def test_ipo():
+    """β = 0.1: target 1/(2β) = 5; Δ = 3 -> (3 − 5)² = 4; Δ = 5 -> 0."""
+    loss = preference_loss(torch.tensor([3.0, 5.0]), loss_type="ipo", beta=0.1)
+    assert loss.tolist() == pytest.approx([4.0, 0.0])
+
+
+def test_sigmoid_gradient_pushes_margin_up():
+    margin = torch.tensor([0.0], requires_grad=True)
+    preference_loss(margin, beta=1.0).sum().backward()
+    assert margin.grad.item() == pytest.approx(-0.5)  # d/dΔ −log σ(Δ) = −(1 − σ(0)) = −0.5
+
+
+def test_sft_nll_is_per_token():
+    """log-likelihood estimates −6 and −10 (mean −8) over L = 4 tokens: NLL 2 per token."""
+    assert sft_nll(torch.tensor([[-6.0, -10.0]]), torch.tensor([4])).item() == pytest.approx(2.0)
+
+
+def test_unknown_loss_type():
+    with pytest.raises(ValueError, match="unknown loss_type 'dpo'"):
+        preference_loss(torch.zeros(1), loss_type="dpo")
