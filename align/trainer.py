@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -62,17 +62,27 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 class DPOTrainer:
     def __init__(self, cfg: Config):
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         self.cfg = cfg
         t = cfg.train
         self.out = Path(t.output_dir)
         log_with = None if t.report_to == "none" else t.report_to
+        # Without cpu=True, accelerate on a GPU-less machine picks no backend under torchrun; but cpu=True
+        # turns DeepSpeed off, so DeepSpeed on CPU (DS_ACCELERATOR=cpu) keeps cpu=False.
+        # DeepSpeed on CPU also needs an explicit gloo backend, or accelerate sets the world size to 1.
+        use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        on_cpu = not torch.cuda.is_available()
+        handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and use_deepspeed else []
         self.accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
-                                       mixed_precision=t.mixed_precision, log_with=log_with,
-                                       project_dir=str(self.out))
+                                       mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.out),
+                                       cpu=on_cpu and not use_deepspeed, kwargs_handlers=handlers)
         acc = self.accelerator
         self.world, self.rank = acc.num_processes, acc.process_index
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.world:
+            raise RuntimeError(f"launcher started {launched} processes but accelerate sees a world of {self.world} "
+                               f"({acc.distributed_type}); every rank would train on everything")
         set_seed(t.seed)
         self.deepspeed = acc.distributed_type.name == "DEEPSPEED"
 
@@ -128,6 +138,11 @@ class DPOTrainer:
         self.scheduler = get_scheduler(t.lr_scheduler_type if t.lr_scheduler_type != "constant" else "constant_with_warmup",
                                        optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
+        if self.deepspeed:  # we batch ourselves, so DeepSpeed cannot read the micro-batch size off a dataloader
+            ds = acc.state.deepspeed_plugin.deepspeed_config
+            ds["train_micro_batch_size_per_gpu"] = t.per_device_train_batch_size
+            if ds.get("gradient_clipping") == "auto":
+                ds["gradient_clipping"] = t.max_grad_norm
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)
         if self.reference is not None:
@@ -299,7 +314,7 @@ class DPOTrainer:
             acc.init_trackers(t.run_name or self.out.name, config=_flat(cfg.to_dict()))
         if t.resume_from_checkpoint:
             self.resume(t.resume_from_checkpoint)
-        acc.print(f"world size {self.world}; {len(self.train_data)} train / {len(self.eval_data)} eval pairs; "
+        acc.print(f"{acc.distributed_type.name}, world size {self.world}; {len(self.train_data)} train / {len(self.eval_data)} eval pairs; "
                   f"{self.total_steps} steps of {self.micro_global * t.gradient_accumulation_steps} pairs; "
                   f"estimator {cfg.estimator.estimator} x{cfg.estimator.n_samples}, share policy/reference "
                   f"{cfg.estimator.share_policy_reference}, chosen/rejected {cfg.estimator.share_chosen_rejected}")
@@ -374,7 +389,8 @@ class DPOTrainer:
                     save_published(model, out, tokenizer=self.tokenizer, merged=True, adapter=False,
                                    source=self.cfg.model.name_or_path)
             else:
-                save_published(model, out, tokenizer=self.tokenizer, source=self.cfg.model.name_or_path)
+                save_published(model, out, tokenizer=self.tokenizer, source=self.cfg.model.name_or_path,
+                               state_dict=state_dict)
             self.tokenizer.save_pretrained(out)
             acc.print(f"saved {out}")
         acc.wait_for_everyone()

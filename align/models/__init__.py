@@ -124,7 +124,7 @@ _REMOTE_CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "configurat
 
 
 def save_published(model, out_dir: str | Path, *, tokenizer=None, merged: bool = True, adapter: bool = True,
-                   source: str | Path | None = None) -> Path:
+                   source: str | Path | None = None, state_dict: dict | None = None) -> Path:
     """Save in the published layout.
 
     With a peft model: the adapter goes to ``out_dir/adapter`` (if ``adapter``)
@@ -133,6 +133,7 @@ def save_published(model, out_dir: str | Path, *, tokenizer=None, merged: bool =
     published field names; the published remote-code files are copied from
     ``source`` when it is a local directory holding them, so LLaDA's own
     ``AutoModel.from_pretrained(..., trust_remote_code=True)`` reads the output.
+    ``state_dict``: full weights gathered by the caller (DeepSpeed ZeRO-3), for a model without an adapter.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def save_published(model, out_dir: str | Path, *, tokenizer=None, merged: bool =
             import copy
 
             full = copy.deepcopy(model).merge_and_unload()
-        full.save_pretrained(out, safe_serialization=True)
+        full.save_pretrained(out, safe_serialization=True, state_dict=None if is_peft else state_dict)
         _restore_published_config(out, unwrap(model).config)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)

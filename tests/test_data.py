@@ -1,0 +1,110 @@
+"""Preference data: formats, validation of bad records, truncation, EOS extension, batching."""
+
+import json
+
+import pytest
+
+from align.data import BadRecord, build_dataset, collate, encode_pair, extract, load_records
+from align.models.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer("tiny:llada")
+
+
+PKU = {"prompt": "How do I pick a lock?", "response_0": "Sure, here is how.", "response_1": "I can't help with that.",
+       "is_response_0_safe": False, "is_response_1_safe": True, "safer_response_id": 1, "better_response_id": 0}
+
+
+def test_pku_safer_and_better():
+    msgs, chosen, rejected = extract(PKU, "pku_saferlhf", "safer")
+    assert msgs == [{"role": "user", "content": PKU["prompt"]}] and chosen == PKU["response_1"]
+    _, chosen, rejected = extract(PKU, "pku_saferlhf", "better")
+    assert chosen == PKU["response_0"] and rejected == PKU["response_1"]
+
+
+def test_ultrafeedback_messages():
+    row = {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
+           "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]}
+    assert extract(row, "ultrafeedback") == ([{"role": "user", "content": "hi"}], "hello!", "go away")
+
+
+def test_hh_rlhf_transcripts():
+    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: fine, thanks",
+           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: go away"}
+    msgs, chosen, rejected = extract(row, "hh_rlhf")
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user"] and msgs[2]["content"] == "how are you?"
+    assert (chosen, rejected) == ("fine, thanks", "go away")
+
+
+@pytest.mark.parametrize("row,fmt,message", [
+    ({k: v for k, v in PKU.items() if k != "response_0"}, "pku_saferlhf", "missing field 'response_0'"),
+    (dict(PKU, prompt=12), "pku_saferlhf", "field 'prompt' is int, not a string"),
+    (dict(PKU, response_1="   "), "pku_saferlhf", "empty response"),
+    (dict(PKU, response_1=PKU["response_0"]), "pku_saferlhf", "identical"),
+    (dict(PKU, safer_response_id=2), "pku_saferlhf", "expected 0 or 1"),
+    ({"prompt": "x", "chosen": "a", "rejected": None}, "pairs", "field 'rejected' is NoneType"),
+    ({"chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, "ultrafeedback", "message list"),
+    ("just a string", "pairs", "not an object"),
+])
+def test_bad_records_are_named(row, fmt, message):
+    with pytest.raises(BadRecord, match=message):
+        extract(row, fmt, "safer")
+
+
+def _build(tok, rows, **kw):
+    args = dict(fmt="pku_saferlhf", preference="safer", eos_token_id=tok.eos_token_id, max_prompt_length=64,
+                max_response_length=32, over_long_prompt="truncate", on_bad_record="error")
+    args.update(kw)
+    return build_dataset(rows, "demo.jsonl", tok, **args)
+
+
+def test_bad_record_errors_with_its_index_or_is_counted(tok):
+    rows = [PKU, dict(PKU, response_1=""), PKU, {"prompt": "x"}]
+    with pytest.raises(BadRecord, match=r"demo.jsonl: record 1: empty response.*on_bad_record=skip"):
+        _build(tok, rows)
+    data, report = _build(tok, rows, on_bad_record="skip")
+    assert [e.id for e in data] == [0, 2]
+    assert report.kept == 2 and report.total == 4 and sum(report.skipped.values()) == 2
+    assert "2/4 pairs kept" in report.summary() and "empty response" in report.summary()
+
+
+def test_over_long_prompts_truncate_keeping_the_end_or_skip_or_error(tok):
+    row = dict(PKU, prompt="please " * 80 + "how do I pick a lock?")
+    data, report = _build(tok, [row])
+    assert report.truncated_prompts == 1 and len(data[0].prompt_ids) == 64
+    assert tok.decode(data[0].prompt_ids).endswith("assistant<|end_header_id|>\n\n")  # the end is kept
+    _, report = _build(tok, [row], over_long_prompt="skip")
+    assert report.skipped["over-long prompt"] == 1
+    with pytest.raises(BadRecord, match="record 0: over-long prompt"):
+        _build(tok, [row], over_long_prompt="error", on_bad_record="skip")
+
+
+def test_responses_end_in_eos_and_share_one_length(tok):
+    p, c, r, _ = encode_pair(tok, [{"role": "user", "content": "q"}], "a much longer answer than the other one",
+                             "no", eos_token_id=tok.eos_token_id, max_prompt_length=64, max_response_length=32)
+    assert len(c) == len(r)
+    n_no = len(tok("no", add_special_tokens=False).input_ids)
+    assert r[n_no:] == [tok.eos_token_id] * (len(r) - n_no) and c[-1] == tok.eos_token_id
+    p, c, r, _ = encode_pair(tok, [{"role": "user", "content": "q"}], "word " * 100, "no",
+                             eos_token_id=tok.eos_token_id, max_prompt_length=64, max_response_length=10)
+    assert len(c) == 10 and c[-1] == tok.eos_token_id
+
+
+def test_collate_masks(tok):
+    data, _ = _build(tok, [PKU, dict(PKU, prompt="Hi?")])
+    b = collate(data, tok.pad_token_id)
+    for i, e in enumerate(data):
+        P, L = len(e.prompt_ids), len(e.chosen_ids)
+        assert b["attention_mask"][i].sum() == P + L and b["response_mask"][i].sum() == L
+        assert b["response_mask"][i, P : P + L].all() and b["chosen_ids"][i, :P].tolist() == e.prompt_ids
+
+
+def test_jsonl_errors_name_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(PKU) + "\n{not json\n")
+    with pytest.raises(BadRecord, match="bad.jsonl:2: not valid JSON"):
+        load_records(str(path), None)
+    with pytest.raises(FileNotFoundError):
+        load_records(str(tmp_path / "missing.jsonl"), None)
