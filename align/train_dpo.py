@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"config error: {e}") from None
     from align.trainer import DPOTrainer
 
-    DPOTrainer(cfg).train()
+    trainer = DPOTrainer(cfg)
+    trainer.train()
+    trainer.close()
 
 
 if __name__ == "__main__":

@@ -374,7 +374,12 @@ class DPOTrainer:
                 self.save_checkpoint()
         bar.close()
         self.save_final()
-        acc.end_training()
+        for tracker in acc.trackers:
+            tracker.finish()
+
+    def close(self):
+        """Tear down the process group (after :meth:`train`; the entry point calls it)."""
+        self.accelerator.end_training()
 
     def save_final(self):
         acc = self.accelerator

@@ -1,0 +1,184 @@
+"""The trainer through its real entry points, on the tiny model and bundled data (CPU, offline).
+
+Runs are subprocesses: accelerate keeps process-wide state, as a real launch does.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from align.trainer import epoch_order
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["train.progress_bar=false", "train.report_to=none"]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+
+
+def run(args, cwd=ROOT, timeout=600, env=None):
+    proc = subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc.stdout + proc.stderr
+
+
+def train(out, *overrides, launcher=None, env=None):
+    launcher = launcher or [sys.executable, "-m", "align.train_dpo"]
+    return run([*launcher, "recipe=demo", f"train.output_dir={out}", *QUIET, *overrides], env=env)
+
+
+def metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(out):
+    return {m["step"]: m["loss"] for m in metrics(out) if "loss" in m}
+
+
+@pytest.mark.slow
+def test_demo_learns_and_saves_everything(tmp_path):
+    out = tmp_path / "demo"
+    log = train(out, "train.report_to=tensorboard")  # the recipe's default tracker
+    evals = [m for m in metrics(out) if "eval/rewards/accuracies" in m]
+    assert evals[0]["step"] == 0 and evals[0]["eval/rewards/accuracies"] == pytest.approx(0.5)  # untrained: chance
+    assert evals[-1]["eval/rewards/accuracies"] >= 0.8, evals[-1]  # held-out accuracy clearly above chance
+    train_logs = [m for m in metrics(out) if "loss" in m]
+    for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+                "logps/policy_chosen", "logps/reference_chosen", "margin/sample_variance", "grad_norm",
+                "learning_rate", "tokens_per_second"]:
+        assert key in train_logs[-1], key
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["model"]["name_or_path"] == "tiny:llada" and resolved["estimator"]["share_policy_reference"]
+    assert (out / "final" / "adapter" / "adapter_model.safetensors").exists()
+    assert list((out / "runs").rglob("events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))
+    assert "320/320 pairs kept" in log
+
+
+def test_accelerate_launch_script_form(tmp_path):
+    out = tmp_path / "launch"
+    log = train(out, "train.max_steps=2", "train.eval_steps=0",
+                launcher=[sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+                          "align/train_dpo.py"])
+    assert "world size 1" in log and (out / "final" / "adapter").exists()
+
+
+def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
+    """recipe=beavertails as shipped, with the hub model and dataset overridden to local tiny ones."""
+    out = tmp_path / "bt"
+    log = run([sys.executable, "-m", "align.train_dpo", "recipe=beavertails", f"train.output_dir={out}", *QUIET,
+               "model.name_or_path=tiny:llada", "model.dtype=float32", "data.dataset=data/demo_safety_train.jsonl",
+               "data.eval_dataset=data/demo_safety_test.jsonl", "data.max_train_examples=32",
+               "train.max_steps=2", "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=2",
+               "train.save_merged=true"])
+    assert "2 steps of 4 pairs" in log
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["model_type"] == "llada" and config["architectures"] == ["LLaDAModelLM"]
+    assert (out / "final" / "adapter" / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("extra", [
+    ["estimator.coupling=decoupled", "loss.loss_type=ipo", "estimator.estimator=time_integral"],
+    ["loss.loss_type=robust", "loss.label_smoothing=0.1", "loss.rpo_alpha=0.5", "estimator.estimator=any_order",
+     "lora.enabled=false", "model.gradient_checkpointing=true", "estimator.stratified=false"],
+    ["loss.loss_type=hinge", "model.name_or_path=tiny:dream", "train.gradient_accumulation_steps=2"],
+])
+def test_ablation_settings_run(tmp_path, extra):
+    out = tmp_path / "abl"
+    train(out, "train.max_steps=3", "train.eval_steps=0", "train.logging_steps=1", *extra)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values())
+
+
+def test_bad_config_fails_at_start_naming_the_key(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", "train.learnig_rate=1"], cwd=ROOT,
+                          env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and "did you mean 'train.learning_rate'" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_resume_continues_exactly(tmp_path, mode):
+    common = ["train.max_steps=8", "train.save_steps=4", "train.logging_steps=1", "train.eval_steps=0",
+              "train.save_total_limit=null"] + (["lora.enabled=false", "train.learning_rate=1e-3"] if mode == "full" else [])
+    full = tmp_path / "uninterrupted"
+    train(full, *common)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-4", resumed / "checkpoint-4")
+    # a crash during a later save leaves these behind; resume must not pick them up
+    shutil.copytree(full / "checkpoint-8", resumed / "checkpoint-8.tmp")
+    shutil.copytree(full / "checkpoint-4", resumed / "checkpoint-6")
+    (resumed / "checkpoint-6" / "trainer_state.json").unlink()
+    log = train(resumed, *common, "train.resume_from_checkpoint=latest")
+    assert "resumed from" in log and "checkpoint-4 at step 4" in log
+    a, b = losses(full), losses(resumed)
+    assert sorted(b) == [5, 6, 7, 8]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
+# ---------------------------------------------------------------- several processes
+
+DIST_OVERRIDES = ["train.max_steps=4", "train.logging_steps=1", "train.eval_steps=0", "train.save_steps=100"]
+
+
+def _check_distributed(tmp_path, launcher, extra=(), env=None):
+    single = tmp_path / "single"
+    train(single, *DIST_OVERRIDES, "train.per_device_train_batch_size=8", *extra)
+    multi = tmp_path / "multi"
+    run([*launcher, "tests/dist_check.py", str(multi), *DIST_OVERRIDES, "train.per_device_train_batch_size=4",
+         *QUIET, *extra], env=env)
+    ranks = json.loads((multi / "dist_check.json").read_text())
+    assert len(ranks) == 2
+    for r in ranks:  # every rank saw a world of 2, consistently
+        assert (r["seen"]["accelerate"], r["seen"]["torch"], r["seen"]["env"]) == (2, 2, 2)
+    order = epoch_order(320, 0, 0)
+    for step in range(3):  # each rank got its own half of the global micro-batch
+        a, b = ranks[0]["split"][step], ranks[1]["split"][step]
+        assert len(a) == len(b) == 4 and not set(a) & set(b)
+        assert a + b == order[step * 8 : (step + 1) * 8]
+    a, b = losses(single), losses(multi)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4]
+    for step in a:  # same global batch, same masks: same loss
+        assert b[step] == pytest.approx(a[step], abs=1e-5), (step, a[step], b[step])
+    return ranks, single, multi
+
+
+def _final_weights(out):
+    from safetensors.torch import load_file
+
+    path = out / "final" / "model.safetensors"
+    return load_file(path) if path.exists() else load_file(out / "final" / "adapter" / "adapter_model.safetensors")
+
+
+@pytest.mark.distributed
+def test_torchrun_ddp_two_processes_match_one(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    ranks, _, _ = _check_distributed(tmp_path, torchrun)
+    assert ranks[0]["seen"]["distributed_type"] == "MULTI_CPU"
+    assert ranks[0]["param_sums"] == ranks[1]["param_sums"]  # replicas stayed in sync
+
+
+DS_ENV = dict(ENV, DS_ACCELERATOR="cpu")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("config,extra", [
+    ("zero2.yaml", []),
+    ("zero3.yaml", ["lora.enabled=false", "train.learning_rate=1e-3"]),  # full fine-tuning, reference sharded too
+])
+def test_deepspeed_on_cpu_matches_one_process(tmp_path, config, extra):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{config}",
+              "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29533"]
+    ranks, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV)
+    assert ranks[0]["seen"]["distributed_type"] == "DEEPSPEED"
+    if config == "zero2.yaml":
+        assert ranks[0]["param_sums"] == ranks[1]["param_sums"]
+    a, b = _final_weights(single), _final_weights(multi)
+    assert a.keys() == b.keys()
+    for k in a:  # the saved (gathered) result equals the single-process one
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
