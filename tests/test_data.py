@@ -108,3 +108,14 @@ def test_jsonl_errors_name_the_line(tmp_path):
         load_records(str(path), None)
     with pytest.raises(FileNotFoundError):
         load_records(str(tmp_path / "missing.jsonl"), None)
+
+
+def test_parquet_and_json_files_load(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame([PKU, PKU]).to_parquet(tmp_path / "pairs.parquet")
+    (tmp_path / "pairs.json").write_text(json.dumps([PKU]))
+    rows, _ = load_records(str(tmp_path / "pairs.parquet"), None)
+    assert len(rows) == 2 and rows[0]["prompt"] == PKU["prompt"]
+    rows, _ = load_records(str(tmp_path / "pairs.json"), None)
+    assert rows == [PKU]

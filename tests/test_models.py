@@ -206,3 +206,86 @@ def test_production_path_matches_public_estimator(family, share):
                         generator=torch.Generator().manual_seed(0), **kw)
     torch.testing.assert_close(terms.margin, public, atol=1e-4, rtol=1e-4)
     assert terms.policy_chosen.requires_grad and not terms.reference_chosen.requires_grad
+
+
+# ---------------------------------------------------------------- published semantics, recomputed independently
+
+
+def _rms(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def _rope_complex(x, theta):
+    """RoPE of the published code (pairs i and i + d/2 rotate together), written with complex numbers."""
+    b, h, T, d = x.shape
+    freqs = 1.0 / theta ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    angle = torch.outer(torch.arange(T, dtype=torch.float64), freqs)  # [T, d/2]
+    z = torch.complex(x[..., : d // 2].double(), x[..., d // 2 :].double()) * torch.polar(torch.ones_like(angle), angle)
+    return torch.cat([z.real, z.imag], -1).to(x.dtype)
+
+
+def _attend(q, k, v):
+    if k.shape[1] != q.shape[1]:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], 1)
+    return torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1) @ v  # no causal mask
+
+
+def _heads(x, n):
+    b, T, _ = x.shape
+    return x.view(b, T, n, -1).transpose(1, 2)
+
+
+def llada_published_logits(sd, cfg, ids):
+    """LLaDA's forward as its published modeling code defines it, from the state dict."""
+    x = sd["model.transformer.wte.weight"][ids]
+    for i in range(cfg.n_layers):
+        p = lambda n: sd[f"model.transformer.blocks.{i}.{n}.weight"]  # noqa: E731
+        h = _rms(x, p("attn_norm"), cfg.rms_norm_eps)
+        q, k, v = (_heads(h @ p(n).T, cfg.n_heads) for n in ("q_proj", "k_proj", "v_proj"))
+        att = _attend(_rope_complex(q, cfg.rope_theta), _rope_complex(k, cfg.rope_theta), v)
+        x = x + att.transpose(1, 2).reshape(x.shape) @ p("attn_out").T
+        h = _rms(x, p("ff_norm"), cfg.rms_norm_eps)
+        x = x + (torch.nn.functional.silu(h @ p("ff_proj").T) * (h @ p("up_proj").T)) @ p("ff_out").T  # ff_proj is gated
+    return _rms(x, sd["model.transformer.ln_f.weight"], cfg.rms_norm_eps) @ sd["model.transformer.ff_out.weight"].T
+
+
+def dream_published_logits(sd, cfg, ids):
+    """Dream (Qwen2 blocks, biases on q/k/v, GQA, bidirectional), unshifted logits."""
+    x = sd["model.embed_tokens.weight"][ids]
+    for i in range(cfg.num_hidden_layers):
+        p = lambda n: sd[f"model.layers.{i}.{n}"]  # noqa: E731
+        h = _rms(x, p("input_layernorm.weight"), cfg.rms_norm_eps)
+        q = _heads(h @ p("self_attn.q_proj.weight").T + p("self_attn.q_proj.bias"), cfg.num_attention_heads)
+        k = _heads(h @ p("self_attn.k_proj.weight").T + p("self_attn.k_proj.bias"), cfg.num_key_value_heads)
+        v = _heads(h @ p("self_attn.v_proj.weight").T + p("self_attn.v_proj.bias"), cfg.num_key_value_heads)
+        att = _attend(_rope_complex(q, cfg.rope_theta), _rope_complex(k, cfg.rope_theta), v)
+        x = x + att.transpose(1, 2).reshape(x.shape) @ p("self_attn.o_proj.weight").T
+        h = _rms(x, p("post_attention_layernorm.weight"), cfg.rms_norm_eps)
+        gate, up = h @ p("mlp.gate_proj.weight").T, h @ p("mlp.up_proj.weight").T
+        x = x + (torch.nn.functional.silu(gate) * up) @ p("mlp.down_proj.weight").T
+    return _rms(x, sd["model.norm.weight"], cfg.rms_norm_eps) @ sd["lm_head.weight"].T
+
+
+@pytest.mark.parametrize("family,reference", [("llada", llada_published_logits), ("dream", dream_published_logits)])
+def test_logits_match_the_published_semantics(family, reference):
+    model = load_model(f"tiny:{family}")
+    with torch.no_grad():  # non-trivial norm weights and biases, so a mix-up would show
+        for n, p in model.named_parameters():
+            if "norm" in n or n.endswith("bias"):
+                p.normal_(1.0 if "norm" in n else 0.0, 0.3)
+    ids = torch.randint(3, 500, (2, 11))
+    expected = reference(model.state_dict(), model.config, ids)
+    torch.testing.assert_close(model(ids).logits, expected, atol=1e-4, rtol=1e-4)
+    if family == "dream":  # aligned logits: position i is predicted by the output at i-1
+        torch.testing.assert_close(logits_fn(model)(ids)[:, 1:], expected[:, :-1], atol=1e-4, rtol=1e-4)
+
+
+def test_lora_forward_backward_in_bf16():
+    model = add_lora(load_model("tiny:llada", dtype="bfloat16"), r=4, alpha=8, dropout=0.0)
+    ids = torch.randint(3, 500, (2, 9))
+    score = torch.ones(2, 9, dtype=torch.bool)
+    out = model(ids, score_mask=score, targets=ids).token_logprobs
+    out.sum().backward()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
