@@ -22,6 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
+from align.models.layers import padding_mask, rotary_tables
+
 
 @dataclass
 class DiffusionLMOutput(ModelOutput):
@@ -54,9 +56,25 @@ class MaskedDiffusionLM(PreTrainedModel):
     # logits elements per LM-head chunk when scoring (2**25 fp32 = 128 MiB; about 265 rows at LLaDA's vocab)
     head_chunk_elements: int = 2**25
 
+    # family accessors: token embedding, the list of blocks, the final norm, RoPE (head_dim, theta)
+    def blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def final_norm(self) -> nn.Module:
+        raise NotImplementedError
+
+    def rope(self) -> tuple[int, float]:
+        raise NotImplementedError
+
     def backbone(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Final normalized hidden states [b, T, d]."""
-        raise NotImplementedError
+        x = self.get_input_embeddings()(input_ids)
+        head_dim, theta = self.rope()
+        cos, sin = rotary_tables(input_ids.shape[1], head_dim, theta, input_ids.device)
+        key_mask = padding_mask(attention_mask)
+        for block in self.blocks():
+            x = block(x, cos, sin, key_mask)  # positional: gradient checkpointing re-runs forward(*args)
+        return self.final_norm()(x)
 
     def output_head(self):
         """The callable that maps hidden states [.., d] to logits [.., V]."""

@@ -13,7 +13,7 @@ from transformers import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from align.models.base import MaskedDiffusionLM
-from align.models.layers import RMSNorm, apply_rotary, attention, check_attention_implementation, padding_mask, rotary_tables
+from align.models.layers import RMSNorm, self_attention
 
 
 class DreamConfig(PreTrainedConfig):
@@ -70,14 +70,9 @@ class DreamAttention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, d, bias=False)
 
     def forward(self, x, cos, sin, key_mask):
-        b, T, _ = x.shape
-        q = self.q_proj(x).view(b, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        impl = check_attention_implementation(getattr(self.config, "_attn_implementation", None))
         dropout = self.config.attention_dropout if self.training else 0.0
-        return self.o_proj(attention(q, k, v, key_mask, impl, dropout).transpose(1, 2).reshape(b, T, -1))
+        return self.o_proj(self_attention(x, self.q_proj, self.k_proj, self.v_proj, self.n_heads, self.n_kv_heads,
+                                          cos, sin, key_mask, self.config, dropout))
 
 
 class DreamMLP(nn.Module):
@@ -133,11 +128,11 @@ class DreamModel(MaskedDiffusionLM):
     def get_output_embeddings(self):
         return self.lm_head
 
-    def backbone(self, input_ids, attention_mask=None):
-        x = self.model.embed_tokens(input_ids)
-        cos, sin = rotary_tables(input_ids.shape[1], self.config.hidden_size // self.config.num_attention_heads,
-                                 self.config.rope_theta, input_ids.device)
-        key_mask = padding_mask(attention_mask, x.dtype)
-        for layer in self.model.layers:
-            x = layer(x, cos, sin, key_mask)
-        return self.model.norm(x)
+    def blocks(self):
+        return self.model.layers
+
+    def final_norm(self):
+        return self.model.norm
+
+    def rope(self):
+        return self.config.hidden_size // self.config.num_attention_heads, self.config.rope_theta

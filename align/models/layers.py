@@ -43,7 +43,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return (xf * cos + rotated * sin).to(x.dtype)
 
 
-def padding_mask(attention_mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     """[b, T] 0/1 -> boolean key mask [b, 1, 1, T] for SDPA, or None when nothing is padded."""
     if attention_mask is None or bool(attention_mask.bool().all()):
         return None  # lets SDPA pick the flash kernel
@@ -64,6 +64,18 @@ def attention(q, k, v, key_mask, implementation: str, dropout: float = 0.0) -> t
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=key_mask, dropout_p=dropout, is_causal=False, enable_gqa=groups > 1
     )
+
+
+def self_attention(h, q_proj, k_proj, v_proj, n_heads: int, n_kv_heads: int, cos, sin, key_mask, config,
+                   dropout: float = 0.0) -> torch.Tensor:
+    """Project, rotate and attend bidirectionally: h [b, T, d] -> [b, T, n_heads·head_dim] (before the output projection)."""
+    b, T, _ = h.shape
+    q = q_proj(h).view(b, T, n_heads, -1).transpose(1, 2)
+    k = k_proj(h).view(b, T, n_kv_heads, -1).transpose(1, 2)
+    v = v_proj(h).view(b, T, n_kv_heads, -1).transpose(1, 2)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    impl = check_attention_implementation(getattr(config, "_attn_implementation", None))
+    return attention(q, k, v, key_mask, impl, dropout).transpose(1, 2).reshape(b, T, -1)
 
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")

@@ -17,7 +17,7 @@ from transformers import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from align.models.base import MaskedDiffusionLM
-from align.models.layers import RMSNorm, apply_rotary, attention, check_attention_implementation, padding_mask, rotary_tables
+from align.models.layers import RMSNorm, self_attention
 
 
 class LLaDAConfig(PreTrainedConfig):
@@ -113,14 +113,8 @@ class LLaDABlock(GradientCheckpointingLayer):
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=config.include_bias)
 
     def forward(self, x, cos, sin, key_mask):
-        b, T, _ = x.shape
-        h = self.attn_norm(x)
-        q = self.q_proj(h).view(b, T, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        impl = check_attention_implementation(getattr(self.config, "_attn_implementation", None))
-        att = attention(q, k, v, key_mask, impl).transpose(1, 2).reshape(b, T, -1)
+        att = self_attention(self.attn_norm(x), self.q_proj, self.k_proj, self.v_proj, self.n_heads,
+                             self.n_kv_heads, cos, sin, key_mask, self.config)
         x = x + self.attn_out(att)
         h = self.ff_norm(x)
         return x + self.ff_out(nn.functional.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -168,12 +162,11 @@ class LLaDAModelLM(MaskedDiffusionLM):
             return lambda h: nn.functional.linear(h, t.wte.weight)
         return t.ff_out
 
-    def backbone(self, input_ids, attention_mask=None):
-        t = self.model.transformer
-        x = t.wte(input_ids)
-        cos, sin = rotary_tables(input_ids.shape[1], self.config.d_model // self.config.n_heads,
-                                 self.config.rope_theta, input_ids.device)
-        key_mask = padding_mask(attention_mask, x.dtype)
-        for block in t.blocks:
-            x = block(x, cos, sin, key_mask)
-        return t.ln_f(x)
+    def blocks(self):
+        return self.model.transformer.blocks
+
+    def final_norm(self):
+        return self.model.transformer.ln_f
+
+    def rope(self):
+        return self.config.d_model // self.config.n_heads, self.config.rope_theta
