@@ -264,7 +264,9 @@ class DPOTrainer:
         if acc.is_main_process and tmp.exists():
             shutil.rmtree(tmp)
         acc.wait_for_everyone()
-        acc.save_state(str(tmp))
+        # LoRA under DeepSpeed: its engine saves the module itself (accelerate's save hooks do not run)
+        extra = {"exclude_frozen_parameters": True} if self.deepspeed and self.cfg.lora.enabled else {}
+        acc.save_state(str(tmp), **extra)
         acc.wait_for_everyone()
         if acc.is_main_process:
             (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step}))
@@ -287,7 +289,9 @@ class DPOTrainer:
             path = found[-1]
         if not (path / "trainer_state.json").exists():
             raise FileNotFoundError(f"{path} is not a complete checkpoint (no trainer_state.json)")
-        self.accelerator.load_state(str(path), strict=False)
+        # LoRA checkpoints hold the adapter only: the frozen base comes from name_or_path
+        strict = {"load_module_strict": False} if self.deepspeed else {"strict": False}
+        self.accelerator.load_state(str(path), **strict)
         self.global_step = json.loads((path / "trainer_state.json").read_text())["global_step"]
         self.accelerator.print(f"resumed from {path} at step {self.global_step}")
 

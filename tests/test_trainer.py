@@ -182,3 +182,24 @@ def test_deepspeed_on_cpu_matches_one_process(tmp_path, config, extra):
     assert a.keys() == b.keys()
     for k in a:  # the saved (gathered) result equals the single-process one
         torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
+
+
+@pytest.mark.distributed
+def test_deepspeed_lora_resume_continues_exactly(tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
+              "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29535"]
+    common = ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1", "train.eval_steps=0",
+              "train.per_device_train_batch_size=4", "train.save_total_limit=null"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(full, *common, launcher=[*launch, "align/train_dpo.py"], env=DS_ENV)
+    size = sum(f.stat().st_size for f in (full / "checkpoint-3").rglob("*") if f.is_file())
+    assert size < 2_000_000  # adapter + its optimizer state only; the frozen base is not saved
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    log = train(resumed, *common, "train.resume_from_checkpoint=latest", launcher=[*launch, "align/train_dpo.py"],
+                env=DS_ENV)
+    assert "at step 3" in log
+    a, b = losses(full), losses(resumed)
+    assert sorted(b) == [4, 5, 6]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6)
