@@ -37,9 +37,9 @@ import torch
 
 from align import estimators as E
 from align.config import Config, dump_config
-from align.data import Encoded, build_dataset, collate, load_records
+from align.data import build_dataset, collate, load_records
 from align.losses import preference_loss, sft_nll
-from align.models import add_lora, load_model, save_published, spec_for, token_scorer, unwrap
+from align.models import add_lora, load_model, save_published, spec_for, token_scorer
 from align.models.tokenizer import load_tokenizer
 
 log = logging.getLogger("align.trainer")

@@ -240,7 +240,7 @@ def llada_published_logits(sd, cfg, ids):
     """LLaDA's forward as its published modeling code defines it, from the state dict."""
     x = sd["model.transformer.wte.weight"][ids]
     for i in range(cfg.n_layers):
-        p = lambda n: sd[f"model.transformer.blocks.{i}.{n}.weight"]  # noqa: E731
+        p = lambda n, i=i: sd[f"model.transformer.blocks.{i}.{n}.weight"]  # noqa: E731
         h = _rms(x, p("attn_norm"), cfg.rms_norm_eps)
         q, k, v = (_heads(h @ p(n).T, cfg.n_heads) for n in ("q_proj", "k_proj", "v_proj"))
         att = _attend(_rope_complex(q, cfg.rope_theta), _rope_complex(k, cfg.rope_theta), v)
@@ -254,7 +254,7 @@ def dream_published_logits(sd, cfg, ids):
     """Dream (Qwen2 blocks, biases on q/k/v, GQA, bidirectional), unshifted logits."""
     x = sd["model.embed_tokens.weight"][ids]
     for i in range(cfg.num_hidden_layers):
-        p = lambda n: sd[f"model.layers.{i}.{n}"]  # noqa: E731
+        p = lambda n, i=i: sd[f"model.layers.{i}.{n}"]  # noqa: E731
         h = _rms(x, p("input_layernorm.weight"), cfg.rms_norm_eps)
         q = _heads(h @ p("self_attn.q_proj.weight").T + p("self_attn.q_proj.bias"), cfg.num_attention_heads)
         k = _heads(h @ p("self_attn.k_proj.weight").T + p("self_attn.k_proj.bias"), cfg.num_key_value_heads)

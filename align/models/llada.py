@@ -11,7 +11,6 @@ saved ``config.json`` stays readable by LLaDA's own code.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from transformers import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
