@@ -89,8 +89,11 @@ class DPOTrainer:
         # ---- model, tokenizer, spec
         m = cfg.model
         self.tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, trust_remote_code=m.trust_remote_code)
-        model = load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                           trust_remote_code=m.trust_remote_code)
+        def load():
+            return load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
+                              trust_remote_code=m.trust_remote_code)
+
+        model = load()
         self.spec = spec_for(model)
         if m.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -99,9 +102,8 @@ class DPOTrainer:
             model = add_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                              target_modules=cfg.lora.target_modules)
         else:
-            import copy
-
-            self.reference = copy.deepcopy(model).requires_grad_(False).eval()
+            # a second load, not a deepcopy: under ZeRO-3 init the loaded parameters are already partitioned
+            self.reference = load().requires_grad_(False).eval()
         model.train()
 
         # ---- data
