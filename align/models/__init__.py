@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
-from align.models.base import DiffusionLMOutput, MaskedDiffusionLM
+from align.models.base import DiffusionLMOutput, MaskedDiffusionLM, align_logits
 from align.models.dream import DreamConfig, DreamModel
 from align.models.llada import LLaDAConfig, LLaDAModelLM
 from align.models.spec import ModelSpec, spec_for
@@ -92,10 +92,7 @@ def logits_fn(model):
     base = unwrap(model)
 
     def fn(noised, attention_mask=None):
-        logits = model(noised, attention_mask=attention_mask).logits
-        if base.logits_shift:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
+        return align_logits(model(noised, attention_mask=attention_mask).logits, base.logits_shift)
 
     return fn
 

@@ -47,6 +47,11 @@ def chunked_target_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torc
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
+def align_logits(logits: torch.Tensor, shifted: bool) -> torch.Tensor:
+    """Family layout -> position i predicts token i. Shifted (Dream): the output at i-1 predicts i."""
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1) if shifted else logits
+
+
 class MaskedDiffusionLM(PreTrainedModel):
     """Base of the native LLaDA and Dream models. Subclasses define ``backbone`` and the output embeddings."""
 
@@ -106,13 +111,6 @@ class MaskedDiffusionLM(PreTrainedModel):
         out = torch.zeros(score_mask.shape, dtype=torch.float32, device=hidden.device)
         out[score_mask] = logp
         return DiffusionLMOutput(token_logprobs=out)
-
-    def aligned_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits [b, T, V] where position i predicts token i, whatever the family's layout."""
-        logits = self(input_ids, attention_mask=attention_mask).logits
-        if self.logits_shift:
-            logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
-        return logits
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "init_std", None) or getattr(self.config, "initializer_range", 0.02)

@@ -99,7 +99,7 @@ class LLaDABlock(GradientCheckpointingLayer):
         d, head_dim = config.d_model, config.d_model // config.n_heads
         kv = config.effective_n_kv_heads * head_dim
         qkv_bias = config.include_bias or config.include_qkv_bias
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.effective_n_kv_heads, head_dim
+        self.n_heads, self.n_kv_heads = config.n_heads, config.effective_n_kv_heads
         self.config = config
         self.attn_norm = RMSNorm(d, config.rms_norm_eps)
         self.ff_norm = RMSNorm(d, config.rms_norm_eps)

@@ -16,7 +16,6 @@ _LORA_TARGETS = {
     "llada": r".*\.blocks\.\d+\.(q_proj|k_proj|v_proj|attn_out|ff_proj|up_proj|ff_out)$",
     "Dream": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
 }
-_SHIFTED = {"llada": False, "Dream": True}
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,8 @@ def spec_for(model_or_config) -> ModelSpec:
         raise ValueError(f"{family} config has no mask_token_id")
     eos = _first(config.eos_token_id)
     pad = config.pad_token_id if config.pad_token_id is not None else eos
+    from align.models import NATIVE  # the model class owns its logit layout
+
     targets = _LORA_TARGETS[family]
-    return ModelSpec(family, int(mask), int(eos), int(pad), _SHIFTED[family],
+    return ModelSpec(family, int(mask), int(eos), int(pad), NATIVE[family][1].logits_shift,
                      targets if isinstance(targets, str) else tuple(targets))
