@@ -60,8 +60,11 @@ class DataArgs:
     format: str = opt("pku_saferlhf", "record schema", ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs"))
     config_name: str | None = opt(None, "hub dataset configuration name")
     train_split: str = opt("train", "split to train on")
-    eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or file); default: dataset")
-    eval_split: str | None = opt("test", "held-out split; null disables evaluation")
+    eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or local file)")
+    eval_split: str | None = opt(None, "held-out split of a hub dataset (default 'test'); an error for local files")
+    eval_fraction: float = opt(0.05, "local file without eval_dataset: hold out this seeded fraction of its records "
+                                     "(0 = refuse to start unless eval_dataset is given or train.do_eval=false)")
+    eval_split_seed: int = opt(0, "seed of the held-out fraction (independent of train.seed, so seeds share it)")
     preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
     max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)")
     max_response_length: int = opt(256, "response tokens kept, EOS included")
@@ -108,6 +111,7 @@ class TrainArgs:
     max_grad_norm: float = opt(1.0, "gradient clipping; 0 disables")
     mixed_precision: str = opt("no", "accelerate mixed precision (use with dtype float32 weights)", ("no", "bf16", "fp16"))
     logging_steps: int = opt(10, "log every N optimizer steps")
+    do_eval: bool = opt(True, "evaluate on held-out pairs (see data.eval_dataset / eval_split / eval_fraction)")
     eval_steps: int = opt(100, "evaluate every N optimizer steps (and at the end); 0 = only at the end")
     save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end)")
     save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
@@ -116,6 +120,8 @@ class TrainArgs:
     run_name: str | None = opt(None, "run name for the tracker")
     save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout")
     progress_bar: bool = opt(True, "show a progress bar on the main process")
+    disable_dropout: bool = opt(True, "switch off every dropout module of the policy (default on, as in DPO practice): the policy and "
+                                      "reference terms of a shared draw then differ by the weights alone")
 
 
 @dataclass
@@ -250,6 +256,8 @@ def _validate(cfg: Config) -> Config:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     if not 0 <= cfg.loss.label_smoothing < 0.5:
         raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
+    if not 0 <= cfg.data.eval_fraction < 1:
+        raise ConfigError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
     if cfg.loss.beta <= 0:
         raise ConfigError(f"loss.beta must be > 0, got {cfg.loss.beta}")
     return cfg

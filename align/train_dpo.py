@@ -26,7 +26,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"config error: {e}") from None
     from align.trainer import DPOTrainer
 
-    trainer = DPOTrainer(cfg)
+    try:
+        trainer = DPOTrainer(cfg)
+    except ConfigError as e:  # settings that only the data or the world size can check
+        raise SystemExit(f"config error: {e}") from None
     trainer.train()
     trainer.close()
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -36,9 +37,9 @@ import numpy as np
 import torch
 
 from align import estimators as E
-from align.config import Config, dump_config
-from align.data import build_dataset, collate, load_records
-from align.losses import preference_loss, sft_nll
+from align.config import Config, ConfigError, dump_config
+from align.data import build_dataset, collate, holdout_split, is_local, load_records, rank_micro_batches
+from align.losses import preference_loss, rpo_nll
 from align.models import add_lora, load_model, save_published, spec_for, token_scorer
 from align.models.tokenizer import load_tokenizer
 
@@ -53,10 +54,6 @@ def example_generators(seed: int, ids: torch.Tensor, epoch: int) -> list[torch.G
         state = np.random.SeedSequence([seed, int(i), epoch + 1]).generate_state(2, dtype=np.uint32)
         gens.append(torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1))
     return gens
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
 
 
 class DPOTrainer:
@@ -104,32 +101,24 @@ class DPOTrainer:
         else:
             # a second load, not a deepcopy: under ZeRO-3 init the loaded parameters are already partitioned
             self.reference = load().requires_grad_(False).eval()
+        if t.disable_dropout:
+            disable_dropout(model)
         model.train()
 
         # ---- data
-        d = cfg.data
-        common = dict(fmt=d.format, preference=d.preference, eos_token_id=self.spec.eos_token_id,
-                      max_prompt_length=d.max_prompt_length, max_response_length=d.max_response_length,
-                      over_long_prompt=d.over_long_prompt, on_bad_record=d.on_bad_record)
-        rows, source = load_records(d.dataset, d.train_split, d.config_name)
-        self.train_data, report = build_dataset(rows, source, self.tokenizer, limit=d.max_train_examples, **common)
-        acc.print(report.summary())
-        self.eval_data = []
-        if d.eval_split is not None or d.eval_dataset is not None:
-            rows, source = load_records(d.eval_dataset or d.dataset, d.eval_split, d.config_name)
-            self.eval_data, report = build_dataset(rows, source, self.tokenizer, limit=d.max_eval_examples, **common)
-            acc.print(report.summary())
+        self.train_data, self.eval_data = self._load_data()
         self.micro_global = t.per_device_train_batch_size * self.world
         self.micro_per_epoch = len(self.train_data) // self.micro_global
         if self.micro_per_epoch < t.gradient_accumulation_steps:
-            raise ValueError(f"{len(self.train_data)} training pairs fill fewer than one optimizer step of "
-                             f"{self.micro_global * t.gradient_accumulation_steps} pairs")
+            raise ConfigError(f"{len(self.train_data)} training pairs fill fewer than one optimizer step of "
+                              f"{self.micro_global * t.gradient_accumulation_steps} pairs")
         dropped = len(self.train_data) - self.micro_per_epoch * self.micro_global
         if dropped:
             acc.print(f"each epoch leaves out {dropped} pair(s) (a different random set every epoch) to fill "
                       f"whole global batches of {self.micro_global}")
-        self.steps_per_epoch = self.micro_per_epoch // t.gradient_accumulation_steps
-        self.total_steps = t.max_steps if t.max_steps > 0 else self.steps_per_epoch * t.num_train_epochs
+        self.steps_per_epoch = self.micro_per_epoch / t.gradient_accumulation_steps  # may be fractional
+        self.total_steps = (t.max_steps if t.max_steps > 0
+                            else self.micro_per_epoch * t.num_train_epochs // t.gradient_accumulation_steps)
 
         # ---- optimizer, schedule, distribution
         params = [p for p in model.parameters() if p.requires_grad]
@@ -137,8 +126,9 @@ class DPOTrainer:
                                       weight_decay=t.weight_decay)
         from transformers import get_scheduler
 
+        self.warmup_steps = math.ceil(t.warmup_ratio * self.total_steps)  # rounded up, as HF's Trainer does
         self.scheduler = get_scheduler(t.lr_scheduler_type if t.lr_scheduler_type != "constant" else "constant_with_warmup",
-                                       optimizer, num_warmup_steps=int(t.warmup_ratio * self.total_steps),
+                                       optimizer, num_warmup_steps=self.warmup_steps,
                                        num_training_steps=self.total_steps)
         if self.deepspeed:  # we batch ourselves, so DeepSpeed cannot read the micro-batch size off a dataloader
             ds = acc.state.deepspeed_plugin.deepspeed_config
@@ -154,6 +144,52 @@ class DPOTrainer:
             # checkpoints hold the adapter only; frozen base weights come from name_or_path on resume
             acc.register_save_state_pre_hook(_keep_only(trainable))
         self.global_step = 0
+
+    # ------------------------------------------------------------ data
+    def _load_data(self):
+        """(train, held-out) encoded pairs. Held-out pairs are never training pairs (see README, Data)."""
+        d, acc = self.cfg.data, self.accelerator
+        common = dict(fmt=d.format, preference=d.preference, eos_token_id=self.spec.eos_token_id,
+                      max_prompt_length=d.max_prompt_length, max_response_length=d.max_response_length,
+                      over_long_prompt=d.over_long_prompt, on_bad_record=d.on_bad_record)
+        if d.eval_split is not None and is_local(d.eval_dataset or d.dataset):
+            raise ConfigError(f"data.eval_split={d.eval_split!r} names a split of a hub dataset, but the held-out data "
+                              f"would come from the local file {d.eval_dataset or d.dataset}; set data.eval_split=null "
+                              f"(a local file is held out by data.eval_fraction, or give data.eval_dataset=FILE)")
+        rows, source = load_records(d.dataset, d.train_split, d.config_name)
+        train_idx, eval_data = None, []
+        if self.cfg.train.do_eval:
+            if d.eval_dataset is not None:
+                eval_rows, eval_source = load_records(d.eval_dataset, d.eval_split or "test", d.config_name)
+                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples,
+                                                  **common)
+                acc.print(report.summary())
+            elif is_local(d.dataset):
+                if d.eval_fraction == 0:
+                    raise ConfigError(f"{d.dataset} is a local file and no held-out data is named: give "
+                                      f"data.eval_dataset=FILE, or data.eval_fraction>0 to hold out part of it, or "
+                                      f"train.do_eval=false")
+                train_idx, held = holdout_split(len(rows), d.eval_fraction, d.eval_split_seed)
+                eval_data, report = build_dataset(rows, f"{source} (held out)", self.tokenizer,
+                                                  limit=d.max_eval_examples, indices=held, **common)
+                acc.print(f"holding out {len(held)} of {len(rows)} records of {source} for evaluation "
+                          f"(data.eval_fraction={d.eval_fraction}, data.eval_split_seed={d.eval_split_seed}); "
+                          f"their ids are in {self.out / 'eval_ids.json'}")
+                acc.print(report.summary())
+            else:
+                eval_rows, eval_source = load_records(d.dataset, d.eval_split or "test", d.config_name)
+                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples,
+                                                  **common)
+                acc.print(report.summary())
+        train_data, report = build_dataset(rows, source, self.tokenizer, limit=d.max_train_examples,
+                                           indices=train_idx, **common)
+        acc.print(report.summary())
+        if acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "eval_ids.json").write_text(json.dumps({
+                "source": d.eval_dataset or d.dataset, "held_out_of_training_file": train_idx is not None,
+                "ids": [e.id for e in eval_data]}))
+        return train_data, eval_data
 
     # ------------------------------------------------------------ reference
     def _prepare_reference(self, reference):
@@ -184,7 +220,12 @@ class DPOTrainer:
         return policy, reference
 
     # ------------------------------------------------------------ one batch
-    def compute(self, batch: dict, epoch: int) -> tuple[torch.Tensor, dict]:
+    def compute(self, batch: dict, epoch: int, pairs_per_token: float = 0.0) -> tuple[torch.Tensor, dict, int]:
+        """(mean loss of the micro-batch, per-pair stats, policy tokens) for one micro-batch.
+
+        ``pairs_per_token``: pairs / chosen-response tokens of the whole optimizer step (all ranks and
+        micro-batches); it makes the RPO term a token-weighted NLL over the global batch, as TRL's is.
+        """
         cfg, dev = self.cfg, self.accelerator.device
         est = cfg.estimator
         batch = {k: v.to(dev) for k, v in batch.items()}
@@ -197,11 +238,11 @@ class DPOTrainer:
             attention_mask=batch["attention_mask"], stratified=est.stratified,
         )
         margin = terms.margin.mean(-1)  # [b]  average over samples, then the loss (METHOD.md §5)
+        lengths = (batch["response_mask"] & batch["attention_mask"].bool()).sum(-1)  # [b]  common L per pair
         losses = preference_loss(margin, loss_type=cfg.loss.loss_type, beta=cfg.loss.beta,
-                                 label_smoothing=cfg.loss.label_smoothing)
+                                 label_smoothing=cfg.loss.label_smoothing, response_lengths=lengths)
         if cfg.loss.rpo_alpha is not None:
-            lengths = (batch["response_mask"] & batch["attention_mask"].bool()).sum(-1)
-            losses = losses + cfg.loss.rpo_alpha * sft_nll(terms.policy_chosen, lengths)
+            losses = losses + cfg.loss.rpo_alpha * rpo_nll(terms.policy_chosen, pairs_per_token)
         beta = cfg.loss.beta
         with torch.no_grad():
             chosen_r = beta * terms.chosen_logratio.mean(-1).detach()
@@ -237,8 +278,9 @@ class DPOTrainer:
         mine = self.eval_data[self.rank :: self.world]
         bs = self.cfg.train.per_device_eval_batch_size
         sums, count = {}, 0
+        ppt = len(self.eval_data) / sum(len(e.chosen_ids) for e in self.eval_data)
         for s in range(0, len(mine), bs):
-            _, stats, _ = self.compute(collate(mine[s : s + bs], self.spec.pad_token_id), EVAL_EPOCH)
+            _, stats, _ = self.compute(collate(mine[s : s + bs], self.spec.pad_token_id), EVAL_EPOCH, ppt)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += len(stats["loss"])
@@ -295,21 +337,35 @@ class DPOTrainer:
         strict = {"load_module_strict": False} if self.deepspeed else {"strict": False}
         self.accelerator.load_state(str(path), **strict)
         self.global_step = json.loads((path / "trainer_state.json").read_text())["global_step"]
+        if self.accelerator.is_main_process:
+            _truncate_metrics(self.out / "metrics.jsonl", self.global_step)
+        self.accelerator.wait_for_everyone()
         self.accelerator.print(f"resumed from {path} at step {self.global_step}")
 
     # ------------------------------------------------------------ loop
     def micro_batches(self, start_micro: int):
-        """Yield (epoch, this rank's micro-batch) from global micro-step ``start_micro`` on."""
-        pd = self.cfg.train.per_device_train_batch_size
-        micro = start_micro
-        while True:
-            epoch, pos = divmod(micro, self.micro_per_epoch)
-            order = epoch_order(len(self.train_data), self.cfg.train.seed, epoch)
-            while pos < self.micro_per_epoch:
-                window = order[pos * self.micro_global : (pos + 1) * self.micro_global]
-                mine = window[self.rank * pd : (self.rank + 1) * pd]
-                yield epoch, [self.train_data[i] for i in mine]
-                pos += 1
+        """Yield (epoch, micro-step, this rank's examples) from global micro-step ``start_micro`` on."""
+        t = self.cfg.train
+        for epoch, micro, mine in rank_micro_batches(len(self.train_data), seed=t.seed, world=self.world,
+                                                     rank=self.rank, per_device=t.per_device_train_batch_size,
+                                                     start_micro=start_micro):
+            yield epoch, micro, [self.train_data[i] for i in mine]
+
+    def _step_pairs_per_token(self, first_micro: int) -> float:
+        """P/N over the optimizer step that starts at ``first_micro``: all ranks, all accumulation micro-steps.
+
+        The order is a pure function of the seed, so every rank computes it alone (no communication).
+        """
+        t = self.cfg.train
+        pairs = tokens = 0
+        for rank in range(self.world):
+            gen = rank_micro_batches(len(self.train_data), seed=t.seed, world=self.world, rank=rank,
+                                     per_device=t.per_device_train_batch_size, start_micro=first_micro)
+            for _ in range(t.gradient_accumulation_steps):
+                _, _, mine = next(gen)
+                pairs += len(mine)
+                tokens += sum(len(self.train_data[i].chosen_ids) for i in mine)
+        return pairs / tokens
 
     def train(self):
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
@@ -334,13 +390,18 @@ class DPOTrainer:
                 self._log(metrics, 0)
                 acc.print("step 0: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in _SHOWN))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        sums, count, tokens, grad_norms = {}, 0, 0, []
-        window_start = time.perf_counter()
-        batches = self.micro_batches(self.global_step * t.gradient_accumulation_steps)
+        sums, count, tokens, grad_norms, skipped = {}, 0, 0, [], 0
+        train_seconds = 0.0  # time inside training steps only: evaluation and saving are not counted
+        micro_consumed = self.global_step * t.gradient_accumulation_steps
+        batches = self.micro_batches(micro_consumed)
+        pairs_per_token = 0.0
         while self.global_step < self.total_steps:
-            epoch, examples = next(batches)
+            started = time.perf_counter()
+            epoch, micro, examples = next(batches)
+            if micro % t.gradient_accumulation_steps == 0:
+                pairs_per_token = self._step_pairs_per_token(micro)
             with acc.accumulate(self.model):
-                loss, stats, n_tokens = self.compute(collate(examples, self.spec.pad_token_id), epoch)
+                loss, stats, n_tokens = self.compute(collate(examples, self.spec.pad_token_id), epoch, pairs_per_token)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
@@ -348,28 +409,35 @@ class DPOTrainer:
                         grad_norms.append(float(norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+            micro_consumed = micro + 1
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += len(examples)
             tokens += n_tokens
+            train_seconds += time.perf_counter() - started
             if not acc.sync_gradients:
                 continue
-            self.scheduler.step()
+            # an optimizer step skipped by the fp16 loss scaler leaves the schedule where it was (as HF's Trainer
+            # does); global_step still counts the batches consumed, so resume and max_steps stay defined by data
+            if acc.optimizer_step_was_skipped:
+                skipped += 1
+            else:
+                self.scheduler.step()
             self.global_step += 1
             bar.update(1)
             last = self.global_step == self.total_steps
             if self.global_step % t.logging_steps == 0 or last:
                 metrics = self._reduce(sums, count)
-                elapsed = time.perf_counter() - window_start
                 total_tokens = self.accelerator.reduce(torch.tensor(float(tokens), device=acc.device), "sum").item()
                 metrics.update({"grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
                                 "learning_rate": self.scheduler.get_last_lr()[0],
-                                "tokens_per_second": total_tokens / elapsed,
-                                "epoch": self.global_step / self.steps_per_epoch})
+                                "tokens_per_second": total_tokens / train_seconds,
+                                "optimizer_steps_skipped": skipped,
+                                "epoch": micro_consumed / self.micro_per_epoch})
                 self._log(metrics, self.global_step)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
-                sums, count, tokens, grad_norms = {}, 0, 0, []
-                window_start = time.perf_counter()
+                sums, count, tokens, grad_norms, skipped = {}, 0, 0, [], 0
+                train_seconds = 0.0
             if (t.eval_steps and self.global_step % t.eval_steps == 0) or last:
                 metrics = self.evaluate()
                 if metrics:
@@ -411,6 +479,25 @@ _STAT_KEYS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies"
               "logps/policy_chosen", "logps/policy_rejected", "logps/reference_chosen", "logps/reference_rejected",
               "margin/sample_variance"]
 _SHOWN = {"eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "eval/margin/sample_variance"}
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set p = 0 on every dropout module (LoRA's included), as TRL's ``disable_dropout_in_model``; returns the count."""
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+            n += 1
+    return n
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the records up to ``step``: a resumed run logs what came after the checkpoint again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def unwrap_peft(model):

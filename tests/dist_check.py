@@ -25,7 +25,7 @@ def main():
     world = dist.get_world_size()
     seen = {"accelerate": trainer.world, "torch": world, "env": int(os.environ["WORLD_SIZE"]),
             "distributed_type": trainer.accelerator.distributed_type.name}
-    split = [[e.id for e in batch] for _, batch in itertools.islice(trainer.micro_batches(0), 3)]
+    split = [[e.id for e in batch] for _, _, batch in itertools.islice(trainer.micro_batches(0), 3)]
     trainer.train()
     model = trainer.accelerator.unwrap_model(trainer.model)
     sums = [float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad]

@@ -1,10 +1,12 @@
 """Preference data: formats, validation of bad records, truncation, EOS extension, batching."""
 
+import itertools
 import json
 
 import pytest
 
-from align.data import BadRecord, build_dataset, collate, encode_pair, extract, load_records
+from align.data import (BadRecord, build_dataset, collate, encode_pair, epoch_order, extract, holdout_split,
+                        load_records, rank_micro_batches)
 from align.models.tokenizer import load_tokenizer
 
 
@@ -119,3 +121,39 @@ def test_parquet_and_json_files_load(tmp_path):
     assert len(rows) == 2 and rows[0]["prompt"] == PKU["prompt"]
     rows, _ = load_records(str(tmp_path / "pairs.json"), None)
     assert rows == [PKU]
+
+
+# ---------------------------------------------------------------- epochs and held-out split
+
+
+def test_every_epoch_is_a_new_order_with_each_example_once_per_rank_shard():
+    """20 examples, 2 ranks x 3 per device: 3 global micro-batches (18 examples) per epoch, 2 left out."""
+    n, world, pd, epochs = 20, 2, 3, 3
+    streams = [rank_micro_batches(n, seed=7, world=world, rank=r, per_device=pd) for r in range(world)]
+    seen = {}
+    for _ in range(3 * epochs):
+        draws = [next(s) for s in streams]
+        (epoch, micro, a), (epoch_b, micro_b, b) = draws
+        assert (epoch, micro) == (epoch_b, micro_b) and len(a) == len(b) == pd and not set(a) & set(b)
+        seen.setdefault(epoch, []).extend(a + b)
+    assert sorted(seen) == [0, 1, 2]
+    for epoch, ids in seen.items():
+        assert len(ids) == len(set(ids)) == 18, epoch  # each example at most once; 2 left out
+        assert ids == epoch_order(n, 7, epoch)[:18]
+    assert seen[0] != seen[1] != seen[2] and seen[0] != seen[2]  # a new order every epoch
+
+
+def test_micro_batches_from_any_start_equal_the_uninterrupted_stream():
+    full = list(itertools.islice(rank_micro_batches(20, seed=1, world=2, rank=1, per_device=3), 12))
+    for start in (0, 2, 3, 7):  # inside epoch 0, at the boundary, inside epoch 2
+        tail = list(itertools.islice(rank_micro_batches(20, seed=1, world=2, rank=1, per_device=3, start_micro=start),
+                                     12 - start))
+        assert tail == full[start:]
+
+
+def test_holdout_split_is_seeded_disjoint_and_complete():
+    train, held = holdout_split(320, 0.05, seed=0)
+    assert len(held) == 16 and not set(train) & set(held) and sorted(train + held) == list(range(320))
+    assert holdout_split(320, 0.05, seed=0) == (train, held)  # every rank, every resume: the same split
+    assert holdout_split(320, 0.05, seed=1)[1] != held
+    assert len(holdout_split(10, 0.01, seed=0)[1]) == 1  # never an empty held-out set

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from align.trainer import epoch_order
+from align.data import epoch_order
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["train.progress_bar=false", "train.report_to=none"]
@@ -73,7 +73,7 @@ def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
     out = tmp_path / "bt"
     log = run([sys.executable, "-m", "align.train_dpo", "recipe=beavertails", f"train.output_dir={out}", *QUIET,
                "model.name_or_path=tiny:llada", "model.dtype=float32", "data.dataset=data/demo_safety_train.jsonl",
-               "data.eval_dataset=data/demo_safety_test.jsonl", "data.max_train_examples=32",
+               "data.eval_dataset=data/demo_safety_test.jsonl", "data.eval_split=null", "data.max_train_examples=32",
                "train.max_steps=2", "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=2",
                "train.save_merged=true"])
     assert "2 steps of 4 pairs" in log

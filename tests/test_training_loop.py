@@ -1,0 +1,212 @@
+"""Loop correctness: epochs, held-out data, dropout, per-token IPO/RPO, throughput, bookkeeping.
+
+Trainers run in subprocesses (accelerate keeps process-wide state). ``probe`` builds a
+trainer from the demo recipe plus overrides and runs a snippet against it; the snippet
+leaves its answer in ``result``.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_trainer import ENV, QUIET, ROOT, losses, metrics, run, train
+
+PREAMBLE = """
+import json, sys, time
+import torch
+from align.config import load_config
+from align.data import collate
+from align.trainer import DPOTrainer
+tr = DPOTrainer(load_config("demo", sys.argv[1:]))
+"""
+
+
+def probe(code: str, *overrides, out) -> object:
+    script = PREAMBLE + code + "\nprint('RESULT ' + json.dumps(result))\n"
+    log = run([sys.executable, "-c", script, f"train.output_dir={out}", *QUIET, *overrides])
+    return json.loads(log.split("RESULT ", 1)[1].splitlines()[0])
+
+
+# ---------------------------------------------------------------- 1. epochs that move on
+
+EPOCHS = ["train.num_train_epochs=3", "data.max_train_examples=48", "train.per_device_train_batch_size=4",
+          "train.gradient_accumulation_steps=2", "train.save_steps=2", "train.logging_steps=1",
+          "train.save_total_limit=null", "train.do_eval=false", "train.eval_steps=0"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+            "align/train_dpo.py"]
+
+
+@pytest.mark.distributed
+def test_resume_inside_and_after_the_first_epoch_matches_an_uninterrupted_run(tmp_path):
+    """2 ranks x 4 pairs x accumulation 2 = 16 pairs a step; 48 pairs = 3 steps an epoch; 3 epochs = 9 steps.
+
+    Resuming at step 2 (inside epoch 0) and at step 4 (inside epoch 1, past a boundary) must give the
+    uninterrupted run's losses through step 9. Before the fix, training replayed epoch 0 and diverged.
+    The copied metrics.jsonl holds the whole uninterrupted run: resume keeps only records up to the checkpoint.
+    """
+    full = tmp_path / "full"
+    train(full, *EPOCHS, launcher=TORCHRUN)
+    a = losses(full)
+    assert sorted(a) == list(range(1, 10))
+    epochs = {m["step"]: m["epoch"] for m in metrics(full) if "epoch" in m}
+    assert epochs[3] == pytest.approx(1.0) and epochs[9] == pytest.approx(3.0)
+    for step in (2, 4):
+        resumed = tmp_path / f"from{step}"
+        resumed.mkdir()
+        shutil.copytree(full / f"checkpoint-{step}", resumed / f"checkpoint-{step}")
+        shutil.copy(full / "metrics.jsonl", resumed / "metrics.jsonl")
+        log = train(resumed, *EPOCHS, "train.resume_from_checkpoint=latest", launcher=TORCHRUN)
+        assert f"at step {step}" in log
+        steps = [m["step"] for m in metrics(resumed) if "loss" in m]
+        assert steps == list(range(1, 10))  # each step logged once: nothing after the checkpoint kept twice
+        b = losses(resumed)
+        for s in range(step + 1, 10):
+            assert b[s] == pytest.approx(a[s], abs=1e-6), (step, s, a[s], b[s])
+
+
+def test_three_epochs_see_every_pair_once_each_in_new_orders(tmp_path):
+    code = """
+seen = {}
+for epoch, micro, batch in tr.micro_batches(0):
+    if epoch == 3:
+        break
+    seen.setdefault(epoch, []).extend(e.id for e in batch)
+result = seen
+"""
+    seen = probe(code, "data.max_train_examples=40", out=tmp_path / "p")
+    assert sorted(seen) == ["0", "1", "2"]
+    for ids in seen.values():
+        assert sorted(ids) == list(range(40))  # 40 pairs, batches of 8: every pair exactly once
+    assert seen["0"] != seen["1"] != seen["2"]
+
+
+# ---------------------------------------------------------------- 2. held-out data that is held out
+
+
+def test_local_file_without_eval_dataset_holds_out_a_seeded_disjoint_split(tmp_path):
+    code = """
+result = {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval_data]}
+"""
+    out = tmp_path / "p"
+    ids = probe(code, "data.eval_dataset=null", out=out)
+    assert len(ids["eval"]) == 16 and len(ids["train"]) == 304  # 5% of 320
+    assert not set(ids["train"]) & set(ids["eval"]) and sorted(ids["train"] + ids["eval"]) == list(range(320))
+    written = json.loads((out / "eval_ids.json").read_text())
+    assert written["ids"] == ids["eval"] and written["held_out_of_training_file"]
+    again = probe(code, "data.eval_dataset=null", "train.seed=5", out=tmp_path / "q")
+    assert again["eval"] == ids["eval"]  # the split does not move with the training seed
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.eval_dataset=null", "data.eval_fraction=0"], "data.eval_dataset"),
+    (["data.eval_split=test"], "data.eval_split='test' names a split of a hub dataset"),
+])
+def test_local_file_evaluation_that_cannot_be_held_out_fails_at_start(tmp_path, overrides, message):
+    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
+                           *QUIET, *overrides], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- 3. dropout off in the DPO passes
+
+DROPOUT_PROBE = """
+torch.manual_seed(0)
+for name, p in tr.model.named_parameters():
+    if "lora_B" in name:
+        p.data.normal_(0, 0.5)  # a moved adapter: policy != reference
+batch = collate(tr.train_data[:4], tr.spec.pad_token_id)
+with torch.no_grad():
+    tr.model.train()
+    _, train_stats, _ = tr.compute(batch, 0)
+    tr.model.eval()
+    _, eval_stats, _ = tr.compute(batch, 0)
+result = [train_stats["rewards/margins"].tolist(), eval_stats["rewards/margins"].tolist()]
+"""
+
+
+def test_dropout_is_off_in_the_training_pass(tmp_path):
+    train_margins, eval_margins = probe(DROPOUT_PROBE, "lora.dropout=0.5", out=tmp_path / "a")
+    assert train_margins == pytest.approx(eval_margins, abs=1e-6)
+    assert any(abs(m) > 1e-3 for m in eval_margins)  # the adapter really moved the policy
+    # the same probe with dropout left on differs: the test can fail
+    train_margins, eval_margins = probe(DROPOUT_PROBE, "lora.dropout=0.5", "train.disable_dropout=false",
+                                        out=tmp_path / "b")
+    assert train_margins != pytest.approx(eval_margins, abs=1e-6)
+
+
+# ---------------------------------------------------------------- 4. RPO over the global batch
+
+
+def test_rpo_normaliser_is_the_whole_optimizer_steps_tokens(tmp_path):
+    """P/N for a step = pairs / chosen-response tokens over every micro-batch of every rank in that step."""
+    code = """
+from align.data import rank_micro_batches
+got = tr._step_pairs_per_token(2)  # the step made of micro-batches 2 and 3
+ids = [i for _, micro, mine in __import__("itertools").islice(rank_micro_batches(len(tr.train_data), seed=0, world=1,
+       rank=0, per_device=8), 4) if micro >= 2 for i in mine]
+result = [got, len(ids) / sum(len(tr.train_data[i].chosen_ids) for i in ids)]
+"""
+    got, expected = probe(code, "train.gradient_accumulation_steps=2", out=tmp_path / "p")
+    assert got == pytest.approx(expected) and 0 < got < 1
+
+
+# ---------------------------------------------------------------- 5. throughput
+
+
+def test_tokens_per_second_leaves_out_evaluation_and_saving(tmp_path):
+    """Evaluation made to take 0.5 s: four of them in the logging window must not enter the rate."""
+    code = """
+tokens = []
+compute = tr.compute
+def counting(*a, **k):
+    loss, stats, n = compute(*a, **k)
+    tokens.append(n)
+    return loss, stats, n
+tr.compute = counting
+def slow_eval():
+    time.sleep(0.5)
+    return {}
+tr.evaluate = slow_eval
+start = time.perf_counter()
+tr.train()
+wall = time.perf_counter() - start
+rate = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "tokens_per_second" in m][-1]["tokens_per_second"]
+result = [sum(tokens), rate, wall]
+"""
+    total, rate, wall = probe(code, "train.max_steps=4", "train.logging_steps=4", "train.eval_steps=1",
+                              out=tmp_path / "p")
+    assert wall > 2.0
+    assert total / rate < wall - 1.9  # the training time alone: the 2 s of evaluation are not in it
+
+
+# ---------------------------------------------------------------- 6. bookkeeping
+
+
+def test_skipped_optimizer_steps_leave_the_schedule_alone(tmp_path):
+    code = """
+type(tr.accelerator).optimizer_step_was_skipped = property(lambda self: True)  # as an fp16 overflow reports
+tr.train()
+logged = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "loss" in m]
+result = [tr.scheduler.last_epoch, [m["optimizer_steps_skipped"] for m in logged], [m["learning_rate"] for m in logged]]
+"""
+    last_epoch, skipped, lrs = probe(code, "train.max_steps=3", "train.logging_steps=1", "train.do_eval=false",
+                                     out=tmp_path / "p")
+    assert last_epoch == 0 and skipped == [1, 1, 1] and lrs == [0.0, 0.0, 0.0]  # still at warm-up's start
+
+
+def test_fractional_epochs_and_warmup_rounded_up(tmp_path):
+    """320 pairs, 8 a micro-batch: 40 micro-batches an epoch; accumulation 3 makes a step 3/40 of an epoch.
+
+    max_steps 19 with warmup_ratio 0.05: 0.95 rounds up to 1 warm-up step (HF rounds up too).
+    """
+    code = """
+tr.train()
+logged = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "loss" in m]
+result = [tr.warmup_steps, [m["epoch"] for m in logged][:2]]
+"""
+    warmup, epochs = probe(code, "train.max_steps=19", "train.gradient_accumulation_steps=3", "train.logging_steps=1",
+                           "train.do_eval=false", "train.warmup_ratio=0.05", out=tmp_path / "p")
+    assert warmup == 1 and epochs == pytest.approx([3 / 40, 6 / 40])
