@@ -56,8 +56,10 @@ class LoraArgs:
 
 @dataclass
 class DataArgs:
+    """Preference data (DPO)."""
     dataset: str = opt("PKU-Alignment/PKU-SafeRLHF", "hub id, or a local .jsonl/.json/.parquet file")
     format: str = opt("pku_saferlhf", "record schema", ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs"))
+    preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
     config_name: str | None = opt(None, "hub dataset configuration name")
     train_split: str = opt("train", "split to train on")
     eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or local file)")
@@ -65,19 +67,56 @@ class DataArgs:
     eval_fraction: float = opt(0.05, "local file without eval_dataset: hold out this seeded fraction of its records "
                                      "(0 = refuse to start unless eval_dataset is given or train.do_eval=false)")
     eval_split_seed: int = opt(0, "seed of the held-out fraction (independent of train.seed, so seeds share it)")
-    preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
     max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)")
     max_response_length: int = opt(256, "response tokens kept, EOS included")
     over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
     on_bad_record: str = opt("error", "malformed/empty/identical records: fail naming the record, or count and skip",
                              ("error", "skip"))
-    max_train_examples: int | None = opt(None, "use at most this many training pairs")
-    max_eval_examples: int | None = opt(None, "use at most this many held-out pairs")
+    max_train_examples: int | None = opt(None, "use at most this many training records")
+    max_eval_examples: int | None = opt(None, "use at most this many held-out records")
+
+
+class SFTDataArgs:
+    """Prompt/response data (SFT). The fields after ``format`` mean what they mean for DPO data."""
+    dataset: str = opt("data/tiny_sft_train.jsonl", "hub id, or a local .jsonl/.json/.parquet file")
+    format: str = opt("prompt_response", "record schema: prompt+response, a messages list ending in the answer, or "
+                                         "raw text (all of it scored: pretraining)", ("prompt_response", "messages", "text"))
+    response_padding: str = opt("batch", "EOS-extend responses to the longest of the micro-batch (LLaDA) or to "
+                                         "max_response_length (teaches fixed-length generation to end in EOS)",
+                                ("batch", "max_length"))
+
+
+for _f in dataclasses.fields(DataArgs):  # the shared fields, defined once (DataArgs' defaults and help)
+    if _f.name not in ("dataset", "format", "preference"):
+        setattr(SFTDataArgs, _f.name, _f)
+        SFTDataArgs.__annotations__[_f.name] = DataArgs.__annotations__[_f.name]
+SFTDataArgs = dataclass(SFTDataArgs)
+
+
+@dataclass
+class SFTArgs:
+    estimator: str = opt("time_integral", "mask draw: time_integral is LLaDA's t ~ U(0,1) with weight 1/t "
+                                          "(docs/method.md §6); the others are unbiased alternatives",
+                         ("time_integral", "time_free", "any_order"))
+    n_samples: int = opt(1, "mask draws per sequence per step (LLaDA: 1)")
+    stratified: bool = opt(True, "stratify t across a sequence's draws (n_samples > 1)")
+
+
+@dataclass
+class BehaviourArgs:
+    prompts: str | None = opt(None, "jsonl of held-out prompts {prompt, kind: harmful|everyday} to sample and judge at "
+                                    "every evaluation (eval/refusal_rate, eval/over_refusal_rate); null = off")
+    max_prompts: int | None = opt(None, "judge at most this many prompts of each kind")
+    gen_length: int = opt(48, "tokens generated per answer (LLaDA's sampler)")
+    block_length: int = opt(16, "semi-autoregressive block length")
+    steps: int = opt(24, "denoising steps in all")
+    temperature: float = opt(0.0, "sampling temperature (0 = greedy)")
+    show: int = opt(3, "print this many prompts of each kind with their answers before and after training")
 
 
 @dataclass
 class EstimatorArgs:
-    estimator: str = opt("time_free", "likelihood estimator (METHOD.md §2)", ("time_free", "any_order", "time_integral"))
+    estimator: str = opt("time_free", "likelihood estimator (docs/method.md §2)", ("time_free", "any_order", "time_integral"))
     n_samples: int = opt(4, "Monte Carlo samples per log-likelihood term")
     coupling: str | None = opt(None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled"))
     share_policy_reference: bool = opt(True, "policy and reference see the same masks")
@@ -126,11 +165,30 @@ class TrainArgs:
 
 @dataclass
 class Config:
+    """DPO training (``align.train_dpo``)."""
     model: ModelArgs = field(default_factory=ModelArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     data: DataArgs = field(default_factory=DataArgs)
     estimator: EstimatorArgs = field(default_factory=EstimatorArgs)
     loss: LossArgs = field(default_factory=LossArgs)
+    behaviour: BehaviourArgs = field(default_factory=BehaviourArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DPOConfig = Config
+
+
+@dataclass
+class SFTConfig:
+    """Masked-diffusion SFT (``align.train_sft``)."""
+    model: ModelArgs = field(default_factory=ModelArgs)
+    lora: LoraArgs = field(default_factory=LoraArgs)
+    data: SFTDataArgs = field(default_factory=SFTDataArgs)
+    sft: SFTArgs = field(default_factory=SFTArgs)
+    behaviour: BehaviourArgs = field(default_factory=BehaviourArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
 
     def to_dict(self) -> dict:
@@ -243,28 +301,38 @@ def resolve_recipe(recipe: str) -> Path:
     raise ConfigError(f"recipe {recipe!r} is neither a YAML file nor one of: {', '.join(known)}{hint}")
 
 
-def _validate(cfg: Config) -> Config:
-    est = cfg.estimator
-    if est.coupling is not None:
-        est.share_policy_reference = est.share_chosen_rejected = est.coupling == "coupled"
-    positive = {"estimator.n_samples": est.n_samples, "train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
+def _validate(cfg):
+    positive = {"train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
                 "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
                 "data.max_prompt_length": cfg.data.max_prompt_length, "data.max_response_length": cfg.data.max_response_length,
                 "train.logging_steps": cfg.train.logging_steps, "train.save_steps": cfg.train.save_steps}
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
-    if not 0 <= cfg.loss.label_smoothing < 0.5:
-        raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
+    bh = cfg.behaviour
+    if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
+        raise ConfigError(f"behaviour: gen_length ({bh.gen_length}) must be a multiple of block_length "
+                          f"({bh.block_length}) and steps ({bh.steps}) a multiple of the number of blocks")
+    if isinstance(cfg, SFTConfig):
+        if cfg.sft.n_samples < 1:
+            raise ConfigError(f"sft.n_samples must be >= 1, got {cfg.sft.n_samples}")
+        return cfg
+    est = cfg.estimator
+    if est.coupling is not None:
+        est.share_policy_reference = est.share_chosen_rejected = est.coupling == "coupled"
+    if est.n_samples < 1:
+        raise ConfigError(f"estimator.n_samples must be >= 1, got {est.n_samples}")
+    if not 0 <= cfg.loss.label_smoothing < 0.5:
+        raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
     if cfg.loss.beta <= 0:
         raise ConfigError(f"loss.beta must be > 0, got {cfg.loss.beta}")
     return cfg
 
 
-def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
-    """Build a :class:`Config` from a recipe (name or path) and ``key=value`` overrides."""
+def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config):
+    """Build a ``cls`` (:class:`Config` for DPO, :class:`SFTConfig`) from a recipe (name or path) and overrides."""
     tree: dict = {}
     if recipe:
         tree = yaml.safe_load(resolve_recipe(recipe).read_text()) or {}
@@ -279,24 +347,24 @@ def load_config(recipe: str | None = None, overrides: list[str] = ()) -> Config:
         if explicit:
             raise ConfigError(f"estimator.coupling is a shorthand for the share_* flags; set one or the other, "
                               f"not both (got coupling and {', '.join(explicit)})")
-    return _validate(_build(Config, tree))
+    return _validate(_build(cls, tree))
 
 
-def parse_cli(argv: list[str]) -> Config:
+def parse_cli(argv: list[str], cls=Config, prog: str = "train_dpo.py"):
     recipe, overrides = None, []
     for arg in argv:
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
         elif arg in ("-h", "--help"):
-            raise SystemExit(help_text())
+            raise SystemExit(help_text(cls, prog))
         else:
             overrides.append(arg.lstrip("-"))
-    return load_config(recipe, overrides)
+    return load_config(recipe, overrides, cls)
 
 
-def help_text() -> str:
-    lines = ["usage: train_dpo.py recipe=NAME|PATH [section.key=value ...]", ""]
-    for section in dataclasses.fields(Config):
+def help_text(cls=Config, prog: str = "train_dpo.py") -> str:
+    lines = [f"usage: {prog} recipe=NAME|PATH [section.key=value ...]", ""]
+    for section in dataclasses.fields(cls):
         lines.append(f"{section.name}:")
         for f in dataclasses.fields(section.default_factory()):
             choices = f.metadata.get("choices")
@@ -306,6 +374,6 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def dump_config(cfg: Config, path: Path) -> None:
+def dump_config(cfg, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -18,7 +18,7 @@ content, empty response, identical chosen and rejected, over-long prompt with
 ``on_bad_record=skip`` is counted per reason and logged. Nothing is
 dropped silently.
 
-Encoding (METHOD.md §5 step 1): the prompt goes through the tokenizer's chat
+Encoding (docs/method.md §5 step 1): the prompt goes through the tokenizer's chat
 template and is truncated keeping its end. Responses are truncated to
 ``max_response_length − 1`` tokens plus EOS, then the shorter one is
 EOS-extended to the pair's common length L.
@@ -65,7 +65,7 @@ class DataReport:
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
-        return (f"{self.source}: {self.kept}/{self.total} pairs kept; skipped: {skipped}; "
+        return (f"{self.source}: {self.kept}/{self.total} records kept; skipped: {skipped}; "
                 f"prompts truncated: {self.truncated_prompts}")
 
 
@@ -235,19 +235,30 @@ def encode_pair(tokenizer, messages, chosen: str, rejected: str, *, eos_token_id
 def build_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, preference: str, eos_token_id: int,
                   max_prompt_length: int, max_response_length: int, over_long_prompt: str, on_bad_record: str,
                   limit: int | None = None, indices: list[int] | None = None) -> tuple[list[Encoded], DataReport]:
-    """Encode ``rows`` (or only the positions ``indices``, in that order); ids are positions in ``rows``."""
+    """Preference pairs from ``rows`` (or only the positions ``indices``, in that order); ids are positions in ``rows``."""
+
+    def encode(i, row):
+        messages, chosen, rejected = extract(row, fmt, preference)
+        p, c, r, truncated = encode_pair(tokenizer, messages, chosen, rejected, eos_token_id=eos_token_id,
+                                         max_prompt_length=max_prompt_length, max_response_length=max_response_length,
+                                         over_long_prompt=over_long_prompt)
+        return Encoded(i, p, c, r), truncated
+
+    return encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
+                          limit=limit, indices=indices)
+
+
+def encode_records(rows, source: str, encode, *, over_long_prompt: str, on_bad_record: str, limit: int | None = None,
+                   indices: list[int] | None = None):
+    """Run ``encode(i, row) -> (example, truncated)`` over the records, applying the bad-record policy."""
     report = DataReport(source)
     out = []
     for i in range(len(rows)) if indices is None else indices:
-        row = rows[i]
         if limit is not None and len(out) >= limit:
             break
         report.total += 1
         try:
-            messages, chosen, rejected = extract(row, fmt, preference)
-            p, c, r, truncated = encode_pair(tokenizer, messages, chosen, rejected, eos_token_id=eos_token_id,
-                                             max_prompt_length=max_prompt_length,
-                                             max_response_length=max_response_length, over_long_prompt=over_long_prompt)
+            example, truncated = encode(i, rows[i])
         except OverLongPrompt as e:
             if over_long_prompt == "error":
                 raise BadRecord(f"{source}: record {i}: {e} (set data.over_long_prompt=truncate or skip)") from None
@@ -259,11 +270,83 @@ def build_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, prefere
             report.skipped[str(e)] += 1
             continue
         report.truncated_prompts += truncated
-        out.append(Encoded(i, p, c, r))
+        out.append(example)
     report.kept = len(out)
     if report.skipped:
         log.warning("%s", report.summary())
     return out, report
+
+
+# ---------------------------------------------------------------- SFT records
+
+
+@dataclass
+class EncodedSFT:
+    id: int
+    prompt_ids: list[int]
+    response_ids: list[int]  # EOS-terminated
+
+
+SFT_FORMATS = ("prompt_response", "messages", "text")
+
+
+def extract_sft(row: dict, fmt: str) -> tuple[list[dict] | None, str]:
+    """(prompt messages, or None for raw text; response text).
+
+    - ``prompt_response``: ``prompt`` (string or messages) and ``response``;
+    - ``messages``: one conversation whose last message is the assistant's answer;
+    - ``text``: ``text`` alone, all of it the response (pretraining: nothing stays visible).
+    """
+    if not isinstance(row, dict):
+        raise BadRecord(f"record is {type(row).__name__}, not an object")
+    if fmt == "prompt_response":
+        if "prompt" not in row:
+            raise BadRecord("missing field 'prompt'")
+        prompt = row["prompt"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, "prompt")
+        response = _text(row, "response")
+    elif fmt == "messages":
+        conversation = _messages(row.get("messages"), "messages")
+        if conversation[-1]["role"] != "assistant":
+            raise BadRecord("messages must end with an assistant message")
+        messages, response = conversation[:-1], conversation[-1]["content"]
+    elif fmt == "text":
+        messages, response = None, _text(row, "text")
+    else:
+        raise ValueError(f"unknown SFT data format {fmt!r}; expected one of {', '.join(SFT_FORMATS)}")
+    if not response.strip():
+        raise BadRecord("empty response")
+    return messages, response
+
+
+def encode_sft(tokenizer, messages, response: str, *, eos_token_id: int, max_prompt_length: int,
+               max_response_length: int, over_long_prompt: str = "truncate") -> tuple[list[int], list[int], bool]:
+    """(prompt_ids, response_ids + EOS, truncated). ``messages=None``: no prompt, the text is all response."""
+    prompt_ids: list[int] = []
+    if messages is not None:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
+    truncated = len(prompt_ids) > max_prompt_length
+    if truncated:
+        if over_long_prompt != "truncate":
+            raise OverLongPrompt(f"over-long prompt ({len(prompt_ids)} tokens > max_prompt_length={max_prompt_length})")
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    response_ids = tokenizer(response, add_special_tokens=False).input_ids[: max_response_length - 1] + [eos_token_id]
+    return prompt_ids, response_ids, truncated
+
+
+def build_sft_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, eos_token_id: int, max_prompt_length: int,
+                      max_response_length: int, over_long_prompt: str, on_bad_record: str, limit: int | None = None,
+                      indices: list[int] | None = None) -> tuple[list[EncodedSFT], DataReport]:
+    def encode(i, row):
+        messages, response = extract_sft(row, fmt)
+        p, r, truncated = encode_sft(tokenizer, messages, response, eos_token_id=eos_token_id,
+                                     max_prompt_length=max_prompt_length, max_response_length=max_response_length,
+                                     over_long_prompt=over_long_prompt)
+        return EncodedSFT(i, p, r), truncated
+
+    return encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
+                          limit=limit, indices=indices)
 
 
 # ---------------------------------------------------------------- batching
@@ -275,6 +358,11 @@ def _seed(*words: int) -> int:
 
     state = np.random.SeedSequence([int(w) for w in words]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def example_generators(seed: int, ids: torch.Tensor, epoch: int) -> list[torch.Generator]:
+    """One generator per example, seeded by (seed, example id, epoch): the example's mask draws in that epoch."""
+    return [torch.Generator().manual_seed(_seed(seed, int(i), epoch + 1)) for i in ids.tolist()]
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -320,4 +408,29 @@ def collate(examples: list[Encoded], pad_token_id: int) -> dict[str, torch.Tenso
         attention[i, : P + L] = 1
         response[i, P : P + L] = True
     return {"chosen_ids": chosen, "rejected_ids": rejected, "attention_mask": attention, "response_mask": response,
+            "ids": torch.tensor([e.id for e in examples])}
+
+
+def collate_sft(examples: list[EncodedSFT], pad_token_id: int, eos_token_id: int,
+                response_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-padded SFT batch: input_ids, attention_mask, response_mask [b, T], ids [b].
+
+    Responses are EOS-extended (the EOS tokens are attended and scored, as in LLaDA's SFT) to
+    ``response_length``, or to the longest response of the batch when it is None. That teaches
+    the model to fill the tail of a fixed-length generation with EOS, which LLaDA's sampler relies on.
+    """
+    L = response_length or max(len(e.response_ids) for e in examples)
+    T = max(len(e.prompt_ids) for e in examples) + L
+    b = len(examples)
+    ids = torch.full((b, T), pad_token_id, dtype=torch.long)
+    attention = torch.zeros(b, T, dtype=torch.long)
+    response = torch.zeros(b, T, dtype=torch.bool)
+    for i, e in enumerate(examples):
+        P = len(e.prompt_ids)
+        r = e.response_ids[:L] + [eos_token_id] * max(0, L - len(e.response_ids))
+        ids[i, :P] = torch.tensor(e.prompt_ids, dtype=torch.long)
+        ids[i, P : P + L] = torch.tensor(r)
+        attention[i, : P + L] = 1
+        response[i, P : P + L] = True
+    return {"input_ids": ids, "attention_mask": attention, "response_mask": response,
             "ids": torch.tensor([e.id for e in examples])}

@@ -1,4 +1,4 @@
-"""Likelihood and DPO-margin estimators for masked-diffusion LMs (METHOD.md §2-3).
+"""Likelihood and DPO-margin estimators for masked-diffusion LMs (docs/method.md §2-3).
 
 Public, model-agnostic API (a stable contract; researchers call it directly):
 
@@ -96,7 +96,7 @@ def log_likelihood(
     positions ever masked or scored; every other position with attention_mask
     1 is visible context. ``estimator``: ``time_free`` (draw m w.p. 1/(m·H_L),
     weight H_L), ``any_order`` (m uniform, weight L/m) or ``time_integral``
-    (λ ~ U(0,1), independent masking, weight 1/λ); METHOD.md §2. Column j is
+    (λ ~ U(0,1), independent masking, weight 1/λ); docs/method.md §2. Column j is
     one unbiased estimate; ``stratified`` spreads m (or λ) of a row's samples
     over the strata of its CDF. ``logits_fn(noised [N, T], attention_mask)``
     returns logits aligned with positions (position i predicts token i).
@@ -143,7 +143,7 @@ def draw_margin_masks(
 ) -> dict[str, MaskDraw]:
     """Draws for the four terms ``pc, rc, pr, rr`` (policy/reference × chosen/rejected).
 
-    Shared axes reuse one draw (METHOD.md §3); independent draws are taken
+    Shared axes reuse one draw (docs/method.md §3); independent draws are taken
     in the fixed order pc, rc, pr, rr so that a seed fixes every setting.
     """
 
@@ -237,7 +237,7 @@ def dpo_margin(
     attention_mask: torch.Tensor | None = None,
     stratified: bool = True,
 ) -> torch.Tensor:
-    """Per-sample estimates of the DPO margin Δ (METHOD.md §3): ``[b, n_samples]``.
+    """Per-sample estimates of the DPO margin Δ (docs/method.md §3): ``[b, n_samples]``.
 
     chosen_ids, rejected_ids [b, T] at a common length, one shared
     response_mask [b, T]. ``share_policy_reference`` gives the policy and
@@ -264,6 +264,63 @@ def dpo_margin(
     ).margin
 
 
+@dataclass(frozen=True)
+class SFTTerms:
+    """Per-sequence results of the masked-diffusion SFT objective, each ``[b]``."""
+
+    loss: torch.Tensor  # −(1/L)·mean_n(weight · Σ_masked log p): LLaDA's normalised SFT loss
+    masked_token_nll: torch.Tensor  # unweighted mean −log p over the masked tokens of all n draws (a progress signal)
+    masked_tokens: torch.Tensor  # how many tokens the n draws masked in all
+
+
+def sft_terms(
+    scorer: TokenScorer,
+    input_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    mask_token_id: int,
+    generator: Generators = None,
+    attention_mask: torch.Tensor | None = None,
+    estimator: str = "time_integral",
+    n_samples: int = 1,
+    stratified: bool = True,
+) -> SFTTerms:
+    """The masked-diffusion SFT loss of LLaDA (arXiv 2502.09992, Eq. 5; docs/method.md §4), per sequence.
+
+    The prompt stays visible; response tokens are masked at rate t ~ U(0, 1) and
+    scored with weight 1/t; the sum is divided by the response length L (EOS
+    padding included), as LLaDA's SFT code normalises by the answer length:
+
+        loss = −(1/L) · (1/t) · Σ_{i masked} log p(y^i | x, noised y)
+
+    Its expectation is −(1/L) times the masked-diffusion bound of
+    :func:`enumerate_bound` (the ``time_integral`` estimator). LLaDA floors the
+    masking rate at ε = 10⁻³; here t is exactly U(0, 1), so the expectation is
+    the bound itself. ``estimator`` ``time_free`` / ``any_order`` give other
+    unbiased draws of the same quantity, for ablation.
+    """
+    response_mask = _response_positions(response_mask, attention_mask)
+    draw = draw_masks(response_mask, n_samples, estimator, generator, stratified)
+    return sft_terms_from_draw(scorer, input_ids, response_mask, draw, mask_token_id=mask_token_id,
+                               attention_mask=attention_mask)
+
+
+def sft_terms_from_draw(scorer: TokenScorer, input_ids: torch.Tensor, response_mask: torch.Tensor, draw: MaskDraw, *,
+                        mask_token_id: int, attention_mask: torch.Tensor | None = None) -> SFTTerms:
+    """:func:`sft_terms` for a given draw (weights 1/t for time_integral)."""
+    response_mask = _response_positions(response_mask, attention_mask)
+    b, n, T = draw.masked.shape
+    masked = draw.masked.reshape(b * n, T)
+    targets = _expand(input_ids, n)
+    token_logp = scorer(noise(targets, masked, mask_token_id), _expand(attention_mask, n), targets, masked)
+    summed = token_logp.float().reshape(b, n, T).sum(-1)  # [b, n]
+    L = response_mask.sum(-1).to(summed.dtype)  # [b]
+    loss = -(draw.weight.to(summed.dtype) * summed).mean(-1) / L
+    count = draw.masked.sum((1, 2))  # [b]
+    nll = -summed.sum(-1).detach() / count.clamp_min(1).to(summed.dtype)
+    return SFTTerms(loss, nll, count)
+
+
 @torch.no_grad()
 def enumerate_bound(
     logits_fn: LogitsFn,
@@ -276,7 +333,7 @@ def enumerate_bound(
 ) -> torch.Tensor:
     """The exact bound ``−E = −Σ_m (1/m)·E_{|M|=m}[S(M)]`` per row, by enumerating all masks: [b] float64.
 
-    Every estimator's expectation (METHOD.md §2). Cost 2^L forward rows per
+    Every estimator's expectation (docs/method.md §2). Cost 2^L forward rows per
     row, so L is capped at ``max_len``.
     """
     response_mask = _response_positions(response_mask, attention_mask)

@@ -1,4 +1,4 @@
-"""Preference losses as pure functions of margin estimates (METHOD.md §3).
+"""Preference losses as pure functions of margin estimates (docs/method.md §3).
 
 The trainer averages each pair's n per-sample margins into Δ̂ [b] and calls
 :func:`preference_loss`. Names and semantics follow TRL's ``DPOConfig``:
@@ -12,7 +12,7 @@ The trainer averages each pair's n per-sample margins into Δ̂ [b] and calls
   ``(Δ/L − 1/(2β))²``. TRL (1.16, ``DPOTrainer``, ``loss_type="ipo"``)
   divides each response's log-ratio by its completion length before the
   square; here both responses of a pair are EOS-extended to one length L
-  (METHOD §3), so the per-token margin is Δ/L. ``response_lengths`` is L.
+  (docs/method.md §3), so the per-token margin is Δ/L. ``response_lengths`` is L.
 
 ``rpo_alpha`` (RPO, Pang et al. 2024; TRL 1.16 writes it as
 ``loss_type=["sigmoid", "sft"]``, ``loss_weights=[1, α]``) adds α times the

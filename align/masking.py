@@ -1,4 +1,4 @@
-"""Random mask draws for masked-diffusion likelihood estimators (METHOD.md §2).
+"""Random mask draws for masked-diffusion likelihood estimators (docs/method.md §2).
 
 This module owns the forward noising process as pure functions: which response
 positions are masked in each Monte Carlo sample, and the importance weight
@@ -83,7 +83,7 @@ def _uniforms(n: int, stratified: bool, generator: torch.Generator | None) -> to
     """n uniforms on [0, 1), float64. Stratified: one offset U and u_j = (U + j/n) mod 1.
 
     Each u_j is marginally U(0, 1), so every sample alone stays unbiased, while
-    the n of them cover the n strata of the CDF exactly once (METHOD.md §2).
+    the n of them cover the n strata of the CDF exactly once (docs/method.md §2).
     """
     if stratified:
         offset = torch.rand(1, dtype=torch.float64, generator=generator)

@@ -1,4 +1,4 @@
-"""Enumerable toy models for exact estimator tests and the variance benchmark (METHOD.md §4).
+"""Enumerable toy models for exact estimator tests and the variance benchmark (docs/method.md §4).
 
 :class:`ToyJoint` is an explicit joint distribution over all ``V**T`` token
 sequences. Its :meth:`~ToyJoint.logits_fn` is the *oracle* masked-diffusion

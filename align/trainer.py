@@ -1,26 +1,22 @@
-"""The DPO training loop for masked-diffusion LMs, on accelerate (METHOD.md §5).
+"""The training loop for masked-diffusion LMs, on accelerate, with the objective plugged in.
 
-One optimizer step, for each of ``gradient_accumulation_steps`` micro-batches:
+One loop serves DPO (``align.dpo``) and SFT (``align.sft``). An *objective*
+owns what differs: how records are encoded and batched, whether a reference
+model is needed, the loss and per-example statistics of a micro-batch, and the
+names of its metrics. The loop owns the rest:
 
-1. this rank's slice of the global micro-batch: pairs EOS-extended to a
-   common L per pair (``align.data``);
-2. per pair, a generator seeded by (seed, example id, epoch): the masks of a
-   pair are the same whatever the world size, accumulation or resume;
-3. ``estimators.dpo_terms``: policy forward with grad on the 2·b·n noised
-   sequences, log-probs only at masked positions; reference forward without
-   grad on the same (coupled) or its own (decoupled) noised sequences, with
-   the LoRA adapter disabled or on the frozen copy (full fine-tuning);
-4. Δ̂ = mean over samples; loss (``align.losses``); backward.
-
-Logged every ``logging_steps`` (mean over the window, all ranks): loss,
-rewards/{chosen,rejected,accuracies,margins}, logps/{policy,reference}_{chosen,rejected},
-margin/sample_variance (the per-pair variance of Δ over its n samples),
-grad_norm, learning_rate, tokens_per_second; the same ``eval/…`` metrics on
-the held-out split every ``eval_steps``. Metrics also go to
-``output_dir/metrics.jsonl``.
-
-Checkpoints (``output_dir/checkpoint-N``) are written to ``checkpoint-N.tmp``
-and renamed only when complete, so resume never sees a half-written one.
+- accelerate / DeepSpeed set-up, model + tokenizer loading, LoRA or full
+  fine-tuning, and the frozen reference copy when the objective needs one;
+- data: loading, the held-out split, and every epoch a new seeded order cut
+  into per-rank micro-batches (``align.data.rank_micro_batches``); mask draws
+  come from per-example generators seeded by (seed, example id, epoch), so a
+  micro-step is the same whatever the world size, accumulation or resume;
+- optimizer, schedule, gradient accumulation and clipping; metrics averaged
+  over the logging window and all ranks (``metrics.jsonl``, TensorBoard or
+  wandb, a progress bar); evaluation at step 0, every ``eval_steps`` and at
+  the end, with the behaviour check (``align.behaviour``) when configured;
+- checkpoints written to ``checkpoint-N.tmp`` and renamed only when complete,
+  exact resume, and the final save in the published layout.
 """
 
 from __future__ import annotations
@@ -33,13 +29,10 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from align import estimators as E
-from align.config import Config, ConfigError, dump_config
-from align.data import build_dataset, collate, holdout_split, is_local, load_records, rank_micro_batches
-from align.losses import preference_loss, rpo_nll
+from align.config import ConfigError, dump_config, parse_cli
+from align.data import holdout_split, is_local, load_records, rank_micro_batches
 from align.models import add_lora, load_model, save_published, spec_for, token_scorer
 from align.models.tokenizer import load_tokenizer
 
@@ -47,21 +40,14 @@ log = logging.getLogger("align.trainer")
 EVAL_EPOCH = -1  # eval draws are keyed to a fixed epoch: the same masks at every evaluation
 
 
-def example_generators(seed: int, ids: torch.Tensor, epoch: int) -> list[torch.Generator]:
-    """One generator per example, seeded by (seed, example id, epoch) through numpy's SeedSequence."""
-    gens = []
-    for i in ids.tolist():
-        state = np.random.SeedSequence([seed, int(i), epoch + 1]).generate_state(2, dtype=np.uint32)
-        gens.append(torch.Generator().manual_seed(int(state[0]) << 31 | int(state[1]) >> 1))
-    return gens
+class Trainer:
+    """The training loop, with the objective (DPO, SFT) plugged in: see ``align.dpo`` and ``align.sft``."""
 
-
-class DPOTrainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg, objective):
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
-        self.cfg = cfg
+        self.cfg, self.objective = cfg, objective
         t = cfg.train
         self.out = Path(t.output_dir)
         log_with = None if t.report_to == "none" else t.report_to
@@ -98,7 +84,7 @@ class DPOTrainer:
         if cfg.lora.enabled:
             model = add_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
                              target_modules=cfg.lora.target_modules)
-        else:
+        elif objective.needs_reference:
             # a second load, not a deepcopy: under ZeRO-3 init the loaded parameters are already partitioned
             self.reference = load().requires_grad_(False).eval()
         if t.disable_dropout:
@@ -110,11 +96,11 @@ class DPOTrainer:
         self.micro_global = t.per_device_train_batch_size * self.world
         self.micro_per_epoch = len(self.train_data) // self.micro_global
         if self.micro_per_epoch < t.gradient_accumulation_steps:
-            raise ConfigError(f"{len(self.train_data)} training pairs fill fewer than one optimizer step of "
-                              f"{self.micro_global * t.gradient_accumulation_steps} pairs")
+            raise ConfigError(f"{len(self.train_data)} training examples fill fewer than one optimizer step of "
+                              f"{self.micro_global * t.gradient_accumulation_steps}")
         dropped = len(self.train_data) - self.micro_per_epoch * self.micro_global
         if dropped:
-            acc.print(f"each epoch leaves out {dropped} pair(s) (a different random set every epoch) to fill "
+            acc.print(f"each epoch leaves out {dropped} example(s) (a different random set every epoch) to fill "
                       f"whole global batches of {self.micro_global}")
         self.steps_per_epoch = self.micro_per_epoch / t.gradient_accumulation_steps  # may be fractional
         self.total_steps = (t.max_steps if t.max_steps > 0
@@ -144,14 +130,21 @@ class DPOTrainer:
             # checkpoints hold the adapter only; frozen base weights come from name_or_path on resume
             acc.register_save_state_pre_hook(_keep_only(trainable))
         self.global_step = 0
+        self.behaviour = None
+        if cfg.behaviour.prompts:
+            from align.behaviour import BehaviourEval
+
+            self.behaviour = BehaviourEval(cfg.behaviour, self.tokenizer, self.spec)
+        self.shown = set(self.objective.shown) | ({"eval/refusal_rate", "eval/over_refusal_rate"} if self.behaviour else set())
 
     # ------------------------------------------------------------ data
     def _load_data(self):
-        """(train, held-out) encoded pairs. Held-out pairs are never training pairs (see README, Data)."""
+        """(train, held-out) encoded examples. Held-out records are never training records (see README, Data)."""
         d, acc = self.cfg.data, self.accelerator
-        common = dict(fmt=d.format, preference=d.preference, eos_token_id=self.spec.eos_token_id,
-                      max_prompt_length=d.max_prompt_length, max_response_length=d.max_response_length,
-                      over_long_prompt=d.over_long_prompt, on_bad_record=d.on_bad_record)
+
+        def build_dataset(rows, source, tokenizer, *, limit, indices=None):
+            return self.objective.build_dataset(rows, source, tokenizer, self.spec, limit=limit, indices=indices)
+
         if d.eval_split is not None and is_local(d.eval_dataset or d.dataset):
             raise ConfigError(f"data.eval_split={d.eval_split!r} names a split of a hub dataset, but the held-out data "
                               f"would come from the local file {d.eval_dataset or d.dataset}; set data.eval_split=null "
@@ -161,8 +154,7 @@ class DPOTrainer:
         if self.cfg.train.do_eval:
             if d.eval_dataset is not None:
                 eval_rows, eval_source = load_records(d.eval_dataset, d.eval_split or "test", d.config_name)
-                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples,
-                                                  **common)
+                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples)
                 acc.print(report.summary())
             elif is_local(d.dataset):
                 if d.eval_fraction == 0:
@@ -171,18 +163,17 @@ class DPOTrainer:
                                       f"train.do_eval=false")
                 train_idx, held = holdout_split(len(rows), d.eval_fraction, d.eval_split_seed)
                 eval_data, report = build_dataset(rows, f"{source} (held out)", self.tokenizer,
-                                                  limit=d.max_eval_examples, indices=held, **common)
+                                                  limit=d.max_eval_examples, indices=held)
                 acc.print(f"holding out {len(held)} of {len(rows)} records of {source} for evaluation "
                           f"(data.eval_fraction={d.eval_fraction}, data.eval_split_seed={d.eval_split_seed}); "
                           f"their ids are in {self.out / 'eval_ids.json'}")
                 acc.print(report.summary())
             else:
                 eval_rows, eval_source = load_records(d.dataset, d.eval_split or "test", d.config_name)
-                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples,
-                                                  **common)
+                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples)
                 acc.print(report.summary())
         train_data, report = build_dataset(rows, source, self.tokenizer, limit=d.max_train_examples,
-                                           indices=train_idx, **common)
+                                           indices=train_idx)
         acc.print(report.summary())
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -207,8 +198,11 @@ class DPOTrainer:
         engine.eval()
         return engine
 
-    def _scorers(self):
+    def scorers(self, reference: bool = True):
+        """(policy, reference) token scorers; the reference is the frozen copy or the policy with its adapter off."""
         policy = token_scorer(self.model)
+        if not reference:
+            return policy, None
         if self.reference is not None:
             return policy, token_scorer(self.reference)
         peft_model = unwrap_peft(self.model)
@@ -220,47 +214,16 @@ class DPOTrainer:
         return policy, reference
 
     # ------------------------------------------------------------ one batch
-    def compute(self, batch: dict, epoch: int, pairs_per_token: float = 0.0) -> tuple[torch.Tensor, dict, int]:
-        """(mean loss of the micro-batch, per-pair stats, policy tokens) for one micro-batch.
+    def compute(self, batch: dict, epoch: int, norm: float = 0.0) -> tuple[torch.Tensor, dict, int]:
+        """(mean loss of the micro-batch, per-example stats [b] each, tokens through the policy).
 
-        ``pairs_per_token``: pairs / chosen-response tokens of the whole optimizer step (all ranks and
-        micro-batches); it makes the RPO term a token-weighted NLL over the global batch, as TRL's is.
+        ``norm``: the objective's normaliser for the whole optimizer step (``objective.batch_norm``).
         """
-        cfg, dev = self.cfg, self.accelerator.device
-        est = cfg.estimator
-        batch = {k: v.to(dev) for k, v in batch.items()}
-        policy, reference = self._scorers()
-        terms = E.dpo_terms(
-            policy, reference, batch["chosen_ids"], batch["rejected_ids"], batch["response_mask"],
-            n_samples=est.n_samples, estimator=est.estimator, share_policy_reference=est.share_policy_reference,
-            share_chosen_rejected=est.share_chosen_rejected, mask_token_id=self.spec.mask_token_id,
-            generator=example_generators(cfg.train.seed, batch["ids"].cpu(), epoch),
-            attention_mask=batch["attention_mask"], stratified=est.stratified,
-        )
-        margin = terms.margin.mean(-1)  # [b]  average over samples, then the loss (METHOD.md §5)
-        lengths = (batch["response_mask"] & batch["attention_mask"].bool()).sum(-1)  # [b]  common L per pair
-        losses = preference_loss(margin, loss_type=cfg.loss.loss_type, beta=cfg.loss.beta,
-                                 label_smoothing=cfg.loss.label_smoothing, response_lengths=lengths)
-        if cfg.loss.rpo_alpha is not None:
-            losses = losses + cfg.loss.rpo_alpha * rpo_nll(terms.policy_chosen, pairs_per_token)
-        beta = cfg.loss.beta
-        with torch.no_grad():
-            chosen_r = beta * terms.chosen_logratio.mean(-1).detach()
-            rejected_r = beta * terms.rejected_logratio.mean(-1).detach()
-            n = terms.margin.shape[-1]
-            stats = {
-                "loss": losses.detach(),
-                "rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
-                # ties (e.g. every pair at step 0 of LoRA) count ½: chance level, not "wrong" as in TRL
-                "rewards/accuracies": (chosen_r > rejected_r).float() + 0.5 * (chosen_r == rejected_r).float(), "rewards/margins": chosen_r - rejected_r,
-                "logps/policy_chosen": terms.policy_chosen.mean(-1).detach(),
-                "logps/policy_rejected": terms.policy_rejected.mean(-1).detach(),
-                "logps/reference_chosen": terms.reference_chosen.mean(-1),
-                "logps/reference_rejected": terms.reference_rejected.mean(-1),
-                "margin/sample_variance": terms.margin.detach().var(-1) if n > 1 else torch.zeros_like(margin),
-            }
-        tokens = 2 * n * int(batch["attention_mask"].sum())
-        return losses.mean(), {k: v.float() for k, v in stats.items()}, tokens
+        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
+        return self.objective.compute(self, batch, epoch, norm)
+
+    def collate(self, examples: list) -> dict:
+        return self.objective.collate(examples, self.spec)
 
     # ------------------------------------------------------------ metrics
     def _reduce(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
@@ -278,16 +241,19 @@ class DPOTrainer:
         mine = self.eval_data[self.rank :: self.world]
         bs = self.cfg.train.per_device_eval_batch_size
         sums, count = {}, 0
-        ppt = len(self.eval_data) / sum(len(e.chosen_ids) for e in self.eval_data)
+        norm = self.objective.batch_norm(self.eval_data)
         for s in range(0, len(mine), bs):
-            _, stats, _ = self.compute(collate(mine[s : s + bs], self.spec.pad_token_id), EVAL_EPOCH, ppt)
+            _, stats, _ = self.compute(self.collate(mine[s : s + bs]), EVAL_EPOCH, norm)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0) + v.sum()
             count += len(stats["loss"])
         if count == 0:  # a rank with no eval pairs still joins the reduction
-            sums = {k: torch.zeros((), device=self.accelerator.device) for k in _STAT_KEYS}
+            sums = {k: torch.zeros((), device=self.accelerator.device) for k in self.objective.stat_keys}
+        metrics = {f"eval/{k}": v for k, v in self._reduce(sums, count).items()}
+        if self.behaviour is not None:
+            metrics.update(self.behaviour.evaluate(self, self.global_step))
         self.model.train()
-        return {f"eval/{k}": v for k, v in self._reduce(sums, count).items()}
+        return metrics
 
     def _log(self, metrics: dict, step: int):
         self.accelerator.log(metrics, step=step)
@@ -351,21 +317,20 @@ class DPOTrainer:
                                                      start_micro=start_micro):
             yield epoch, micro, [self.train_data[i] for i in mine]
 
-    def _step_pairs_per_token(self, first_micro: int) -> float:
-        """P/N over the optimizer step that starts at ``first_micro``: all ranks, all accumulation micro-steps.
+    def _step_norm(self, first_micro: int) -> float:
+        """The objective's normaliser over the optimizer step that starts at ``first_micro``.
 
-        The order is a pure function of the seed, so every rank computes it alone (no communication).
+        A step is every rank's micro-batches of all accumulation micro-steps. The order is a pure
+        function of the seed, so every rank lists the whole step alone (no communication).
         """
         t = self.cfg.train
-        pairs = tokens = 0
+        examples = []
         for rank in range(self.world):
             gen = rank_micro_batches(len(self.train_data), seed=t.seed, world=self.world, rank=rank,
                                      per_device=t.per_device_train_batch_size, start_micro=first_micro)
             for _ in range(t.gradient_accumulation_steps):
-                _, _, mine = next(gen)
-                pairs += len(mine)
-                tokens += sum(len(self.train_data[i].chosen_ids) for i in mine)
-        return pairs / tokens
+                examples += [self.train_data[i] for i in next(gen)[2]]
+        return self.objective.batch_norm(examples)
 
     def train(self):
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
@@ -376,32 +341,32 @@ class DPOTrainer:
             acc.init_trackers(t.run_name or self.out.name, config=_flat(cfg.to_dict()))
         if t.resume_from_checkpoint:
             self.resume(t.resume_from_checkpoint)
-        acc.print(f"{acc.distributed_type.name}, world size {self.world}; {len(self.train_data)} train / {len(self.eval_data)} eval pairs; "
-                  f"{self.total_steps} steps of {self.micro_global * t.gradient_accumulation_steps} pairs; "
-                  f"estimator {cfg.estimator.estimator} x{cfg.estimator.n_samples}, share policy/reference "
-                  f"{cfg.estimator.share_policy_reference}, chosen/rejected {cfg.estimator.share_chosen_rejected}")
+        unit = self.objective.unit
+        acc.print(f"{acc.distributed_type.name}, world size {self.world}; {len(self.train_data)} train / "
+                  f"{len(self.eval_data)} eval {unit}; {self.total_steps} steps of "
+                  f"{self.micro_global * t.gradient_accumulation_steps} {unit}; {self.objective.describe()}")
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc="dpo",
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc=self.objective.name,
                    disable=not (t.progress_bar and acc.is_main_process))
         if self.global_step == 0 and t.eval_steps:
             metrics = self.evaluate()  # the untrained baseline: accuracy near chance, margins near 0
             if metrics:
                 self._log(metrics, 0)
-                acc.print("step 0: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in _SHOWN))
+                acc.print("step 0: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown))
         params = [p for p in self.model.parameters() if p.requires_grad]
         sums, count, tokens, grad_norms, skipped = {}, 0, 0, [], 0
         train_seconds = 0.0  # time inside training steps only: evaluation and saving are not counted
         micro_consumed = self.global_step * t.gradient_accumulation_steps
         batches = self.micro_batches(micro_consumed)
-        pairs_per_token = 0.0
+        norm = 0.0
         while self.global_step < self.total_steps:
             started = time.perf_counter()
             epoch, micro, examples = next(batches)
             if micro % t.gradient_accumulation_steps == 0:
-                pairs_per_token = self._step_pairs_per_token(micro)
+                norm = self._step_norm(micro)
             with acc.accumulate(self.model):
-                loss, stats, n_tokens = self.compute(collate(examples, self.spec.pad_token_id), epoch, pairs_per_token)
+                loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
                 acc.backward(loss)
                 if acc.sync_gradients:
                     norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
@@ -435,7 +400,7 @@ class DPOTrainer:
                                 "optimizer_steps_skipped": skipped,
                                 "epoch": micro_consumed / self.micro_per_epoch})
                 self._log(metrics, self.global_step)
-                bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['rewards/accuracies']:.2f}")
+                bar.set_postfix(self.objective.progress(metrics))
                 sums, count, tokens, grad_norms, skipped = {}, 0, 0, [], 0
                 train_seconds = 0.0
             if (t.eval_steps and self.global_step % t.eval_steps == 0) or last:
@@ -443,10 +408,12 @@ class DPOTrainer:
                 if metrics:
                     self._log(metrics, self.global_step)
                     acc.print(f"step {self.global_step}: " + ", ".join(
-                        f"{k} {v:.4g}" for k, v in metrics.items() if k in _SHOWN))
+                        f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown))
             if self.global_step % t.save_steps == 0 or last:
                 self.save_checkpoint()
         bar.close()
+        if self.behaviour is not None:
+            self.behaviour.report(self)
         self.save_final()
         for tracker in acc.trackers:
             tracker.finish()
@@ -473,12 +440,6 @@ class DPOTrainer:
             self.tokenizer.save_pretrained(out)
             acc.print(f"saved {out}")
         acc.wait_for_everyone()
-
-
-_STAT_KEYS = ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-              "logps/policy_chosen", "logps/policy_rejected", "logps/reference_chosen", "logps/reference_rejected",
-              "margin/sample_variance"]
-_SHOWN = {"eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "eval/margin/sample_variance"}
 
 
 def disable_dropout(model: torch.nn.Module) -> int:
@@ -527,3 +488,19 @@ def _flat(tree: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
+
+
+def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) -> None:
+    """The shared body of the entry points (``align.train_dpo``, ``align.train_sft``)."""
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "datasets", "torch.distributed", "accelerate", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        cfg = parse_cli(sys.argv[1:] if argv is None else argv, config_cls, prog)
+        trainer = Trainer(cfg, objective_cls(cfg))
+    except ConfigError as e:  # settings, including those only the data or the world size can check
+        raise SystemExit(f"config error: {e}") from None
+    trainer.train()
+    trainer.close()

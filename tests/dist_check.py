@@ -16,7 +16,7 @@ import sys
 import torch.distributed as dist
 
 from align.config import load_config
-from align.trainer import DPOTrainer
+from align.dpo import DPOTrainer
 
 
 def main():

@@ -69,7 +69,7 @@ def test_bad_record_errors_with_its_index_or_is_counted(tok):
     data, report = _build(tok, rows, on_bad_record="skip")
     assert [e.id for e in data] == [0, 2]
     assert report.kept == 2 and report.total == 4 and sum(report.skipped.values()) == 2
-    assert "2/4 pairs kept" in report.summary() and "empty response" in report.summary()
+    assert "2/4 records kept" in report.summary() and "empty response" in report.summary()
 
 
 def test_over_long_prompts_truncate_keeping_the_end_or_skip_or_error(tok):

@@ -1,4 +1,4 @@
-"""Estimators against enumerated exact values on toy distributions (METHOD.md §2-4).
+"""Estimators against enumerated exact values on toy distributions (docs/method.md §2-4).
 
 Monte Carlo checks replicate each sequence R times in the batch: rows are
 independent draws (each with its own stratification offset), so the row

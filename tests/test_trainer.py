@@ -57,7 +57,7 @@ def test_demo_learns_and_saves_everything(tmp_path):
     assert resolved["model"]["name_or_path"] == "tiny:llada" and resolved["estimator"]["share_policy_reference"]
     assert (out / "final" / "adapter" / "adapter_model.safetensors").exists()
     assert list((out / "runs").rglob("events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))
-    assert "320/320 pairs kept" in log
+    assert "320/320 records kept" in log
 
 
 def test_accelerate_launch_script_form(tmp_path):

@@ -19,7 +19,7 @@ import json, sys, time
 import torch
 from align.config import load_config
 from align.data import collate
-from align.trainer import DPOTrainer
+from align.dpo import DPOTrainer
 tr = DPOTrainer(load_config("demo", sys.argv[1:]))
 """
 

@@ -32,32 +32,37 @@ VOCAB_SIZE = 512
 
 
 def _corpus():
-    for path in sorted(DATA_DIR.glob("demo_*.jsonl")):
+    for path in sorted(DATA_DIR.glob("demo_safety_*.jsonl")):
         for line in path.read_text().splitlines():
             row = json.loads(line)
             yield from (row[k] for k in ("prompt", "response_0", "response_1"))
 
 
-@functools.lru_cache(maxsize=None)
-def _tokenizer_json() -> str:
+def train_bpe(texts, vocab_size: int) -> str:
+    """A byte-level BPE with LLaDA's special tokens, trained on ``texts``; returned as tokenizer JSON."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_corpus(), trainer)
+    tok.train_from_iterator(texts, trainer)
     return tok.to_str()
 
 
-def tiny_tokenizer():
-    """A transformers fast tokenizer with mask/EOS/pad tokens and a chat template."""
+@functools.lru_cache(maxsize=None)
+def _tokenizer_json() -> str:
+    return train_bpe(_corpus(), VOCAB_SIZE)
+
+
+def tiny_tokenizer(tokenizer_json: str | None = None):
+    """A transformers fast tokenizer with mask/EOS/pad tokens and a chat template (default: the bundled vocab-512 one)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        tokenizer_object=Tokenizer.from_str(tokenizer_json or _tokenizer_json()),
         bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
         mask_token="<|mdm_mask|>", additional_special_tokens=SPECIAL_TOKENS[3:],
     )
