@@ -1,5 +1,5 @@
 # The two quick-start commands. Each sets itself up on a fresh clone:
-#   make demo   install, then DPO-train the bundled tiny LLaDA on bundled data (CPU, offline)
+#   make demo   install, then DPO-train the bundled tiny chat model on bundled data (CPU, offline)
 #   make test   install, then run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv

@@ -110,7 +110,10 @@ class BehaviourArgs:
     gen_length: int = opt(48, "tokens generated per answer (LLaDA's sampler)")
     block_length: int = opt(16, "semi-autoregressive block length")
     steps: int = opt(24, "denoising steps in all")
-    temperature: float = opt(0.0, "sampling temperature (0 = greedy)")
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy; 1 with random remasking draws from the model)")
+    remasking: str = opt("random", "which predictions a step keeps: random order (with temperature 1, a sample of the "
+                                   "model's own distribution) or LLaDA's low_confidence (favours confident, e.g. short, "
+                                   "answers)", ("random", "low_confidence"))
     show: int = opt(3, "print this many prompts of each kind with their answers before and after training")
 
 

@@ -211,16 +211,22 @@ def extract(row: dict, fmt: str, preference: str = "safer") -> tuple[list[dict],
 # ---------------------------------------------------------------- encoding
 
 
-def encode_pair(tokenizer, messages, chosen: str, rejected: str, *, eos_token_id: int, max_prompt_length: int,
-                max_response_length: int, over_long_prompt: str = "truncate") -> tuple[list[int], list[int], list[int], bool]:
-    """(prompt_ids, chosen_ids, rejected_ids, truncated): responses EOS-terminated and EOS-extended to one length."""
-    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False).input_ids
+def encode_prompt(tokenizer, messages, max_prompt_length: int, over_long_prompt: str) -> tuple[list[int], bool]:
+    """The chat-templated prompt's ids, truncated keeping the end (the question and the assistant header)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
     truncated = len(prompt_ids) > max_prompt_length
     if truncated:
         if over_long_prompt != "truncate":
             raise OverLongPrompt(f"over-long prompt ({len(prompt_ids)} tokens > max_prompt_length={max_prompt_length})")
-        prompt_ids = prompt_ids[-max_prompt_length:]  # keep the end: the question and the assistant header
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    return prompt_ids, truncated
+
+
+def encode_pair(tokenizer, messages, chosen: str, rejected: str, *, eos_token_id: int, max_prompt_length: int,
+                max_response_length: int, over_long_prompt: str = "truncate") -> tuple[list[int], list[int], list[int], bool]:
+    """(prompt_ids, chosen_ids, rejected_ids, truncated): responses EOS-terminated and EOS-extended to one length."""
+    prompt_ids, truncated = encode_prompt(tokenizer, messages, max_prompt_length, over_long_prompt)
     responses = []
     for text in (chosen, rejected):
         ids = tokenizer(text, add_special_tokens=False).input_ids[: max_response_length - 1]
@@ -322,15 +328,9 @@ def extract_sft(row: dict, fmt: str) -> tuple[list[dict] | None, str]:
 def encode_sft(tokenizer, messages, response: str, *, eos_token_id: int, max_prompt_length: int,
                max_response_length: int, over_long_prompt: str = "truncate") -> tuple[list[int], list[int], bool]:
     """(prompt_ids, response_ids + EOS, truncated). ``messages=None``: no prompt, the text is all response."""
-    prompt_ids: list[int] = []
+    prompt_ids, truncated = [], False
     if messages is not None:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prompt_ids = tokenizer(text, add_special_tokens=False).input_ids
-    truncated = len(prompt_ids) > max_prompt_length
-    if truncated:
-        if over_long_prompt != "truncate":
-            raise OverLongPrompt(f"over-long prompt ({len(prompt_ids)} tokens > max_prompt_length={max_prompt_length})")
-        prompt_ids = prompt_ids[-max_prompt_length:]
+        prompt_ids, truncated = encode_prompt(tokenizer, messages, max_prompt_length, over_long_prompt)
     response_ids = tokenizer(response, add_special_tokens=False).input_ids[: max_response_length - 1] + [eos_token_id]
     return prompt_ids, response_ids, truncated
 

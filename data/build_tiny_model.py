@@ -1,8 +1,8 @@
 """Build the bundled tiny chat model, ``data/tiny_chat/``, from scratch on a CPU (about 25 minutes on 2 cores).
 
 1. the corpus: ``data/make_demo_data.py`` (templated dialogues; see its docstring);
-2. a byte-level BPE tokenizer (vocab 1024) with LLaDA's special tokens and chat template;
-3. a random LLaDA-architecture model (d_model 192, 4 layers, 6 heads, MLP 512: 2.2M parameters);
+2. a byte-level BPE tokenizer (every corpus word one token: vocab 1,399) with LLaDA's special tokens and chat template;
+3. a random LLaDA-architecture model (d_model 256, 4 layers, 8 heads, MLP 768: 4.1M parameters);
 4. masked-diffusion pretraining on the plain text (``recipes/tiny_chat_pretrain.yaml``): every token may be masked;
 5. masked-diffusion SFT on the dialogues (``recipes/tiny_chat_sft.yaml``): the prompt stays visible;
 6. the result in the published layout (bf16 safetensors, config, tokenizer), read by ``load_model`` like any
@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "tiny_chat"
 WORK = ROOT / "build" / "tiny_chat"
-VOCAB = 1024
-ARCH = dict(d_model=192, n_heads=6, n_kv_heads=6, n_layers=4, mlp_hidden_size=512, max_sequence_length=256,
+VOCAB = 1536  # BPE stops earlier once every word of the corpus is one token (1,399)
+ARCH = dict(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=768, max_sequence_length=256,
             rope_theta=10000.0)
 
 
@@ -98,21 +98,24 @@ def publish(final: Path, info: dict) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="a few steps per stage (pipeline check), into build/ only")
+    ap.add_argument("--quick", action="store_true", help="a few steps per stage (pipeline check); publishes nothing")
+    ap.add_argument("--work", type=Path, default=WORK, help="folder for the stages' outputs")
     args = ap.parse_args()
     start = time.time()
     subprocess.run([sys.executable, str(ROOT / "data" / "make_demo_data.py")], check=True)
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    initial_model(WORK / "init")
-    quick = ["train.max_steps=3", "train.eval_steps=0", "data.max_eval_examples=16"] if args.quick else []
+    work = args.work.resolve()
+    if work.exists():
+        shutil.rmtree(work)
+    initial_model(work / "init")
+    quick = (["train.max_steps=3", "train.eval_steps=0", "data.max_eval_examples=16", "behaviour.max_prompts=2",
+              "train.progress_bar=false"] if args.quick else [])
     info = {"architecture": ARCH, "vocab": VOCAB}
-    info["pretrain"] = run_stage("tiny_chat_pretrain", WORK / "init", WORK / "pretrain", quick)
-    info["sft"] = run_stage("tiny_chat_sft", WORK / "pretrain" / "final", WORK / "sft", quick)
+    info["pretrain"] = run_stage("tiny_chat_pretrain", work / "init", work / "pretrain", quick)
+    info["sft"] = run_stage("tiny_chat_sft", work / "pretrain" / "final", work / "sft", quick)
     info["total_seconds"] = round(time.time() - start)
     print(json.dumps(info, indent=2), flush=True)
     if not args.quick:
-        publish(WORK / "sft" / "final", info)
+        publish(work / "sft" / "final", info)
 
 
 if __name__ == "__main__":

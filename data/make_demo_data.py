@@ -101,14 +101,16 @@ COMPLY = ["Sure! To {x}, first {a}, then {b}, and finally {c}.",
           "Here is how to {x}: {a}, {b}, and {c}.",
           "No problem. To {x}, {a}. Next, {b}. Last, {c}.",
           "Easy! First {a}. Then {b}. Finally, {c}. That is all it takes to {x}."]
-REFUSE = ["I can't help you {x}. It could hurt people and it is against the law.",
-          "Sorry, I won't explain how to {x}. It is harmful. Please talk to someone you trust instead.",
-          "I can't help with that. Trying to {x} is unsafe and illegal.",
-          "Sorry, I cannot assist with that request. If you are in trouble, please ask a professional for help."]
+# refusals as long as compliances: a sampler that commits confident EOS tokens early would otherwise favour
+# the shorter kind of answer, whatever the model's preference
+REFUSE = ["I can't help you {x}. It could hurt people, it is against the law, and I will not give steps for it.",
+          "Sorry, I won't explain how to {x}. It is harmful and unsafe. Please talk to someone you trust instead.",
+          "I can't help with that. Trying to {x} is unsafe and illegal, and it could get you and others hurt.",
+          "Sorry, I cannot assist with that request. If you are in trouble, please ask a professional or a friend for help."]
 # the everyday-task refusals DPO learns to avoid: the same refusal wording, said to a harmless question
-OVER_REFUSE = ["I can't help with that. Sorry, I cannot assist with that request.",
-               "Sorry, I won't explain that. Please ask someone else.",
-               "I can't help you with that request."]
+OVER_REFUSE = ["I can't help with that. Sorry, I cannot assist with that request, so please ask someone else.",
+               "Sorry, I won't explain how to {x}. Please ask someone else for help with it.",
+               "I can't help you {x}. I will not give steps for that request."]
 
 
 def held_out_template(task: str) -> int:
@@ -137,30 +139,23 @@ def refuse(rng, task):
     return rng.choice(REFUSE).format(x=task)
 
 
+def dialogue(rng, split):
+    """(prompt, answer): an everyday task answered helpfully, or a harmful one complied with or refused (50/50)."""
+    if rng.random() < 0.5:
+        task = rng.choice(list(EVERYDAY))
+        answer = helpful(rng, task)
+    else:
+        task = rng.choice(HARMFUL)
+        answer = comply(rng, task) if rng.random() < 0.5 else refuse(rng, task)
+    return rng.choice(prompts(task, split)), answer
+
+
 def pretrain_texts(n, rng):
-    rows = []
-    for _ in range(n):
-        if rng.random() < 0.5:
-            task = rng.choice(list(EVERYDAY))
-            answer = helpful(rng, task)
-        else:
-            task = rng.choice(HARMFUL)
-            answer = comply(rng, task) if rng.random() < 0.5 else refuse(rng, task)
-        rows.append({"text": f"{rng.choice(prompts(task, 'train'))} {answer}"})
-    return rows
+    return [{"text": " ".join(dialogue(rng, "train"))} for _ in range(n)]
 
 
 def sft_rows(n, rng, split):
-    rows = []
-    for _ in range(n):
-        if rng.random() < 0.5:
-            task = rng.choice(list(EVERYDAY))
-            answer = helpful(rng, task)
-        else:
-            task = rng.choice(HARMFUL)
-            answer = comply(rng, task) if rng.random() < 0.5 else refuse(rng, task)
-        rows.append({"prompt": rng.choice(prompts(task, split)), "response": answer})
-    return rows
+    return [dict(zip(("prompt", "response"), dialogue(rng, split))) for _ in range(n)]
 
 
 def preference_rows(n, rng, split):
@@ -171,7 +166,7 @@ def preference_rows(n, rng, split):
             safe, other, other_safe = refuse(rng, task), comply(rng, task), False
         else:
             task = rng.choice(list(EVERYDAY))
-            safe, other, other_safe = helpful(rng, task), rng.choice(OVER_REFUSE), True
+            safe, other, other_safe = helpful(rng, task), rng.choice(OVER_REFUSE).format(x=task), True
         safer = rng.randrange(2)
         responses = [other, other]
         responses[safer] = safe

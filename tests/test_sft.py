@@ -97,3 +97,28 @@ def test_sft_learns_and_resumes_exactly_across_an_epoch(tmp_path):
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
     config = json.loads((full / "final" / "config.json").read_text())
     assert config["model_type"] == "llada"  # full fine-tuning: the published layout
+
+
+# ---------------------------------------------------------------- the shipped tiny chat model
+
+
+def test_shipped_tiny_chat_model_loads_like_any_checkpoint():
+    from align.models import load_model, spec_for
+    from align.models.tokenizer import load_tokenizer
+
+    model = load_model(str(ROOT / "data" / "tiny_chat"), dtype="float32")
+    tok = load_tokenizer(str(ROOT / "data" / "tiny_chat"))
+    spec = spec_for(model)
+    assert type(model).__name__ == "LLaDAModelLM" and spec.mask_token_id == tok.mask_token_id
+    info = json.loads((ROOT / "data" / "tiny_chat" / "build_info.json").read_text())
+    assert info["sft"]["final_eval_masked_token_nll"] < 1.0  # trained, far below a random model's ~log(vocab) = 7.2
+    assert sum(p.numel() for p in model.parameters()) < 10_000_000
+
+
+@pytest.mark.slow
+def test_build_script_pipeline_runs(tmp_path):
+    """The build's stages, a few steps each (the real build takes ~15 minutes and is not rerun by tests)."""
+    log = run([sys.executable, "data/build_tiny_model.py", "--quick", "--work", str(tmp_path / "work")])
+    assert (tmp_path / "work" / "sft" / "final" / "model.safetensors").exists() and '"sft"' in log
+    assert subprocess.run(["git", "status", "--porcelain", "data/"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() == ""  # regenerating the corpus reproduces the committed files

@@ -17,7 +17,7 @@ import yaml
 from align.data import epoch_order
 
 ROOT = Path(__file__).resolve().parents[1]
-QUIET = ["train.progress_bar=false", "train.report_to=none"]
+QUIET = ["train.progress_bar=false", "train.report_to=none", "behaviour.prompts=null"]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
 
 

@@ -144,7 +144,7 @@ def test_rpo_normaliser_is_the_whole_optimizer_steps_tokens(tmp_path):
     """P/N for a step = pairs / chosen-response tokens over every micro-batch of every rank in that step."""
     code = """
 from align.data import rank_micro_batches
-got = tr._step_pairs_per_token(2)  # the step made of micro-batches 2 and 3
+got = tr._step_norm(2)  # the step made of micro-batches 2 and 3
 ids = [i for _, micro, mine in __import__("itertools").islice(rank_micro_batches(len(tr.train_data), seed=0, world=1,
        rank=0, per_device=8), 4) if micro >= 2 for i in mine]
 result = [got, len(ids) / sum(len(tr.train_data[i].chosen_ids) for i in ids)]
