@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Launch align's DPO trainer on this node of a multi-node job (one call per node; slurm.sbatch runs it via srun).
+# Launch align's DPO (or SFT) trainer on this node of a multi-node job (one call per node; slurm.sbatch runs it
+# via srun).
 #
 #   bash launch/accelerate_node.sh recipe=beavertails [section.key=value ...]
+#   ENTRY=align/train_sft.py bash launch/accelerate_node.sh recipe=NAME ...
 #
-# Everything after the script name goes to align/train_dpo.py unchanged. Node layout comes from SLURM
+# Everything after the script name goes to the entry script ($ENTRY, default align/train_dpo.py) unchanged. Node layout comes from SLURM
 # (SLURM_NNODES, SLURM_NODEID, the first host of SLURM_JOB_NODELIST as the main process) or from
 # NNODES / NODE_RANK / MASTER_ADDR when set. Settings:
 #   ACCELERATE_CONFIG  hardware config (default recipes/accelerate/zero2.yaml)
 #   GPUS_PER_NODE      processes per node (default 8)
 #   MASTER_PORT        rendezvous port (default 29500 + SLURM_JOB_ID % 1000)
+#   ENTRY              align/train_dpo.py (default) or align/train_sft.py
 #   DRY_RUN=1          print the command instead of running it
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +36,7 @@ cmd=(accelerate launch
   --num_processes "$((NNODES * GPUS_PER_NODE))"
   --main_process_ip "$MASTER_ADDR"
   --main_process_port "$MASTER_PORT"
-  align/train_dpo.py "$@")
+  "${ENTRY:-align/train_dpo.py}" "$@")
 
 if [[ "${DRY_RUN:-0}" == "1" ]]; then
   echo "${cmd[*]}"

@@ -43,3 +43,11 @@ def test_launch_scripts_pass_recipe_and_overrides_through(script, tmp_path):
                          env=env, capture_output=True, text=True, check=True).stdout
     assert "align/train_dpo.py recipe=beavertails estimator.coupling=decoupled" in out
     assert "--num_machines 2" in out and "--machine_rank 1" in out and "--num_processes 16" in out
+
+
+def test_launch_script_runs_the_sft_entry_when_asked():
+    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "MASTER_ADDR": "node0",
+           "ENTRY": "align/train_sft.py"}
+    out = subprocess.run(["bash", str(ROOT / "launch" / "accelerate_node.sh"), "recipe=tiny_chat_sft"], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "align/train_sft.py recipe=tiny_chat_sft" in out

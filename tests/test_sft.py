@@ -76,6 +76,13 @@ def test_sft_help_lists_its_keys():
     assert "sft.estimator" in proc.stderr + proc.stdout and "data.response_padding" in proc.stderr + proc.stdout
 
 
+def test_sft_accelerate_launch_script_form(tmp_path):
+    out = tmp_path / "launch"
+    log = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+               "align/train_sft.py", *SFT[3:], "train.max_steps=2", f"train.output_dir={out}"])
+    assert "world size 1" in log and (out / "final" / "config.json").exists()
+
+
 @pytest.mark.slow
 def test_sft_learns_and_resumes_exactly_across_an_epoch(tmp_path):
     """64 sequences, 16 a step: 4 steps an epoch, 12 in all. Resume at step 6 (inside epoch 1) matches to 1e-6."""

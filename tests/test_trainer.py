@@ -43,19 +43,26 @@ def losses(out):
 
 @pytest.mark.slow
 def test_demo_learns_and_saves_everything(tmp_path):
+    """The quick start's demo as shipped: the tiny chat model, behaviour judged before and after."""
     out = tmp_path / "demo"
-    log = train(out, "train.report_to=tensorboard")  # the recipe's default tracker
+    log = train(out, "train.report_to=tensorboard", "behaviour.prompts=data/demo_behaviour_prompts.jsonl")
     evals = [m for m in metrics(out) if "eval/rewards/accuracies" in m]
     assert evals[0]["step"] == 0 and evals[0]["eval/rewards/accuracies"] == pytest.approx(0.5)  # untrained: chance
-    assert evals[-1]["eval/rewards/accuracies"] >= 0.8, evals[-1]  # held-out accuracy clearly above chance
+    assert evals[-1]["eval/rewards/accuracies"] >= 0.7, evals[-1]  # held-out accuracy clearly above chance
+    refusal = [m["eval/refusal_rate"] for m in evals]
+    assert len(refusal) == 4 and 0.25 <= refusal[0] <= 0.75  # the SFT model refuses about half the time
+    assert refusal[-1] >= refusal[0] + 0.15, refusal  # and DPO makes it refuse clearly more often
+    assert evals[-1]["eval/over_refusal_rate"] <= 0.2  # without refusing everyday questions
+    assert "before:" in log and "after:" in log and "refusal_rate:" in log
     train_logs = [m for m in metrics(out) if "loss" in m]
     for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                 "logps/policy_chosen", "logps/reference_chosen", "margin/sample_variance", "grad_norm",
                 "learning_rate", "tokens_per_second"]:
         assert key in train_logs[-1], key
     resolved = yaml.safe_load((out / "config.yaml").read_text())
-    assert resolved["model"]["name_or_path"] == "tiny:llada" and resolved["estimator"]["share_policy_reference"]
+    assert resolved["model"]["name_or_path"] == "data/tiny_chat" and resolved["estimator"]["share_policy_reference"]
     assert (out / "final" / "adapter" / "adapter_model.safetensors").exists()
+    assert (out / "behaviour.jsonl").exists()
     assert list((out / "runs").rglob("events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))
     assert "320/320 records kept" in log
 
@@ -193,7 +200,7 @@ def test_deepspeed_lora_resume_continues_exactly(tmp_path):
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     train(full, *common, launcher=[*launch, "align/train_dpo.py"], env=DS_ENV)
     size = sum(f.stat().st_size for f in (full / "checkpoint-3").rglob("*") if f.is_file())
-    assert size < 2_000_000  # adapter + its optimizer state only; the frozen base is not saved
+    assert size < 6_000_000  # adapter + its optimizer state (~2.8 MB); the fp32 base alone would be 16.5 MB
     resumed.mkdir()
     shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
     log = train(resumed, *common, "train.resume_from_checkpoint=latest", launcher=[*launch, "align/train_dpo.py"],
