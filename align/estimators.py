@@ -43,6 +43,7 @@ def scorer_from_logits(logits_fn: LogitsFn) -> TokenScorer:
 
     def score(noised, attention_mask, targets, score_mask):
         logits = logits_fn(noised, attention_mask)  # [N, T, V]
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32: bf16 log_softmax loses nats
         logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
         return torch.where(score_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
@@ -338,7 +339,7 @@ def enumerate_bound(
     """
     response_mask = _response_positions(response_mask, attention_mask)
     scorer = scorer_from_logits(logits_fn)
-    out = torch.empty(input_ids.shape[0], dtype=torch.float64)
+    out = torch.empty(input_ids.shape[0], dtype=torch.float64, device=input_ids.device)
     for i in range(input_ids.shape[0]):
         positions = response_mask[i].nonzero().squeeze(-1).tolist()
         L = len(positions)
@@ -352,6 +353,6 @@ def enumerate_bound(
         attn = None if attention_mask is None else attention_mask[i].expand(len(subsets), -1)
         logp = scorer(noise(ids, masked, mask_token_id), attn, ids, masked).sum(-1).double()  # [2^L - 1]
         m = masked.sum(-1).double()
-        n_subsets = torch.tensor([math.comb(L, int(k)) for k in m.tolist()], dtype=torch.float64)
+        n_subsets = torch.tensor([math.comb(L, int(k)) for k in m.tolist()], dtype=torch.float64, device=m.device)
         out[i] = (logp / (m * n_subsets)).sum()
     return out

@@ -62,6 +62,10 @@ def generate(
     attn = None
     if attention_mask is not None:
         attn = torch.cat([attention_mask, torch.ones(b, gen_length, dtype=attention_mask.dtype, device=device)], 1)
+    if generator is not None and generator.device != torch.device(device):
+        # draw the noise on the model's device (no [b, T, V] host tensors per step), seeded from the given generator
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        generator = torch.Generator(device=device).manual_seed(seed)
     steps_per_block = steps // n_blocks
     for blk in range(n_blocks):
         start, end = P + blk * block_length, P + (blk + 1) * block_length
@@ -70,14 +74,14 @@ def generate(
             masked = x == spec.mask_token_id  # [b, T]
             logits = fn(x, attn).double()  # [b, T, V]
             if temperature > 0:
-                u = torch.rand(logits.shape, dtype=torch.float64, generator=generator).to(device)
+                u = torch.rand(logits.shape, dtype=torch.float64, generator=generator, device=device)
                 x0 = (logits / temperature - torch.log(-torch.log(u.clamp_min(1e-300)))).argmax(-1)
             else:
                 x0 = logits.argmax(-1)
             if remasking == "low_confidence":
                 confidence = logits.softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
             else:
-                confidence = torch.rand(x0.shape, dtype=torch.float64, generator=generator).to(device)
+                confidence = torch.rand(x0.shape, dtype=torch.float64, generator=generator, device=device)
             confidence[:, end:] = float("-inf")  # only the current block is decoded
             confidence = torch.where(masked, confidence, float("-inf"))
             chosen = torch.zeros_like(masked)

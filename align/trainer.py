@@ -76,6 +76,14 @@ class Trainer:
             return load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                               trust_remote_code=m.trust_remote_code)
 
+        if not cfg.lora.enabled and m.dtype != "float32" and not self.deepspeed:
+            # plain AdamW on bf16/fp16 weights keeps its moments in that dtype and rounds small updates away
+            # (at lr 5e-7 nearly every weight stays unchanged); DeepSpeed keeps fp32 master weights instead
+            raise ConfigError(f"full fine-tuning (lora.enabled=false) with model.dtype={m.dtype} outside DeepSpeed "
+                              f"would train {m.dtype} weights with {m.dtype} optimizer state, and small updates round "
+                              f"away. Use model.dtype=float32 (add train.mixed_precision=bf16 for bf16 compute), or "
+                              f"launch with a ZeRO config (recipes/accelerate/zero2.yaml, zero3.yaml), which keeps "
+                              f"fp32 master weights")
         model = load()
         self.spec = spec_for(model)
         if m.gradient_checkpointing:
@@ -238,17 +246,22 @@ class Trainer:
         if not self.eval_data:
             return {}
         self.model.eval()
+        # Every rank runs the same number of forwards: under ZeRO-3 each forward gathers parameters collectively,
+        # so a rank with one batch more than the others would wait forever. Short shards are padded with copies
+        # of an example that carry zero weight in the sums.
         mine = self.eval_data[self.rank :: self.world]
+        real = len(mine)
+        per_rank = math.ceil(len(self.eval_data) / self.world)
+        mine = mine + [self.eval_data[0]] * (per_rank - real)
         bs = self.cfg.train.per_device_eval_batch_size
-        sums, count = {}, 0
+        sums = {k: torch.zeros((), device=self.accelerator.device) for k in self.objective.stat_keys}
         norm = self.objective.batch_norm(self.eval_data)
-        for s in range(0, len(mine), bs):
+        for s in range(0, per_rank, bs):
             _, stats, _ = self.compute(self.collate(mine[s : s + bs]), EVAL_EPOCH, norm)
+            weight = (torch.arange(s, s + len(stats["loss"]), device=self.accelerator.device) < real).float()
             for k, v in stats.items():
-                sums[k] = sums.get(k, 0) + v.sum()
-            count += len(stats["loss"])
-        if count == 0:  # a rank with no eval pairs still joins the reduction
-            sums = {k: torch.zeros((), device=self.accelerator.device) for k in self.objective.stat_keys}
+                sums[k] = sums[k] + (v * weight).sum()
+        count = real
         metrics = {f"eval/{k}": v for k, v in self._reduce(sums, count).items()}
         if self.behaviour is not None:
             metrics.update(self.behaviour.evaluate(self, self.global_step))

@@ -210,3 +210,60 @@ def test_deepspeed_lora_resume_continues_exactly(tmp_path):
     assert sorted(b) == [4, 5, 6]
     for step in b:
         assert b[step] == pytest.approx(a[step], abs=1e-6)
+
+
+def partitioning_zero3_config(tmp_path) -> Path:
+    """An accelerate config for ZeRO-3 that really partitions tiny parameters (persistence threshold 0), fp32."""
+    ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
+                                "stage3_gather_16bit_weights_on_model_save": True}, "bf16": {"enabled": False}}
+    (tmp_path / "ds.json").write_text(json.dumps(ds))
+    acc = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED", "num_machines": 1,
+           "num_processes": 2, "machine_rank": 0,
+           "deepspeed_config": {"deepspeed_config_file": str(tmp_path / "ds.json"), "zero3_init_flag": True}}
+    (tmp_path / "zero3_partitioned.yaml").write_text(yaml.safe_dump(acc))
+    return tmp_path / "zero3_partitioned.yaml"
+
+
+@pytest.mark.distributed
+def test_uneven_evaluation_under_partitioned_zero3_finishes_and_matches_one_process(tmp_path):
+    """5 eval pairs over 2 ranks with eval batch 2: rank 0 has 3 pairs (2 batches), rank 1 has 2 (1 batch).
+
+    Under ZeRO-3 every forward gathers parameters collectively, so unequal forward counts hang; padded
+    shards with zero-weight rows finish, and the metrics equal one process's.
+    """
+    common = ["train.max_steps=2", "train.logging_steps=1", "train.eval_steps=0", "data.max_eval_examples=5",
+              "train.per_device_eval_batch_size=2", "lora.enabled=false", "train.learning_rate=1e-3"]
+    single = tmp_path / "single"
+    train(single, *common, "train.per_device_train_batch_size=8")
+    multi = tmp_path / "multi"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
+              "--num_processes", "2", "--main_process_port", "29537", "align/train_dpo.py"]
+    run([*launch, "recipe=demo", f"train.output_dir={multi}", *QUIET, *common, "train.per_device_train_batch_size=4"],
+        env=DS_ENV, timeout=300)
+    a = [m for m in metrics(single) if "eval/loss" in m][-1]
+    b = [m for m in metrics(multi) if "eval/loss" in m][-1]
+    assert a["step"] == b["step"] == 2
+    for key in ("eval/loss", "eval/logps/policy_chosen", "eval/rewards/margins"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), key
+
+
+def test_full_fine_tuning_in_bf16_without_deepspeed_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
+                           *QUIET, "lora.enabled=false", "model.dtype=bfloat16"], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and "fp32 master weights" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_full_fine_tuning_moves_weights_at_a_small_learning_rate(tmp_path):
+    """fp32 weights and Adam state: at lr 5e-7 (the beavertails default) two steps change almost every weight."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "full"
+    train(out, "lora.enabled=false", "train.learning_rate=5e-7", "train.warmup_ratio=0", "train.max_steps=2",
+          "train.do_eval=false", "train.eval_steps=0")
+    before = {k: v.float() for k, v in load_file(ROOT / "data" / "tiny_chat" / "model.safetensors").items()}
+    after = load_file(out / "final" / "model.safetensors")
+    changed = sum(int((after[k] != before[k]).sum()) for k in before)
+    total = sum(v.numel() for v in before.values())
+    assert changed / total > 0.9, changed / total
