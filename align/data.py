@@ -26,6 +26,7 @@ EOS-extended to the pair's common length L.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -365,8 +366,9 @@ def example_generators(seed: int, ids: torch.Tensor, epoch: int) -> list[torch.G
     return [torch.Generator().manual_seed(_seed(seed, int(i), epoch + 1)) for i in ids.tolist()]
 
 
+@functools.lru_cache(maxsize=8)
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The order of the ``n`` training examples in ``epoch``: a new seeded permutation every epoch."""
+    """The order of the ``n`` training examples in ``epoch``: a new seeded permutation every epoch (cached: read only)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch, 0xE90C))).tolist()
 
 

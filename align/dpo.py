@@ -35,6 +35,7 @@ class DPOObjective:
 
     def __init__(self, cfg):
         self.cfg = cfg
+        self.uses_step_norm = cfg.loss.rpo_alpha is not None  # only the RPO term spans the optimizer step
 
     def describe(self) -> str:
         est = self.cfg.estimator

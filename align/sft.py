@@ -22,7 +22,7 @@ from align.data import build_sft_dataset, collate_sft, example_generators
 
 
 class SFTObjective:
-    name, unit, needs_reference = "sft", "sequences", False
+    name, unit, needs_reference, uses_step_norm = "sft", "sequences", False, False
     stat_keys = ("loss", "masked_token_nll", "masked_fraction")
     shown = ("eval/loss", "eval/masked_token_nll")
 

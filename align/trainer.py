@@ -376,7 +376,7 @@ class Trainer:
         while self.global_step < self.total_steps:
             started = time.perf_counter()
             epoch, micro, examples = next(batches)
-            if micro % t.gradient_accumulation_steps == 0:
+            if micro % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
                 norm = self._step_norm(micro)
             with acc.accumulate(self.model):
                 loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
