@@ -151,7 +151,8 @@ class TrainArgs:
     warmup_ratio: float = opt(0.1, "fraction of steps with linear warm-up")
     lr_scheduler_type: str = opt("cosine", "schedule after warm-up", ("cosine", "linear", "constant"))
     max_grad_norm: float = opt(1.0, "gradient clipping; 0 disables")
-    mixed_precision: str = opt("no", "accelerate mixed precision (use with dtype float32 weights)", ("no", "bf16", "fp16"))
+    mixed_precision: str | None = opt(None, "override the launcher's mixed precision (null = the accelerate/DeepSpeed "
+                                            "config's; must agree with model.dtype under DeepSpeed)", ("no", "bf16", "fp16"))
     logging_steps: int = opt(10, "log every N optimizer steps")
     do_eval: bool = opt(True, "evaluate on held-out pairs (see data.eval_dataset / eval_split / eval_fraction)")
     eval_steps: int = opt(100, "evaluate every N optimizer steps (and at the end); 0 = only at the end")

@@ -40,6 +40,43 @@ log = logging.getLogger("align.trainer")
 EVAL_EPOCH = -1  # eval draws are keyed to a fixed epoch: the same masks at every evaluation
 
 
+_MIXED = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
+
+
+def requested_precision(cfg, use_deepspeed: bool) -> str | None:
+    """What to ask accelerate for: ``train.mixed_precision`` when set, else None (= the launcher's setting).
+
+    A DeepSpeed JSON config with ``"bf16": {"enabled": "auto"}`` resolves "auto" from accelerate's mixed
+    precision, which an accelerate config next to a JSON file may not name; there it follows ``model.dtype``.
+    """
+    if cfg.train.mixed_precision is not None:
+        return cfg.train.mixed_precision
+    path = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if use_deepspeed and path and os.path.exists(path):
+        ds = json.loads(Path(path).read_text())
+        if "auto" in (str(ds.get("bf16", {}).get("enabled")), str(ds.get("fp16", {}).get("enabled"))):
+            return _MIXED[cfg.model.dtype]
+    return None
+
+
+def check_precision(dtype: str, mixed: str, deepspeed: bool) -> str:
+    """Fail when ``model.dtype`` and the effective precision disagree; return a description for the log.
+
+    Under DeepSpeed the engine holds the weights in its own precision, so it must be the checkpoint's:
+    bf16 weights trained with bf16 off would silently train and save fp32 (and fp32 weights under bf16
+    would be cast). Without DeepSpeed, autocast to bf16/fp16 over fp32 weights is fine; bf16 weights with
+    fp16 autocast (or the reverse) is not.
+    """
+    expected = _MIXED[dtype]
+    if deepspeed and mixed != expected:
+        raise ConfigError(f"model.dtype={dtype} but DeepSpeed would train in {mixed!r} (mixed precision from the "
+                          f"accelerate config or train.mixed_precision); make them agree: model.dtype=bfloat16 with "
+                          f"mixed_precision bf16, or model.dtype=float32 with mixed_precision no")
+    if not deepspeed and expected in ("bf16", "fp16") and mixed in ("bf16", "fp16") and mixed != expected:
+        raise ConfigError(f"model.dtype={dtype} cannot run under {mixed} autocast; set train.mixed_precision=no")
+    return f"weights {dtype}, mixed precision {mixed}" + (" (DeepSpeed)" if deepspeed else "")
+
+
 class Trainer:
     """The training loop, with the objective (DPO, SFT) plugged in: see ``align.dpo`` and ``align.sft``."""
 
@@ -58,8 +95,9 @@ class Trainer:
         on_cpu = not torch.cuda.is_available()
         handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and use_deepspeed else []
         self.accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
-                                       mixed_precision=t.mixed_precision, log_with=log_with, project_dir=str(self.out),
-                                       cpu=on_cpu and not use_deepspeed, kwargs_handlers=handlers)
+                                       mixed_precision=requested_precision(cfg, use_deepspeed), log_with=log_with,
+                                       project_dir=str(self.out), cpu=on_cpu and not use_deepspeed,
+                                       kwargs_handlers=handlers)
         acc = self.accelerator
         self.world, self.rank = acc.num_processes, acc.process_index
         launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -68,6 +106,7 @@ class Trainer:
                                f"({acc.distributed_type}); every rank would train on everything")
         set_seed(t.seed)
         self.deepspeed = acc.distributed_type.name == "DEEPSPEED"
+        self.precision = check_precision(cfg.model.dtype, str(acc.mixed_precision), self.deepspeed)
 
         # ---- model, tokenizer, spec
         m = cfg.model
@@ -357,7 +396,8 @@ class Trainer:
         unit = self.objective.unit
         acc.print(f"{acc.distributed_type.name}, world size {self.world}; {len(self.train_data)} train / "
                   f"{len(self.eval_data)} eval {unit}; {self.total_steps} steps of "
-                  f"{self.micro_global * t.gradient_accumulation_steps} {unit}; {self.objective.describe()}")
+                  f"{self.micro_global * t.gradient_accumulation_steps} {unit}; {self.precision}; "
+                  f"{self.objective.describe()}")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc=self.objective.name,

@@ -21,7 +21,17 @@ def test_accelerate_config_is_valid(path):
     raw = yaml.safe_load(path.read_text())
     cfg = ClusterConfig.from_yaml_file(str(path))  # what accelerate launch itself parses
     assert raw["num_processes"] >= 1 and path.read_text().startswith("#")
-    if raw["distributed_type"] == "DEEPSPEED":
+    if raw["distributed_type"] == "DEEPSPEED" and "deepspeed_config_file" in raw["deepspeed_config"]:
+        import json
+
+        from accelerate.utils import DeepSpeedPlugin
+
+        path = ROOT / raw["deepspeed_config"]["deepspeed_config_file"]
+        plugin = DeepSpeedPlugin(hf_ds_config=str(path), zero3_init_flag=raw["deepspeed_config"]["zero3_init_flag"])
+        assert plugin.deepspeed_config["zero_optimization"]["stage"] == 3
+        assert json.loads(path.read_text())["bf16"]["enabled"] == "auto"  # follows model.dtype (align.trainer)
+        assert "mixed_precision" not in raw  # accelerate refuses it next to a JSON file
+    elif raw["distributed_type"] == "DEEPSPEED":
         from accelerate.utils import DeepSpeedPlugin
 
         ds = raw["deepspeed_config"]

@@ -267,3 +267,34 @@ def test_full_fine_tuning_moves_weights_at_a_small_learning_rate(tmp_path):
     changed = sum(int((after[k] != before[k]).sum()) for k in before)
     total = sum(v.numel() for v in before.values())
     assert changed / total > 0.9, changed / total
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("config", ["zero2.yaml", "zero3.yaml", "zero3_json.yaml"])
+def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
+    """The shipped ZeRO-3 configs (accelerate's, mixed_precision bf16; and the JSON one, bf16 "auto"), 2 CPU ranks, the bf16
+    checkpoint data/tiny_chat loaded from disk: trained and saved in bf16 (it used to be fp32: the trainer
+    passed mixed_precision="no" and overrode the launcher)."""
+    from safetensors import safe_open
+
+    path = f"recipes/accelerate/{config}"
+    out = tmp_path / "out"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", path, "--num_processes", "2",
+              "--main_process_port", "29539", "align/train_dpo.py"]
+    log = run([*launch, "recipe=demo", f"train.output_dir={out}", *QUIET, "model.dtype=bfloat16", "lora.enabled=false",
+               "train.max_steps=2", "train.do_eval=false", "train.eval_steps=0", "train.per_device_train_batch_size=4",
+               "train.learning_rate=1e-3"], env=DS_ENV, timeout=400)
+    assert "weights bfloat16, mixed precision bf16 (DeepSpeed)" in log
+    with safe_open(out / "final" / "model.safetensors", "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}, dtypes
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values())
+
+
+@pytest.mark.distributed
+def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
+              "--num_processes", "2", "--main_process_port", "29543", "align/train_dpo.py"]
+    proc = subprocess.run([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"],
+                          cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "model.dtype=float32 but DeepSpeed would train in 'bf16'" in proc.stderr
