@@ -107,6 +107,12 @@ class Trainer:
         set_seed(t.seed)
         self.deepspeed = acc.distributed_type.name == "DEEPSPEED"
         self.precision = check_precision(cfg.model.dtype, str(acc.mixed_precision), self.deepspeed)
+        if (cfg.lora.enabled and t.save_merged and self.deepspeed
+                and acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"] == 3):
+            # merging a deep copy of a partitioned model writes empty (0,)-shaped tensors
+            raise ConfigError("train.save_merged=true is not supported under ZeRO-3: the base weights are partitioned "
+                              "across ranks. Train without it (final/adapter is saved), then load the base with the "
+                              "adapter on one machine and merge there (peft's merge_and_unload)")
 
         # ---- model, tokenizer, spec
         m = cfg.model

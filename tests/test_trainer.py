@@ -298,3 +298,25 @@ def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_
     proc = subprocess.run([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"],
                           cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "model.dtype=float32 but DeepSpeed would train in 'bf16'" in proc.stderr
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("extra", [[], ["lora.enabled=false", "train.learning_rate=1e-3"]], ids=["lora", "full"])
+def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
+    """ZeRO-3 with every parameter partitioned (threshold 0): the saved adapter / full weights equal one process's."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
+              "--num_processes", "2", "--main_process_port", "29545"]
+    _, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV)
+    a, b = _final_weights(single), _final_weights(multi)
+    assert a.keys() == b.keys() and all(b[k].numel() == a[k].numel() > 0 for k in a)  # nothing saved empty
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
+
+
+@pytest.mark.distributed
+def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
+              "--num_processes", "2", "--main_process_port", "29547", "align/train_dpo.py"]
+    proc = subprocess.run([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"],
+                          cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "save_merged=true is not supported under ZeRO-3" in proc.stderr
