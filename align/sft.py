@@ -15,7 +15,6 @@ masked_fraction.
 
 from __future__ import annotations
 
-
 from align import estimators as E
 from align.data import build_sft_dataset, collate_sft, example_generators
 
