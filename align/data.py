@@ -181,12 +181,16 @@ def from_hh_rlhf(row: dict) -> tuple[list[dict], str, str]:
     return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
 
 
-def from_pairs(row: dict) -> tuple[list[dict], str, str]:
+def _prompt(row: dict) -> list[dict]:
+    """The ``prompt`` field as messages: a string is one user turn, a list is a conversation."""
     if "prompt" not in row:
         raise BadRecord("missing field 'prompt'")
     prompt = row["prompt"]
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, "prompt")
-    return messages, _text(row, "chosen"), _text(row, "rejected")
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, "prompt")
+
+
+def from_pairs(row: dict) -> tuple[list[dict], str, str]:
+    return _prompt(row), _text(row, "chosen"), _text(row, "rejected")
 
 
 def extract(row: dict, fmt: str, preference: str = "safer") -> tuple[list[dict], str, str]:
@@ -307,11 +311,7 @@ def extract_sft(row: dict, fmt: str) -> tuple[list[dict] | None, str]:
     if not isinstance(row, dict):
         raise BadRecord(f"record is {type(row).__name__}, not an object")
     if fmt == "prompt_response":
-        if "prompt" not in row:
-            raise BadRecord("missing field 'prompt'")
-        prompt = row["prompt"]
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _messages(prompt, "prompt")
-        response = _text(row, "response")
+        messages, response = _prompt(row), _text(row, "response")
     elif fmt == "messages":
         conversation = _messages(row.get("messages"), "messages")
         if conversation[-1]["role"] != "assistant":

@@ -195,8 +195,11 @@ class Trainer:
         """(train, held-out) encoded examples. Held-out records are never training records (see README, Data)."""
         d, acc = self.cfg.data, self.accelerator
 
-        def build_dataset(rows, source, tokenizer, *, limit, indices=None):
-            return self.objective.build_dataset(rows, source, tokenizer, self.spec, limit=limit, indices=indices)
+        def build(rows, source, *, limit, indices=None):
+            data, report = self.objective.build_dataset(rows, source, self.tokenizer, self.spec, limit=limit,
+                                                        indices=indices)
+            acc.print(report.summary())
+            return data
 
         if d.eval_split is not None and is_local(d.eval_dataset or d.dataset):
             raise ConfigError(f"data.eval_split={d.eval_split!r} names a split of a hub dataset, but the held-out data "
@@ -205,29 +208,21 @@ class Trainer:
         rows, source = load_records(d.dataset, d.train_split, d.config_name)
         train_idx, eval_data = None, []
         if self.cfg.train.do_eval:
-            if d.eval_dataset is not None:
-                eval_rows, eval_source = load_records(d.eval_dataset, d.eval_split or "test", d.config_name)
-                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples)
-                acc.print(report.summary())
-            elif is_local(d.dataset):
+            if d.eval_dataset is not None or not is_local(d.dataset):  # a separate dataset, or the hub's eval split
+                eval_rows, eval_source = load_records(d.eval_dataset or d.dataset, d.eval_split or "test",
+                                                      d.config_name)
+                eval_data = build(eval_rows, eval_source, limit=d.max_eval_examples)
+            else:
                 if d.eval_fraction == 0:
                     raise ConfigError(f"{d.dataset} is a local file and no held-out data is named: give "
                                       f"data.eval_dataset=FILE, or data.eval_fraction>0 to hold out part of it, or "
                                       f"train.do_eval=false")
                 train_idx, held = holdout_split(len(rows), d.eval_fraction, d.eval_split_seed)
-                eval_data, report = build_dataset(rows, f"{source} (held out)", self.tokenizer,
-                                                  limit=d.max_eval_examples, indices=held)
                 acc.print(f"holding out {len(held)} of {len(rows)} records of {source} for evaluation "
                           f"(data.eval_fraction={d.eval_fraction}, data.eval_split_seed={d.eval_split_seed}); "
                           f"their ids are in {self.out / 'eval_ids.json'}")
-                acc.print(report.summary())
-            else:
-                eval_rows, eval_source = load_records(d.dataset, d.eval_split or "test", d.config_name)
-                eval_data, report = build_dataset(eval_rows, eval_source, self.tokenizer, limit=d.max_eval_examples)
-                acc.print(report.summary())
-        train_data, report = build_dataset(rows, source, self.tokenizer, limit=d.max_train_examples,
-                                           indices=train_idx)
-        acc.print(report.summary())
+                eval_data = build(rows, f"{source} (held out)", limit=d.max_eval_examples, indices=held)
+        train_data = build(rows, source, limit=d.max_train_examples, indices=train_idx)
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "eval_ids.json").write_text(json.dumps({
