@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from align import estimators as E
-from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, load_model, logits_fn,
+from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, align_logits, load_model, logits_fn,
                           save_published, spec_for, token_scorer)
 
 SHARED = Path(os.environ.get("ALIGN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "assets"
@@ -142,10 +142,46 @@ def test_masked_position_scoring_equals_full_logits(family, dtype):
     ids = torch.randint(3, 500, (3, 12))
     score = torch.rand(3, 12) < 0.4
     score[:, 0] = False
-    full = logits_fn(model)(ids).float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+    hidden = model.backbone(ids, None).double()  # the final hidden states, in the model's dtype, then exact
+    logits = align_logits(hidden @ model.get_output_embeddings().weight.double().T, model.logits_shift)
+    exact = logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
     got = model(ids, score_mask=score, targets=ids).token_logprobs
-    tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got, torch.where(score, full, 0.0), atol=tol, rtol=tol)
+    # the head runs in fp32 on those hidden states, bf16 weights or not: fp32 round-off only
+    torch.testing.assert_close(got, torch.where(score, exact, 0.0).float(), atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_bf16_scoring_is_not_rounded_to_bf16_logits(family):
+    """Real 8B logits reach [16, 32), where bf16 steps are 0.125. The production scorer must not round there
+    (it did: ``head(hidden).float()``, errors up to ~0.06 nats per token at these logits); the public estimator
+    API works from the model's bf16 logits, so its error is bounded by their rounding and no more (log-softmax
+    in fp32, weights in fp32: it used to run log-softmax in bf16, off by up to 22 nats on a sum of -3,108)."""
+    torch.manual_seed(0)
+    model = load_model(f"tiny:{family}", dtype="bfloat16").eval()
+    ids = torch.randint(3, 500, (2, 16))
+    with torch.no_grad():  # scale the head so logits reach about 30, like a trained 8B model's
+        w = model.get_output_embeddings().weight
+        w.mul_(30 / logits_fn(model)(ids).float().abs().max())
+    score = torch.rand(2, 16) < 0.5
+    score[:, 0] = False
+    with torch.no_grad():
+        hidden = model.backbone(ids, None).double()
+        z = align_logits(hidden @ model.get_output_embeddings().weight.double().T, model.logits_shift)  # exact, [b, T, V]
+        assert z.abs().max() > 16
+        exact = torch.where(score, z.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1), 0.0)
+        got = model(ids, score_mask=score, targets=ids).token_logprobs.double()
+        assert (got - exact).abs().max() < 1e-4  # fp32 round-off of logits up to 32: ~4e-6 per logit
+        rounded = torch.where(score, z.bfloat16().double().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1), 0.0)
+        assert (rounded - exact).abs().max() > 1e-3  # what rounding to bf16 would have cost: the test can fail
+        # public API: logits in bf16 (the published forward), everything after in fp32. Bound: each logit is off
+        # by at most half a bf16 step, |z|·2^-9, so a log-softmax entry by at most 2·max|z|·2^-9
+        scorer = E.scorer_from_logits(logits_fn(model))
+        public = scorer(ids, None, ids, score).double()
+        bf16_logits = logits_fn(model)(ids).double()
+        bound = 2 * bf16_logits.abs().amax(-1) * 2**-9 + 1e-4  # + fp32 round-off, and the body's bf16 matmul order
+        assert ((public - exact).abs() <= torch.where(score, bound, 0.0)).all()
+        torch.testing.assert_close(public, torch.where(score, bf16_logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1), 0.0),
+                                   atol=2e-5, rtol=1e-5)  # fp32 log-softmax of the bf16 logits, nothing rounded after
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

@@ -32,7 +32,7 @@ class DiffusionLMOutput(ModelOutput):
 
 
 def _target_logprobs(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()  # [k, V]
+    logits = head(hidden.float())  # [k, V] fp32 from fp32 hidden states (layers.OutputHead), never rounded to bf16
     return logits.gather(-1, targets[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 

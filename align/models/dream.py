@@ -13,7 +13,7 @@ from transformers import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from align.models.base import MaskedDiffusionLM
-from align.models.layers import RMSNorm, self_attention
+from align.models.layers import OutputHead, RMSNorm, self_attention
 
 
 class DreamConfig(PreTrainedConfig):
@@ -116,7 +116,7 @@ class DreamModel(MaskedDiffusionLM):
     def __init__(self, config: DreamConfig):
         super().__init__(config)
         self.model = DreamBackbone(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = OutputHead(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self):

@@ -11,12 +11,13 @@ saved ``config.json`` stays readable by LLaDA's own code.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from transformers import PreTrainedConfig
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from align.models.base import MaskedDiffusionLM
-from align.models.layers import RMSNorm, self_attention
+from align.models.layers import OutputHead, RMSNorm, fp32_linear, self_attention
 
 
 class LLaDAConfig(PreTrainedConfig):
@@ -130,7 +131,7 @@ class LLaDAModel(nn.Module):
             "ln_f": RMSNorm(config.d_model, config.rms_norm_eps),
         }
         if not config.weight_tying:
-            modules["ff_out"] = nn.Linear(config.d_model, config.embedding_size or config.vocab_size, bias=config.include_bias)
+            modules["ff_out"] = OutputHead(config.d_model, config.embedding_size or config.vocab_size, bias=config.include_bias)
         self.transformer = nn.ModuleDict(modules)
 
 
@@ -158,7 +159,7 @@ class LLaDAModelLM(MaskedDiffusionLM):
     def output_head(self):
         t = self.model.transformer
         if self.config.weight_tying:
-            return lambda h: nn.functional.linear(h, t.wte.weight)
+            return lambda h: fp32_linear(h, t.wte.weight) if h.dtype == torch.float32 else nn.functional.linear(h, t.wte.weight)
         return t.ff_out
 
     def blocks(self):

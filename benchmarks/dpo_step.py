@@ -1,0 +1,238 @@
+"""One DPO optimizer step: align's step against the naive step public implementations take, in one run.
+
+The naive step is written as public LLaDA-DPO code does it: for each Monte Carlo sample, chosen and rejected
+in separate forwards, each a full model forward that materializes ``[B, T, V]`` logits, then cross-entropy
+over the masked positions; every term draws its own masks (decoupled); the reference is a separate full copy
+(full fine-tuning) or the policy with its adapter disabled (LoRA); one backward through all the samples'
+graphs at the end. align's step is the trainer's: ``estimators.dpo_terms`` runs the policy once over all
+2·B·n noised sequences with the LM head only at masked positions (chunked, recomputed in backward), coupled
+masks, and the reference once without grad. Same network (align's LLaDA class), same data, same n, same
+estimator, same optimizer (AdamW on the trainable parameters).
+
+Each variant runs in its own process (peak RSS cannot be reset on CPU); peak memory is the rise of the
+process's peak RSS over the built model (CPU) or ``torch.cuda.max_memory_allocated`` over the weights (GPU).
+Time is the median of ``--repeats`` steps after one warm-up step.
+
+    python benchmarks/dpo_step.py                 # LoRA and full fine-tuning, with and without checkpointing
+    python benchmarks/dpo_step.py --variant ours --lora --ckpt    # one variant; prints one JSON line
+
+``gpu_step.py`` reuses the step functions here at LLaDA-8B size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from align import estimators as E
+from align.masking import draw_masks, noise
+from align.models import LLaDAConfig, LLaDAModelLM, add_lora, token_scorer
+
+BETA = 0.1
+
+
+def build(config: LLaDAConfig, *, device, dtype=torch.float32, lora_r: int | None = 16, ckpt: bool = True, seed: int = 0):
+    """(policy, reference): the reference is None for LoRA (the adapter disabled), a frozen copy otherwise."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LLaDAModelLM(config)  # random weights, built in place on the device
+    finally:
+        torch.set_default_dtype(previous)
+    model.config._attn_implementation = "sdpa"
+    reference = None
+    if lora_r is None:
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    if ckpt:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if lora_r is not None:
+        model = add_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0)
+    model.train()
+    return model, reference
+
+
+def make_batch(pairs: int, prompt: int, response: int, config: LLaDAConfig, device, seed: int = 0) -> dict:
+    """Random pairs sharing a prompt: chosen/rejected [B, T] and the response mask."""
+    g = torch.Generator().manual_seed(seed)
+    high = min(config.mask_token_id, config.vocab_size) - 1  # never the mask token
+    p = torch.randint(0, high, (pairs, prompt), generator=g)
+    chosen = torch.cat([p, torch.randint(0, high, (pairs, response), generator=g)], 1)
+    rejected = torch.cat([p, torch.randint(0, high, (pairs, response), generator=g)], 1)
+    resp = torch.zeros(pairs, prompt + response, dtype=torch.bool)
+    resp[:, prompt:] = True
+    return {"chosen": chosen.to(device), "rejected": rejected.to(device), "response_mask": resp.to(device)}
+
+
+def reference_scorer(model, reference):
+    if reference is not None:
+        return token_scorer(reference)
+    policy = token_scorer(model)
+
+    def score(*args):
+        with model.disable_adapter():
+            return policy(*args)
+
+    return score
+
+
+def ours_step(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0):
+    """The trainer's step (align.dpo): coupled draws, one policy and one reference call, masked-only scoring."""
+    terms = E.dpo_terms(token_scorer(model), reference_scorer(model, reference), batch["chosen"], batch["rejected"],
+                        batch["response_mask"], n_samples=n, estimator=estimator, mask_token_id=mask_token_id,
+                        generator=torch.Generator().manual_seed(seed))
+    loss = -F.logsigmoid(BETA * terms.margin.mean(-1)).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _naive_estimate(model, ids, resp, *, estimator: str, mask_token_id: int, generator) -> torch.Tensor:
+    """One sample of log p(response) for each row, from full logits: [B]."""
+    draw = draw_masks(resp, 1, estimator, generator)  # its own mask: decoupled
+    masked = draw.masked[:, 0]  # [B, T]
+    logits = model(noise(ids, masked, mask_token_id)).logits  # [B, T, V], every position
+    nll = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")  # masked positions
+    logp = torch.zeros(masked.shape, dtype=nll.dtype, device=nll.device).masked_scatter(masked, -nll)
+    return draw.weight[:, 0].to(logp.dtype) * logp.sum(-1)
+
+
+def naive_step(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0):
+    """The public implementations' step: per sample, per response, per model a full-logits forward."""
+    g = torch.Generator().manual_seed(seed)
+    ref_model = reference if reference is not None else model
+    margins = []
+    for _ in range(n):
+        terms = {}
+        for name in ("chosen", "rejected"):
+            ids = batch[name]
+            terms["policy", name] = _naive_estimate(model, ids, batch["response_mask"], estimator=estimator,
+                                                    mask_token_id=mask_token_id, generator=g)
+            with torch.no_grad():
+                if reference is None:
+                    with model.disable_adapter():
+                        terms["reference", name] = _naive_estimate(ref_model, ids, batch["response_mask"],
+                                                                   estimator=estimator, mask_token_id=mask_token_id,
+                                                                   generator=g)
+                else:
+                    terms["reference", name] = _naive_estimate(ref_model, ids, batch["response_mask"], estimator=estimator,
+                                                               mask_token_id=mask_token_id, generator=g)
+        margins.append((terms["policy", "chosen"] - terms["reference", "chosen"])
+                       - (terms["policy", "rejected"] - terms["reference", "rejected"]))
+    loss = -F.logsigmoid(BETA * torch.stack(margins, -1).mean(-1)).mean()
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+STEPS = {"ours": ours_step, "naive": naive_step}
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def measure(step, *, device, repeats: int, warmup: int = 1) -> dict:
+    """Median step time and peak memory of ``step()`` (memory above what was allocated before the first call)."""
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        base = peak_rss()
+    times = []
+    for i in range(warmup + repeats):
+        t = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss()
+    return {"step_s": statistics.median(times), "times": times, "peak_bytes": peak - base,
+            "peak_total_bytes": peak if cuda else None}
+
+
+def cpu_config(args) -> LLaDAConfig:
+    V = args.vocab
+    return LLaDAConfig(d_model=args.hidden, n_heads=4, n_layers=args.layers, mlp_hidden_size=3 * args.hidden,
+                       vocab_size=V, embedding_size=V, mask_token_id=V - 128, eos_token_id=V - 383, pad_token_id=V - 383)
+
+
+def run_variant(args) -> dict:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(args.threads) if args.threads else None
+    config = cpu_config(args)
+    model, reference = build(config, device=device, lora_r=args.lora_r if args.lora else None, ckpt=args.ckpt)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    batch = make_batch(args.pairs, args.prompt, args.response, config, device)
+    step = STEPS[args.variant]
+    seeds = iter(range(10**6))
+    result = measure(lambda: step(model, reference, batch, n=args.n_samples, estimator=args.estimator,
+                                  mask_token_id=config.mask_token_id, opt=opt, seed=next(seeds)),
+                     device=device, repeats=args.repeats)
+    return {"variant": args.variant, "lora": args.lora, "ckpt": args.ckpt, **result}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variant", choices=sorted(STEPS), help="run one variant in this process and print JSON")
+    ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing")
+    ap.add_argument("--lora-r", type=int, default=16)
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--vocab", type=int, default=126464, help="LLaDA's vocabulary size")
+    ap.add_argument("--pairs", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=32)
+    ap.add_argument("--response", type=int, default=96)
+    ap.add_argument("--n-samples", type=int, default=4)
+    ap.add_argument("--estimator", default="time_free")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+    shared = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
+              ("lora_r", "hidden", "layers", "vocab", "pairs", "prompt", "response", "n_samples", "estimator", "repeats",
+               "threads")]
+    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; LLaDA hidden "
+          f"{args.hidden}, {args.layers} layers, vocab {args.vocab:,}; {args.pairs} pair(s) of {args.prompt}+"
+          f"{args.response} tokens, n={args.n_samples} ({args.estimator}); median of {args.repeats} steps\n")
+    print("| fine-tuning | checkpointing | naive step s | ours step s | speed-up | naive peak MiB | ours peak MiB | "
+          "memory ratio |\n|---|---|---|---|---|---|---|---|")
+    rows = []
+    for lora in (True, False):
+        for ckpt in (False, True):
+            res = {}
+            for variant in ("naive", "ours"):
+                cmd = [sys.executable, __file__, f"--variant={variant}", *shared] + (["--lora"] if lora else []) \
+                    + (["--ckpt"] if ckpt else [])
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                res[variant] = json.loads(out.strip().splitlines()[-1])
+            n, o = res["naive"], res["ours"]
+            rows.append(res)
+            print(f"| {'LoRA r=' + str(args.lora_r) if lora else 'full'} | {'on' if ckpt else 'off'} | "
+                  f"{n['step_s']:.2f} | {o['step_s']:.2f} | {n['step_s'] / o['step_s']:.1f}x | "
+                  f"{n['peak_bytes'] / 2**20:.0f} | {o['peak_bytes'] / 2**20:.0f} | "
+                  f"{n['peak_bytes'] / max(o['peak_bytes'], 1):.1f}x |", flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

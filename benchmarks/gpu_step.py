@@ -1,0 +1,173 @@
+"""A LoRA DPO step of LLaDA-8B on one GPU: peak memory, step time, tokens/s and MFU; the naive step for contrast.
+
+The published LLaDA-8B configuration (align's ``LLaDAConfig()`` defaults) with random bf16 weights built on
+the GPU (no hub needed: speed and memory do not depend on the values), LoRA r=16 on the default targets
+(attention and MLP projections of every block), gradient checkpointing, SDPA attention, AdamW on the
+adapter. The step is the trainer's (``dpo_step.ours_step``: coupled time-free draws, masked-only scoring);
+the naive step (``dpo_step.naive_step``) is what public implementations run.
+
+MFU = model FLOPs of the step / (median step time x the GPU's dense bf16 peak, 989 TFLOP/s for H100/H200
+SXM). Model FLOPs, per noised sequence of T tokens of which K are scored, with N = the block parameters
+(LoRA's own are ignored, < 1%), d the hidden size, l the layers, V the vocabulary:
+    policy forward   2·N·T + 4·l·T²·d (attention scores and values) + 2·d·V·K (LM head on scored rows)
+    policy backward  the same again (activation gradients only: frozen weights take no weight gradients)
+    reference forward, no grad: the same as the policy forward
+Recomputation by gradient checkpointing is not counted (that is what makes it MFU, not hardware FLOPs).
+The naive step's MFU uses the same numerator, so it shows the time it loses, not the FLOPs it wastes.
+K is the expected count for time-free draws, L/H_L per response of L tokens.
+
+    python benchmarks/gpu_step.py --out results.json     # on a GPU: about 3-5 minutes on one H100
+    python benchmarks/gpu_step.py --small                # CPU-sized config, what the test runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dpo_step import build, make_batch, measure, naive_step, ours_step  # noqa: E402
+
+from align.masking import harmonic  # noqa: E402
+from align.models import LLaDAConfig  # noqa: E402
+
+PEAK_BF16 = 989.4e12  # H100/H200 SXM dense bf16, FLOP/s
+GiB = 2**30
+
+
+def step_flops(config: LLaDAConfig, *, pairs: int, n: int, prompt: int, response: int) -> float:
+    d, f, l, V = config.d_model, config.mlp_hidden_size, config.n_layers, config.vocab_size
+    kv = config.effective_n_kv_heads * (d // config.n_heads)
+    N = l * (2 * d * d + 2 * d * kv + 3 * d * f)
+    T = prompt + response
+    K = response / harmonic(response)
+    forward = 2 * N * T + 4 * l * T * T * d + 2 * d * V * K  # one sequence
+    sequences = 2 * pairs * n  # chosen and rejected, n noised copies each
+    return sequences * forward * 3  # policy forward + backward, reference forward
+
+
+def oom_safe(fn, model):
+    try:
+        return fn()
+    except torch.OutOfMemoryError:
+        return None
+    finally:
+        model.zero_grad(set_to_none=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="a CPU-sized LLaDA (the test); the GPU run uses the 8B config")
+    ap.add_argument("--n-samples", default="1,4,8")
+    ap.add_argument("--lengths", default="512,1024", help="prompt+response tokens (half each)")
+    ap.add_argument("--pairs", type=int, default=1, help="pairs per micro-batch in the grid")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--budget-gib", type=float, default=78.0,
+                    help="memory cap for the largest-micro-batch search (an 80 GB H100 gives about 78 GiB)")
+    ap.add_argument("--no-tests", action="store_true", help="skip the CUDA tests (tests/test_cuda.py) run first on a GPU")
+    ap.add_argument("--max-pairs", type=int, default=16)
+    ap.add_argument("--out", help="write every figure as JSON here")
+    args = ap.parse_args(argv)
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    if args.small:
+        config = LLaDAConfig(d_model=128, n_heads=4, n_layers=2, mlp_hidden_size=384, vocab_size=4096,
+                             embedding_size=4096, mask_token_id=4000, eos_token_id=3999, pad_token_id=3999)
+        lengths, ns = [32, 64], [1, 2]
+        dtype = torch.bfloat16 if cuda else torch.float32
+    else:
+        config = LLaDAConfig()  # the published LLaDA-8B values
+        lengths, ns = [int(x) for x in args.lengths.split(",")], [int(x) for x in args.n_samples.split(",")]
+        dtype = torch.bfloat16
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
+    if cuda and not args.no_tests:  # the CUDA-only checks, where a GPU is at hand
+        root = Path(__file__).resolve().parents[1]
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"],
+                              cwd=root, capture_output=True, text=True)
+        print(f"# tests/test_cuda.py: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]}")
+        if proc.returncode != 0:
+            print(proc.stdout[-6000:], proc.stderr[-2000:], flush=True)
+    t0 = time.perf_counter()
+    model, _ = build(config, device=device, dtype=dtype, lora_r=16, ckpt=True)
+    params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    weights = torch.cuda.memory_allocated() if cuda else 0
+    print(f"# {name}, torch {torch.__version__}; LLaDA d={config.d_model} l={config.n_layers} V={config.vocab_size:,}: "
+          f"{params / 1e9:.2f}B parameters ({dtype}), LoRA r=16 {trainable / 1e6:.1f}M trainable; gradient "
+          f"checkpointing, SDPA; built in {time.perf_counter() - t0:.0f} s; weights {weights / GiB:.1f} GiB", flush=True)
+    results = {"device": name, "torch": torch.__version__, "params": params, "trainable": trainable,
+               "config": {"d_model": config.d_model, "n_layers": config.n_layers, "vocab": config.vocab_size},
+               "peak_flops": PEAK_BF16, "grid": [], "max_pairs": None}
+
+    def run(step, pairs, n, T, repeats):
+        batch = make_batch(pairs, T // 2, T - T // 2, config, device)
+        seeds = iter(range(10**6))
+        res = measure(lambda: step(model, None, batch, n=n, estimator="time_free", mask_token_id=config.mask_token_id,
+                                   opt=opt, seed=next(seeds)), device=device, repeats=repeats)
+        flops = step_flops(config, pairs=pairs, n=n, prompt=T // 2, response=T - T // 2)
+        tokens = 2 * pairs * n * T  # noised policy tokens per step
+        return {"pairs": pairs, "n": n, "T": T, "step_s": res["step_s"], "times": res["times"],
+                "peak_gib": (res["peak_total_bytes"] or res["peak_bytes"]) / GiB, "tokens_per_s": tokens / res["step_s"],
+                "tflops": flops / res["step_s"] / 1e12, "mfu": flops / res["step_s"] / PEAK_BF16}
+
+    print("\n| step | L | n | pairs | step s | tokens/s | peak GiB | TFLOP/s | MFU |\n|---|---|---|---|---|---|---|---|---|")
+
+    def show(kind, r):
+        if r is None:
+            print(f"| {kind} | | | | out of memory | | | | |", flush=True)
+            return
+        print(f"| {kind} | {r['T']} | {r['n']} | {r['pairs']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | "
+              f"{r['peak_gib']:.1f} | {r['tflops']:.0f} | {r['mfu']:.1%} |", flush=True)
+
+    for T in lengths:
+        for n in ns:
+            for kind, step in (("align", ours_step), ("naive", naive_step)):
+                if kind == "naive" and n not in (ns[0], ns[-1]):
+                    continue  # the contrast at the smallest and largest n is enough
+                r = oom_safe(lambda: run(step, args.pairs, n, T, args.repeats), model)
+                results["grid"].append({"step": kind, **(r or {"T": T, "n": n, "oom": True})})
+                show(kind, r)
+    if cuda and not args.small:  # the largest micro-batch under the memory budget, n = 8, L = 1024
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * GiB / total))
+        best = None
+        pairs = 1
+        while pairs <= args.max_pairs:
+            r = oom_safe(lambda: run(ours_step, pairs, 8, 1024, 1), model)
+            if r is None:
+                break
+            best = r
+            show(f"align, {args.budget_gib:.0f} GiB cap", r)
+            pairs *= 2
+        if best is not None and pairs <= args.max_pairs:  # refine between best and the failing size
+            lo, hi = best["pairs"], pairs
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                r = oom_safe(lambda: run(ours_step, mid, 8, 1024, 1), model)
+                if r is None:
+                    hi = mid
+                else:
+                    lo, best = mid, r
+                    show(f"align, {args.budget_gib:.0f} GiB cap", r)
+        results["max_pairs"] = best and {"budget_gib": args.budget_gib, **best}
+        print(f"\nlargest micro-batch at n=8, L=1024 under {args.budget_gib:.0f} GiB: "
+              f"{best['pairs'] if best else 0} pair(s)", flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
