@@ -33,7 +33,8 @@ import torch
 
 from align.config import ConfigError, dump_config, parse_cli
 from align.data import holdout_split, is_local, load_records, rank_micro_batches
-from align.models import add_lora, load_model, save_published, spec_for, token_scorer
+from align.models import (adapter_in_base_dtype, add_lora, load_model, resolve_dtype, save_published, spec_for,
+                          token_scorer)
 from align.models.tokenizer import load_tokenizer
 
 log = logging.getLogger("align.trainer")
@@ -143,6 +144,10 @@ class Trainer:
         if t.disable_dropout:
             disable_dropout(model)
         model.train()
+        # LoRA over a bf16/fp16 base outside DeepSpeed: the adapter computes in the base's dtype (its fp32 weights
+        # stay the master copy). DeepSpeed casts the whole module to its precision and keeps masters itself.
+        self.adapter_dtype = (resolve_dtype(m.dtype) if cfg.lora.enabled and m.dtype != "float32" and not self.deepspeed
+                              else None)
 
         # ---- data
         self.train_data, self.eval_data = self._load_data()
@@ -262,6 +267,10 @@ class Trainer:
         return policy, reference
 
     # ------------------------------------------------------------ one batch
+    def adapter_compute(self):
+        """Context for the policy's forward and backward (``models.adapter_in_base_dtype``)."""
+        return adapter_in_base_dtype(self.model, self.adapter_dtype)
+
     def compute(self, batch: dict, epoch: int, norm: float = 0.0) -> tuple[torch.Tensor, dict, int]:
         """(mean loss of the micro-batch, per-example stats [b] each, tokens through the policy).
 
@@ -297,7 +306,8 @@ class Trainer:
         sums = {k: torch.zeros((), device=self.accelerator.device) for k in self.objective.stat_keys}
         norm = self.objective.batch_norm(self.eval_data)
         for s in range(0, per_rank, bs):
-            _, stats, _ = self.compute(self.collate(mine[s : s + bs]), EVAL_EPOCH, norm)
+            with self.adapter_compute():
+                _, stats, _ = self.compute(self.collate(mine[s : s + bs]), EVAL_EPOCH, norm)
             weight = (torch.arange(s, s + len(stats["loss"]), device=self.accelerator.device) < real).float()
             for k, v in stats.items():
                 sums[k] = sums[k] + (v * weight).sum()
@@ -420,8 +430,9 @@ class Trainer:
             if micro % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
                 norm = self._step_norm(micro)
             with acc.accumulate(self.model):
-                loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
-                acc.backward(loss)
+                with self.adapter_compute():
+                    loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
+                    acc.backward(loss)
                 if acc.sync_gradients:
                     norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
                     if norm is not None:

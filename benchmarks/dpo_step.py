@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from align import estimators as E
 from align.masking import draw_masks, noise
-from align.models import LLaDAConfig, LLaDAModelLM, add_lora, token_scorer
+from align.models import LLaDAConfig, LLaDAModelLM, adapter_in_base_dtype, add_lora, token_scorer
 
 BETA = 0.1
 
@@ -56,11 +56,18 @@ def build(config: LLaDAConfig, *, device, dtype=torch.float32, lora_r: int | Non
     if lora_r is None:
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     if ckpt:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if lora_r is not None:
-        model = add_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0)
+        model = add_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0)  # fp32 adapter weights (peft's default)
     model.train()
     return model, reference
+
+
+def enable_checkpointing(model) -> None:
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def make_batch(pairs: int, prompt: int, response: int, config: LLaDAConfig, device, seed: int = 0) -> dict:
@@ -87,13 +94,24 @@ def reference_scorer(model, reference):
     return score
 
 
-def ours_step(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0):
-    """The trainer's step (align.dpo): coupled draws, one policy and one reference call, masked-only scoring."""
-    terms = E.dpo_terms(token_scorer(model), reference_scorer(model, reference), batch["chosen"], batch["rejected"],
-                        batch["response_mask"], n_samples=n, estimator=estimator, mask_token_id=mask_token_id,
-                        generator=torch.Generator().manual_seed(seed))
-    loss = -F.logsigmoid(BETA * terms.margin.mean(-1)).mean()
-    loss.backward()
+def base_dtype(model, reference) -> torch.dtype | None:
+    """The trainer's adapter compute dtype: the base's for LoRA over bf16/fp16 (align.trainer), else None."""
+    if reference is not None or not hasattr(model, "get_base_model"):
+        return None
+    dtype = model.get_base_model().dtype
+    return dtype if dtype != torch.float32 else None
+
+
+def ours_step(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0,
+              adapter_fp32_compute: bool = False):
+    """The trainer's step (align.dpo): coupled draws, one policy and one reference call, masked-only scoring;
+    LoRA over a bf16 base computes the adapter in bf16 (``adapter_fp32_compute``: peft's fp32 path instead)."""
+    with adapter_in_base_dtype(model, None if adapter_fp32_compute else base_dtype(model, reference)):
+        terms = E.dpo_terms(token_scorer(model), reference_scorer(model, reference), batch["chosen"], batch["rejected"],
+                            batch["response_mask"], n_samples=n, estimator=estimator, mask_token_id=mask_token_id,
+                            generator=torch.Generator().manual_seed(seed))
+        loss = -F.logsigmoid(BETA * terms.margin.mean(-1)).mean()
+        loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss.detach()

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_step import build, make_batch, measure, naive_step, ours_step  # noqa: E402
+from dpo_step import build, enable_checkpointing, make_batch, measure, naive_step, ours_step  # noqa: E402
 
 from align.masking import harmonic  # noqa: E402
 from align.models import LLaDAConfig  # noqa: E402
@@ -78,6 +78,9 @@ def main(argv=None):
     ap.add_argument("--no-tests", action="store_true", help="skip the CUDA tests (tests/test_cuda.py) run first on a GPU")
     ap.add_argument("--max-pairs", type=int, default=16)
     ap.add_argument("--out", help="write every figure as JSON here")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of the grid: where the time of one step at n=8, L=1024 goes (forward-only timings, "
+                         "bf16 against fp32 adapters, torch.profiler's top kernels)")
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -85,7 +88,7 @@ def main(argv=None):
         config = LLaDAConfig(d_model=128, n_heads=4, n_layers=2, mlp_hidden_size=384, vocab_size=4096,
                              embedding_size=4096, mask_token_id=4000, eos_token_id=3999, pad_token_id=3999)
         lengths, ns = [32, 64], [1, 2]
-        dtype = torch.bfloat16 if cuda else torch.float32
+        dtype = torch.bfloat16  # the 8B run's dtype, so the test runs its code path
     else:
         config = LLaDAConfig()  # the published LLaDA-8B values
         lengths, ns = [int(x) for x in args.lengths.split(",")], [int(x) for x in args.n_samples.split(",")]
@@ -131,11 +134,26 @@ def main(argv=None):
         print(f"| {kind} | {r['T']} | {r['n']} | {r['pairs']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | "
               f"{r['peak_gib']:.1f} | {r['tflops']:.0f} | {r['mfu']:.1%} |", flush=True)
 
+    if args.profile:
+        return profile(model, opt, config, device, args, run, show)
+    def peft_fp32(*a, **k):
+        return ours_step(*a, **k, adapter_fp32_compute=True)
+
+    def no_checkpointing(*a, **k):
+        base = model.get_base_model()
+        base.gradient_checkpointing_disable()
+        try:
+            return ours_step(*a, **k)
+        finally:
+            enable_checkpointing(base)
+
+    variants = {"align": ours_step, "align, peft's fp32 adapter compute": peft_fp32,
+                "align, no checkpointing": no_checkpointing, "naive": naive_step}
     for T in lengths:
         for n in ns:
-            for kind, step in (("align", ours_step), ("naive", naive_step)):
-                if kind == "naive" and n not in (ns[0], ns[-1]):
-                    continue  # the contrast at the smallest and largest n is enough
+            for kind, step in variants.items():
+                if kind != "align" and n not in (ns[0], ns[-1]):
+                    continue  # the contrasts at the smallest and largest n are enough
                 r = oom_safe(lambda: run(step, args.pairs, n, T, args.repeats), model)
                 results["grid"].append({"step": kind, **(r or {"T": T, "n": n, "oom": True})})
                 show(kind, r)
@@ -167,6 +185,44 @@ def main(argv=None):
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     return results
+
+
+def profile(model, opt, config, device, args, run, show):
+    """Where the time of one step goes: forward-only rates and torch.profiler's top operators."""
+    from dpo_step import reference_scorer
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from align import estimators as E
+    from align.models import adapter_in_base_dtype, token_scorer
+
+    n, T = (2, 64) if args.small else (8, 1024)
+    batch = make_batch(1, T // 2, T - T // 2, config, device)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    dtype = model.get_base_model().dtype
+
+    def forward(adapter: str):
+        score = reference_scorer(model, None) if adapter == "off" else token_scorer(model)
+        with torch.no_grad(), adapter_in_base_dtype(model, dtype if adapter == "base dtype" else None):
+            E.dpo_terms(score, score, batch["chosen"], batch["rejected"], batch["response_mask"], n_samples=n,
+                        mask_token_id=config.mask_token_id, generator=torch.Generator().manual_seed(0))
+
+    for adapter in ("off", "peft fp32", "base dtype"):  # each call is two forwards (policy and reference scorers)
+        forward(adapter)
+        sync()
+        t = time.perf_counter()
+        for _ in range(2):
+            forward(adapter)
+        sync()
+        s = (time.perf_counter() - t) / 4
+        flops = step_flops(config, pairs=1, n=n, prompt=T // 2, response=T - T // 2) / 3
+        print(f"forward only, adapter {adapter}: {s:.3f} s per forward of {2 * n * T} tokens, "
+              f"{flops / s / 1e12:.0f} TFLOP/s ({flops / s / PEAK_BF16:.1%} of peak)", flush=True)
+    with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])) as prof:
+        ours_step(model, None, batch, n=n, estimator="time_free", mask_token_id=config.mask_token_id, opt=opt)
+        sync()
+    key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=60), flush=True)
 
 
 if __name__ == "__main__":
