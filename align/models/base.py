@@ -22,7 +22,7 @@ from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 from transformers.utils import ModelOutput
 
-from align.models.layers import padding_mask, rotary_tables
+from align.models.layers import OutputHead, padding_mask, rotary_tables
 
 
 @dataclass
@@ -107,7 +107,11 @@ class MaskedDiffusionLM(PreTrainedModel):
             source[:, :-1] = score_mask[:, 1:]
         # hidden[source] and targets[score_mask] enumerate positions in the same row-major order
         chunk = max(1, self.head_chunk_elements // self.config.vocab_size)
-        logp = chunked_target_logprobs(self.output_head(), hidden[source], targets[score_mask], chunk)  # [K]
+        head = self.output_head()
+        if isinstance(head, OutputHead):  # one module call: one ZeRO-3 gather, one [chunk, V] buffer in backward
+            logp = head(hidden[source], targets=targets[score_mask], chunk=chunk)  # [K]
+        else:  # tied weights, or a head wrapped by peft: chunks recomputed by checkpointing
+            logp = chunked_target_logprobs(head, hidden[source], targets[score_mask], chunk)
         out = torch.zeros(score_mask.shape, dtype=torch.float32, device=hidden.device)
         out[score_mask] = logp
         return DiffusionLMOutput(token_logprobs=out)

@@ -37,12 +37,75 @@ def fp32_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return F.linear(x.float(), weight.float(), None if bias is None else bias.float())
 
 
-class OutputHead(nn.Linear):
-    """The LM head (an ``nn.Linear``, same parameter names). Given fp32 hidden states it returns fp32 logits
-    from low-precision weights (:func:`fp32_linear`); given anything else it is a plain linear layer. Being
-    called as a module matters: DeepSpeed ZeRO-3 gathers its weight in the module's forward hooks."""
+def _compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(weight.dtype, torch.float32)  # fp32 for bf16/fp16/fp32 weights, fp64 stays
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+
+class _TargetLogprobs(torch.autograd.Function):
+    """``log_softmax(hidden @ weight.T + bias)[targets]`` over [K, d] rows, ``chunk`` rows at a time, in fp32.
+
+    Forward keeps only the per-row log-normalisers; backward recomputes each chunk's logits once and turns
+    them into the gradient in place (``g · (onehot − softmax)``), so a single [chunk, V] fp32 buffer is alive
+    at any time (autograd through log_softmax/gather held about four). Weight gradients only when the head
+    trains (full fine-tuning)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):
+        ct = _compute_dtype(weight)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            w = weight.to(ct)
+            b = None if bias is None else bias.to(ct)
+            out = torch.empty(hidden.shape[0], dtype=ct, device=hidden.device)
+            lse = torch.empty_like(out)
+            for s in range(0, hidden.shape[0], chunk):
+                z = F.linear(hidden[s : s + chunk].to(ct), w, b)  # [k, V]
+                lse[s : s + chunk] = z.logsumexp(-1)
+                out[s : s + chunk] = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse[s : s + chunk]
+        ctx.save_for_backward(hidden, weight, bias, targets, lse)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        ct = _compute_dtype(weight)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            w = weight.to(ct)
+            b = None if bias is None else bias.to(ct)
+            grad_h = torch.empty(hidden.shape, dtype=ct, device=hidden.device) if need_h else None
+            grad_w = torch.zeros_like(w) if need_w else None
+            grad_b = torch.zeros_like(b) if need_b else None
+            for s in range(0, hidden.shape[0], ctx.chunk):
+                h = hidden[s : s + ctx.chunk].to(ct)
+                g = grad[s : s + ctx.chunk].to(ct)
+                z = F.linear(h, w, b)
+                z.sub_(lse[s : s + ctx.chunk, None]).exp_().mul_(-g[:, None])  # -g·softmax
+                rows = torch.arange(z.shape[0], device=z.device)
+                z[rows, targets[s : s + ctx.chunk]] += g  # + g·onehot
+                if need_h:
+                    grad_h[s : s + ctx.chunk] = z @ w
+                if need_w:
+                    grad_w.addmm_(z.T, h)
+                if need_b:
+                    grad_b += z.sum(0)
+        return (None if grad_h is None else grad_h.to(hidden.dtype), None if grad_w is None else grad_w.to(weight.dtype),
+                None if grad_b is None else grad_b.to(bias.dtype), None, None)
+
+
+class OutputHead(nn.Linear):
+    """The LM head (an ``nn.Linear``, same parameter names).
+
+    ``head(x)``: logits; fp32 logits from low-precision weights when ``x`` is fp32 (:func:`fp32_linear`).
+    ``head(hidden, targets=t, chunk=c)``: fp32 ``log p(t)`` for each row of ``hidden`` [K, d] without ever
+    holding more than ``c`` rows of logits, in forward or backward (:class:`_TargetLogprobs`). It is one
+    module call per forward, so DeepSpeed ZeRO-3 gathers the (1 GiB at 8B) weight once per forward and once
+    per backward, not once per chunk.
+    """
+
+    def forward(self, x: torch.Tensor, targets: torch.Tensor | None = None, chunk: int | None = None) -> torch.Tensor:
+        if targets is not None:
+            return _TargetLogprobs.apply(x, self.weight, self.bias, targets, chunk or x.shape[0] or 1)
         if x.dtype == torch.float32:
             return fp32_linear(x, self.weight, self.bias)
         return super().forward(x)
