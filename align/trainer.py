@@ -488,23 +488,103 @@ class Trainer:
         self.accelerator.end_training()
 
     def save_final(self):
+        """``final/``: the adapter (LoRA) and/or full weights in the published layout, each checked after writing.
+
+        LoRA: only the trainable parameters are gathered (under ZeRO-3 collectively, to rank 0's CPU); the
+        base is never copied to save an adapter. ``save_merged`` (DDP / ZeRO-2) merges on rank 0's CPU one
+        layer at a time, without a second copy of the model on the GPU. Full fine-tuning: the full state dict
+        (gathered from ZeRO-3 shards on rank 0).
+        """
         acc = self.accelerator
         acc.wait_for_everyone()
-        state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards
-        if acc.is_main_process:
-            model = acc.unwrap_model(self.model)
-            out = self.out / "final"
-            if self.cfg.lora.enabled:
-                model.save_pretrained(out / "adapter", state_dict=state_dict)
+        out = self.out / "final"
+        if self.cfg.lora.enabled:
+            peft_model = unwrap_peft(self.model)
+            adapter = trainable_state_dict(peft_model, acc.is_main_process)
+            if acc.is_main_process:
+                from peft import get_peft_model_state_dict
+
+                peft_model.save_pretrained(out / "adapter", state_dict=adapter)
+                expected = get_peft_model_state_dict(peft_model, state_dict={k: v for k, v in adapter.items()})
+                verify_saved(out / "adapter", {k: tuple(v.shape) for k, v in expected.items()})
                 if self.cfg.train.save_merged:
-                    save_published(model, out, tokenizer=self.tokenizer, merged=True, adapter=False,
+                    merged = merged_state_dict(peft_model)
+                    save_published(peft_model.get_base_model(), out, tokenizer=self.tokenizer, state_dict=merged,
                                    source=self.cfg.model.name_or_path)
-            else:
+                    verify_saved(out, published_shapes(merged, peft_model.get_base_model().config))
+        else:
+            state_dict = acc.get_state_dict(self.model)  # gathers ZeRO-3 shards on rank 0
+            if acc.is_main_process:
+                model = acc.unwrap_model(self.model)
                 save_published(model, out, tokenizer=self.tokenizer, source=self.cfg.model.name_or_path,
                                state_dict=state_dict)
+                shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in model.named_parameters()}
+                verify_saved(out, published_shapes(shapes, model.config))
+        if acc.is_main_process:
             self.tokenizer.save_pretrained(out)
             acc.print(f"saved {out}")
         acc.wait_for_everyone()
+
+
+def trainable_state_dict(model, keep: bool) -> dict[str, torch.Tensor]:
+    """The trainable parameters on CPU (``keep``: this rank keeps them). Under ZeRO-3 they are gathered
+    collectively, so every rank must call this; nothing else of the model is gathered or copied."""
+    import contextlib
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    gather = contextlib.nullcontext()
+    if any(hasattr(p, "ds_id") for _, p in named):  # ZeRO-3 partitioned parameters
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None)
+    with gather:
+        return {n: p.detach().to("cpu", copy=True) for n, p in named} if keep else {}
+
+
+def merged_state_dict(peft_model) -> dict[str, torch.Tensor]:
+    """Base weights with every LoRA delta merged, on CPU, in the base model's parameter names; one adapted
+    layer's delta on the device at a time (no copy of the model)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model()
+    merged = {}
+    for name, p in base.named_parameters():
+        if "lora_" not in name:
+            merged[name.replace(".base_layer.", ".")] = p.detach().to("cpu", copy=True)
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            key = f"{name}.weight"
+            delta = sum(module.get_delta_weight(a).detach().float().cpu() for a in module.active_adapters)
+            merged[key] = (merged[key].float() + delta).to(merged[key].dtype)
+    return merged
+
+
+def published_shapes(tensors: dict, config) -> dict[str, tuple]:
+    """Names and shapes a save of ``tensors`` must hold (a tied output embedding is stored once)."""
+    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in tensors.items()}
+    if getattr(config, "tie_word_embeddings", False):
+        for key in ("lm_head.weight", "model.transformer.ff_out.weight"):
+            shapes.pop(key, None)
+    return shapes
+
+
+def verify_saved(directory: Path, expected: dict[str, tuple]) -> None:
+    """Read back the safetensors in ``directory``: every expected tensor there with its shape, none empty."""
+    from safetensors import safe_open
+
+    found = {}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                found[k] = tuple(st.get_slice(k).get_shape())
+    missing = sorted(expected.keys() - found.keys())
+    wrong = sorted(k for k in expected.keys() & found.keys() if found[k] != expected[k])
+    empty = sorted(k for k, shape in found.items() if 0 in shape)
+    if missing or wrong or empty:
+        raise RuntimeError(
+            f"the weights written to {directory} do not match the model: "
+            + "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+                        for what, keys in (("missing", missing), ("wrong shape", wrong), ("empty", empty)) if keys))
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

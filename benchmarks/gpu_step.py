@@ -112,7 +112,7 @@ def main(argv=None):
           f"checkpointing, SDPA; built in {time.perf_counter() - t0:.0f} s; weights {weights / GiB:.1f} GiB", flush=True)
     results = {"device": name, "torch": torch.__version__, "params": params, "trainable": trainable,
                "config": {"d_model": config.d_model, "n_layers": config.n_layers, "vocab": config.vocab_size},
-               "peak_flops": PEAK_BF16, "grid": [], "max_pairs": None}
+               "peak_flops": PEAK_BF16, "grid": [], "search": [], "max_pairs": None}
 
     def run(step, pairs, n, T, repeats):
         batch = make_batch(pairs, T // 2, T - T // 2, config, device)
@@ -167,6 +167,7 @@ def main(argv=None):
             if r is None:
                 break
             best = r
+            results["search"].append(r)
             show(f"align, {args.budget_gib:.0f} GiB cap", r)
             pairs *= 2
         if best is not None and pairs <= args.max_pairs:  # refine between best and the failing size
@@ -178,6 +179,7 @@ def main(argv=None):
                     hi = mid
                 else:
                     lo, best = mid, r
+                    results["search"].append(r)
                     show(f"align, {args.budget_gib:.0f} GiB cap", r)
         results["max_pairs"] = best and {"budget_gib": args.budget_gib, **best}
         print(f"\nlargest micro-batch at n=8, L=1024 under {args.budget_gib:.0f} GiB: "

@@ -1,10 +1,17 @@
-"""Per-GPU memory of DPO on LLaDA-8B, derived from the published config (no GPU needed).
+"""Per-GPU memory of DPO on LLaDA-8B: derived from the published config, calibrated by one GPU measurement.
 
-Counts parameters exactly from the architecture (and checks them against
-the published checkpoint size when ../shared/assets is present), then sizes
-weights, gradients, optimizer state, checkpointed activations and the
-masked-only logits for two setups on 8 GPUs:
+Derived (exact arithmetic from the architecture): parameter count (checked against the published checkpoint
+size when ../shared/assets is present), weights, gradients, optimizer state, the checkpointed layer inputs,
+the LM head's fp32 copy and chunk buffer while scoring, and ZeRO-3's gathered parameters (a block or two in
+flight, plus the embedding and the 1 GiB LM head, each gathered in full while used).
 
+Measured: the working set of a block recomputed in backward, per token. It is taken from the 8B LoRA run in
+``results/gpu_step_h200.json`` (peak memory against micro-batch size at n=8, L=1024: the slope per noised
+token, less the derived checkpointed inputs). A derivation would miss what the frameworks keep: RMSNorm's
+fp32 input copies, attention and MLP intermediates and their gradients alive together, and (with peft's
+default fp32 adapter compute, which the trainer avoids) fp32 copies of every adapted activation.
+
+Two setups on 8 GPUs:
 - LoRA (r=16 on all attention + MLP projections), DDP or ZeRO-2, bf16 base weights;
 - full fine-tuning under ZeRO-3 (bf16 weights, fp32 Adam master/moments), reference a sharded bf16 copy.
 
@@ -17,7 +24,10 @@ import argparse
 import json
 from pathlib import Path
 
-GiB = 2**30
+GiB, MiB = 2**30, 2**20
+HERE = Path(__file__).resolve().parent
+MEASURED = HERE / "results" / "gpu_step_h200.json"
+CHUNK_ELEMENTS = 2**25  # align.models.base.MaskedDiffusionLM.head_chunk_elements: fp32 logits per chunk
 
 
 def count(cfg: dict) -> dict:
@@ -34,14 +44,26 @@ def lora_params(c: dict, r: int) -> int:
     return c["L"] * sum(r * (i + o) for i, o in shapes)
 
 
-def activations(c: dict, tokens: int) -> tuple[float, float]:
-    """(checkpointed layer inputs for all layers, peak of one layer's recompute), bf16 bytes."""
-    d, f = c["d"], c["f"]
-    saved = c["L"] * tokens * d * 2
-    # one layer recomputed in backward: normed input, q, k, v, attention out, residual, 2 norms (≈ 8·d) and the
-    # MLP's gate, up, activation and product (4·f), with their gradients alive at once (×2)
-    recompute = 2 * tokens * (8 * d + 4 * f) * 2
-    return saved, recompute
+def saved_inputs_per_token(c: dict) -> int:
+    """Checkpointed layer inputs: one bf16 hidden state per layer per token."""
+    return c["L"] * c["d"] * 2
+
+
+def block_working_set_per_token(c: dict) -> tuple[float, str]:
+    """Bytes per token of a block recomputed in backward, measured where results/gpu_step_h200.json exists."""
+    if MEASURED.exists():
+        data = json.loads(MEASURED.read_text())
+        rows = [r for r in data.get("search", []) + data["grid"] + [data.get("max_pairs") or {}]
+                if r.get("step", "align") == "align" and r.get("n") == 8 and r.get("T") == 1024 and "peak_gib" in r]
+        by_pairs = {r["pairs"]: r["peak_gib"] for r in rows}
+        if len(by_pairs) >= 2:
+            lo, hi = min(by_pairs), max(by_pairs)
+            per_token = (by_pairs[hi] - by_pairs[lo]) * GiB / ((hi - lo) * 2 * 8 * 1024)
+            return per_token - saved_inputs_per_token(c), (f"measured on {data['device']}: {per_token / MiB:.3f} MiB "
+                                                           f"per noised token ({lo} to {hi} pairs at n=8, L=1024)")
+    # no measurement at hand: normed input, q, k, v, attention out, residual (~8·d) and the MLP's gate, up,
+    # activation and product (4·f), with their gradients (x2), bf16
+    return 2 * (8 * c["d"] + 4 * c["f"]) * 2, "derived (no measurement found)"
 
 
 def main():
@@ -63,40 +85,66 @@ def main():
         published = json.loads((shared / "config.json").read_text())
         assert count(published)["total"] * 2 == size, "parameter count does not match the published checkpoint"
         print(f"parameter count {c['total']:,} matches the published checkpoint ({size:,} bytes bf16)")
-    P, G = c["total"], args.gpus
+    P, G, V, d = c["total"], args.gpus, c["V"], c["d"]
     seqs = 2 * args.pairs * args.n_samples  # chosen + rejected, n noised copies each
     T = args.prompt + args.response
     tokens = seqs * T
-    saved, recompute = activations(c, tokens)
+    work, source = block_working_set_per_token(c)
     H = sum(1 / k for k in range(1, args.response + 1))
     rows = seqs * args.response / H
-    head = 2**25 * 4 * 2 + rows * c["d"] * 2
-    full_logits = tokens * c["V"] * 4 * 3  # fp32 logits, log-softmax, gradient
+    chunk = CHUNK_ELEMENTS * 4  # the one [chunk, V] fp32 buffer of the scoring head
+    head_fp32 = V * d * 4  # the LM head upcast to fp32 while scoring (fp32 log-probs from bf16 weights)
+    full_logits = tokens * V * 4 * 3  # fp32 logits, log-softmax, gradient
     lora = lora_params(c, args.lora_r)
     print(f"\nLLaDA-8B: {P / 1e9:.3f}B parameters; micro-batch per GPU: {args.pairs} pairs x {args.n_samples} samples "
           f"x 2 responses = {seqs} sequences of {T} tokens ({tokens:,} tokens); time-free scores "
-          f"~{rows:.0f} masked positions (E[m] = L/H_L = {args.response / H:.1f} per sequence)\n")
+          f"~{rows:.0f} masked positions (E[m] = L/H_L = {args.response / H:.1f} per sequence)")
+    print(f"block working set in backward: {work / MiB:.3f} MiB per token, {source}\n")
+    # (name, bytes, source, phase): phase None is held throughout; the transient phases do not overlap (the
+    # head scores after the last block's forward and before the first block's backward), so the peak is the
+    # held memory plus the largest phase
     rows_lora = [
-        ("base weights (bf16, replicated)", P * 2),
-        (f"LoRA r={args.lora_r} params+grads+Adam (fp32, {lora / 1e6:.1f}M)", lora * 16),
-        ("checkpointed layer inputs (bf16)", saved), ("one layer recomputed in backward", recompute),
-        ("masked-only logits (chunked head)", head),
+        ("base weights (bf16, replicated)", P * 2, "derived", None),
+        (f"LoRA r={args.lora_r} params+grads+Adam (fp32, {lora / 1e6:.1f}M)", lora * 16, "derived", None),
+        ("checkpointed layer inputs (bf16)", tokens * saved_inputs_per_token(c), "derived", None),
+        ("one block recomputed in backward", tokens * work, "measured per token", "block"),
+        ("LM head fp32 copy + one chunk of logits while scoring", head_fp32 + chunk + rows * d * 4, "derived", "head"),
     ]
+    per_pair_tokens = tokens / args.pairs
     rows_full = [
-        ("policy weights (bf16, /8)", P * 2 / G), ("reference copy (bf16, /8)", P * 2 / G),
-        ("gradients (bf16, /8)", P * 2 / G), ("Adam master + moments (fp32, /8)", P * 12 / G),
-        ("ZeRO-3 gathered-parameter buffers (~2 layers in flight)", 2 * c["per_layer"] * 2 * 2),
-        ("checkpointed layer inputs (bf16)", saved / args.pairs), ("one layer recomputed in backward", recompute / args.pairs),
-        ("masked-only logits (chunked head)", 2**25 * 8 + rows / args.pairs * c["d"] * 2),
+        ("policy weights (bf16, /8)", P * 2 / G, "derived", None),
+        ("reference copy (bf16, /8)", P * 2 / G, "derived", None),
+        ("gradients (bf16, /8)", P * 2 / G, "derived", None),
+        ("Adam master + moments (fp32, /8)", P * 12 / G, "derived", None),
+        ("checkpointed layer inputs (bf16)", per_pair_tokens * saved_inputs_per_token(c), "derived", None),
+        ("one block recomputed in backward", per_pair_tokens * work, "measured per token", "block"),
+        ("ZeRO-3 gathered blocks (~2 in flight, bf16)", 2 * c["per_layer"] * 2, "derived", "block"),
+        ("ZeRO-3 LM head gathered in full (bf16)", V * d * 2, "derived", "head"),
+        ("LM head fp32 copy + fp32 weight gradient, one chunk of logits", 2 * head_fp32 + chunk, "derived", "head"),
     ]
+
+    def peak(rows_):
+        held = sum(b for _, b, _, phase in rows_ if phase is None)
+        phases = {phase for *_, phase in rows_ if phase}
+        return held + max(sum(b for _, b, _, p in rows_ if p == phase) for phase in phases)
+
     for title, rows_ in [(f"LoRA, DDP / ZeRO-2, {G} GPUs, {args.pairs} pairs/GPU", rows_lora),
-                         (f"Full fine-tuning, ZeRO-3, {G} GPUs, {max(args.pairs // 2, 1)} pair(s)/GPU", rows_full)]:
-        print(f"| {title} | GiB per GPU |\n|---|---|")
-        for name, b in rows_:
-            print(f"| {name} | {b / GiB:.2f} |")
-        print(f"| **total** | **{sum(b for _, b in rows_) / GiB:.1f}** |\n")
+                         (f"Full fine-tuning, ZeRO-3, {G} GPUs, 1 pair/GPU", rows_full)]:
+        print(f"| {title} | GiB per GPU | source | when |\n|---|---|---|---|")
+        for name, b, how, phase in rows_:
+            when = {None: "held", "block": "backward of a block", "head": "LM-head scoring"}[phase]
+            print(f"| {name} | {b / GiB:.2f} | {how} | {when} |")
+        print(f"| **peak** (held + the larger transient) | **{peak(rows_) / GiB:.1f}** | | |\n")
     print(f"Full [tokens, 126464] logits for the same LoRA micro-batch would add {full_logits / GiB:.1f} GiB "
           f"(fp32 logits, log-softmax and gradient).")
+    if MEASURED.exists():  # the estimate against the one measured configuration (1 GPU, LoRA, n=8, L=1024)
+        data = json.loads(MEASURED.read_text())
+        m = next(r for r in data["grid"] if r.get("step") == "align" and r.get("n") == 8 and r.get("T") == 1024)
+        t1 = 2 * m["pairs"] * 8 * 1024
+        rows1 = 2 * 8 * 512 / sum(1 / k for k in range(1, 513))
+        est = P * 2 + lora * 16 + t1 * saved_inputs_per_token(c) + max(t1 * work, head_fp32 + chunk + rows1 * d * 4)
+        print(f"\nCheck: LoRA on one GPU, {m['pairs']} pair, n=8, L=1024 ({t1:,} tokens): estimated {est / GiB:.1f} GiB, "
+              f"measured {m['peak_gib']:.1f} GiB on {data['device']} (max_memory_allocated).")
 
 
 if __name__ == "__main__":

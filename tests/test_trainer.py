@@ -87,6 +87,15 @@ def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["model_type"] == "llada" and config["architectures"] == ["LLaDAModelLM"]
     assert (out / "final" / "adapter" / "adapter_config.json").exists()
+    # the merged weights (built on CPU layer by layer) are the base with the saved adapter merged, as peft merges
+    from peft import PeftModel
+
+    from align.models import load_model
+
+    merged = load_model(str(out / "final")).eval()
+    with_adapter = PeftModel.from_pretrained(load_model("tiny:llada"), str(out / "final" / "adapter")).merge_and_unload()
+    ids = torch.randint(3, 500, (2, 10))
+    torch.testing.assert_close(merged(ids).logits, with_adapter.eval()(ids).logits, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("extra", [
@@ -314,9 +323,44 @@ def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
 
 
 @pytest.mark.distributed
+def test_partitioned_zero3_resume_continues_exactly(tmp_path):
+    """Full fine-tuning under ZeRO-3 with every parameter and optimizer state partitioned: resuming from
+    checkpoint-3 (on disk, read back by every rank) gives the uninterrupted run's losses for steps 4-6."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
+              "--num_processes", "2", "--main_process_port", "29549", "align/train_dpo.py"]
+    common = ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1", "train.eval_steps=0",
+              "train.per_device_train_batch_size=4", "train.save_total_limit=null", "lora.enabled=false",
+              "train.learning_rate=1e-3"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    train(full, *common, launcher=launch, env=DS_ENV)
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
+    log = train(resumed, *common, "train.resume_from_checkpoint=latest", launcher=launch, env=DS_ENV)
+    assert "at step 3" in log
+    a, b = losses(full), losses(resumed)
+    assert sorted(b) == [4, 5, 6]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6)
+
+
+@pytest.mark.distributed
 def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
               "--num_processes", "2", "--main_process_port", "29547", "align/train_dpo.py"]
     proc = subprocess.run([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"],
                           cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "save_merged=true is not supported under ZeRO-3" in proc.stderr
+
+
+def test_verify_saved_fails_loudly_on_empty_or_missing_tensors(tmp_path):
+    """What ZeRO-3 used to write for a merged model: (0,)-shaped tensors, reported as saved."""
+    from safetensors.torch import save_file
+
+    from align.trainer import verify_saved
+
+    save_file({"a.weight": torch.zeros(4, 3), "b.weight": torch.zeros(0)}, str(tmp_path / "model.safetensors"))
+    verify_saved(tmp_path, {"a.weight": (4, 3)})
+    with pytest.raises(RuntimeError, match=r"empty: b.weight"):
+        verify_saved(tmp_path, {"a.weight": (4, 3), "b.weight": (0,)})
+    with pytest.raises(RuntimeError, match=r"missing: c.weight.*wrong shape: a.weight"):
+        verify_saved(tmp_path, {"a.weight": (3, 4), "c.weight": (2,)})

@@ -58,9 +58,11 @@ class _TargetLogprobs(torch.autograd.Function):
             out = torch.empty(hidden.shape[0], dtype=ct, device=hidden.device)
             lse = torch.empty_like(out)
             for s in range(0, hidden.shape[0], chunk):
-                z = F.linear(hidden[s : s + chunk].to(ct), w, b)  # [k, V]
-                lse[s : s + chunk] = z.logsumexp(-1)
-                out[s : s + chunk] = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1) - lse[s : s + chunk]
+                z = F.linear(hidden[s : s + chunk].to(ct), w, b)  # [k, V], the one buffer of this chunk
+                picked = z.gather(-1, targets[s : s + chunk, None]).squeeze(-1)
+                top = z.amax(-1)
+                lse[s : s + chunk] = top + z.sub_(top[:, None]).exp_().sum(-1).log()  # in place: no second [k, V]
+                out[s : s + chunk] = picked - lse[s : s + chunk]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.chunk = chunk
         return out
