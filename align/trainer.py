@@ -504,6 +504,8 @@ class Trainer:
             if acc.is_main_process:
                 from peft import get_peft_model_state_dict
 
+                for config in peft_model.peft_config.values():  # load_model(final/) finds the base through this
+                    config.base_model_name_or_path = self.cfg.model.name_or_path
                 peft_model.save_pretrained(out / "adapter", state_dict=adapter)
                 expected = get_peft_model_state_dict(peft_model, state_dict={k: v for k, v in adapter.items()})
                 verify_saved(out / "adapter", {k: tuple(v.shape) for k, v in expected.items()})
@@ -607,8 +609,11 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def unwrap_peft(model):
-    """The PeftModel inside a DDP/DeepSpeed wrapper."""
-    while not hasattr(model, "disable_adapter"):
+    """The PeftModel inside a DDP/DeepSpeed wrapper (DeepSpeed's engine forwards attribute lookups to its
+    module, so an attribute test would stop at the engine)."""
+    from peft import PeftModel
+
+    while not isinstance(model, PeftModel):
         model = model.module
     return model
 

@@ -31,7 +31,7 @@ for _config_cls, _model_cls in NATIVE.values():
 __all__ = [
     "DiffusionLMOutput", "MaskedDiffusionLM", "LLaDAConfig", "LLaDAModelLM", "DreamConfig", "DreamModel",
     "ModelSpec", "spec_for", "load_model", "add_lora", "save_published", "logits_fn", "token_scorer",
-    "adapter_in_base_dtype",
+    "adapter_in_base_dtype", "adapter_dir", "adapter_base",
 ]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -56,6 +56,13 @@ def load_model(name_or_path: str, *, dtype=None, attn_implementation: str | None
     bundled tiny random models offline.
     """
     dtype = resolve_dtype(dtype)
+    if not name_or_path.startswith("tiny:") and not (Path(name_or_path) / "config.json").exists():
+        adapter = adapter_dir(name_or_path)
+        if adapter is not None:  # a LoRA training output: its base, with the adapter merged in
+            return _load_adapter(adapter, dtype=dtype, attn_implementation=attn_implementation,
+                                 trust_remote_code=trust_remote_code)
+        if (Path(name_or_path) / "trainer_state.json").exists():  # a training checkpoint (checkpoint-N)
+            return _load_checkpoint(Path(name_or_path), dtype=dtype, attn_implementation=attn_implementation)
     if name_or_path.startswith("tiny:"):
         from align.models.tiny import tiny_model
 
@@ -75,6 +82,69 @@ def load_model(name_or_path: str, *, dtype=None, attn_implementation: str | None
         )
     return AutoModel.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
                                      trust_remote_code=True, **kwargs)
+
+
+def adapter_dir(path) -> Path | None:
+    """The LoRA adapter of a training output: ``path`` itself or ``path/adapter`` (``final/``), else None."""
+    if str(path).startswith("tiny:"):
+        return None
+    for d in (Path(path), Path(path) / "adapter"):
+        if (d / "adapter_config.json").exists():
+            return d
+    return None
+
+
+def adapter_base(path) -> str | None:
+    """The base model a LoRA output or training checkpoint was trained from, or None if it is not one."""
+    d = adapter_dir(path)
+    if d is not None:
+        return json.loads((d / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    run = _checkpoint_run_config(Path(path))
+    if run is not None and run.get("lora", {}).get("enabled"):
+        return run["model"]["name_or_path"]
+    return None
+
+
+def _load_adapter(adapter: Path, *, dtype, attn_implementation, trust_remote_code):
+    from peft import PeftModel
+
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{adapter}: the adapter does not record its base model (base_model_name_or_path); "
+                         f"load the base with load_model and apply it with peft.PeftModel.from_pretrained")
+    model = load_model(base, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+
+
+def _checkpoint_run_config(path: Path) -> dict | None:
+    if not (path / "trainer_state.json").exists() or not (path.parent / "config.yaml").exists():
+        return None
+    import yaml
+
+    return yaml.safe_load((path.parent / "config.yaml").read_text())
+
+
+def _load_checkpoint(path: Path, *, dtype, attn_implementation):
+    """A ``checkpoint-N`` of a training run: the run's base (config.yaml beside it) with the checkpoint's
+    adapter merged, or its full weights."""
+    from safetensors.torch import load_file
+
+    run = _checkpoint_run_config(path)
+    weights = path / "model.safetensors"
+    if run is None or not weights.exists():
+        raise ValueError(f"{path}: not a loadable training checkpoint (needs model.safetensors here and the run's "
+                         f"config.yaml in {path.parent}; DeepSpeed checkpoints are read by resuming the run)")
+    model = load_model(run["model"]["name_or_path"], dtype=dtype, attn_implementation=attn_implementation)
+    state = load_file(str(weights))
+    lora = run.get("lora", {})
+    if lora.get("enabled"):
+        model = add_lora(model, r=lora["r"], alpha=lora["alpha"], dropout=0.0, target_modules=lora.get("target_modules"))
+    expected = {n for n, p in model.named_parameters() if p.requires_grad} if lora.get("enabled") else set(model.state_dict())
+    missing = sorted(expected - state.keys())
+    if missing:
+        raise ValueError(f"{weights}: {len(missing)} expected tensors missing, e.g. {missing[0]}")
+    model.load_state_dict(state, strict=False)
+    return model.merge_and_unload() if lora.get("enabled") else model
 
 
 def unwrap(model):
