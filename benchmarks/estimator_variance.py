@@ -1,18 +1,14 @@
-"""Variance of the DPO-margin estimate: 4 sharing settings × 3 estimators × n_samples.
+"""Variance of the DPO-margin estimate on toy and random models: 4 sharing settings x 3 estimators x n_samples.
 
-Prints one table. For each setting it draws the n-sample margin estimate R
-times per pair (independent draws, stratified within each estimate), and
-reports, averaged over pairs:
+The same measurement as ``python -m align.ablate variance`` (one code path: ``align.ablate.measure_variance``,
+``bootstrap``, ``variance_markdown``), on models that need no checkpoint: (a) the enumerable toy (vocab 3,
+context 2, response 4; reference = policy with N(0, 0.3²) log-joint noise) and (b) a pair of tiny *random*
+bidirectional transformers (vocab 64, context 8, response 24; reference = policy with N(0, 0.02²) weight
+noise). Random models ignore context, so these tables test the machinery; the trained-model figures come
+from ``align.ablate variance`` on the shipped tiny chat model (benchmarks/RESULTS.md).
 
-    var     Var[mean of n samples]  — the noise that reaches the DPO loss
-    n·var   per-sample-equivalent variance (equals the per-sample variance for i.i.d. draws;
-            lower when stratification helps)
-    ratio   var(decoupled) / var(this setting), same estimator and n
-
-on (a) the enumerable toy (vocab 3, context 2, response 4; reference = policy
-with N(0, 0.3²) log-joint noise) and (b) a pair of tiny random bidirectional
-transformers (vocab 64, context 8, response 24; reference = policy with
-N(0, 0.02²) weight noise).
+For each cell: the n-sample margin estimate is drawn R times per pair (independent draws, stratified within
+each estimate); var = Var[mean of n samples] averaged over pairs, ± bootstrap SE over pairs.
 
 Run: ``python benchmarks/estimator_variance.py [--reps 200]``
 """
@@ -26,15 +22,10 @@ import time
 import torch
 
 from align import estimators as E
+from align.ablate import SETTINGS, bootstrap, measure_variance, variance_markdown
 from align.masking import ESTIMATORS
 from align.toy import TinyDenoiser, ToyJoint
 
-SETTINGS = {  # name: (share_policy_reference, share_chosen_rejected)
-    "coupled": (True, True),
-    "share_pol_ref": (True, False),
-    "share_cho_rej": (False, True),
-    "decoupled": (False, False),
-}
 N_SAMPLES = (1, 5, 32)
 
 
@@ -61,26 +52,13 @@ def transformer_case():
     return policy, reference, chosen, rejected, resp, policy.mask_token_id
 
 
-@torch.no_grad()
-def margin_variance(case, estimator, share, n, reps, seed=0):
-    policy, reference, chosen, rejected, resp, mask_id = case
-    rep = lambda x: x.repeat_interleave(reps, 0)  # noqa: E731
-    m = E.dpo_margin(policy, reference, rep(chosen), rep(rejected), rep(resp), n_samples=n, estimator=estimator,
-                     share_policy_reference=share[0], share_chosen_rejected=share[1], mask_token_id=mask_id,
-                     generator=torch.Generator().manual_seed(seed))
-    means = m.mean(1).reshape(chosen.shape[0], reps)  # [pairs, reps]
-    return means.var(1).mean().item()
-
-
 def table(name, case, reps):
+    policy, reference, chosen, rejected, resp, mask_id = case
+    batch = {"chosen_ids": chosen, "rejected_ids": rejected, "response_mask": resp}
+    values = measure_variance(E.scorer_from_logits(policy), E.scorer_from_logits(reference), [batch],
+                              mask_token_id=mask_id, estimators=ESTIMATORS, n_samples=N_SAMPLES, reps=reps)
     print(f"\n### ({name})\n")
-    print("| estimator | n | " + " | ".join(f"{s} var (n·var)" for s in SETTINGS) + " | decoupled/coupled |")
-    print("|---|---|" + "---|" * (len(SETTINGS) + 1))
-    for est in ESTIMATORS:
-        for n in N_SAMPLES:
-            v = {s: margin_variance(case, est, share, n, reps) for s, share in SETTINGS.items()}
-            cells = " | ".join(f"{v[s]:.4g} ({n * v[s]:.4g})" for s in SETTINGS)
-            print(f"| {est} | {n} | {cells} | {v['decoupled'] / v['coupled']:.1f}× |", flush=True)
+    print(variance_markdown(bootstrap(values), ESTIMATORS, N_SAMPLES, SETTINGS), flush=True)
 
 
 def main():

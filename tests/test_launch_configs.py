@@ -61,3 +61,19 @@ def test_launch_script_runs_the_sft_entry_when_asked():
     out = subprocess.run(["bash", str(ROOT / "launch" / "accelerate_node.sh"), "recipe=tiny_chat_sft"], env=env,
                          capture_output=True, text=True, check=True).stdout
     assert "align/train_sft.py recipe=tiny_chat_sft" in out
+
+
+def test_ablation_array_script_runs_its_task_cell(tmp_path):
+    """The slurm array script hands its task id and an accelerate launcher to align.ablate (report-only here)."""
+    import sys
+
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1", "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run(["bash", str(ROOT / "launch" / "ablate_array.sbatch"), "recipe=demo",
+                          "grid.coupling=coupled,decoupled", f"grid.output_dir={tmp_path}", "grid.report_only=true"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Not run yet (2)" in (tmp_path / "summary.md").read_text()
+    bad = subprocess.run(["bash", str(ROOT / "launch" / "ablate_array.sbatch"), "recipe=demo",
+                          "grid.coupling=coupled,decoupled", f"grid.output_dir={tmp_path}"],
+                         cwd=ROOT, env={**env, "SLURM_ARRAY_TASK_ID": "5"}, capture_output=True, text=True)
+    assert bad.returncode != 0 and "grid.task=5 but the grid has 2 cells" in bad.stderr

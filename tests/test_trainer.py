@@ -358,9 +358,12 @@ def test_verify_saved_fails_loudly_on_empty_or_missing_tensors(tmp_path):
 
     from align.trainer import verify_saved
 
-    save_file({"a.weight": torch.zeros(4, 3), "b.weight": torch.zeros(0)}, str(tmp_path / "model.safetensors"))
-    verify_saved(tmp_path, {"a.weight": (4, 3)})
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.mkdir(), bad.mkdir()
+    save_file({"a.weight": torch.zeros(4, 3)}, str(good / "model.safetensors"))
+    save_file({"a.weight": torch.zeros(4, 3), "b.weight": torch.zeros(0)}, str(bad / "model.safetensors"))
+    verify_saved(good, {"a.weight": (4, 3)})
     with pytest.raises(RuntimeError, match=r"empty: b.weight"):
-        verify_saved(tmp_path, {"a.weight": (4, 3), "b.weight": (0,)})
+        verify_saved(bad, {"a.weight": (4, 3), "b.weight": (0,)})
     with pytest.raises(RuntimeError, match=r"missing: c.weight.*wrong shape: a.weight"):
-        verify_saved(tmp_path, {"a.weight": (3, 4), "c.weight": (2,)})
+        verify_saved(good, {"a.weight": (3, 4), "c.weight": (2,)})
