@@ -391,7 +391,7 @@ def variance_main(argv: list[str]) -> None:
     from align.data import collate, is_local, load_records
     from align.dpo import DPOObjective
     from align.masking import ESTIMATORS
-    from align.models import load_model, spec_for, token_scorer
+    from align.models import load_model, spec_for, token_scorer, tokenizer_source
     from align.models.tokenizer import load_tokenizer
 
     recipe, overrides, opts = None, [], {"reps": "16", "n_samples": "1,5,32", "max_pairs": "32", "batch_pairs": "8",
@@ -430,7 +430,7 @@ def variance_main(argv: list[str]) -> None:
         raise ConfigError("reference=PATH is required (the policy is not a LoRA output whose base could serve)")
     reference = load_model(reference_path, dtype=cfg.model.dtype).eval()
     spec = spec_for(policy)
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or tokenizer_source(cfg.model.name_or_path))
     source = cfg.data.eval_dataset or cfg.data.dataset
     rows, name = load_records(source, None if is_local(source) else (cfg.data.eval_split or "test"))
     data, data_report = DPOObjective(cfg).build_dataset(rows, name, tokenizer, spec, limit=max_pairs)

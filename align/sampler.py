@@ -108,12 +108,13 @@ def decode(tokenizer, sequences: torch.Tensor, prompt_length: int, eos_token_id:
 
 
 def main():
-    from align.models import load_model
+    from align.models import load_model, tokenizer_source
     from align.models.tokenizer import load_tokenizer
 
     ap = argparse.ArgumentParser(description="Sample from a masked-diffusion LM with LLaDA's sampler")
-    ap.add_argument("--model", default="tiny:llada")
-    ap.add_argument("--tokenizer", default=None, help="defaults to --model")
+    ap.add_argument("--model", default="tiny:llada",
+                    help="hub id, directory, tiny:llada, a LoRA training output (final/) or a checkpoint-N")
+    ap.add_argument("--tokenizer", default=None, help="defaults to --model's, or its base model's")
     ap.add_argument("--prompt", default="How do I pick a lock?")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--gen-length", type=int, default=32)
@@ -122,8 +123,8 @@ def main():
     ap.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    model = load_model(args.model).eval()
-    tok = load_tokenizer(args.tokenizer or args.model)
+    model = load_model(args.model).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
+    tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
     out = generate(model, ids, steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,

@@ -118,3 +118,15 @@ def test_variance_bootstrap_on_the_toy():
         ratio, ratio_se = table["ratio_decoupled_coupled"]["time_free", n]
         assert ratio > 3 and ratio_se > 0
     assert table["var"]["time_free", "coupled", 4][0] < table["var"]["time_free", "coupled", 1][0]
+
+
+@pytest.mark.slow
+def test_trained_outputs_load_and_sample(grid):
+    """What a run leaves (final/ with its adapter, checkpoint-N) loads as a model and samples from the CLI."""
+    out, _, _ = grid
+    run = out / "runs" / "coupling-coupled"
+    for model in (run / "final", run / "checkpoint-2"):
+        proc = subprocess.run([sys.executable, "-m", "align.sampler", "--model", str(model), "--prompt", "Hello",
+                               "--gen-length", "8", "--block-length", "8", "--steps", "8"], cwd=ROOT, env=ENV,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]

@@ -31,7 +31,7 @@ for _config_cls, _model_cls in NATIVE.values():
 __all__ = [
     "DiffusionLMOutput", "MaskedDiffusionLM", "LLaDAConfig", "LLaDAModelLM", "DreamConfig", "DreamModel",
     "ModelSpec", "spec_for", "load_model", "add_lora", "save_published", "logits_fn", "token_scorer",
-    "adapter_in_base_dtype", "adapter_dir", "adapter_base",
+    "adapter_in_base_dtype", "adapter_dir", "adapter_base", "tokenizer_source",
 ]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -103,6 +103,14 @@ def adapter_base(path) -> str | None:
     if run is not None and run.get("lora", {}).get("enabled"):
         return run["model"]["name_or_path"]
     return None
+
+
+def tokenizer_source(model: str) -> str:
+    """Where the tokenizer of ``model`` is: the directory itself when it holds one, else its base model's
+    (a LoRA output or a training checkpoint)."""
+    if Path(model, "tokenizer_config.json").exists() or not Path(model).exists():
+        return model
+    return adapter_base(model) or model
 
 
 def _load_adapter(adapter: Path, *, dtype, attn_implementation, trust_remote_code):
