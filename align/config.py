@@ -159,6 +159,8 @@ class TrainArgs:
     save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end)")
     save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
     resume_from_checkpoint: str | None = opt(None, "'latest' or a checkpoint directory")
+    overwrite_output_dir: bool = opt(False, "start afresh in an output_dir that holds another run (its metrics, "
+                                            "checkpoints and final model are deleted); otherwise such a start is refused")
     report_to: str = opt("tensorboard", "metrics backend", ("tensorboard", "wandb", "none"))
     run_name: str | None = opt(None, "run name for the tracker")
     save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout")

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -107,6 +108,7 @@ class Trainer:
                                f"({acc.distributed_type}); every rank would train on everything")
         set_seed(t.seed)
         self.deepspeed = acc.distributed_type.name == "DEEPSPEED"
+        self._claim_output_dir()
         self.precision = check_precision(cfg.model.dtype, str(acc.mixed_precision), self.deepspeed)
         if (cfg.lora.enabled and t.save_merged and self.deepspeed
                 and acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"] == 3):
@@ -351,6 +353,29 @@ class Trainer:
                 for old in self.checkpoints()[:-limit]:
                     shutil.rmtree(old)
         acc.wait_for_everyone()
+
+    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final", "runs")
+
+    def _claim_output_dir(self) -> None:
+        """A new run never writes into another run's directory: metrics would mix and checkpoints interleave."""
+        t = self.cfg.train
+        if t.resume_from_checkpoint or not self.out.is_dir():
+            return
+        tracker_dir = t.run_name or self.out.name  # accelerate's TensorBoard events: output_dir/<run name>/
+        found = sorted(p.name for p in self.out.iterdir() if p.name in self.RUN_FILES or p.name == tracker_dir
+                       or re.fullmatch(r"checkpoint-\d+(\.tmp)?", p.name))
+        if not found:
+            return
+        if not t.overwrite_output_dir:
+            raise ConfigError(f"train.output_dir={self.out} already holds a run ({', '.join(found[:4])}"
+                              f"{' ...' if len(found) > 4 else ''}): continue it with train.resume_from_checkpoint=latest, "
+                              f"choose another train.output_dir, or set train.overwrite_output_dir=true to replace it")
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            for name in found:
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        self.accelerator.wait_for_everyone()
 
     def resume(self, which: str):
         path = Path(which)

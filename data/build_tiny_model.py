@@ -62,7 +62,8 @@ def initial_model(path: Path, seed: int = 0) -> None:
 
 def run_stage(recipe: str, model: Path, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "align.train_sft", f"recipe={recipe}", f"model.name_or_path={model}",
-           f"train.output_dir={out}", "train.report_to=none", *extra]
+           f"train.output_dir={out}", "train.report_to=none",
+           "train.overwrite_output_dir=true", *extra]  # the build owns its work directory
     print("$", " ".join(cmd[1:]), flush=True)
     start = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))

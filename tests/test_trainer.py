@@ -367,3 +367,18 @@ def test_verify_saved_fails_loudly_on_empty_or_missing_tensors(tmp_path):
         verify_saved(bad, {"a.weight": (4, 3), "b.weight": (0,)})
     with pytest.raises(RuntimeError, match=r"missing: c.weight.*wrong shape: a.weight"):
         verify_saved(good, {"a.weight": (3, 4), "c.weight": (2,)})
+
+
+def test_a_new_run_into_a_used_output_dir_is_refused_unless_overwriting(tmp_path):
+    out = tmp_path / "run"
+    common = ["train.max_steps=2", "train.eval_steps=0", "train.logging_steps=1", "train.overwrite_output_dir=false"]
+    train(out, *common)
+    first = metrics(out)
+    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET,
+                           *common], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
+    assert metrics(out) == first  # nothing appended
+    train(out, *common[:-1], "train.overwrite_output_dir=true", "train.learning_rate=1e-3")
+    again = metrics(out)
+    assert [m["step"] for m in again] == [m["step"] for m in first]  # one run's records, not two
+    assert again != first
