@@ -354,7 +354,7 @@ class Trainer:
                     shutil.rmtree(old)
         acc.wait_for_everyone()
 
-    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final", "runs")
+    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final")
 
     def _claim_output_dir(self) -> None:
         """A new run never writes into another run's directory: metrics would mix and checkpoints interleave."""
@@ -532,7 +532,7 @@ class Trainer:
                 for config in peft_model.peft_config.values():  # load_model(final/) finds the base through this
                     config.base_model_name_or_path = self.cfg.model.name_or_path
                 peft_model.save_pretrained(out / "adapter", state_dict=adapter)
-                expected = get_peft_model_state_dict(peft_model, state_dict={k: v for k, v in adapter.items()})
+                expected = get_peft_model_state_dict(peft_model, state_dict=adapter)
                 verify_saved(out / "adapter", {k: tuple(v.shape) for k, v in expected.items()})
                 if self.cfg.train.save_merged:
                     merged = merged_state_dict(peft_model)
