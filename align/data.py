@@ -93,34 +93,66 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return [i for i in range(n) if i not in held_set], held
 
 
-def load_records(dataset: str, split: str | None, config_name: str | None = None) -> tuple[list[dict], str]:
-    """Rows as dicts, and a name for messages. Local jsonl/json are parsed line by line."""
+class Records(list):
+    """Rows of a data source, with where each one is, for messages: ``path:LINE`` (1-based) for JSON Lines,
+    ``path: record I`` (0-based index into the array or table) for a JSON array or parquet, ``source: record I``
+    for the hub. A line that is not valid JSON stays in its place as an :class:`Unparsable`, so the bad-record
+    policy counts or names it in file order like any other bad record."""
+
+    def __init__(self, rows, locations):
+        super().__init__(rows)
+        self.locations = locations
+
+    def where(self, i: int) -> str:
+        return self.locations[i]
+
+
+@dataclass
+class Unparsable:
+    error: str
+
+
+def _json_lines(text: str, name: str) -> Records:
+    rows, where = [], []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            rows.append(Unparsable(str(e)))
+        where.append(f"{name}:{n}")
+    return Records(rows, where)
+
+
+def load_records(dataset: str, split: str | None, config_name: str | None = None) -> tuple[Records, str]:
+    """Rows as dicts (see :class:`Records`), and a name for messages. Local jsonl/json are parsed line by line."""
     path = Path(dataset)
     if path.suffix in LOCAL_SUFFIXES:
         if not path.exists():
             raise FileNotFoundError(f"data file {dataset} does not exist")
         if path.suffix == ".jsonl":
-            rows = []
-            for n, line in enumerate(path.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise BadRecord(f"{dataset}:{n}: not valid JSON ({e})") from None
-            return rows, str(path)
+            return _json_lines(path.read_text(), dataset), str(path)
         if path.suffix == ".json":
-            data = json.loads(path.read_text())
+            text = path.read_text()
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                if e.msg == "Extra data":  # JSON Lines in a .json file (what datasets' to_json writes)
+                    return _json_lines(text, dataset), str(path)
+                raise BadRecord(f"{dataset}: not valid JSON ({e})") from None
             if not isinstance(data, list):
-                raise BadRecord(f"{dataset}: expected a JSON list of records")
-            return data, str(path)
+                raise BadRecord(f"{dataset}: expected a JSON list of records (or one record per line)")
+            return Records(data, [f"{dataset}: record {i} (0-based index in the array)" for i in range(len(data))]), str(path)
         import datasets
 
-        return list(datasets.load_dataset("parquet", data_files=str(path), split="train")), str(path)
+        rows = list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+        return Records(rows, [f"{dataset}: row {i} (0-based)" for i in range(len(rows))]), str(path)
     import datasets
 
     ds = datasets.load_dataset(dataset, config_name, split=split)
-    return list(ds), f"{dataset}[{split}]"
+    name = f"{dataset}[{split}]"
+    return Records(list(ds), [f"{name}: record {i}" for i in range(len(ds))]), name
 
 
 def _text(row: dict, key: str) -> str:
@@ -268,17 +300,20 @@ def encode_records(rows, source: str, encode, *, over_long_prompt: str, on_bad_r
         if limit is not None and len(out) >= limit:
             break
         report.total += 1
+        where = rows.where(i) if isinstance(rows, Records) else f"{source}: record {i}"
         try:
+            if isinstance(rows[i], Unparsable):
+                raise BadRecord(f"not valid JSON ({rows[i].error})")
             example, truncated = encode(i, rows[i])
         except OverLongPrompt as e:
             if over_long_prompt == "error":
-                raise BadRecord(f"{source}: record {i}: {e} (set data.over_long_prompt=truncate or skip)") from None
+                raise BadRecord(f"{where}: {e} (set data.over_long_prompt=truncate or skip)") from None
             report.skipped["over-long prompt"] += 1
             continue
         except BadRecord as e:
             if on_bad_record == "error":
-                raise BadRecord(f"{source}: record {i}: {e} (set data.on_bad_record=skip to count and skip)") from None
-            report.skipped[str(e)] += 1
+                raise BadRecord(f"{where}: {e} (set data.on_bad_record=skip to count and skip)") from None
+            report.skipped["not valid JSON" if isinstance(rows[i], Unparsable) else str(e)] += 1
             continue
         report.truncated_prompts += truncated
         out.append(example)

@@ -672,10 +672,15 @@ def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) ->
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "datasets", "torch.distributed", "accelerate", "deepspeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from align.data import BadRecord
+
     try:
         cfg = parse_cli(sys.argv[1:] if argv is None else argv, config_cls, prog)
         trainer = Trainer(cfg, objective_cls(cfg))
-    except ConfigError as e:  # settings, including those only the data or the world size can check
-        raise SystemExit(f"config error: {e}") from None
+    except (ConfigError, BadRecord, FileNotFoundError) as e:  # settings, data, paths: one line, no traceback
+        if os.environ.get("ALIGN_DEBUG"):
+            raise
+        kind = "config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, BadRecord) else "error"
+        raise SystemExit(f"{kind}: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
     trainer.train()
     trainer.close()

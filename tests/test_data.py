@@ -103,13 +103,41 @@ def test_collate_masks(tok):
         assert b["response_mask"][i, P : P + L].all() and b["chosen_ids"][i, :P].tolist() == e.prompt_ids
 
 
-def test_jsonl_errors_name_the_line(tmp_path):
+def test_jsonl_errors_name_the_first_bad_line_in_file_order_or_are_counted(tmp_path, tok):
+    """Line 2 lacks a response, line 4 is not JSON: with error the first one in the file is named, by its
+    1-based line; with skip the unparsable line is counted under its own reason, and nothing aborts."""
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps(PKU) + "\n{not json\n")
-    with pytest.raises(BadRecord, match="bad.jsonl:2: not valid JSON"):
-        load_records(str(path), None)
+    path.write_text("\n".join([json.dumps(PKU), json.dumps({"prompt": "x"}), "", "{not json", json.dumps(PKU)]) + "\n")
+    rows, name = load_records(str(path), None)
+    with pytest.raises(BadRecord, match=r"bad.jsonl:2: missing field .*on_bad_record=skip"):
+        _build(tok, rows)
+    with pytest.raises(BadRecord, match=r"bad.jsonl:4: not valid JSON"):
+        _build(tok, rows, indices=[0, 2, 3])
+    data, report = _build(tok, rows, on_bad_record="skip")
+    assert [e.id for e in data] == [0, 3] and report.total == 4
+    assert report.skipped["not valid JSON"] == 1 and sum(report.skipped.values()) == 2
     with pytest.raises(FileNotFoundError):
         load_records(str(tmp_path / "missing.jsonl"), None)
+
+
+def test_json_lines_in_a_json_file_load(tmp_path):
+    path = tmp_path / "pairs.json"  # what datasets.Dataset.to_json writes by default
+    path.write_text(json.dumps(PKU) + "\n" + json.dumps(PKU) + "\n")
+    rows, _ = load_records(str(path), None)
+    assert len(rows) == 2 and rows.where(1) == f"{path}:2"
+
+
+def test_a_bad_data_file_stops_the_run_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(PKU) + "\n{not json\n")
+    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"data.dataset={path}",
+                           f"train.output_dir={tmp_path / 'o'}", "train.report_to=none", "behaviour.prompts=null"],
+                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"data error: {path}:2: not valid JSON" in proc.stderr
 
 
 def test_parquet_and_json_files_load(tmp_path):
