@@ -35,7 +35,7 @@ import torch
 from align.config import ConfigError, dump_config, parse_cli
 from align.data import holdout_split, is_local, load_records, rank_micro_batches
 from align.models import (adapter_in_base_dtype, add_lora, load_model, resolve_dtype, save_published, spec_for,
-                          token_scorer)
+                          token_scorer, tokenizer_source)
 from align.models.tokenizer import load_tokenizer
 
 log = logging.getLogger("align.trainer")
@@ -119,7 +119,8 @@ class Trainer:
 
         # ---- model, tokenizer, spec
         m = cfg.model
-        self.tokenizer = load_tokenizer(m.tokenizer or m.name_or_path, trust_remote_code=m.trust_remote_code)
+        self.tokenizer = load_tokenizer(m.tokenizer or tokenizer_source(m.name_or_path),  # or a LoRA output's base
+                                        trust_remote_code=m.trust_remote_code)
         def load():
             return load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                               trust_remote_code=m.trust_remote_code)

@@ -130,3 +130,20 @@ def test_trained_outputs_load_and_sample(grid):
                                "--gen-length", "8", "--block-length", "8", "--steps", "8"], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_training_starts_from_a_lora_output(grid, tmp_path):
+    """model.name_or_path = a LoRA run's final/ (or checkpoint-N): its base with the adapter merged, tokenizer
+    from the output or its base; the new adapter records that start as its base, so its final/ loads too."""
+    out, _, _ = grid
+    start = out / "runs" / "coupling-coupled" / "checkpoint-2"
+    run = tmp_path / "next"
+    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"model.name_or_path={start}",
+                           f"train.output_dir={run}", *SMALL], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from align.models import adapter_base, load_model
+
+    assert adapter_base(run / "final") == str(start)
+    assert load_model(str(run / "final")) is not None
