@@ -684,12 +684,18 @@ def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) ->
         kind = "config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, BadRecord) else "error"
         raise SystemExit(f"{kind}: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
     trainer.train()
+    close_and_exit(trainer)
+
+
+def close_and_exit(trainer) -> None:
+    """End a finished run's process. With several processes, leave without running C++ static destructors:
+    under gloo (plain DDP and DeepSpeed on CPU) a rank occasionally aborts there ("terminate called without an
+    active exception") after a run that saved everything, and the launcher then reports the run as failed."""
+    import sys
+
     distributed = trainer.world > 1
     trainer.close()
     if distributed:
-        # Everything is saved and every rank has passed the final save's barrier. Leave without running C++ static
-        # destructors: under gloo / DeepSpeed's CPU comm op a rank occasionally aborts there ("terminate called
-        # without an active exception") after a run that succeeded, and the launcher then reports a failure.
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from align.config import load_config
 from align.dpo import DPOTrainer
+from align.trainer import close_and_exit
 
 
 def main():
@@ -34,7 +35,7 @@ def main():
     if dist.get_rank() == 0:
         with open(os.path.join(out, "dist_check.json"), "w") as f:
             json.dump(gathered, f)
-    trainer.close()
+    close_and_exit(trainer)
 
 
 if __name__ == "__main__":
