@@ -156,7 +156,10 @@ class TrainArgs:
     logging_steps: int = opt(10, "log every N optimizer steps")
     do_eval: bool = opt(True, "evaluate on held-out pairs (see data.eval_dataset / eval_split / eval_fraction)")
     eval_steps: int = opt(100, "evaluate every N optimizer steps (and at the end); 0 = only at the end")
-    save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end)")
+    save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end; also on SIGTERM/SIGINT)")
+    on_nonfinite: str = opt("stop", "a step whose loss or gradient norm is NaN/inf on any rank is never applied; then "
+                                    "stop (after a checkpoint of the last good state, naming the step and its examples) "
+                                    "or skip it and go on (counted in the nonfinite_steps metric)", ("stop", "skip"))
     save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
     resume_from_checkpoint: str | None = opt(None, "'latest' or a checkpoint directory")
     overwrite_output_dir: bool = opt(False, "start afresh in an output_dir that holds another run (its metrics, "

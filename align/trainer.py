@@ -182,6 +182,10 @@ class Trainer:
             ds["train_micro_batch_size_per_gpu"] = t.per_device_train_batch_size
             if ds.get("gradient_clipping") == "auto":
                 ds["gradient_clipping"] = t.max_grad_norm
+            if str(ds.get("bf16", {}).get("enabled", False)).lower() in ("true", "auto"):
+                # ZeRO-1/2 in bf16 apply a NaN/inf gradient unless asked to check (fp32 and ZeRO-3 always check):
+                # the non-finite guard needs the engine to skip such a step
+                ds["bf16"].setdefault("check_grad_overflow", True)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         acc.register_for_checkpointing(self.scheduler)
         if self.reference is not None:
@@ -214,6 +218,7 @@ class Trainer:
                               f"would come from the local file {d.eval_dataset or d.dataset}; set data.eval_split=null "
                               f"(a local file is held out by data.eval_fraction, or give data.eval_dataset=FILE)")
         rows, source = load_records(d.dataset, d.train_split, d.config_name)
+        self.train_where = getattr(rows, "where", None)  # record id -> "path:LINE" for messages
         train_idx, eval_data = None, []
         if self.cfg.train.do_eval:
             if d.eval_dataset is not None or not is_local(d.dataset):  # a separate dataset, or the hub's eval split
@@ -445,69 +450,147 @@ class Trainer:
                 self._log(metrics, 0)
                 acc.print("step 0: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown))
         params = [p for p in self.model.parameters() if p.requires_grad]
-        sums, count, tokens, grad_norms, skipped = {}, 0, 0, [], 0
+        sums, count, tokens, grad_norms, skipped, nonfinite = {}, 0, 0, [], 0, 0
         train_seconds = 0.0  # time inside training steps only: evaluation and saving are not counted
         micro_consumed = self.global_step * t.gradient_accumulation_steps
         batches = self.micro_batches(micro_consumed)
         norm = 0.0
-        while self.global_step < self.total_steps:
-            started = time.perf_counter()
-            epoch, micro, examples = next(batches)
-            if micro % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
-                norm = self._step_norm(micro)
-            with acc.accumulate(self.model):
-                with self.adapter_compute():
-                    loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
-                    acc.backward(loss)
-                if acc.sync_gradients:
-                    norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-                    if norm is not None:
-                        grad_norms.append(float(norm))
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-            micro_consumed = micro + 1
-            for k, v in stats.items():
-                sums[k] = sums.get(k, 0) + v.sum()
-            count += len(examples)
-            tokens += n_tokens
-            train_seconds += time.perf_counter() - started
-            if not acc.sync_gradients:
-                continue
-            # an optimizer step skipped by the fp16 loss scaler leaves the schedule where it was (as HF's Trainer
-            # does); global_step still counts the batches consumed, so resume and max_steps stay defined by data
-            if acc.optimizer_step_was_skipped:
-                skipped += 1
-            else:
-                self.scheduler.step()
-            self.global_step += 1
-            bar.update(1)
-            last = self.global_step == self.total_steps
-            if self.global_step % t.logging_steps == 0 or last:
-                metrics = self._reduce(sums, count)
-                total_tokens = self.accelerator.reduce(torch.tensor(float(tokens), device=acc.device), "sum").item()
-                metrics.update({"grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
-                                "learning_rate": self.scheduler.get_last_lr()[0],
-                                "tokens_per_second": total_tokens / train_seconds,
-                                "optimizer_steps_skipped": skipped,
-                                "epoch": micro_consumed / self.micro_per_epoch})
-                self._log(metrics, self.global_step)
-                bar.set_postfix(self.objective.progress(metrics))
-                sums, count, tokens, grad_norms, skipped = {}, 0, 0, [], 0
-                train_seconds = 0.0
-            if (t.eval_steps and self.global_step % t.eval_steps == 0) or last:
-                metrics = self.evaluate()
-                if metrics:
+        window = []  # this rank's (example ids, loss) of the optimizer step in progress
+        stop = StopSignals().install()
+        try:
+            while self.global_step < self.total_steps:
+                started = time.perf_counter()
+                epoch, micro, examples = next(batches)
+                if micro % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
+                    norm = self._step_norm(micro)
+                with acc.accumulate(self.model):
+                    with self.adapter_compute():
+                        loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
+                        # a non-finite loss poisons every gradient it reaches (NaN·0 is NaN), so that DeepSpeed, which
+                        # steps inside backward, sees a non-finite gradient norm and skips the step on every rank
+                        poison = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
+                        acc.backward(loss * poison)  # under DeepSpeed this also steps at the end of the accumulation
+                    window.append(([e.id for e in examples], loss.detach()))
+                    verdict = None
+                    if acc.sync_gradients:
+                        grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+                        verdict = self._step_verdict(window, grad_norm, stop.received)
+                        if verdict["apply"]:
+                            self.optimizer.step()
+                            if grad_norm is not None:
+                                grad_norms.append(float(grad_norm))
+                        self.optimizer.zero_grad(set_to_none=True)
+                micro_consumed = micro + 1
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0) + v.sum()
+                count += len(examples)
+                tokens += n_tokens
+                train_seconds += time.perf_counter() - started
+                if verdict is None:
+                    continue
+                window = []
+                if verdict["nonfinite"]:
+                    if t.on_nonfinite == "stop":
+                        self._stop_nonfinite(verdict)
+                    nonfinite += 1
+                    acc.print(f"step {self.global_step + 1}: {verdict['what']}; the update was not applied "
+                              f"(train.on_nonfinite=skip)")
+                # an optimizer step skipped by the fp16 loss scaler (or a skipped non-finite step) leaves the schedule
+                # where it was (as HF's Trainer does); global_step still counts the batches consumed, so resume and
+                # max_steps stay defined by data
+                elif acc.optimizer_step_was_skipped:
+                    skipped += 1
+                else:
+                    self.scheduler.step()
+                self.global_step += 1
+                bar.update(1)
+                last = self.global_step == self.total_steps
+                stopping = verdict["stop"]
+                if self.global_step % t.logging_steps == 0 or last or stopping:
+                    metrics = self._reduce(sums, count)
+                    total_tokens = acc.reduce(torch.tensor(float(tokens), device=acc.device), "sum").item()
+                    metrics.update({"grad_norm": sum(grad_norms) / max(len(grad_norms), 1),
+                                    "learning_rate": self.scheduler.get_last_lr()[0],
+                                    "tokens_per_second": total_tokens / train_seconds,
+                                    "optimizer_steps_skipped": skipped,
+                                    "nonfinite_steps": nonfinite,
+                                    "epoch": micro_consumed / self.micro_per_epoch})
                     self._log(metrics, self.global_step)
-                    acc.print(f"step {self.global_step}: " + ", ".join(
-                        f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown))
-            if self.global_step % t.save_steps == 0 or last:
-                self.save_checkpoint()
+                    bar.set_postfix(self.objective.progress(metrics))
+                    sums, count, tokens, grad_norms, skipped, nonfinite = {}, 0, 0, [], 0, 0
+                    train_seconds = 0.0
+                if stopping and not last:  # preempted: no evaluation, a checkpoint of this step, then out
+                    self.save_checkpoint()
+                    bar.close()
+                    raise Preempted(self.global_step, verdict["stop"], self.out)
+                if (t.eval_steps and self.global_step % t.eval_steps == 0) or last:
+                    metrics = self.evaluate()
+                    if metrics:
+                        self._log(metrics, self.global_step)
+                        acc.print(f"step {self.global_step}: " + ", ".join(
+                            f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown))
+                if self.global_step % t.save_steps == 0 or last:
+                    self.save_checkpoint()
+        finally:
+            stop.restore()
         bar.close()
         if self.behaviour is not None:
             self.behaviour.report(self)
         self.save_final()
         for tracker in acc.trackers:
             tracker.finish()
+
+    def _step_verdict(self, window: list, grad_norm, signal_name: str | None) -> dict:
+        """Whether the optimizer step just accumulated may be applied, and whether to stop after it: decided
+        alike on every rank from one all-reduce of (non-finite loss, non-finite gradient norm, signal received).
+
+        Non-finite means NaN or inf in any micro-batch loss of the step on any rank, or in the (global) gradient
+        norm; under fp16 an inf gradient norm is the loss scaler's business (it skips the step and lowers its
+        scale), so there only the loss counts. Under DeepSpeed the engine steps inside ``backward``: its own
+        overflow check (on for bf16 here, always on for fp32 and ZeRO-3) skips a non-finite gradient norm.
+        """
+        acc = self.accelerator
+        device = acc.device
+        loss_bad = torch.stack([~torch.isfinite(loss) for _, loss in window]).any().float().to(device)
+        grad_bad = torch.zeros((), device=device)
+        if grad_norm is not None and str(acc.mixed_precision) != "fp16":
+            grad_bad = (~torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32, device=device))).float()
+        flags = torch.stack([loss_bad, grad_bad, torch.tensor(float(signal_name is not None), device=device)])
+        loss_ranks, grad_ranks, signal_ranks = acc.reduce(flags, reduction="sum").tolist()
+        nonfinite = loss_ranks > 0 or grad_ranks > 0
+        verdict = {"apply": not nonfinite, "nonfinite": nonfinite,
+                   "stop": (signal_name or "a signal on another rank") if signal_ranks > 0 else None}
+        if nonfinite:
+            what = []
+            if loss_ranks:
+                what.append(f"the loss was not finite on {int(loss_ranks)} of {self.world} rank(s)")
+            if grad_ranks:
+                what.append(f"the gradient norm was {float(grad_norm)}")
+            verdict["what"] = " and ".join(what)
+            if self.deepspeed and not acc.optimizer_step_was_skipped:
+                log.warning("DeepSpeed applied the step although %s (its gradient norm was finite)", verdict["what"])
+            # the offending micro-batches (every micro-batch of the step when no loss was non-finite)
+            from accelerate.utils import gather_object
+
+            mine = [i for ids, loss in window if not bool(torch.isfinite(loss)) or not loss_ranks for i in ids]
+            verdict["ids"] = sorted(set(gather_object(mine)))
+        return verdict
+
+    def _stop_nonfinite(self, verdict: dict) -> None:
+        """train.on_nonfinite=stop: a checkpoint of the last good state (the step was not applied), then out."""
+        t = self.cfg.train
+        if not (self.global_step > 0 and self.global_step % t.save_steps == 0):  # else saved at the end of that step
+            self.save_checkpoint()
+        ids = verdict["ids"]
+        where = ""
+        if self.train_where is not None:
+            where = " (" + ", ".join(self.train_where(i) for i in ids[:8]) + (" ..." if len(ids) > 8 else "") + ")"
+        raise NonFiniteStep(
+            f"step {self.global_step + 1}: {verdict['what']}; the update was not applied on any rank. Examples of the "
+            f"offending micro-batch(es): ids {ids[:32]}{' ...' if len(ids) > 32 else ''}{where}. The last good state "
+            f"is saved as {self.out / f'checkpoint-{self.global_step}'}. Lower train.learning_rate or look at these "
+            f"records, then resume with train.resume_from_checkpoint=latest; or set train.on_nonfinite=skip to skip "
+            f"such steps (counted as nonfinite_steps)")
 
     def close(self):
         """Tear down the process group (after :meth:`train`; the entry point calls it)."""
@@ -552,6 +635,62 @@ class Trainer:
             self.tokenizer.save_pretrained(out)
             acc.print(f"saved {out}")
         acc.wait_for_everyone()
+
+
+class NonFiniteStep(RuntimeError):
+    """A step's loss or gradient norm was NaN/inf under ``train.on_nonfinite=stop`` (nothing was applied)."""
+
+
+PREEMPTED_EXIT_CODE = 75  # sysexits' EX_TEMPFAIL: stopped by a signal after a checkpoint; run again to resume
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGINT: the step in progress finished on every rank, a checkpoint was written."""
+
+    def __init__(self, step: int, signal_name: str, out: Path):
+        self.step = step
+        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint saved in {out / f'checkpoint-{step}'}. "
+                         f"Continue with train.resume_from_checkpoint=latest (same train.output_dir)")
+
+
+class StopSignals:
+    """SIGTERM and SIGINT ask the loop to stop at the end of the optimizer step in progress (a second SIGINT
+    interrupts at once). The handler only sets a flag: every rank reads it in the step's all-reduce, so all
+    stop after the same step even when the signal reaches one rank only or reaches them at different times."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def install(self) -> "StopSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+
+        name = signal.Signals(signum).name
+        if self.received is not None and name == "SIGINT":
+            raise KeyboardInterrupt
+        self.received = name
+        # no logging here: the handler can run while the logging lock is held
+        os.write(2, f"\n{name} received: finishing the current step, then saving a checkpoint and stopping "
+                    f"(Ctrl-C again interrupts at once)\n".encode())
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
 
 
 def trainable_state_dict(model, keep: bool) -> dict[str, torch.Tensor]:
@@ -683,14 +822,22 @@ def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) ->
             raise
         kind = "config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, BadRecord) else "error"
         raise SystemExit(f"{kind}: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
-    trainer.train()
+    try:
+        trainer.train()
+    except Preempted as e:  # SIGTERM/SIGINT: checkpoint written on every rank
+        trainer.accelerator.print(f"preempted: {e}")
+        close_and_exit(trainer, PREEMPTED_EXIT_CODE)
+    except NonFiniteStep as e:  # checkpoint of the last good state written
+        trainer.accelerator.print(f"non-finite step: {e}", file=sys.stderr)
+        close_and_exit(trainer, 1)
     close_and_exit(trainer)
 
 
-def close_and_exit(trainer) -> None:
-    """End a finished run's process. With several processes, leave without running C++ static destructors:
-    under gloo (plain DDP and DeepSpeed on CPU) a rank occasionally aborts there ("terminate called without an
-    active exception") after a run that saved everything, and the launcher then reports the run as failed."""
+def close_and_exit(trainer, code: int = 0) -> None:
+    """End a run's process with ``code`` (0 after a finished run). With several processes, leave without running
+    C++ static destructors: under gloo (plain DDP and DeepSpeed on CPU) a rank occasionally aborts there
+    ("terminate called without an active exception") after a run that saved everything, and the launcher then
+    reports the run as failed."""
     import sys
 
     distributed = trainer.world > 1
@@ -699,4 +846,6 @@ def close_and_exit(trainer) -> None:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(0)
+        os._exit(code)
+    if code:
+        sys.exit(code)

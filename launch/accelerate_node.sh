@@ -28,6 +28,9 @@ if [[ -z "${MASTER_ADDR:-}" ]]; then
 fi
 MASTER_PORT=${MASTER_PORT:-$((29500 + ${SLURM_JOB_ID:-0} % 1000))}
 ACCELERATE_CONFIG=${ACCELERATE_CONFIG:-recipes/accelerate/zero2.yaml}
+# On SIGTERM/SIGINT the launcher passes the signal to its workers and kills them after this many seconds
+# (torch's default is 30): the trainer needs the time to finish its step and write a checkpoint.
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
 
 cmd=(accelerate launch
   --config_file "$ACCELERATE_CONFIG"
