@@ -122,9 +122,21 @@ def main():
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--merge", metavar="OUT", default=None,
+                    help="write --model as one merged model (published layout, safetensors, with its tokenizer) to "
+                         "OUT and exit: a LoRA output or checkpoint becomes a plain model directory")
     args = ap.parse_args()
-    model = load_model(args.model).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
-    tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
+    try:
+        model = load_model(args.model).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
+        tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
+    except (FileNotFoundError, ValueError) as e:  # a missing path, a failed hub load, an unusable directory
+        raise SystemExit(f"error: {e}") from None
+    if args.merge:
+        from align.models import save_published
+
+        out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
+        print(f"merged model written to {out}")
+        return
     text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
     out = generate(model, ids, steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,

@@ -34,8 +34,8 @@ import torch
 
 from align.config import ConfigError, dump_config, parse_cli
 from align.data import holdout_split, is_local, load_records, rank_micro_batches
-from align.models import (adapter_in_base_dtype, add_lora, load_model, resolve_dtype, save_published, spec_for,
-                          token_scorer, tokenizer_source)
+from align.models import (adapter_in_base_dtype, add_lora, check_local, load_model, resolve_dtype, save_published,
+                          spec_for, token_scorer, tokenizer_source)
 from align.models.tokenizer import load_tokenizer
 
 log = logging.getLogger("align.trainer")
@@ -119,6 +119,7 @@ class Trainer:
 
         # ---- model, tokenizer, spec
         m = cfg.model
+        check_local(m.name_or_path)  # a mistyped path: one line naming it, before transformers reads it as a hub id
         self.tokenizer = load_tokenizer(m.tokenizer or tokenizer_source(m.name_or_path),  # or a LoRA output's base
                                         trust_remote_code=m.trust_remote_code)
         def load():

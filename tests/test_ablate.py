@@ -130,6 +130,21 @@ def test_trained_outputs_load_and_sample(grid):
                                "--gen-length", "8", "--block-length", "8", "--steps", "8"], cwd=ROOT, env=ENV,
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
+    # --merge: the LoRA output as one plain model directory, the same network
+    merged = out / "merged"
+    proc = subprocess.run([sys.executable, "-m", "align.sampler", "--model", str(run / "final"), "--merge", str(merged)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and f"merged model written to {merged}" in proc.stdout, proc.stderr[-2000:]
+    from align.models import adapter_dir, load_model, logits_fn
+
+    assert adapter_dir(merged) is None and (merged / "model.safetensors").exists()
+    assert (merged / "tokenizer_config.json").exists()
+    ids = torch.randint(0, 200, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        a = logits_fn(load_model(str(run / "final")).eval())(ids, mask)
+        b = logits_fn(load_model(str(merged)).eval())(ids, mask)
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow

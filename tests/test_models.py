@@ -395,3 +395,23 @@ def test_scoring_calls_the_head_once_per_forward(family):
     score[:, 2:] = True  # 20 rows: 7 chunks
     model(ids, score_mask=score, targets=ids).token_logprobs.sum().backward()
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("entry,model,message", [
+    (["-m", "align.train_dpo", "recipe=demo", "train.output_dir=OUT"], "model.name_or_path=./no/such/model",
+     "./no/such/model: no such directory"),
+    (["-m", "align.train_dpo", "recipe=demo", "train.output_dir=OUT"], "model.name_or_path=someone/not-cached-here",
+     "'someone/not-cached-here' from the Hugging Face hub (HF_HUB_OFFLINE is set"),
+    (["-m", "align.sampler"], "--model=/no/such/dir", "/no/such/dir: no such directory"),
+    (["-m", "align.sampler"], "--model=someone/not-cached-here", "hf download someone/not-cached-here --local-dir"),
+])
+def test_a_model_that_is_not_there_fails_in_one_line_naming_it(tmp_path, entry, model, message):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    args = [a.replace("OUT", str(tmp_path / "out")) for a in entry]
+    proc = subprocess.run([sys.executable, *args, model], cwd=Path(__file__).resolve().parents[1], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr

@@ -104,6 +104,15 @@ def test_sft_learns_and_resumes_exactly_across_an_epoch(tmp_path):
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
     config = json.loads((full / "final" / "config.json").read_text())
     assert config["model_type"] == "llada"  # full fine-tuning: the published layout
+    # SFT -> DPO: the SFT output is the DPO run's model (and tokenizer); its adapter records that base
+    dpo = tmp_path / "dpo"
+    log = run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"model.name_or_path={full / 'final'}",
+               f"train.output_dir={dpo}", *QUIET, "train.max_steps=2", "train.eval_steps=0", "train.do_eval=false"])
+    assert "saved" in log
+    from align.models import adapter_base, load_model
+
+    assert adapter_base(dpo / "final") == str(full / "final")
+    assert load_model(str(dpo / "final")) is not None
 
 
 # ---------------------------------------------------------------- the shipped tiny chat model

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModel, PreTrainedConfig
 
+from align.models.source import ModelNotFound, check_local, hub_errors  # noqa: F401  (re-exported)
+
 from align.models.base import DiffusionLMOutput, MaskedDiffusionLM, align_logits
 from align.models.dream import DreamConfig, DreamModel
 from align.models.llada import LLaDAConfig, LLaDAModelLM
@@ -69,11 +71,16 @@ def load_model(name_or_path: str, *, dtype=None, attn_implementation: str | None
         model = tiny_model(name_or_path.removeprefix("tiny:"))
         model.config._attn_implementation = attn_implementation or "sdpa"
         return model.to(dtype) if dtype is not None else model
-    config_dict, _ = PreTrainedConfig.get_config_dict(name_or_path, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")})
+    check_local(name_or_path)
+    with hub_errors(name_or_path):
+        config_dict, _ = PreTrainedConfig.get_config_dict(
+            name_or_path, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")})
     model_type = config_dict.get("model_type")
     if model_type in NATIVE:
         _, model_cls = NATIVE[model_type]
-        return model_cls.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation or "sdpa", **kwargs)
+        with hub_errors(name_or_path):
+            return model_cls.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation or "sdpa",
+                                             **kwargs)
     if not trust_remote_code:
         raise ValueError(
             f"{name_or_path}: model_type {model_type!r} has no native implementation in align "
