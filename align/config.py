@@ -57,8 +57,9 @@ class LoraArgs:
 @dataclass
 class DataArgs:
     """Preference data (DPO)."""
-    dataset: str = opt("PKU-Alignment/PKU-SafeRLHF", "hub id, or a local .jsonl/.json/.parquet file")
-    format: str = opt("pku_saferlhf", "record schema", ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs"))
+    dataset: str = opt("PKU-Alignment/PKU-SafeRLHF", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory")
+    format: str = opt("pku_saferlhf", "record schema (auto: chosen from the first record's fields, logged)",
+                      ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"))
     preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
     config_name: str | None = opt(None, "hub dataset configuration name")
     train_split: str = opt("train", "split to train on")
@@ -78,9 +79,11 @@ class DataArgs:
 
 class SFTDataArgs:
     """Prompt/response data (SFT). The fields after ``format`` mean what they mean for DPO data."""
-    dataset: str = opt("data/tiny_sft_train.jsonl", "hub id, or a local .jsonl/.json/.parquet file")
+    dataset: str = opt("data/tiny_sft_train.jsonl", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk "
+                                                    "directory")
     format: str = opt("prompt_response", "record schema: prompt+response, a messages list ending in the answer, or "
-                                         "raw text (all of it scored: pretraining)", ("prompt_response", "messages", "text"))
+                                         "raw text (all of it scored: pretraining); auto: from the first record's "
+                                         "fields", ("prompt_response", "messages", "text", "auto"))
     response_padding: str = opt("batch", "EOS-extend responses to the longest of the micro-batch (LLaDA) or to "
                                          "max_response_length (teaches fixed-length generation to end in EOS)",
                                 ("batch", "max_length"))
@@ -256,9 +259,24 @@ def _coerce(value: Any, tp, key: str):
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def _unknown(key: str, known) -> ConfigError:
+def _section_keys(cls, hints) -> dict[str, list[str]]:
+    """Top level: each section's key -> the full dotted names it has (``output_dir`` -> ``train.output_dir``)."""
+    found: dict[str, list[str]] = {}
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            for inner in dataclasses.fields(hints[f.name]):
+                found.setdefault(inner.name, []).append(f"{f.name}.{inner.name}")
+    return found
+
+
+def _unknown(key: str, known, sections: dict[str, list[str]] | None = None) -> ConfigError:
     leaf = key.rsplit(".", 1)[-1]
     prefix = key[: -len(leaf)]
+    if sections:  # a top-level key that lives in a section, maybe misspelt
+        close = difflib.get_close_matches(leaf, list(sections), n=1, cutoff=0.8)
+        if close:
+            full = " or ".join(repr(k) for k in sections[close[0]])
+            return ConfigError(f"unknown config key {key!r}; keys live in sections: did you mean {full}?")
     close = difflib.get_close_matches(leaf, list(known), n=1, cutoff=0.6)
     hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
     return ConfigError(f"unknown config key {key!r}{hint}")
@@ -272,7 +290,7 @@ def _build(cls, data: dict, prefix: str = ""):
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise _unknown(prefix + key, fields)
+            raise _unknown(prefix + key, fields, _section_keys(cls, hints) if not prefix else None)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.")

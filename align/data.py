@@ -1,7 +1,8 @@
 """Preference data: loading, validation, chat templating, tokenization, batching.
 
-Sources: a hub dataset id (with split), or a local ``.jsonl`` / ``.json`` /
-``.parquet`` file. Formats (``data.format``):
+Sources: a hub dataset id (with split), a local ``.jsonl`` / ``.json`` (array
+or JSON Lines) / ``.parquet`` / ``.csv`` file, or a ``save_to_disk`` directory.
+Formats (``data.format``; ``auto`` picks one from the first record's fields):
 
 - ``pku_saferlhf``: PKU-Alignment/PKU-SafeRLHF (BeaverTails preferences):
   ``prompt, response_0, response_1, safer_response_id, better_response_id``;
@@ -10,7 +11,9 @@ Sources: a hub dataset id (with split), or a local ``.jsonl`` / ``.json`` /
   assistant turn (HuggingFaceH4/ultrafeedback_binarized);
 - ``hh_rlhf``: ``chosen`` / ``rejected`` transcripts "\\n\\nHuman: … \\n\\nAssistant: …"
   (Anthropic/hh-rlhf);
-- ``pairs``: ``prompt`` (string or messages), ``chosen``, ``rejected`` strings.
+- ``pairs``: ``prompt`` (string or messages), ``chosen``, ``rejected`` strings;
+  or TRL's conversational forms: ``chosen``/``rejected`` message lists after a
+  ``prompt``, or alone (implicit prompt: the common prefix of the two).
 
 Every record is validated. A malformed one (missing field, non-string
 content, empty response, identical chosen and rejected, over-long prompt with
@@ -37,7 +40,9 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger(__name__)
-LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+SUPPORTED_FORMS = ("a .jsonl file, a .json file (an array of records or JSON Lines), a .parquet or .csv file, a "
+                   "directory written by datasets' save_to_disk, or a hub dataset id")
 
 
 class BadRecord(ValueError):
@@ -63,19 +68,26 @@ class DataReport:
     kept: int = 0
     truncated_prompts: int = 0
     skipped: Counter = field(default_factory=Counter)
+    note: str = ""  # e.g. the schema data.format=auto chose
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
         return (f"{self.source}: {self.kept}/{self.total} records kept; skipped: {skipped}; "
-                f"prompts truncated: {self.truncated_prompts}")
+                f"prompts truncated: {self.truncated_prompts}" + (f"; {self.note}" if self.note else ""))
 
 
 # ---------------------------------------------------------------- raw records
 
 
 def is_local(dataset: str) -> bool:
-    """A local data file (as opposed to a hub dataset id)."""
-    return Path(dataset).suffix in LOCAL_SUFFIXES
+    """Local data (a file or a ``save_to_disk`` directory), as opposed to a hub dataset id."""
+    return Path(dataset).suffix in LOCAL_SUFFIXES or Path(dataset).is_file() or _saved_dataset(Path(dataset))
+
+
+def _saved_dataset(path: Path) -> bool:
+    """A directory written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
+                              or (path / "state.json").exists())
 
 
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -128,7 +140,21 @@ def _json_lines(text: str, name: str) -> Records:
 def load_records(dataset: str, split: str | None, config_name: str | None = None) -> tuple[Records, str]:
     """Rows as dicts (see :class:`Records`), and a name for messages. Local jsonl/json are parsed line by line."""
     path = Path(dataset)
-    if path.suffix in LOCAL_SUFFIXES:
+    if _saved_dataset(path):
+        import datasets
+
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                if split is not None or len(ds) != 1:
+                    raise BadRecord(f"{dataset}: a saved DatasetDict with splits {', '.join(ds)}; name one with "
+                                    f"data.train_split (or data.eval_split for held-out data)")
+                split = next(iter(ds))
+            ds, name = ds[split], f"{dataset}[{split}]"
+        else:
+            name = str(path)
+        return Records(list(ds), [f"{name}: record {i} (0-based)" for i in range(len(ds))]), name
+    if path.suffix in LOCAL_SUFFIXES or path.is_file():
         if not path.exists():
             raise FileNotFoundError(f"data file {dataset} does not exist")
         if path.suffix == ".jsonl":
@@ -144,10 +170,22 @@ def load_records(dataset: str, split: str | None, config_name: str | None = None
             if not isinstance(data, list):
                 raise BadRecord(f"{dataset}: expected a JSON list of records (or one record per line)")
             return Records(data, [f"{dataset}: record {i} (0-based index in the array)" for i in range(len(data))]), str(path)
+        if path.suffix not in (".parquet", ".csv"):
+            raise BadRecord(f"{dataset}: cannot read a {path.suffix or 'suffix-less'} file as data; give "
+                            f"{SUPPORTED_FORMS}")
         import datasets
 
-        rows = list(datasets.load_dataset("parquet", data_files=str(path), split="train"))
+        rows = list(datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train"))
+        if path.suffix == ".csv":  # a row per line unless a quoted field spans lines
+            return Records(rows, [f"{dataset}: row {i} (0-based, after the header)" for i in range(len(rows))]), str(path)
         return Records(rows, [f"{dataset}: row {i} (0-based)" for i in range(len(rows))]), str(path)
+    if path.is_dir():
+        raise BadRecord(f"{dataset} is a directory but not one written by datasets' save_to_disk; give "
+                        f"{SUPPORTED_FORMS}")
+    from align.models.source import looks_local
+
+    if looks_local(dataset):
+        raise FileNotFoundError(f"data {dataset}: no such file or directory (give {SUPPORTED_FORMS})")
     import datasets
 
     ds = datasets.load_dataset(dataset, config_name, split=split)
@@ -222,12 +260,85 @@ def _prompt(row: dict) -> list[dict]:
 
 
 def from_pairs(row: dict) -> tuple[list[dict], str, str]:
-    return _prompt(row), _text(row, "chosen"), _text(row, "rejected")
+    """``prompt`` (string or messages) with ``chosen``/``rejected`` strings, or TRL's conversational forms:
+    ``chosen``/``rejected`` message lists after an explicit ``prompt``, or without one (implicit prompt: each a
+    whole conversation, the prompt their common prefix). A conversation that repeats the prompt at its start
+    (ultrafeedback_binarized) is read the same way."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if not isinstance(chosen, list) and not isinstance(rejected, list):
+        return _prompt(row), _text(row, "chosen"), _text(row, "rejected")
+    chosen, rejected = _messages(chosen, "chosen"), _messages(rejected, "rejected")
+    prompt = _prompt(row) if "prompt" in row else []
+    n = len(prompt)
+    if n and chosen[:n] == prompt and rejected[:n] == prompt:
+        chosen, rejected = chosen[n:], rejected[n:]
+    if chosen == rejected:
+        raise BadRecord("chosen and rejected responses are identical")
+    k = 0
+    while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
+        k += 1
+    if len(chosen) != k + 1 or len(rejected) != k + 1 or "assistant" != chosen[-1]["role"] or "assistant" != rejected[-1]["role"]:
+        raise BadRecord("chosen and rejected must be the same conversation up to a last, assistant message")
+    messages = prompt + chosen[:k]
+    if not messages:
+        raise BadRecord("no prompt: give a 'prompt' field, or chosen/rejected conversations that start with it")
+    return messages, chosen[-1]["content"], rejected[-1]["content"]
+
+
+# The fields by which each schema is recognised (data.format=auto, and hints when a record fits another one).
+PREFERENCE_SCHEMAS = {"pku_saferlhf": ("prompt", "response_0", "response_1"), "pairs": ("chosen", "rejected")}
+SFT_SCHEMAS = {"prompt_response": ("prompt", "response"), "messages": ("messages",), "text": ("text",)}
+
+
+def detect_format(row, sft: bool = False) -> str | None:
+    """The schema whose fields ``row`` has (``hh_rlhf`` for Anthropic transcripts), or None."""
+    if not isinstance(row, dict):
+        return None
+    for name, fields in (SFT_SCHEMAS if sft else PREFERENCE_SCHEMAS).items():
+        if all(f in row for f in fields):
+            if name == "pairs" and "prompt" not in row and all(
+                    isinstance(row[k], str) and "\n\nAssistant:" in row[k] for k in ("chosen", "rejected")):
+                return "hh_rlhf"
+            return name
+    return None
+
+
+def _format_hint(row, fmt: str, sft: bool) -> str:
+    """' (its fields look like data.format=X)' when ``row`` fits another known schema than ``fmt``."""
+    other = detect_format(row, sft)
+    if other is not None and other != fmt and not (fmt == "ultrafeedback" and other == "pairs"):
+        return f"; its fields ({', '.join(sorted(row))[:120]}) look like data.format={other}"
+    if other is None and detect_format(row, not sft) is not None:
+        kind = "a preference pair (align.train_dpo)" if sft else "an SFT record (align.train_sft)"
+        return f"; its fields ({', '.join(sorted(row))[:120]}) look like {kind}"
+    return ""
+
+
+def resolve_format(rows, fmt: str, source: str, sft: bool = False) -> tuple[str, str]:
+    """(``data.format``, or for ``auto`` the schema of the first readable record; a note saying so)."""
+    if fmt != "auto":
+        return fmt, ""
+    first = next((i for i, r in enumerate(rows) if isinstance(r, dict)), None)
+    found = detect_format(rows[first], sft) if first is not None else None
+    where = rows.where(first) if isinstance(rows, Records) and first is not None else source
+    if found is None:
+        fields = ", ".join(sorted(rows[first])) if first is not None else "no readable record"
+        schemas = "; ".join(f"{k}: {', '.join(v)}" for k, v in (SFT_SCHEMAS if sft else PREFERENCE_SCHEMAS).items())
+        raise BadRecord(f"{where}: data.format=auto cannot tell the schema from the fields ({fields}); known: "
+                        f"{schemas}. Set data.format")
+    return found, f"data.format=auto chose {found} (the fields of {where})"
 
 
 def extract(row: dict, fmt: str, preference: str = "safer") -> tuple[list[dict], str, str]:
     if not isinstance(row, dict):
         raise BadRecord(f"record is {type(row).__name__}, not an object")
+    try:
+        return _extract(row, fmt, preference)
+    except BadRecord as e:
+        raise BadRecord(f"{e}{_format_hint(row, fmt, sft=False)}") from None
+
+
+def _extract(row: dict, fmt: str, preference: str) -> tuple[list[dict], str, str]:
     if fmt == "pku_saferlhf":
         messages, chosen, rejected = from_pku_saferlhf(row, preference)
     elif fmt == "ultrafeedback":
@@ -279,6 +390,7 @@ def build_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, prefere
                   max_prompt_length: int, max_response_length: int, over_long_prompt: str, on_bad_record: str,
                   limit: int | None = None, indices: list[int] | None = None) -> tuple[list[Encoded], DataReport]:
     """Preference pairs from ``rows`` (or only the positions ``indices``, in that order); ids are positions in ``rows``."""
+    fmt, note = resolve_format(rows, fmt, source)
 
     def encode(i, row):
         messages, chosen, rejected = extract(row, fmt, preference)
@@ -287,8 +399,10 @@ def build_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, prefere
                                          over_long_prompt=over_long_prompt)
         return Encoded(i, p, c, r), truncated
 
-    return encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
-                          limit=limit, indices=indices)
+    out, report = encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
+                                 limit=limit, indices=indices)
+    report.note = note
+    return out, report
 
 
 def encode_records(rows, source: str, encode, *, over_long_prompt: str, on_bad_record: str, limit: int | None = None,
@@ -345,6 +459,13 @@ def extract_sft(row: dict, fmt: str) -> tuple[list[dict] | None, str]:
     """
     if not isinstance(row, dict):
         raise BadRecord(f"record is {type(row).__name__}, not an object")
+    try:
+        return _extract_sft(row, fmt)
+    except BadRecord as e:
+        raise BadRecord(f"{e}{_format_hint(row, fmt, sft=True)}") from None
+
+
+def _extract_sft(row: dict, fmt: str) -> tuple[list[dict] | None, str]:
     if fmt == "prompt_response":
         messages, response = _prompt(row), _text(row, "response")
     elif fmt == "messages":
@@ -374,6 +495,8 @@ def encode_sft(tokenizer, messages, response: str, *, eos_token_id: int, max_pro
 def build_sft_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, eos_token_id: int, max_prompt_length: int,
                       max_response_length: int, over_long_prompt: str, on_bad_record: str, limit: int | None = None,
                       indices: list[int] | None = None) -> tuple[list[EncodedSFT], DataReport]:
+    fmt, note = resolve_format(rows, fmt, source, sft=True)
+
     def encode(i, row):
         messages, response = extract_sft(row, fmt)
         p, r, truncated = encode_sft(tokenizer, messages, response, eos_token_id=eos_token_id,
@@ -381,8 +504,10 @@ def build_sft_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, eos
                                      over_long_prompt=over_long_prompt)
         return EncodedSFT(i, p, r), truncated
 
-    return encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
-                          limit=limit, indices=indices)
+    out, report = encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
+                                 limit=limit, indices=indices)
+    report.note = note
+    return out, report
 
 
 # ---------------------------------------------------------------- batching

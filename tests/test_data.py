@@ -185,3 +185,125 @@ def test_holdout_split_is_seeded_disjoint_and_complete():
     assert holdout_split(320, 0.05, seed=0) == (train, held)  # every rank, every resume: the same split
     assert holdout_split(320, 0.05, seed=1)[1] != held
     assert len(holdout_split(10, 0.01, seed=0)[1]) == 1  # never an empty held-out set
+
+
+# ---------------------------------------------------------------- files as people write them, TRL's formats
+
+USER, ASSISTANT = "user", "assistant"
+
+
+def _m(role, content):
+    return {"role": role, "content": content}
+
+
+def test_csv_and_save_to_disk_directories_load(tmp_path):
+    import datasets
+    import pandas as pd
+
+    pd.DataFrame([PKU, dict(PKU, prompt="Second?")]).to_csv(tmp_path / "pairs.csv", index=False)
+    rows, _ = load_records(str(tmp_path / "pairs.csv"), None)
+    assert len(rows) == 2 and rows[1]["prompt"] == "Second?" and rows[0]["safer_response_id"] == 1
+    assert rows.where(1) == f"{tmp_path / 'pairs.csv'}: row 1 (0-based, after the header)"
+    datasets.Dataset.from_list([PKU] * 3).save_to_disk(str(tmp_path / "saved"))
+    rows, name = load_records(str(tmp_path / "saved"), None)
+    assert len(rows) == 3 and rows[0] == PKU
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([PKU] * 2),
+                          "test": datasets.Dataset.from_list([PKU])}).save_to_disk(str(tmp_path / "dict"))
+    rows, name = load_records(str(tmp_path / "dict"), "test")
+    assert len(rows) == 1 and name.endswith("[test]")
+    with pytest.raises(BadRecord, match="splits train, test; name one"):
+        load_records(str(tmp_path / "dict"), None)
+
+
+@pytest.mark.parametrize("name,message", [
+    ("pairs.txt", "cannot read a .txt file as data; give a .jsonl file"),
+    ("plain_dir", "is a directory but not one written by datasets' save_to_disk"),
+])
+def test_unsupported_data_forms_are_named(tmp_path, name, message):
+    path = tmp_path / name
+    path.mkdir() if name == "plain_dir" else path.write_text("x")
+    with pytest.raises(BadRecord, match=message):
+        load_records(str(path), None)
+    with pytest.raises(FileNotFoundError, match="no such file or directory"):
+        load_records(str(tmp_path / "missing" / "pairs.csv.gz"), None)
+
+
+def test_trl_conversational_and_implicit_prompt_pairs():
+    prompt = [_m(USER, "Hi")]
+    explicit = {"prompt": prompt, "chosen": [_m(ASSISTANT, "Hello!")], "rejected": [_m(ASSISTANT, "Go away.")]}
+    assert extract(explicit, "pairs") == (prompt, "Hello!", "Go away.")
+    history = [_m(USER, "Hi"), _m(ASSISTANT, "Hello!"), _m(USER, "Pick a lock?")]
+    implicit = {"chosen": history + [_m(ASSISTANT, "I can't help.")], "rejected": history + [_m(ASSISTANT, "Sure.")]}
+    assert extract(implicit, "pairs") == (history, "I can't help.", "Sure.")
+    # ultrafeedback_binarized: a prompt string, conversations that repeat it
+    uf = {"prompt": "Hi", "chosen": [_m(USER, "Hi"), _m(ASSISTANT, "Hello!")],
+          "rejected": [_m(USER, "Hi"), _m(ASSISTANT, "No.")]}
+    assert extract(uf, "pairs") == (prompt, "Hello!", "No.")
+    assert extract({"prompt": "Hi", "chosen": "Hello!", "rejected": "No."}, "pairs") == (prompt, "Hello!", "No.")
+
+
+@pytest.mark.parametrize("row,message", [
+    ({"chosen": [_m(ASSISTANT, "a")], "rejected": [_m(ASSISTANT, "b")]}, "no prompt"),
+    ({"chosen": [_m(USER, "q"), _m(ASSISTANT, "a")], "rejected": [_m(USER, "other"), _m(ASSISTANT, "b")]},
+     "same conversation up to a last, assistant message"),
+    ({"chosen": [_m(USER, "q"), _m(ASSISTANT, "a")], "rejected": [_m(USER, "q"), _m(ASSISTANT, "a")]}, "identical"),
+    ({"chosen": [_m(USER, "q"), _m(USER, "a")], "rejected": [_m(USER, "q"), _m(USER, "b")]}, "assistant message"),
+])
+def test_bad_conversational_pairs_are_named(row, message):
+    with pytest.raises(BadRecord, match=message):
+        extract(row, "pairs")
+
+
+def test_a_record_in_another_schema_names_the_schema_it_fits():
+    pairs = {"prompt": "q", "chosen": "a", "rejected": "b"}
+    with pytest.raises(BadRecord, match=r"missing field 'response_0'; its fields \(chosen, prompt, rejected\) look "
+                                        r"like data.format=pairs"):
+        extract(pairs, "pku_saferlhf")
+    with pytest.raises(BadRecord, match="look like data.format=pku_saferlhf"):
+        extract(PKU, "pairs")
+    from align.data import extract_sft
+
+    with pytest.raises(BadRecord, match=r"look like a preference pair \(align.train_dpo\)"):
+        extract_sft(pairs, "messages")
+    with pytest.raises(BadRecord, match="look like data.format=prompt_response"):
+        extract_sft({"prompt": "q", "response": "a"}, "messages")
+
+
+def test_format_auto_picks_the_schema_of_the_first_record_and_says_so(tmp_path, tok):
+    path = tmp_path / "trl.jsonl"
+    rows = [{"prompt": [_m(USER, f"Q{i}?")], "chosen": [_m(ASSISTANT, f"A{i}.")], "rejected": [_m(ASSISTANT, f"B{i}.")]}
+            for i in range(3)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    records, source = load_records(str(path), None)
+    data, report = _build(tok, records, fmt="auto")
+    assert len(data) == 3 and f"data.format=auto chose pairs (the fields of {path}:1)" in report.summary()
+    _, report = _build(tok, [PKU], fmt="auto")
+    assert "chose pku_saferlhf" in report.summary()
+    hh = {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: go away"}
+    _, report = _build(tok, [hh], fmt="auto")
+    assert "chose hh_rlhf" in report.summary()
+    with pytest.raises(BadRecord, match=r"cannot tell the schema from the fields \(answer, question\)"):
+        _build(tok, [{"question": "q", "answer": "a"}], fmt="auto")
+
+
+def test_a_csv_of_pairs_trains_with_format_auto(tmp_path):
+    """A user's own file: the demo's pairs rewritten as prompt/chosen/rejected columns in a CSV."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from tests.test_trainer import ENV, QUIET, ROOT
+
+    rows = [json.loads(line) for line in (ROOT / "data" / "demo_safety_train.jsonl").read_text().splitlines()][:64]
+    pairs = [{"prompt": r["prompt"], "chosen": r[f"response_{r['safer_response_id']}"],
+              "rejected": r[f"response_{1 - r['safer_response_id']}"]} for r in rows]
+    pd.DataFrame(pairs).to_csv(tmp_path / "mine.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"data.dataset={tmp_path / 'mine.csv'}",
+                           "data.format=auto", "data.eval_dataset=null", "train.max_steps=2",
+                           f"train.output_dir={tmp_path / 'out'}", *QUIET], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = proc.stdout + proc.stderr
+    assert f"data.format=auto chose pairs (the fields of {tmp_path / 'mine.csv'}: row 0" in log
+    assert "holding out 3 of 64 records" in log and (tmp_path / "out" / "final").exists()
