@@ -1,7 +1,7 @@
 """Per-GPU memory of DPO on LLaDA-8B: derived from the published config, calibrated by one GPU measurement.
 
 Derived (exact arithmetic from the architecture): parameter count (checked against the published checkpoint
-size when ../shared/assets is present), weights, gradients, optimizer state, the checkpointed layer inputs,
+size recorded in tests/fixtures/published_facts.json), weights, gradients, optimizer state, the checkpointed layer inputs,
 the LM head's fp32 copy and chunk buffer while scoring, and ZeRO-3's gathered parameters (a block or two in
 flight, plus the embedding and the 1 GiB LM head, each gathered in full while used).
 
@@ -79,12 +79,11 @@ def main():
 
     cfg = LLaDAConfig().to_dict()  # align's defaults are the published LLaDA-8B values
     c = count(cfg)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "assets" / "llada-8b-instruct"
-    if shared.is_dir():
-        size = json.loads((shared / "model.safetensors.index.json").read_text())["metadata"]["total_size"]
-        published = json.loads((shared / "config.json").read_text())
-        assert count(published)["total"] * 2 == size, "parameter count does not match the published checkpoint"
-        print(f"parameter count {c['total']:,} matches the published checkpoint ({size:,} bytes bf16)")
+    facts = json.loads((Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "published_facts.json")
+                       .read_text())["llada-8b-instruct"]
+    size = facts["total_size"]
+    assert count(facts["config"])["total"] * 2 == size, "parameter count does not match the published checkpoint"
+    print(f"parameter count {c['total']:,} matches the published checkpoint ({size:,} bytes bf16)")
     P, G, V, d = c["total"], args.gpus, c["V"], c["d"]
     seqs = 2 * args.pairs * args.n_samples  # chosen + rejected, n noised copies each
     T = args.prompt + args.response

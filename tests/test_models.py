@@ -11,17 +11,17 @@ from align import estimators as E
 from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, align_logits, load_model, logits_fn,
                           save_published, spec_for, token_scorer)
 
-SHARED = Path(os.environ.get("ALIGN_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "assets"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/assets (published configs) not present")
+# Facts of the published checkpoints (config, weight names, size), written by tests/fixtures/make_published_facts.py
+PUBLISHED = json.loads((Path(__file__).resolve().parent / "fixtures" / "published_facts.json").read_text())
 
 
 def _published(name):
-    config = json.loads((SHARED / name / "config.json").read_text())
-    index = json.loads((SHARED / name / "model.safetensors.index.json").read_text())
-    return config, index
+    facts = PUBLISHED[name]
+    names = {p.format(i=i) for p in facts["weight_patterns"] for i in range(facts["n_layers"])}
+    assert len(names) == facts["n_weights"]
+    return facts["config"], {"weight_map": dict.fromkeys(names), "metadata": {"total_size": facts["total_size"]}}
 
 
-@needs_shared
 @pytest.mark.parametrize("name,config_cls,model_cls,n_names", [
     ("llada-8b-instruct", LLaDAConfig, LLaDAModelLM, 291),
     ("dream-v0-instruct-7b", DreamConfig, DreamModel, 339),
@@ -39,7 +39,6 @@ def test_published_weight_names_and_size_map_exactly(name, config_cls, model_cls
     assert bf16_bytes == index["metadata"]["total_size"]
 
 
-@needs_shared
 def test_llada_checkpoint_directory_loads_natively_without_remote_code(tmp_path):
     """A directory with the published config.json (model_type llada, auto_map to remote code) and
     weights under published names loads into the native class. Shrunk so it fits in a test."""
