@@ -461,7 +461,8 @@ def variance_main(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        raise SystemExit(__doc__)
+        print(__doc__)
+        raise SystemExit(0)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if argv and argv[0] == "variance":

@@ -383,7 +383,8 @@ def parse_cli(argv: list[str], cls=Config, prog: str = "train_dpo.py"):
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
         elif arg in ("-h", "--help"):
-            raise SystemExit(help_text(cls, prog))
+            print(help_text(cls, prog))  # to stdout, exit 0: --help is not an error
+            raise SystemExit(0)
         else:
             overrides.append(arg.lstrip("-"))
     return load_config(recipe, overrides, cls)

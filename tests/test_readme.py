@@ -1,0 +1,98 @@
+"""The README cannot drift: every fenced Python block runs as written, and every shell command is either run
+here (shortened where noted) or marked in the README as needing what CI lacks ("# needs ...": GPUs, the hub,
+SLURM). A new command that is neither fails ``test_every_shell_command_is_run_or_marked``.
+"""
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from tests.test_trainer import ENV, ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def blocks(lang: str) -> list[str]:
+    return re.findall(rf"^```{lang}\n(.*?)^```", README, flags=re.S | re.M)
+
+
+def shell_commands() -> list[tuple[str, bool]]:
+    """(command, marked) for every line of every bash block; a block that opens with a "# needs" comment is
+    marked as a whole, a line by a trailing "# needs" comment."""
+    found = []
+    for block in blocks("bash"):
+        lines = [line for line in block.splitlines() if line.strip()]
+        whole = bool(lines) and lines[0].lstrip().startswith("# needs")
+        for line in lines:
+            if line.lstrip().startswith("#"):
+                continue
+            command, _, comment = line.partition("  #")
+            found.append((command.strip(), whole or comment.strip().startswith("needs")))
+    return found
+
+
+SHORT = ["train.max_steps=2", "train.eval_steps=0", "train.do_eval=false", "behaviour.prompts=null",
+         "train.report_to=none", "train.progress_bar=false"]
+# README command -> (the command run here, with placeholders filled and shortening overrides; None: as written)
+RUN = {
+    "make demo": "make -n demo",  # the install is CI's; the recipe it trains is run in full by test_trainer's demo test
+    "make test": "make -n test",  # what .ci/run runs
+    "python -m align.train_sft recipe=tiny_chat_sft model.name_or_path=DIR":
+        "python -m align.train_sft recipe=tiny_chat_sft model.name_or_path=data/tiny_chat train.output_dir={tmp}/sft "
+        + " ".join(SHORT),
+    "accelerate launch align/train_sft.py recipe=NAME key=value ...":
+        "accelerate launch --num_processes 1 --cpu align/train_sft.py recipe=tiny_chat_sft "
+        "model.name_or_path=data/tiny_chat train.output_dir={tmp}/sft_launch " + " ".join(SHORT),
+    "python -m align.train_sft --help": None,
+    "python -m align.train_dpo --help": None,
+    "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2":
+        "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2 grid.output_dir={tmp}/grid "
+        "train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 behaviour.prompts=null train.report_to=none",
+    "python -m align.ablate variance model.name_or_path=outputs/demo/final": [  # a short demo run first
+        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/demo " + " ".join(SHORT),
+        "python -m align.ablate variance model.name_or_path={tmp}/demo/final variance.reps=2 variance.n_samples=1,2 "
+        "variance.max_pairs=4 variance.resamples=20 variance.output_dir={tmp}/variance"],
+    'python -m align.sampler --model data/tiny_chat --prompt "How do I bake bread?" --steps 48 --gen-length 48 '
+    '--block-length 48': None,
+}
+
+
+def test_every_shell_command_is_run_or_marked():
+    commands = shell_commands()
+    assert len(commands) > 10
+    unaccounted = [c for c, marked in commands if not marked and c not in RUN]
+    assert not unaccounted, f"README commands neither run by tests/test_readme.py nor marked '# needs ...': {unaccounted}"
+    stale = set(RUN) - {c for c, _ in commands}
+    assert not stale, f"tests/test_readme.py runs commands the README no longer has: {stale}"
+
+
+@pytest.mark.parametrize("command", list(RUN), ids=lambda c: c[:50])
+def test_readme_shell_command_runs(command, tmp_path):
+    todo = RUN[command] or command
+    for actual in [todo] if isinstance(todo, str) else todo:
+        actual = actual.format(tmp=tmp_path)
+        args = shlex.split(actual)
+        if args[0] == "python":
+            args[0] = sys.executable
+        elif args[0] == "accelerate":
+            args[:2] = [sys.executable, "-m", "accelerate.commands.launch"]  # accelerate launch ARGS
+        proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, f"{actual}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    if args[0] == "make":
+        target = args[-1]
+        assert ("-m align.train_dpo recipe=demo" if target == "demo" else "-m pytest -q tests") in proc.stdout
+
+
+@pytest.mark.parametrize("index", range(len(blocks("python"))))
+def test_readme_python_block_runs_as_written(index, tmp_path):
+    """Each block in a fresh interpreter, from a directory where the README's relative paths (data/...) exist."""
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    code = blocks("python")[index]
+    env = dict(ENV, PYTHONPATH=str(ROOT) + os.pathsep + ENV.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, f"README python block {index}:\n{code}\n{proc.stderr[-3000:]}"
