@@ -168,7 +168,9 @@ class TrainArgs:
     overwrite_output_dir: bool = opt(False, "start afresh in an output_dir that holds another run (its metrics, "
                                             "checkpoints and final model are deleted); otherwise such a start is refused")
     report_to: str = opt("tensorboard", "metrics backend", ("tensorboard", "wandb", "none"))
-    run_name: str | None = opt(None, "run name for the tracker")
+    logging_dir: str | None = opt(None, "TensorBoard folder of this launch (null: output_dir/runs/<date>_<host>, a "
+                                        "new one per launch, as HF's Trainer)")
+    run_name: str | None = opt(None, "wandb run name (TensorBoard folders: train.logging_dir)")
     save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout")
     progress_bar: bool = opt(True, "show a progress bar on the main process")
     disable_dropout: bool = opt(True, "switch off every dropout module of the policy (default on, as in DPO practice): the policy and "

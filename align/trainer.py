@@ -84,7 +84,7 @@ class Trainer:
 
     def __init__(self, cfg, objective):
         from accelerate import Accelerator
-        from accelerate.utils import InitProcessGroupKwargs, set_seed
+        from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
 
         self.cfg, self.objective = cfg, objective
         t = cfg.train
@@ -96,10 +96,13 @@ class Trainer:
         use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         on_cpu = not torch.cuda.is_available()
         handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and use_deepspeed else []
+        # TensorBoard events as HF's Trainer writes them: output_dir/runs/<date>_<host>/, one folder per launch
+        self.logging_dir = Path(t.logging_dir) if t.logging_dir else self.out / "runs" / run_folder_name()
         self.accelerator = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
                                        mixed_precision=requested_precision(cfg, use_deepspeed), log_with=log_with,
-                                       project_dir=str(self.out), cpu=on_cpu and not use_deepspeed,
-                                       kwargs_handlers=handlers)
+                                       project_config=ProjectConfiguration(project_dir=str(self.out),
+                                                                           logging_dir=str(self.logging_dir.parent)),
+                                       cpu=on_cpu and not use_deepspeed, kwargs_handlers=handlers)
         acc = self.accelerator
         self.world, self.rank = acc.num_processes, acc.process_index
         launched = int(os.environ.get("WORLD_SIZE", "1"))
@@ -361,15 +364,28 @@ class Trainer:
                     shutil.rmtree(old)
         acc.wait_for_everyone()
 
-    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final")
+    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final", "runs")
+
+    def describe_launch(self) -> str:
+        """The launch in words: 'single process (cpu)', 'DDP, 8 ranks (cuda)', 'DeepSpeed ZeRO-3, 16 ranks (cuda)'."""
+        acc = self.accelerator
+        kind = acc.distributed_type.name
+        ranks = f", {self.world} ranks" if self.world > 1 else ""
+        if self.deepspeed:
+            stage = acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"]
+            what = f"DeepSpeed ZeRO-{stage}" + (ranks or ", 1 rank")
+        elif self.world == 1:
+            what = "single process"
+        else:
+            what = ("DDP" if kind.startswith("MULTI_") else kind.replace("_", " ")) + ranks
+        return f"{what} ({acc.device.type})"
 
     def _claim_output_dir(self) -> None:
         """A new run never writes into another run's directory: metrics would mix and checkpoints interleave."""
         t = self.cfg.train
         if t.resume_from_checkpoint or not self.out.is_dir():
             return
-        tracker_dir = t.run_name or self.out.name  # accelerate's TensorBoard events: output_dir/<run name>/
-        found = sorted(p.name for p in self.out.iterdir() if p.name in self.RUN_FILES or p.name == tracker_dir
+        found = sorted(p.name for p in self.out.iterdir() if p.name in self.RUN_FILES
                        or re.fullmatch(r"checkpoint-\d+(\.tmp)?", p.name))
         if not found:
             return
@@ -432,12 +448,22 @@ class Trainer:
         if acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, self.out / "config.yaml")
-        if t.report_to != "none":
-            acc.init_trackers(t.run_name or self.out.name, config=_flat(cfg.to_dict()))
+        if t.report_to == "tensorboard":
+            # no hyperparameters through accelerate: its add_hparams writes two more time-stamped folders; the
+            # resolved config goes in as text (and is output_dir/config.yaml)
+            acc.init_trackers(self.logging_dir.name)
+            if acc.is_main_process:
+                import yaml
+
+                text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+                acc.get_tracker("tensorboard", unwrap=True).add_text("config", f"```yaml\n{text}```")
+        elif t.report_to != "none":
+            acc.init_trackers(t.run_name or self.out.name, config=_flat(cfg.to_dict()),
+                              init_kwargs={t.report_to: {"name": t.run_name}} if t.run_name else {})
         if t.resume_from_checkpoint:
             self.resume(t.resume_from_checkpoint)
         unit = self.objective.unit
-        acc.print(f"{acc.distributed_type.name}, world size {self.world}; {len(self.train_data)} train / "
+        acc.print(f"{self.describe_launch()}; {len(self.train_data)} train / "
                   f"{len(self.eval_data)} eval {unit}; {self.total_steps} steps of "
                   f"{self.micro_global * t.gradient_accumulation_steps} {unit}; {self.precision}; "
                   f"{self.objective.describe()}")
@@ -636,6 +662,14 @@ class Trainer:
             self.tokenizer.save_pretrained(out)
             acc.print(f"saved {out}")
         acc.wait_for_everyone()
+
+
+def run_folder_name() -> str:
+    """``<date>_<host>`` as HF's Trainer names a run's TensorBoard folder (``Nov26_12-40-03_host``)."""
+    import socket
+    from datetime import datetime
+
+    return f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}"
 
 
 class NonFiniteStep(RuntimeError):

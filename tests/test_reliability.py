@@ -138,7 +138,8 @@ def test_two_ranks_skip_a_nan_on_one_rank_and_stop_together_on_a_signal_to_one_r
     the engine skip. Neither rank applies step 2. Rank 0 alone gets SIGTERM during step 4: both ranks finish
     step 4, save and stop; the resumed run gives the uninterrupted losses and weights."""
     full = tmp_path / "full"
-    ranks, _ = _dist(launcher, full, env_extra={})
+    ranks, log = _dist(launcher, full, env_extra={})
+    assert ("DDP, 2 ranks (cpu)" if launcher is TORCHRUN else "DeepSpeed ZeRO-2, 2 ranks (cpu)") in log  # in words
     assert [r["seen"]["torch"] for r in ranks] == [2, 2]
     assert ranks[0]["param_sums"] == ranks[1]["param_sums"]  # replicas never diverged
     sums = ranks[0]["step_sums"]

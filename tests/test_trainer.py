@@ -63,8 +63,30 @@ def test_demo_learns_and_saves_everything(tmp_path):
     assert resolved["model"]["name_or_path"] == "data/tiny_chat" and resolved["estimator"]["share_policy_reference"]
     assert (out / "final" / "adapter" / "adapter_model.safetensors").exists()
     assert (out / "behaviour.jsonl").exists()
-    assert list((out / "runs").rglob("events.out.tfevents*")) or list(out.rglob("events.out.tfevents*"))
+    (run,) = (out / "runs").iterdir()  # output_dir/runs/<date>_<host>/ holds the events (test_tensorboard_...)
+    assert list(run.glob("events.out.tfevents*"))
     assert "320/320 records kept" in log
+
+
+def test_tensorboard_events_go_to_one_folder_per_launch_under_runs(tmp_path):
+    """HF's layout: output_dir/runs/<date>_<host>/ with the event files, no time-stamped subfolders; a resumed
+    launch gets its own folder; train.logging_dir puts them where the user says."""
+    import re
+
+    out = tmp_path / "out"
+    args = ["train.report_to=tensorboard", "train.max_steps=2", "train.eval_steps=0", "train.do_eval=false"]
+    train(out, *args[1:], "train.report_to=tensorboard")
+    (run,) = (out / "runs").iterdir()
+    assert re.fullmatch(r"[A-Z][a-z]{2}\d{2}_\d{2}-\d{2}-\d{2}_.+", run.name), run.name
+    assert [p.name for p in run.iterdir() if p.is_dir()] == [] and list(run.glob("events.out.tfevents*"))
+    import time
+
+    time.sleep(1.1)  # the folder name has one-second resolution
+    train(out, *args, "train.max_steps=3", "train.resume_from_checkpoint=latest")
+    assert len(list((out / "runs").iterdir())) == 2
+    own = tmp_path / "tb" / "mine"
+    train(tmp_path / "out2", *args, f"train.logging_dir={own}")
+    assert list(own.glob("events.out.tfevents*")) and not (tmp_path / "out2" / "runs").exists()
 
 
 def test_accelerate_launch_script_form(tmp_path):
@@ -72,7 +94,7 @@ def test_accelerate_launch_script_form(tmp_path):
     log = train(out, "train.max_steps=2", "train.eval_steps=0",
                 launcher=[sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
                           "align/train_dpo.py"])
-    assert "world size 1" in log and (out / "final" / "adapter").exists()
+    assert "single process (cpu)" in log and (out / "final" / "adapter").exists()
 
 
 def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
