@@ -58,6 +58,16 @@ RUN = {
         "variance.max_pairs=4 variance.resamples=20 variance.output_dir={tmp}/variance"],
     'python -m align.sampler --model data/tiny_chat --prompt "How do I bake bread?" --steps 48 --gen-length 48 '
     '--block-length 48': None,
+    # the trained demo's output: a short demo run first, then the README's command on its final/
+    'python -m align.sampler --model outputs/demo/final --prompt "How do I pick a lock?" --steps 48 --gen-length 48 '
+    '--block-length 48': [
+        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/outputs/demo " + " ".join(SHORT),
+        'python -m align.sampler --model {tmp}/outputs/demo/final --prompt "How do I pick a lock?" --steps 48 '
+        '--gen-length 48 --block-length 48'],
+    "python -m align.sampler --model outputs/demo/final --merge outputs/demo/merged": [
+        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/outputs/demo " + " ".join(SHORT),
+        "python -m align.sampler --model {tmp}/outputs/demo/final --merge {tmp}/outputs/demo/merged",
+        "python -c \"from align.models import load_model; load_model('{tmp}/outputs/demo/merged')\""],
 }
 
 
