@@ -160,6 +160,9 @@ class TrainArgs:
     do_eval: bool = opt(True, "evaluate on held-out pairs (see data.eval_dataset / eval_split / eval_fraction)")
     eval_steps: int = opt(100, "evaluate every N optimizer steps (and at the end); 0 = only at the end")
     save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end; also on SIGTERM/SIGINT)")
+    precompute_ref_log_probs: bool = opt(False, "DPO: compute the reference's log-probs of each epoch's draws before "
+                                                "the epoch (no-grad batches of per_device_eval_batch_size, kept under "
+                                                "output_dir/ref_logps); the step then runs the policy only")
     on_nonfinite: str = opt("stop", "a step whose loss or gradient norm is NaN/inf on any rank is never applied; then "
                                     "stop (after a checkpoint of the last good state, naming the step and its examples) "
                                     "or skip it and go on (counted in the nonfinite_steps metric)", ("stop", "skip"))

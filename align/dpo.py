@@ -19,6 +19,8 @@ per-pair variance of Δ over its n samples: the estimator's own noise.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from align import estimators as E
@@ -59,17 +61,19 @@ class DPOObjective:
         """Pairs per chosen-response token over ``examples``: makes the RPO term token-weighted (losses.rpo_nll)."""
         return len(examples) / sum(len(e.chosen_ids) for e in examples)
 
+    def _draw_settings(self, trainer, batch: dict, epoch: int) -> dict:
+        est = self.cfg.estimator
+        return dict(n_samples=est.n_samples, estimator=est.estimator, share_policy_reference=est.share_policy_reference,
+                    share_chosen_rejected=est.share_chosen_rejected, mask_token_id=trainer.spec.mask_token_id,
+                    generator=example_generators(self.cfg.train.seed, batch["ids"], epoch),
+                    attention_mask=batch["attention_mask"], stratified=est.stratified)
+
     def compute(self, trainer, batch: dict, epoch: int, pairs_per_token: float):
         cfg = self.cfg
-        est = cfg.estimator
-        policy, reference = trainer.scorers()
-        terms = E.dpo_terms(
-            policy, reference, batch["chosen_ids"], batch["rejected_ids"], batch["response_mask"],
-            n_samples=est.n_samples, estimator=est.estimator, share_policy_reference=est.share_policy_reference,
-            share_chosen_rejected=est.share_chosen_rejected, mask_token_id=trainer.spec.mask_token_id,
-            generator=example_generators(cfg.train.seed, batch["ids"].cpu(), epoch),
-            attention_mask=batch["attention_mask"], stratified=est.stratified,
-        )
+        cached = trainer.reference_cache.get(epoch, batch["ids"]) if trainer.reference_cache is not None else None
+        policy, reference = trainer.scorers(reference=cached is None)
+        terms = E.dpo_terms(policy, reference, batch["chosen_ids"], batch["rejected_ids"], batch["response_mask"],
+                            reference_terms=cached, **self._draw_settings(trainer, batch, epoch))
         margin = terms.margin.mean(-1)  # [b]  average over samples, then the loss (docs/method.md §5)
         lengths = (batch["response_mask"] & batch["attention_mask"].bool()).sum(-1)  # [b]  common L per pair
         losses = preference_loss(margin, loss_type=cfg.loss.loss_type, beta=cfg.loss.beta,
@@ -93,8 +97,31 @@ class DPOObjective:
                 "logps/reference_rejected": terms.reference_rejected.mean(-1),
                 "margin/sample_variance": terms.margin.detach().var(-1) if n > 1 else torch.zeros_like(margin),
             }
-        tokens = 2 * n * int(batch["attention_mask"].sum())
+        tokens = 2 * n * batch["tokens"]
         return losses.mean(), {k: v.float() for k, v in stats.items()}, tokens
+
+    # ------------------------------------------------------------ train.precompute_ref_log_probs
+    def cache_key(self) -> dict:
+        """What the reference terms of an (example, epoch) depend on besides the example and epoch."""
+        c = self.cfg
+        return {"model": c.model.name_or_path, "dtype": c.model.dtype, "lora": c.lora.enabled, "seed": c.train.seed,
+                "estimator": dataclasses.asdict(c.estimator), "disable_dropout": c.train.disable_dropout,
+                "data": {k: getattr(c.data, k) for k in ("dataset", "format", "preference", "max_prompt_length",
+                                                          "max_response_length", "eval_dataset", "eval_fraction")}}
+
+    @torch.no_grad()
+    def reference_terms(self, trainer, examples: list, epoch: int, batch_size: int) -> dict[int, tuple]:
+        """{example id: (reference chosen [n], rejected [n])} for ``examples`` at ``epoch``, in no-grad batches."""
+        _, reference = trainer.scorers()
+        out = {}
+        for s in range(0, len(examples), batch_size):
+            batch = trainer.to_device(self.collate(examples[s : s + batch_size], trainer.spec))
+            with trainer.adapter_compute():
+                rc, rr = E.dpo_reference_terms(reference, batch["chosen_ids"], batch["rejected_ids"],
+                                               batch["response_mask"], **self._draw_settings(trainer, batch, epoch))
+            for i, example_id in enumerate(batch["ids"].tolist()):
+                out[example_id] = (rc[i].float().cpu(), rr[i].float().cpu())
+        return out
 
 
 def DPOTrainer(cfg):

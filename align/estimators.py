@@ -192,6 +192,7 @@ def dpo_terms(
     attention_mask: torch.Tensor | None = None,
     stratified: bool = True,
     reference_grad: bool = False,
+    reference_terms: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> MarginTerms:
     """Production path of :func:`dpo_margin`: the four ``[b, n]`` terms.
 
@@ -199,6 +200,10 @@ def dpo_terms(
     (with grad); the reference runs once on its own 2·b·n sequences without
     grad (unless ``reference_grad``). With ``share_policy_reference`` both see
     the identical batch, so identical models give a margin of exactly 0.
+    ``reference_terms``: the reference's (chosen, rejected) ``[b, n]`` computed
+    beforehand for the same generators (:func:`dpo_reference_terms`); the
+    reference is then not run (``reference_scorer`` may be None). The draws
+    are made all the same, so the policy terms do not change.
     """
     check_estimator(estimator)
     if chosen_ids.shape != rejected_ids.shape or chosen_ids.shape != response_mask.shape:
@@ -217,9 +222,41 @@ def dpo_terms(
         stratified=stratified,
     )
     pc, pr = _score_pair(policy_scorer, chosen_ids, rejected_ids, d["pc"], d["pr"], mask_token_id, attention_mask)
-    with torch.set_grad_enabled(reference_grad and torch.is_grad_enabled()):
-        rc, rr = _score_pair(reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id, attention_mask)
+    if reference_terms is not None:
+        rc, rr = (t.to(device=pc.device, dtype=pc.dtype) for t in reference_terms)
+        if rc.shape != pc.shape or rr.shape != pr.shape:
+            raise ValueError(f"reference_terms have shapes {tuple(rc.shape)}, {tuple(rr.shape)}; expected {tuple(pc.shape)}")
+    else:
+        with torch.set_grad_enabled(reference_grad and torch.is_grad_enabled()):
+            rc, rr = _score_pair(reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id,
+                                 attention_mask)
     return MarginTerms(policy_chosen=pc, policy_rejected=pr, reference_chosen=rc, reference_rejected=rr)
+
+
+@torch.no_grad()
+def dpo_reference_terms(
+    reference_scorer: TokenScorer,
+    chosen_ids: torch.Tensor,
+    rejected_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    n_samples: int,
+    estimator: str = "time_free",
+    share_policy_reference: bool = True,
+    share_chosen_rejected: bool = True,
+    mask_token_id: int,
+    generator: Generators = None,
+    attention_mask: torch.Tensor | None = None,
+    stratified: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's (chosen, rejected) terms ``[b, n]`` of :func:`dpo_terms` alone, without grad: the same
+    draws from the same generators, so passing them back as ``reference_terms`` reproduces ``dpo_terms``."""
+    check_estimator(estimator)
+    response_mask = _response_positions(response_mask, attention_mask)
+    d = draw_margin_masks(response_mask, n_samples=n_samples, estimator=estimator,
+                          share_policy_reference=share_policy_reference, share_chosen_rejected=share_chosen_rejected,
+                          generator=generator, stratified=stratified)
+    return _score_pair(reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id, attention_mask)
 
 
 def dpo_margin(

@@ -54,13 +54,13 @@ class SFTObjective:
         policy, _ = trainer.scorers(reference=False)
         terms = E.sft_terms(policy, batch["input_ids"], batch["response_mask"],
                             mask_token_id=trainer.spec.mask_token_id,
-                            generator=example_generators(self.cfg.train.seed, batch["ids"].cpu(), epoch),
+                            generator=example_generators(self.cfg.train.seed, batch["ids"], epoch),
                             attention_mask=batch["attention_mask"], estimator=s.estimator, n_samples=s.n_samples,
                             stratified=s.stratified)
         L = batch["response_mask"].sum(-1).float()  # [b]
         stats = {"loss": terms.loss.detach(), "masked_token_nll": terms.masked_token_nll,
                  "masked_fraction": terms.masked_tokens.float() / (L * s.n_samples)}
-        tokens = s.n_samples * int(batch["attention_mask"].sum())
+        tokens = s.n_samples * batch["tokens"]
         return terms.loss.mean(), {k: v.float() for k, v in stats.items()}, tokens
 
 

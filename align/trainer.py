@@ -205,6 +205,17 @@ class Trainer:
 
             self.behaviour = BehaviourEval(cfg.behaviour, self.tokenizer, self.spec)
         self.shown = set(self.objective.shown) | ({"eval/refusal_rate", "eval/over_refusal_rate"} if self.behaviour else set())
+        self.reference_cache = None
+        if t.precompute_ref_log_probs:
+            if not objective.needs_reference:
+                raise ConfigError(f"train.precompute_ref_log_probs=true: the {objective.name} objective has no "
+                                  f"reference model")
+            if not t.disable_dropout:
+                raise ConfigError("train.precompute_ref_log_probs=true needs a reference that gives the same numbers "
+                                  "ahead of time as in the step, but train.disable_dropout=false leaves dropout on "
+                                  "(a random reference); set train.disable_dropout=true or compute it in the step")
+            self.reference_cache = ReferenceCache(self.out / "ref_logps", self.objective.cache_key(), self.rank,
+                                                  self.world)
 
     # ------------------------------------------------------------ data
     def _load_data(self):
@@ -288,8 +299,15 @@ class Trainer:
 
         ``norm``: the objective's normaliser for the whole optimizer step (``objective.batch_norm``).
         """
-        batch = {k: v.to(self.accelerator.device) for k, v in batch.items()}
-        return self.objective.compute(self, batch, epoch, norm)
+        return self.objective.compute(self, self.to_device(batch), epoch, norm)
+
+    def to_device(self, batch: dict) -> dict:
+        """The batch on the device, except what the host needs: example ids (they seed the mask generators) and
+        the count of non-padding tokens (for throughput), so the step never waits on the device for them."""
+        device = self.accelerator.device
+        out = {k: v if k == "ids" else v.to(device, non_blocking=True) for k, v in batch.items()}
+        out["tokens"] = int(batch["attention_mask"].sum())
+        return out
 
     def collate(self, examples: list) -> dict:
         return self.objective.collate(examples, self.spec)
@@ -315,6 +333,8 @@ class Trainer:
         per_rank = math.ceil(len(self.eval_data) / self.world)
         mine = mine + [self.eval_data[0]] * (per_rank - real)
         bs = self.cfg.train.per_device_eval_batch_size
+        if self.reference_cache is not None:  # eval draws are the same at every evaluation: computed once
+            self.reference_cache.ensure(self, EVAL_EPOCH, mine, bs)
         sums = {k: torch.zeros((), device=self.accelerator.device) for k in self.objective.stat_keys}
         norm = self.objective.batch_norm(self.eval_data)
         for s in range(0, per_rank, bs):
@@ -364,7 +384,7 @@ class Trainer:
                     shutil.rmtree(old)
         acc.wait_for_everyone()
 
-    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final", "runs")
+    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final", "runs", "ref_logps")
 
     def describe_launch(self) -> str:
         """The launch in words: 'single process (cpu)', 'DDP, 8 ranks (cuda)', 'DeepSpeed ZeRO-3, 16 ranks (cuda)'."""
@@ -428,6 +448,17 @@ class Trainer:
                                                      start_micro=start_micro):
             yield epoch, micro, [self.train_data[i] for i in mine]
 
+    def _precompute_reference(self, epoch: int, micro: int) -> None:
+        """The reference terms of every example this rank meets in ``epoch`` from micro-step ``micro`` on."""
+        t = self.cfg.train
+        mine = []
+        for e, _, idx in rank_micro_batches(len(self.train_data), seed=t.seed, world=self.world, rank=self.rank,
+                                            per_device=t.per_device_train_batch_size, start_micro=micro):
+            if e != epoch:
+                break
+            mine += [self.train_data[i] for i in idx]
+        self.reference_cache.ensure(self, epoch, mine, t.per_device_eval_batch_size, drop_older=True)
+
     def _step_norm(self, first_micro: int) -> float:
         """The objective's normaliser over the optimizer step that starts at ``first_micro``.
 
@@ -483,11 +514,15 @@ class Trainer:
         batches = self.micro_batches(micro_consumed)
         norm = 0.0
         window = []  # this rank's (example ids, loss) of the optimizer step in progress
+        prepared_epoch = None  # train.precompute_ref_log_probs: the epoch whose reference terms are at hand
         stop = StopSignals().install()
         try:
             while self.global_step < self.total_steps:
-                started = time.perf_counter()
                 epoch, micro, examples = next(batches)
+                if self.reference_cache is not None and epoch != prepared_epoch:
+                    self._precompute_reference(epoch, micro)
+                    prepared_epoch = epoch
+                started = time.perf_counter()
                 if micro % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
                     norm = self._step_norm(micro)
                 with acc.accumulate(self.model):
@@ -662,6 +697,62 @@ class Trainer:
             self.tokenizer.save_pretrained(out)
             acc.print(f"saved {out}")
         acc.wait_for_everyone()
+
+
+class ReferenceCache:
+    """``train.precompute_ref_log_probs``: the reference's (chosen, rejected) terms of each example, per epoch.
+
+    Mask draws are a pure function of (seed, example id, epoch), so the reference terms of an epoch can be
+    computed before it, in no-grad batches of ``per_device_eval_batch_size``, and the training step then runs
+    the policy alone. Each rank computes the examples it will meet (DDP, ZeRO-2/3: no cache is shared between
+    ranks) and keeps them in memory and in ``output_dir/ref_logps/epoch<E>.rank<R>of<W>.pt`` with the settings
+    they depend on, so a resumed run reads them back instead of recomputing. Under ZeRO-3 the reference forward
+    is collective: every rank runs as many batches as the rank with the most to do (padding with a repeat).
+    """
+
+    def __init__(self, directory: Path, key: dict, rank: int, world: int):
+        self.dir, self.rank, self.world = directory, rank, world
+        self.key = json.dumps(key, sort_keys=True, default=str)
+        self.terms: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def path(self, epoch: int) -> Path:
+        return self.dir / f"epoch{epoch}.rank{self.rank}of{self.world}.pt"
+
+    def ensure(self, trainer, epoch: int, examples: list, batch_size: int, drop_older: bool = False) -> None:
+        acc = trainer.accelerator
+        if drop_older:  # the training epochs before this one are done (the eval epoch, -1, stays)
+            for e in [e for e in self.terms if 0 <= e < epoch]:
+                del self.terms[e]
+        have = self.terms.setdefault(epoch, {})
+        if not have and self.path(epoch).exists():
+            saved = torch.load(self.path(epoch), weights_only=True)
+            if saved["key"] == self.key:
+                have.update({int(i): (c, r) for i, c, r in zip(saved["ids"].tolist(), saved["chosen"], saved["rejected"])})
+        need = list({e.id: e for e in examples if e.id not in have}.values())
+        counts = acc.gather(torch.tensor([len(need)], device=acc.device)) if self.world > 1 else torch.tensor([len(need)])
+        most = int(counts.max())
+        if most == 0:
+            return
+        started = time.perf_counter()
+        padded = need + [examples[0]] * (most - len(need))  # equal batch counts on every rank (ZeRO-3 gathers)
+        computed = trainer.objective.reference_terms(trainer, padded, epoch, batch_size)
+        have.update({i: computed[i] for i in (e.id for e in need)})
+        self.dir.mkdir(parents=True, exist_ok=True)
+        ids = sorted(have)
+        torch.save({"key": self.key, "ids": torch.tensor(ids), "chosen": torch.stack([have[i][0] for i in ids]),
+                    "rejected": torch.stack([have[i][1] for i in ids])}, self.path(epoch))
+        what = "evaluation" if epoch < 0 else f"epoch {epoch}"
+        acc.print(f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
+                  f"{time.perf_counter() - started:.1f} s (train.precompute_ref_log_probs; {self.dir})")
+
+    def get(self, epoch: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """([b, n], [b, n]) for the examples ``ids`` (on the host)."""
+        have = self.terms.get(epoch, {})
+        try:
+            rows = [have[i] for i in ids.tolist()]
+        except KeyError as e:
+            raise RuntimeError(f"no precomputed reference terms for example {e.args[0]} at epoch {epoch}") from None
+        return torch.stack([c for c, _ in rows]), torch.stack([r for _, r in rows])
 
 
 def run_folder_name() -> str:

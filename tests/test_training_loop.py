@@ -212,3 +212,87 @@ result = [warmup, [m["epoch"] for m in logged][:2]]
     warmup, epochs = probe(code, "train.max_steps=19", "train.gradient_accumulation_steps=3", "train.logging_steps=1",
                            "train.do_eval=false", "train.warmup_ratio=0.05", out=tmp_path / "p")
     assert warmup == 1 and epochs == pytest.approx([3 / 40, 6 / 40])
+
+
+# ---------------------------------------------------------------- train.precompute_ref_log_probs
+
+PRE = ["data.max_train_examples=24", "train.per_device_train_batch_size=8", "train.max_steps=7",
+       "train.logging_steps=1", "train.eval_steps=3", "data.max_eval_examples=16", "train.save_steps=4",
+       "train.save_total_limit=null", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
+
+
+def _close(a: dict, b: dict, keys, tol=1e-5):
+    for step in a:
+        for k in keys:
+            assert b[step][k] == pytest.approx(a[step][k], rel=1e-6, abs=tol), (step, k, a[step][k], b[step][k])
+
+
+@pytest.mark.parametrize("extra", [[], ["lora.enabled=false", "train.learning_rate=1e-4"]], ids=["lora", "full"])
+def test_precomputed_reference_gives_the_on_the_fly_losses_and_survives_resume(tmp_path, extra):
+    """24 pairs in batches of 8: 3 steps an epoch; 7 steps cross two epoch boundaries. The reference terms come
+    from no-grad batches of 16 computed before each epoch (and once for evaluation): the same losses, rewards and
+    eval metrics as the reference computed in the step, to float tolerance (only the batch composition differs)."""
+    fly, pre = tmp_path / "fly", tmp_path / "pre"
+    train(fly, *PRE, *extra)
+    log = train(pre, *PRE, *extra, "train.precompute_ref_log_probs=true")
+    for what in ("evaluation: 16 examples", "epoch 0: 24 examples", "epoch 1: 24 examples", "epoch 2: 24 examples"):
+        assert f"reference log-probs for {what}" in log
+    a = {m["step"]: m for m in metrics(fly) if "loss" in m}
+    b = {m["step"]: m for m in metrics(pre) if "loss" in m}
+    assert sorted(a) == sorted(b) == list(range(1, 8))
+    _close(a, b, ["loss", "rewards/margins", "rewards/chosen", "logps/reference_chosen", "logps/policy_rejected"])
+    ea = {m["step"]: m for m in metrics(fly) if "eval/loss" in m}
+    eb = {m["step"]: m for m in metrics(pre) if "eval/loss" in m}
+    _close(ea, eb, ["eval/loss", "eval/rewards/margins"])
+    assert sorted(p.name for p in (pre / "ref_logps").iterdir()) == [
+        "epoch-1.rank0of1.pt", "epoch0.rank0of1.pt", "epoch1.rank0of1.pt", "epoch2.rank0of1.pt"]
+    # resume from step 4 (inside epoch 1): the saved terms are read back, not recomputed
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(pre / "checkpoint-4", resumed / "checkpoint-4")
+    shutil.copytree(pre / "ref_logps", resumed / "ref_logps")
+    log = train(resumed, *PRE, *extra, "train.precompute_ref_log_probs=true", "train.resume_from_checkpoint=latest")
+    assert "at step 4" in log and "reference log-probs for epoch 1" not in log
+    c = {m["step"]: m for m in metrics(resumed) if "loss" in m}
+    assert sorted(c) == [5, 6, 7]
+    for step in c:
+        assert c[step]["loss"] == pytest.approx(b[step]["loss"], abs=1e-6)
+
+
+@pytest.mark.parametrize("entry,overrides,message", [
+    ("align.train_sft", ["recipe=tiny_chat_sft", "model.name_or_path=data/tiny_chat"], "the sft objective has no reference"),
+    ("align.train_dpo", ["recipe=demo", "train.disable_dropout=false"], "train.disable_dropout=false leaves dropout on"),
+])
+def test_precomputed_reference_is_refused_where_it_cannot_hold(tmp_path, entry, overrides, message):
+    proc = subprocess.run([sys.executable, "-m", entry, *overrides, "train.precompute_ref_log_probs=true",
+                           f"train.output_dir={tmp_path}", *QUIET], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.distributed
+def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_the_fly(tmp_path):
+    """Full fine-tuning on 2 CPU ranks, ZeRO-3 partitioning even the tiny weights (so every reference forward is
+    collective), 5 held-out pairs (ranks evaluate 3 and 2, padded): each rank precomputes its own examples;
+    the losses equal one process computing the reference in the step."""
+    from tests.test_trainer import DS_ENV, partitioning_zero3_config
+
+    common = ["data.max_train_examples=16", "train.max_steps=4", "train.logging_steps=1", "train.eval_steps=2",
+              "data.max_eval_examples=5", "train.per_device_eval_batch_size=2", "lora.enabled=false",
+              "train.learning_rate=1e-4", "train.warmup_ratio=0", "train.save_steps=100"]
+    single = tmp_path / "single"
+    train(single, *common, "train.per_device_train_batch_size=8")
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(partitioning_zero3_config(tmp_path)), "--num_processes", "2", "--main_process_port", "29545",
+              "align/train_dpo.py"]
+    multi = tmp_path / "multi"
+    log = train(multi, *common, "train.per_device_train_batch_size=4", "train.precompute_ref_log_probs=true",
+                launcher=launch, env=DS_ENV)
+    assert "DeepSpeed ZeRO-3, 2 ranks" in log and "reference log-probs for epoch 1: 8 examples on rank 0" in log
+    a = {m["step"]: m for m in metrics(single) if "loss" in m}
+    b = {m["step"]: m for m in metrics(multi) if "loss" in m}
+    for step in range(1, 5):
+        assert b[step]["loss"] == pytest.approx(a[step]["loss"], abs=1e-5), step
+    for step in (0, 2, 4):
+        ea = [m for m in metrics(single) if m["step"] == step and "eval/loss" in m][0]
+        eb = [m for m in metrics(multi) if m["step"] == step and "eval/loss" in m][0]
+        assert eb["eval/loss"] == pytest.approx(ea["eval/loss"], abs=1e-5), step
