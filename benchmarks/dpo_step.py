@@ -16,6 +16,10 @@ Time is the median of ``--repeats`` steps after one warm-up step.
     python benchmarks/dpo_step.py                 # LoRA and full fine-tuning, with and without checkpointing
     python benchmarks/dpo_step.py --variant ours --lora --ckpt    # one variant; prints one JSON line
 
+A third variant, ``precomputed``, is align's step with the reference terms computed beforehand
+(``train.precompute_ref_log_probs``): the step runs the policy only; the no-grad precompute of the same
+draws is timed separately (done before each epoch in larger batches).
+
 ``gpu_step.py`` reuses the step functions here at LLaDA-8B size.
 """
 
@@ -156,22 +160,46 @@ def naive_step(model, reference, batch: dict, *, n: int, estimator: str, mask_to
     return loss.detach()
 
 
-STEPS = {"ours": ours_step, "naive": naive_step}
+def precompute_reference(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, seed: int):
+    """The reference terms of ``ours_step``'s draws for ``seed``, without grad: what
+    ``train.precompute_ref_log_probs`` computes before the epoch."""
+    with adapter_in_base_dtype(model, base_dtype(model, reference)):
+        return E.dpo_reference_terms(reference_scorer(model, reference), batch["chosen"], batch["rejected"],
+                                     batch["response_mask"], n_samples=n, estimator=estimator,
+                                     mask_token_id=mask_token_id, generator=torch.Generator().manual_seed(seed))
+
+
+def precomputed_step(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0,
+                     cache: dict):
+    """``ours_step`` with the reference terms read from ``cache`` (train.precompute_ref_log_probs): policy only."""
+    with adapter_in_base_dtype(model, base_dtype(model, reference)):
+        terms = E.dpo_terms(token_scorer(model), None, batch["chosen"], batch["rejected"], batch["response_mask"],
+                            n_samples=n, estimator=estimator, mask_token_id=mask_token_id,
+                            generator=torch.Generator().manual_seed(seed), reference_terms=cache[seed])
+        loss = -F.logsigmoid(BETA * terms.margin.mean(-1)).mean()
+        loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+STEPS = {"ours": ours_step, "naive": naive_step, "precomputed": precomputed_step}
 
 
 def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
-def measure(step, *, device, repeats: int, warmup: int = 1) -> dict:
-    """Median step time and peak memory of ``step()`` (memory above what was allocated before the first call)."""
+def measure(step, *, device, repeats: int, warmup: int = 1, base: int | None = None) -> dict:
+    """Median step time and peak memory of ``step()`` (memory above what was allocated before the first call,
+    or above ``base``)."""
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
+        base = torch.cuda.memory_allocated() if base is None else base
         torch.cuda.reset_peak_memory_stats()
     else:
-        base = peak_rss()
+        base = peak_rss() if base is None else base
     times = []
     for i in range(warmup + repeats):
         t = time.perf_counter()
@@ -199,11 +227,24 @@ def run_variant(args) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = make_batch(args.pairs, args.prompt, args.response, config, device)
     step = STEPS[args.variant]
+    extra, base, pre = {}, None, {}
+    if args.variant == "precomputed":  # the reference terms of every step's draws, computed (and timed) first
+        cuda = device == "cuda"
+        base = torch.cuda.memory_allocated() if cuda else peak_rss()
+        cache, times = {}, []
+        for seed in range(1 + args.repeats):
+            t = time.perf_counter()
+            cache[seed] = precompute_reference(model, reference, batch, n=args.n_samples, estimator=args.estimator,
+                                               mask_token_id=config.mask_token_id, seed=seed)
+            torch.cuda.synchronize() if cuda else None
+            times.append(time.perf_counter() - t)
+        extra = {"cache": cache}
+        pre = {"precompute_s": statistics.median(times[1:])}
     seeds = iter(range(10**6))
     result = measure(lambda: step(model, reference, batch, n=args.n_samples, estimator=args.estimator,
-                                  mask_token_id=config.mask_token_id, opt=opt, seed=next(seeds)),
-                     device=device, repeats=args.repeats)
-    return {"variant": args.variant, "lora": args.lora, "ckpt": args.ckpt, **result}
+                                  mask_token_id=config.mask_token_id, opt=opt, seed=next(seeds), **extra),
+                     device=device, repeats=args.repeats, base=base)
+    return {"variant": args.variant, "lora": args.lora, "ckpt": args.ckpt, **result, **pre}
 
 
 def main(argv=None):
@@ -233,22 +274,24 @@ def main(argv=None):
           f"{args.hidden}, {args.layers} layers, vocab {args.vocab:,}; {args.pairs} pair(s) of {args.prompt}+"
           f"{args.response} tokens, n={args.n_samples} ({args.estimator}); median of {args.repeats} steps\n")
     print("| fine-tuning | checkpointing | naive step s | ours step s | speed-up | naive peak MiB | ours peak MiB | "
-          "memory ratio |\n|---|---|---|---|---|---|---|---|")
+          "memory ratio | ours, reference precomputed: step s (+ precompute s) | its peak MiB |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for lora in (True, False):
         for ckpt in (False, True):
             res = {}
-            for variant in ("naive", "ours"):
+            for variant in ("naive", "ours", "precomputed"):
                 cmd = [sys.executable, __file__, f"--variant={variant}", *shared] + (["--lora"] if lora else []) \
                     + (["--ckpt"] if ckpt else [])
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 res[variant] = json.loads(out.strip().splitlines()[-1])
-            n, o = res["naive"], res["ours"]
+            n, o, p = res["naive"], res["ours"], res["precomputed"]
             rows.append(res)
             print(f"| {'LoRA r=' + str(args.lora_r) if lora else 'full'} | {'on' if ckpt else 'off'} | "
                   f"{n['step_s']:.2f} | {o['step_s']:.2f} | {n['step_s'] / o['step_s']:.1f}x | "
                   f"{n['peak_bytes'] / 2**20:.0f} | {o['peak_bytes'] / 2**20:.0f} | "
-                  f"{n['peak_bytes'] / max(o['peak_bytes'], 1):.1f}x |", flush=True)
+                  f"{n['peak_bytes'] / max(o['peak_bytes'], 1):.1f}x | {p['step_s']:.2f} (+ {p['precompute_s']:.2f}) | "
+                  f"{p['peak_bytes'] / 2**20:.0f} |", flush=True)
     return rows
 
 

@@ -49,3 +49,36 @@ def test_the_two_steps_estimate_one_margin_but_only_ours_is_coupled(lora):
     naive = naive_step(model, reference, batch, **kw)
     assert abs(naive.item() - math.log(2)) > 1e-3
     assert all(torch.equal(a, b) for a, b in zip(before, (p.detach() for p in trainable)))
+
+
+@pytest.mark.parametrize("lora", [True, False])
+def test_the_precomputed_step_is_the_same_step_without_the_reference_forward(lora):
+    """The benchmark's precomputed variant gives the loss and update of align's step (the reference read, not run)."""
+    from dpo_step import precompute_reference, precomputed_step
+
+    results = []
+    for variant in ("ours", "precomputed"):
+        model, reference = build(SMALL, device="cpu", lora_r=4 if lora else None, ckpt=False)
+        with torch.no_grad():  # a policy away from its reference
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.02 * torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())))
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(trainable, lr=0.1)
+        batch = make_batch(2, 8, 12, SMALL, "cpu")
+        kw = dict(n=3, estimator="time_free", mask_token_id=SMALL.mask_token_id)
+        calls = []
+        if reference is not None:
+            reference.register_forward_hook(lambda *a: calls.append(1))
+        if variant == "ours":
+            loss = ours_step(model, reference, batch, opt=opt, seed=5, **kw)
+        else:
+            cache = {5: precompute_reference(model, reference, batch, seed=5, **kw)}
+            n_before = len(calls)
+            loss = precomputed_step(model, reference, batch, opt=opt, seed=5, cache=cache, **kw)
+            assert len(calls) == n_before  # the step never ran the reference
+        results.append((loss, [p.detach().clone() for p in trainable]))
+    (a, pa), (b, pb) = results
+    assert b.item() == pytest.approx(a.item(), abs=1e-6) and abs(a.item() - math.log(2)) > 1e-4
+    for x, y in zip(pa, pb):
+        torch.testing.assert_close(y, x, atol=1e-6, rtol=1e-6)
