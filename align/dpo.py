@@ -62,11 +62,19 @@ class DPOObjective:
         return len(examples) / sum(len(e.chosen_ids) for e in examples)
 
     def _draw_settings(self, trainer, batch: dict, epoch: int) -> dict:
+        """dpo_terms' settings, with the four draws made on the host from the host copy of the batch: drawing
+        from device tensors would wait for the device (the response positions are read on the host)."""
         est = self.cfg.estimator
+        host = batch["host"]
+        draws = E.draw_margin_masks(host["response_mask"].bool() & host["attention_mask"].bool(),
+                                    n_samples=est.n_samples, estimator=est.estimator,
+                                    share_policy_reference=est.share_policy_reference,
+                                    share_chosen_rejected=est.share_chosen_rejected,
+                                    generator=example_generators(self.cfg.train.seed, batch["ids"], epoch),
+                                    stratified=est.stratified)
         return dict(n_samples=est.n_samples, estimator=est.estimator, share_policy_reference=est.share_policy_reference,
                     share_chosen_rejected=est.share_chosen_rejected, mask_token_id=trainer.spec.mask_token_id,
-                    generator=example_generators(self.cfg.train.seed, batch["ids"], epoch),
-                    attention_mask=batch["attention_mask"], stratified=est.stratified)
+                    attention_mask=batch["attention_mask"], stratified=est.stratified, draws=draws)
 
     def compute(self, trainer, batch: dict, epoch: int, pairs_per_token: float):
         cfg = self.cfg

@@ -163,6 +163,20 @@ def draw_margin_masks(
     return {"pc": new(), "rc": new(), "pr": new(), "rr": new()}  # decoupled
 
 
+def move_draws(draws: dict[str, MaskDraw], device) -> dict[str, MaskDraw]:
+    """The draws on ``device`` (a draw shared by several terms is moved once); asynchronous from pinned memory."""
+    def move(t: torch.Tensor) -> torch.Tensor:
+        if torch.device(device).type == "cuda" and t.device.type == "cpu":
+            t = t.pin_memory()  # a pageable host->device copy would wait for the device's queue
+        return t.to(device, non_blocking=True)
+
+    moved = {}
+    for d in draws.values():
+        if id(d) not in moved:
+            moved[id(d)] = MaskDraw(move(d.masked), move(d.weight))
+    return {key: moved[id(d)] for key, d in draws.items()}
+
+
 def _score_pair(scorer, chosen_ids, rejected_ids, d_chosen, d_rejected, mask_token_id, attention_mask):
     """One scorer call over [chosen; rejected] (2·b·n rows): ([b, n], [b, n])."""
     b, n, T = d_chosen.masked.shape
@@ -193,6 +207,7 @@ def dpo_terms(
     stratified: bool = True,
     reference_grad: bool = False,
     reference_terms: tuple[torch.Tensor, torch.Tensor] | None = None,
+    draws: dict[str, MaskDraw] | None = None,
 ) -> MarginTerms:
     """Production path of :func:`dpo_margin`: the four ``[b, n]`` terms.
 
@@ -204,6 +219,9 @@ def dpo_terms(
     beforehand for the same generators (:func:`dpo_reference_terms`); the
     reference is then not run (``reference_scorer`` may be None). The draws
     are made all the same, so the policy terms do not change.
+    ``draws``: the four draws of :func:`draw_margin_masks`, made beforehand
+    (the trainer draws on the host from host tensors, so the step never waits
+    on the device for the response positions); moved to the ids' device.
     """
     check_estimator(estimator)
     if chosen_ids.shape != rejected_ids.shape or chosen_ids.shape != response_mask.shape:
@@ -211,16 +229,18 @@ def dpo_terms(
             "chosen_ids, rejected_ids and response_mask must share one [b, T] shape (EOS-extend the shorter "
             f"response); got {tuple(chosen_ids.shape)}, {tuple(rejected_ids.shape)}, {tuple(response_mask.shape)}"
         )
-    response_mask = _response_positions(response_mask, attention_mask)
-    d = draw_margin_masks(
-        response_mask,
-        n_samples=n_samples,
-        estimator=estimator,
-        share_policy_reference=share_policy_reference,
-        share_chosen_rejected=share_chosen_rejected,
-        generator=generator,
-        stratified=stratified,
-    )
+    if draws is None:
+        d = draw_margin_masks(
+            _response_positions(response_mask, attention_mask),
+            n_samples=n_samples,
+            estimator=estimator,
+            share_policy_reference=share_policy_reference,
+            share_chosen_rejected=share_chosen_rejected,
+            generator=generator,
+            stratified=stratified,
+        )
+    else:
+        d = move_draws(draws, chosen_ids.device)
     pc, pr = _score_pair(policy_scorer, chosen_ids, rejected_ids, d["pc"], d["pr"], mask_token_id, attention_mask)
     if reference_terms is not None:
         rc, rr = (t.to(device=pc.device, dtype=pc.dtype) for t in reference_terms)
@@ -248,14 +268,17 @@ def dpo_reference_terms(
     generator: Generators = None,
     attention_mask: torch.Tensor | None = None,
     stratified: bool = True,
+    draws: dict[str, MaskDraw] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reference's (chosen, rejected) terms ``[b, n]`` of :func:`dpo_terms` alone, without grad: the same
     draws from the same generators, so passing them back as ``reference_terms`` reproduces ``dpo_terms``."""
     check_estimator(estimator)
-    response_mask = _response_positions(response_mask, attention_mask)
-    d = draw_margin_masks(response_mask, n_samples=n_samples, estimator=estimator,
-                          share_policy_reference=share_policy_reference, share_chosen_rejected=share_chosen_rejected,
-                          generator=generator, stratified=stratified)
+    if draws is None:
+        d = draw_margin_masks(_response_positions(response_mask, attention_mask), n_samples=n_samples,
+                              estimator=estimator, share_policy_reference=share_policy_reference,
+                              share_chosen_rejected=share_chosen_rejected, generator=generator, stratified=stratified)
+    else:
+        d = move_draws(draws, chosen_ids.device)
     return _score_pair(reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id, attention_mask)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from align import estimators as E
 from align.data import build_sft_dataset, collate_sft, example_generators
+from align.masking import draw_masks
 
 
 class SFTObjective:
@@ -52,11 +53,12 @@ class SFTObjective:
     def compute(self, trainer, batch: dict, epoch: int, norm: float):
         s = self.cfg.sft
         policy, _ = trainer.scorers(reference=False)
-        terms = E.sft_terms(policy, batch["input_ids"], batch["response_mask"],
-                            mask_token_id=trainer.spec.mask_token_id,
-                            generator=example_generators(self.cfg.train.seed, batch["ids"], epoch),
-                            attention_mask=batch["attention_mask"], estimator=s.estimator, n_samples=s.n_samples,
-                            stratified=s.stratified)
+        host = batch["host"]  # drawn on the host from host tensors: no wait for the device
+        draw = draw_masks(host["response_mask"].bool() & host["attention_mask"].bool(), s.n_samples, s.estimator,
+                          example_generators(self.cfg.train.seed, batch["ids"], epoch), s.stratified)
+        draw = E.move_draws({"d": draw}, batch["input_ids"].device)["d"]
+        terms = E.sft_terms_from_draw(policy, batch["input_ids"], batch["response_mask"], draw,
+                                      mask_token_id=trainer.spec.mask_token_id, attention_mask=batch["attention_mask"])
         L = batch["response_mask"].sum(-1).float()  # [b]
         stats = {"loss": terms.loss.detach(), "masked_token_nll": terms.masked_token_nll,
                  "masked_fraction": terms.masked_tokens.float() / (L * s.n_samples)}

@@ -307,6 +307,7 @@ class Trainer:
         device = self.accelerator.device
         out = {k: v if k == "ids" else v.to(device, non_blocking=True) for k, v in batch.items()}
         out["tokens"] = int(batch["attention_mask"].sum())
+        out["host"] = batch  # the host copy: mask draws read response positions from it
         return out
 
     def collate(self, examples: list) -> dict:

@@ -257,3 +257,24 @@ def test_mismatched_pair_shapes_are_rejected(toy_policy):
     with pytest.raises(ValueError, match="common|share one"):
         E.dpo_margin(toy_policy.logits_fn, toy_policy.logits_fn, chosen, rejected[:, :-1], resp, n_samples=2,
                      mask_token_id=3)
+
+
+@pytest.mark.parametrize("share", [(True, True), (False, False)])
+def test_draws_made_ahead_and_reference_terms_read_back_give_dpo_terms(toy_policy, share):
+    """The trainer's path: draws made on the host beforehand (``draws=``), the reference's terms computed apart
+    (``dpo_reference_terms``) and passed back (``reference_terms=``): the same four terms as one ``dpo_terms``."""
+    reference = toy_policy.perturbed(0.3, seed=3)
+    chosen, rejected, resp = toy_pairs(toy_policy, ctx=2, pairs=5, seed=4)
+    kw = dict(n_samples=3, estimator="time_free", share_policy_reference=share[0], share_chosen_rejected=share[1],
+              mask_token_id=toy_policy.mask_token_id)
+    policy_s, reference_s = E.scorer_from_logits(toy_policy.logits_fn), E.scorer_from_logits(reference.logits_fn)
+    gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(5)]  # noqa: E731
+    whole = E.dpo_terms(policy_s, reference_s, chosen, rejected, resp, generator=gens(), **kw)
+    draws = E.draw_margin_masks(resp, n_samples=3, estimator="time_free", share_policy_reference=share[0],
+                                share_chosen_rejected=share[1], generator=gens(), stratified=True)
+    ahead = E.dpo_terms(policy_s, reference_s, chosen, rejected, resp, draws=draws, **kw)
+    ref = E.dpo_reference_terms(reference_s, chosen, rejected, resp, generator=gens(), **kw)
+    apart = E.dpo_terms(policy_s, None, chosen, rejected, resp, generator=gens(), reference_terms=ref, **kw)
+    for terms in (ahead, apart):
+        for name in ("policy_chosen", "policy_rejected", "reference_chosen", "reference_rejected"):
+            torch.testing.assert_close(getattr(terms, name), getattr(whole, name), atol=1e-6, rtol=1e-6)
