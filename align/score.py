@@ -446,6 +446,10 @@ def main(argv: list[str] | None = None) -> None:
 
         state = PartialState(cpu=not torch.cuda.is_available())
         device = state.device
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != state.num_processes:
+            raise RuntimeError(f"launcher started {launched} processes but accelerate sees {state.num_processes}; "
+                               f"every rank would score everything")
         from align.models import spec_for, tokenizer_source
         from align.models.tokenizer import load_tokenizer
 

@@ -68,6 +68,14 @@ RUN = {
         "python -m align.train_dpo recipe=demo train.output_dir={tmp}/outputs/demo " + " ".join(SHORT),
         "python -m align.sampler --model {tmp}/outputs/demo/final --merge {tmp}/outputs/demo/merged",
         "python -c \"from align.models import load_model; load_model('{tmp}/outputs/demo/merged')\""],
+    "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl":
+        "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl "
+        "limit=16 n_samples=8 progress_bar=false output_dir={tmp}/ood",
+    "python -m align.score model=outputs/demo/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
+    "format=pku_saferlhf": [
+        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/outputs/demo " + " ".join(SHORT),
+        "python -m align.score model={tmp}/outputs/demo/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
+        "format=pku_saferlhf limit=8 n_samples=8 progress_bar=false output_dir={tmp}/score"],
 }
 
 
