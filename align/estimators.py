@@ -177,6 +177,13 @@ def move_draws(draws: dict[str, MaskDraw], device) -> dict[str, MaskDraw]:
     return {key: moved[id(d)] for key, d in draws.items()}
 
 
+def _margin_draws(draws, response_mask, attention_mask, device, **settings) -> dict[str, MaskDraw]:
+    """The four draws: made now from the generator(s), or the ones given (``draws=``) moved to ``device``."""
+    if draws is not None:
+        return move_draws(draws, device)
+    return draw_margin_masks(_response_positions(response_mask, attention_mask), **settings)
+
+
 def _score_pair(scorer, chosen_ids, rejected_ids, d_chosen, d_rejected, mask_token_id, attention_mask):
     """One scorer call over [chosen; rejected] (2·b·n rows): ([b, n], [b, n])."""
     b, n, T = d_chosen.masked.shape
@@ -229,18 +236,9 @@ def dpo_terms(
             "chosen_ids, rejected_ids and response_mask must share one [b, T] shape (EOS-extend the shorter "
             f"response); got {tuple(chosen_ids.shape)}, {tuple(rejected_ids.shape)}, {tuple(response_mask.shape)}"
         )
-    if draws is None:
-        d = draw_margin_masks(
-            _response_positions(response_mask, attention_mask),
-            n_samples=n_samples,
-            estimator=estimator,
-            share_policy_reference=share_policy_reference,
-            share_chosen_rejected=share_chosen_rejected,
-            generator=generator,
-            stratified=stratified,
-        )
-    else:
-        d = move_draws(draws, chosen_ids.device)
+    d = _margin_draws(draws, response_mask, attention_mask, chosen_ids.device, n_samples=n_samples,
+                      estimator=estimator, share_policy_reference=share_policy_reference,
+                      share_chosen_rejected=share_chosen_rejected, generator=generator, stratified=stratified)
     pc, pr = _score_pair(policy_scorer, chosen_ids, rejected_ids, d["pc"], d["pr"], mask_token_id, attention_mask)
     if reference_terms is not None:
         rc, rr = (t.to(device=pc.device, dtype=pc.dtype) for t in reference_terms)
@@ -273,12 +271,9 @@ def dpo_reference_terms(
     """The reference's (chosen, rejected) terms ``[b, n]`` of :func:`dpo_terms` alone, without grad: the same
     draws from the same generators, so passing them back as ``reference_terms`` reproduces ``dpo_terms``."""
     check_estimator(estimator)
-    if draws is None:
-        d = draw_margin_masks(_response_positions(response_mask, attention_mask), n_samples=n_samples,
-                              estimator=estimator, share_policy_reference=share_policy_reference,
-                              share_chosen_rejected=share_chosen_rejected, generator=generator, stratified=stratified)
-    else:
-        d = move_draws(draws, chosen_ids.device)
+    d = _margin_draws(draws, response_mask, attention_mask, chosen_ids.device, n_samples=n_samples,
+                      estimator=estimator, share_policy_reference=share_policy_reference,
+                      share_chosen_rejected=share_chosen_rejected, generator=generator, stratified=stratified)
     return _score_pair(reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id, attention_mask)
 
 
