@@ -14,6 +14,8 @@ SXM). Model FLOPs, per noised sequence of T tokens of which K are scored, with N
     reference forward, no grad: the same as the policy forward
 Recomputation by gradient checkpointing is not counted (that is what makes it MFU, not hardware FLOPs).
 The naive step's MFU uses the same numerator, so it shows the time it loses, not the FLOPs it wastes.
+"align, reference precomputed" (``train.precompute_ref_log_probs``) is the step with the reference terms
+computed beforehand (not timed): its numerator is the policy's forward and backward only (2/3 of the above).
 K is the expected count for time-free draws, L/H_L per response of L tokens.
 
     python benchmarks/gpu_step.py --out results.json     # on a GPU: about 3-5 minutes on one H100
@@ -34,7 +36,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_step import build, enable_checkpointing, make_batch, measure, naive_step, ours_step  # noqa: E402
+from dpo_step import (build, enable_checkpointing, make_batch, measure, naive_step, ours_step,  # noqa: E402
+                      precompute_reference, precomputed_step)
 
 from align.masking import harmonic  # noqa: E402
 from align.models import LLaDAConfig  # noqa: E402
@@ -117,9 +120,15 @@ def main(argv=None):
     def run(step, pairs, n, T, repeats):
         batch = make_batch(pairs, T // 2, T - T // 2, config, device)
         seeds = iter(range(10**6))
+        extra, share = {}, 1.0
+        if step is precomputed_step:  # train.precompute_ref_log_probs: reference terms ahead, the step is policy-only
+            extra = {"cache": {s: precompute_reference(model, None, batch, n=n, estimator="time_free",
+                                                       mask_token_id=config.mask_token_id, seed=s)
+                               for s in range(1 + repeats)}}
+            share = 2 / 3  # its FLOPs: policy forward + backward, no reference forward
         res = measure(lambda: step(model, None, batch, n=n, estimator="time_free", mask_token_id=config.mask_token_id,
-                                   opt=opt, seed=next(seeds)), device=device, repeats=repeats)
-        flops = step_flops(config, pairs=pairs, n=n, prompt=T // 2, response=T - T // 2)
+                                   opt=opt, seed=next(seeds), **extra), device=device, repeats=repeats)
+        flops = share * step_flops(config, pairs=pairs, n=n, prompt=T // 2, response=T - T // 2)
         tokens = 2 * pairs * n * T  # noised policy tokens per step
         return {"pairs": pairs, "n": n, "T": T, "step_s": res["step_s"], "times": res["times"],
                 "peak_gib": (res["peak_total_bytes"] or res["peak_bytes"]) / GiB, "tokens_per_s": tokens / res["step_s"],
@@ -147,8 +156,9 @@ def main(argv=None):
         finally:
             enable_checkpointing(base)
 
-    variants = {"align": ours_step, "align, peft's fp32 adapter compute": peft_fp32,
-                "align, no checkpointing": no_checkpointing, "naive": naive_step}
+    variants = {"align": ours_step, "align, reference precomputed": precomputed_step,
+                "align, peft's fp32 adapter compute": peft_fp32, "align, no checkpointing": no_checkpointing,
+                "naive": naive_step}
     for T in lengths:
         for n in ns:
             for kind, step in variants.items():
