@@ -85,13 +85,8 @@ def _logged_steps(out) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, sig):
-    """A real signal from outside, after the first step: the run finishes its step, saves, exits 75; resuming
-    gives the uninterrupted run's losses to 1e-6 through two epoch boundaries."""
-    full = tmp_path / "full"
-    train(full, *SHORT)
-    cut = tmp_path / "cut"
+def _interrupt(cut, sig) -> int:
+    """Start a run, send ``sig`` from outside once a step is logged; check the stop; return the step it stopped after."""
     proc = _start(cut, "train.max_steps=9")
     deadline = time.time() + 300
     while not _logged_steps(cut) and proc.poll() is None and time.time() < deadline:
@@ -102,6 +97,20 @@ def test_a_signal_saves_a_checkpoint_and_resume_continues_exactly(tmp_path, sig)
     stopped = max(_logged_steps(cut))
     assert 1 <= stopped < 9 and "preempted: stopped by " + sig.name in output, output[-3000:]
     assert sorted(p.name for p in cut.glob("checkpoint-*")) == [f"checkpoint-{stopped}"]
+    return stopped
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_75(tmp_path):
+    _interrupt(tmp_path / "cut", signal.SIGINT)
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
+    """A real SIGTERM from outside, after the first step: the run finishes its step, saves, exits 75; resuming
+    gives the uninterrupted run's losses to 1e-6 through two epoch boundaries."""
+    full = tmp_path / "full"
+    train(full, *SHORT)
+    cut = tmp_path / "cut"
+    stopped = _interrupt(cut, signal.SIGTERM)
     log = train(cut, *SHORT, "train.resume_from_checkpoint=latest")
     assert f"at step {stopped}" in log
     a, b = losses(full), losses(cut)
