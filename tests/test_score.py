@@ -184,3 +184,10 @@ def test_two_ranks_score_their_shards_and_gather_the_single_process_numbers(tmp_
     assert [r["index"] for r in two] == list(range(7))
     for a, b in zip(one, two):  # per-record seeds: the same draws whichever rank scores a record
         assert b["logp_response"] == pytest.approx(a["logp_response"], abs=1e-4) and b["n_samples"] == a["n_samples"]
+
+
+def test_the_bundled_ood_set_is_what_its_script_writes():
+    proc = subprocess.run([sys.executable, "data/make_score_data.py"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert subprocess.run(["git", "status", "--porcelain", "data/score_ood_shuffled.jsonl"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip() == ""
