@@ -538,10 +538,12 @@ class Trainer:
                     if acc.sync_gradients:
                         grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
                         verdict = self._step_verdict(window, grad_norm, stop.received)
-                        if verdict["apply"]:
+                        if verdict["apply"] or acc.scaler is not None:
+                            # fp16's loss scaler must see every step (its unscale_ already ran in clipping); a
+                            # non-finite loss has poisoned the gradients, so the scaler skips that step itself
                             self.optimizer.step()
-                            if grad_norm is not None:
-                                grad_norms.append(float(grad_norm))
+                        if verdict["apply"] and grad_norm is not None:
+                            grad_norms.append(float(grad_norm))
                         self.optimizer.zero_grad(set_to_none=True)
                 micro_consumed = micro + 1
                 for k, v in stats.items():
