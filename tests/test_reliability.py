@@ -6,8 +6,6 @@ NaNs are planted by wrapping the objective's ``compute`` in a subprocess that bu
 """
 
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +13,7 @@ import time
 
 import pytest
 
-from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, losses, metrics, run, train
+from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, losses, metrics, train
 from tests.test_training_loop import probe
 
 # 24 pairs in batches of 8: 3 steps an epoch, 9 steps = 3 epochs
@@ -24,7 +22,6 @@ SHORT = ["data.max_train_examples=24", "train.per_device_train_batch_size=8", "t
          "train.do_eval=false", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
 
 PLANT = """
-import math
 from align.trainer import NonFiniteStep
 params = [p for p in tr.model.parameters() if p.requires_grad]
 snaps, state = {}, {"step": 0}
