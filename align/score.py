@@ -438,7 +438,19 @@ def write_rows(out: Path, name: str, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    state = _score(sys.argv[1:] if argv is None else argv)
+    if state is not None and state.num_processes > 1:
+        # leave without C++ static destructors: under gloo a rank occasionally aborts there ("terminate called
+        # without an active exception") after everything is written (as align.trainer.close_and_exit)
+        state.wait_for_everyone()
+        torch.distributed.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def _score(argv: list[str]):
+    """Score as configured; returns the process state (for the multi-process exit)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         cfg = parse(argv)
@@ -469,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
             raise
         raise SystemExit(f"error: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
     if not state.is_main_process:
-        return
+        return state
     out.mkdir(parents=True, exist_ok=True)
     has_ref = len(models) == 2
     summary = {"config": cfg.to_dict()}
@@ -498,6 +510,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "summary.md").write_text("\n\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"written to {out}")
+    return state
 
 
 if __name__ == "__main__":
