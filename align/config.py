@@ -43,6 +43,11 @@ class ModelArgs:
     attn_implementation: str = opt("sdpa", "attention kernel of the native models", ("sdpa", "eager"))
     trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
     gradient_checkpointing: bool = opt(True, "recompute block activations in backward (saves memory)")
+    forward_chunk: int = opt(0, "noised sequences per backbone chunk when scoring (0: all 2·b·n at once); each chunk "
+                                "is recomputed in backward, so a step holds one chunk's activations, for one more "
+                                "policy forward")
+    head_chunk_mib: float = opt(128, "fp32 [rows, vocab] logits buffer of the LM head when scoring, in MiB (smaller: "
+                                     "less memory, more passes over the head weight)")
 
 
 @dataclass
@@ -341,6 +346,10 @@ def _validate(cfg):
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    if cfg.model.forward_chunk < 0:
+        raise ConfigError(f"model.forward_chunk must be >= 0 (0: no chunking), got {cfg.model.forward_chunk}")
+    if not cfg.model.head_chunk_mib > 0:
+        raise ConfigError(f"model.head_chunk_mib must be > 0, got {cfg.model.head_chunk_mib}")
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
     bh = cfg.behaviour

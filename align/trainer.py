@@ -34,8 +34,8 @@ import torch
 
 from align.config import ConfigError, dump_config, parse_cli
 from align.data import holdout_split, is_local, load_records, rank_micro_batches
-from align.models import (adapter_in_base_dtype, add_lora, check_local, load_model, resolve_dtype, save_published,
-                          spec_for, token_scorer, tokenizer_source)
+from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, load_model, resolve_dtype,
+                          save_published, set_scoring_memory, spec_for, token_scorer, tokenizer_source)
 from align.models.tokenizer import load_tokenizer
 
 log = logging.getLogger("align.trainer")
@@ -125,10 +125,6 @@ class Trainer:
         check_local(m.name_or_path)  # a mistyped path: one line naming it, before transformers reads it as a hub id
         self.tokenizer = load_tokenizer(m.tokenizer or tokenizer_source(m.name_or_path),  # or a LoRA output's base
                                         trust_remote_code=m.trust_remote_code)
-        def load():
-            return load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                              trust_remote_code=m.trust_remote_code)
-
         if not cfg.lora.enabled and m.dtype != "float32" and not self.deepspeed:
             # plain AdamW on bf16/fp16 weights keeps its moments in that dtype and rounds small updates away
             # (at lr 5e-7 nearly every weight stays unchanged); DeepSpeed keeps fp32 master weights instead
@@ -137,6 +133,17 @@ class Trainer:
                               f"away. Use model.dtype=float32 (add train.mixed_precision=bf16 for bf16 compute), or "
                               f"launch with a ZeRO config (recipes/accelerate/zero2.yaml, zero3.yaml), which keeps "
                               f"fp32 master weights")
+
+        def load():
+            model = load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
+                               trust_remote_code=m.trust_remote_code)
+            if isinstance(model, MaskedDiffusionLM):
+                set_scoring_memory(model, forward_chunk=m.forward_chunk, head_chunk_mib=m.head_chunk_mib)
+            elif m.forward_chunk:
+                raise ConfigError(f"model.forward_chunk needs one of align's native models; {m.name_or_path} loaded "
+                                  f"as {type(model).__name__}")
+            return model
+
         model = load()
         self.spec = spec_for(model)
         if m.gradient_checkpointing:

@@ -18,7 +18,10 @@ Time is the median of ``--repeats`` steps after one warm-up step.
 
 A third variant, ``precomputed``, is align's step with the reference terms computed beforehand
 (``train.precompute_ref_log_probs``): the step runs the policy only; the no-grad precompute of the same
-draws is timed separately (done before each epoch in larger batches).
+draws is timed separately (done before each epoch in larger batches). A fourth, ``lean``, is align's step
+with the memory settings ``model.forward_chunk`` (``--lean-chunk`` noised sequences per backbone chunk,
+recomputed in backward) and ``model.head_chunk_mib`` (``--lean-head-mib``): activation memory of one chunk
+instead of all 2·B·n sequences, for one more policy forward.
 
 ``gpu_step.py`` reuses the step functions here at LLaDA-8B size.
 """
@@ -40,7 +43,7 @@ import torch.nn.functional as F
 
 from align import estimators as E
 from align.masking import draw_masks, noise
-from align.models import LLaDAConfig, LLaDAModelLM, adapter_in_base_dtype, add_lora, token_scorer
+from align.models import LLaDAConfig, LLaDAModelLM, adapter_in_base_dtype, add_lora, set_scoring_memory, token_scorer
 
 BETA = 0.1
 
@@ -183,7 +186,7 @@ def precomputed_step(model, reference, batch: dict, *, n: int, estimator: str, m
     return loss.detach()
 
 
-STEPS = {"ours": ours_step, "naive": naive_step, "precomputed": precomputed_step}
+STEPS = {"ours": ours_step, "naive": naive_step, "precomputed": precomputed_step, "lean": ours_step}
 
 
 def peak_rss() -> int:
@@ -224,6 +227,9 @@ def run_variant(args) -> dict:
     torch.set_num_threads(args.threads) if args.threads else None
     config = cpu_config(args)
     model, reference = build(config, device=device, lora_r=args.lora_r if args.lora else None, ckpt=args.ckpt)
+    if args.variant == "lean":  # model.forward_chunk / model.head_chunk_mib, on the policy and a reference copy
+        for m in (model, reference) if reference is not None else (model,):
+            set_scoring_memory(m, forward_chunk=args.lean_chunk, head_chunk_mib=args.lean_head_mib)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = make_batch(args.pairs, args.prompt, args.response, config, device)
     step = STEPS[args.variant]
@@ -263,35 +269,38 @@ def main(argv=None):
     ap.add_argument("--estimator", default="time_free")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--lean-chunk", type=int, default=2, help="lean variant: model.forward_chunk (sequences)")
+    ap.add_argument("--lean-head-mib", type=float, default=32, help="lean variant: model.head_chunk_mib")
     args = ap.parse_args(argv)
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
     shared = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
               ("lora_r", "hidden", "layers", "vocab", "pairs", "prompt", "response", "n_samples", "estimator", "repeats",
-               "threads")]
+               "threads", "lean_chunk", "lean_head_mib")]
     print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; LLaDA hidden "
           f"{args.hidden}, {args.layers} layers, vocab {args.vocab:,}; {args.pairs} pair(s) of {args.prompt}+"
           f"{args.response} tokens, n={args.n_samples} ({args.estimator}); median of {args.repeats} steps\n")
-    print("| fine-tuning | checkpointing | naive step s | ours step s | speed-up | naive peak MiB | ours peak MiB | "
-          "memory ratio | ours, reference precomputed: step s (+ precompute s) | its peak MiB |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+    names = {"naive": "naive", "ours": "align", "precomputed": "align, reference precomputed",
+             "lean": f"align, forward_chunk={args.lean_chunk}, head_chunk_mib={args.lean_head_mib:g}"}
+    print("| fine-tuning | checkpointing | step | step s | peak MiB | speed-up over naive | memory ratio naive/this |\n"
+          "|---|---|---|---|---|---|---|")
     rows = []
     for lora in (True, False):
         for ckpt in (False, True):
             res = {}
-            for variant in ("naive", "ours", "precomputed"):
+            for variant in names:
                 cmd = [sys.executable, __file__, f"--variant={variant}", *shared] + (["--lora"] if lora else []) \
                     + (["--ckpt"] if ckpt else [])
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                res[variant] = json.loads(out.strip().splitlines()[-1])
-            n, o, p = res["naive"], res["ours"], res["precomputed"]
+                r = res[variant] = json.loads(out.strip().splitlines()[-1])
+                naive = res["naive"]
+                pre = f" (+ {r['precompute_s']:.2f} precompute)" if "precompute_s" in r else ""
+                print(f"| {'LoRA r=' + str(args.lora_r) if lora else 'full'} | {'on' if ckpt else 'off'} | "
+                      f"{names[variant]} | {r['step_s']:.2f}{pre} | {r['peak_bytes'] / 2**20:.0f} | "
+                      f"{naive['step_s'] / r['step_s']:.1f}x | {naive['peak_bytes'] / max(r['peak_bytes'], 1):.1f}x |",
+                      flush=True)
             rows.append(res)
-            print(f"| {'LoRA r=' + str(args.lora_r) if lora else 'full'} | {'on' if ckpt else 'off'} | "
-                  f"{n['step_s']:.2f} | {o['step_s']:.2f} | {n['step_s'] / o['step_s']:.1f}x | "
-                  f"{n['peak_bytes'] / 2**20:.0f} | {o['peak_bytes'] / 2**20:.0f} | "
-                  f"{n['peak_bytes'] / max(o['peak_bytes'], 1):.1f}x | {p['step_s']:.2f} (+ {p['precompute_s']:.2f}) | "
-                  f"{p['peak_bytes'] / 2**20:.0f} |", flush=True)
     return rows
 
 

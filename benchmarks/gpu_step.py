@@ -17,6 +17,9 @@ The naive step's MFU uses the same numerator, so it shows the time it loses, not
 "align, reference precomputed" (``train.precompute_ref_log_probs``) is the step with the reference terms
 computed beforehand (not timed): its numerator is the policy's forward and backward only (2/3 of the above).
 K is the expected count for time-free draws, L/H_L per response of L tokens.
+"align, forward_chunk=4" (``model.forward_chunk``) runs the policy's noised sequences 4 at a time, each chunk's
+backbone recomputed in backward: activation memory of 4 sequences whatever n is, for one more policy forward
+(not counted in MFU, like checkpointing's recomputation); it is also run at n = 32 (``--big-n``).
 
     python benchmarks/gpu_step.py --out results.json     # on a GPU: about 3-5 minutes on one H100
     python benchmarks/gpu_step.py --small                # CPU-sized config, what the test runs
@@ -80,6 +83,7 @@ def main(argv=None):
                     help="memory cap for the largest-micro-batch search (an 80 GB H100 gives about 78 GiB)")
     ap.add_argument("--no-tests", action="store_true", help="skip the CUDA tests (tests/test_cuda.py) run first on a GPU")
     ap.add_argument("--max-pairs", type=int, default=16)
+    ap.add_argument("--big-n", type=int, default=32, help="n of the forward_chunk row that shows memory flat in n")
     ap.add_argument("--out", help="write every figure as JSON here")
     ap.add_argument("--profile", action="store_true",
                     help="instead of the grid: where the time of one step at n=8, L=1024 goes (forward-only timings, "
@@ -156,9 +160,17 @@ def main(argv=None):
         finally:
             enable_checkpointing(base)
 
+    def chunked(*a, **k):
+        base = model.get_base_model()
+        base.forward_chunk = 4
+        try:
+            return ours_step(*a, **k)
+        finally:
+            base.forward_chunk = 0
+
     variants = {"align": ours_step, "align, reference precomputed": precomputed_step,
-                "align, peft's fp32 adapter compute": peft_fp32, "align, no checkpointing": no_checkpointing,
-                "naive": naive_step}
+                "align, forward_chunk=4": chunked, "align, peft's fp32 adapter compute": peft_fp32,
+                "align, no checkpointing": no_checkpointing, "naive": naive_step}
     for T in lengths:
         for n in ns:
             for kind, step in variants.items():
@@ -167,6 +179,10 @@ def main(argv=None):
                 r = oom_safe(lambda: run(step, args.pairs, n, T, args.repeats), model)
                 results["grid"].append({"step": kind, **(r or {"T": T, "n": n, "oom": True})})
                 show(kind, r)
+    big = 4 if args.small else args.big_n  # a Monte Carlo budget the whole-batch step would need far more memory for
+    r = oom_safe(lambda: run(chunked, args.pairs, big, lengths[-1], 1), model)
+    results["grid"].append({"step": "align, forward_chunk=4", **(r or {"T": lengths[-1], "n": big, "oom": True})})
+    show("align, forward_chunk=4", r)
     if cuda and not args.small:  # the largest micro-batch under the memory budget, n = 8, L = 1024
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * GiB / total))

@@ -15,6 +15,10 @@ Two setups on 8 GPUs:
 - LoRA (r=16 on all attention + MLP projections), DDP or ZeRO-2, bf16 base weights;
 - full fine-tuning under ZeRO-3 (bf16 weights, fp32 Adam master/moments), reference a sharded bf16 copy.
 
+``--forward-chunk S`` (``model.forward_chunk``): the backbone runs S noised sequences at a time, each chunk
+recomputed in backward, so the checkpointed inputs and the block working set are those of S sequences, not
+of all 2·pairs·n (plus the scored rows' hidden states of all, kept between the chunks and the head).
+
 Run: ``python benchmarks/memory_estimate.py [--pairs 2 --n-samples 4 --prompt 256 --response 256]``
 """
 
@@ -74,6 +78,7 @@ def main():
     ap.add_argument("--response", type=int, default=256)
     ap.add_argument("--gpus", type=int, default=8)
     ap.add_argument("--lora-r", type=int, default=16)
+    ap.add_argument("--forward-chunk", type=int, default=0, help="model.forward_chunk (0: all sequences at once)")
     args = ap.parse_args()
     from align.models import LLaDAConfig
 
@@ -95,27 +100,35 @@ def main():
     head_fp32 = V * d * 4  # the LM head upcast to fp32 while scoring (fp32 log-probs from bf16 weights)
     full_logits = tokens * V * 4 * 3  # fp32 logits, log-softmax, gradient
     lora = lora_params(c, args.lora_r)
+    chunked = 0 < args.forward_chunk < seqs
+    active = args.forward_chunk * T if chunked else tokens  # tokens whose activations are alive at once
+    kept_rows = rows * d * 2 if chunked else 0  # the scored rows' bf16 hidden states of every chunk
     print(f"\nLLaDA-8B: {P / 1e9:.3f}B parameters; micro-batch per GPU: {args.pairs} pairs x {args.n_samples} samples "
           f"x 2 responses = {seqs} sequences of {T} tokens ({tokens:,} tokens); time-free scores "
           f"~{rows:.0f} masked positions (E[m] = L/H_L = {args.response / H:.1f} per sequence)")
-    print(f"block working set in backward: {work / MiB:.3f} MiB per token, {source}\n")
+    print(f"block working set in backward: {work / MiB:.3f} MiB per token, {source}")
+    if chunked:
+        print(f"model.forward_chunk={args.forward_chunk}: activations of {args.forward_chunk} of the {seqs} sequences "
+              f"at a time ({active:,} tokens)")
+    print()
     # (name, bytes, source, phase): phase None is held throughout; the transient phases do not overlap (the
     # head scores after the last block's forward and before the first block's backward), so the peak is the
     # held memory plus the largest phase
     rows_lora = [
         ("base weights (bf16, replicated)", P * 2, "derived", None),
         (f"LoRA r={args.lora_r} params+grads+Adam (fp32, {lora / 1e6:.1f}M)", lora * 16, "derived", None),
-        ("checkpointed layer inputs (bf16)", tokens * saved_inputs_per_token(c), "derived", None),
-        ("one block recomputed in backward", tokens * work, "measured per token", "block"),
+        ("checkpointed layer inputs (bf16)", active * saved_inputs_per_token(c) + kept_rows, "derived", None),
+        ("one block recomputed in backward", active * work, "measured per token", "block"),
         ("LM head fp32 copy + one chunk of logits while scoring", head_fp32 + chunk + rows * d * 4, "derived", "head"),
     ]
-    per_pair_tokens = tokens / args.pairs
+    per_pair_tokens = min(args.forward_chunk, 2 * args.n_samples) * T if chunked else tokens / args.pairs
     rows_full = [
         ("policy weights (bf16, /8)", P * 2 / G, "derived", None),
         ("reference copy (bf16, /8)", P * 2 / G, "derived", None),
         ("gradients (bf16, /8)", P * 2 / G, "derived", None),
         ("Adam master + moments (fp32, /8)", P * 12 / G, "derived", None),
-        ("checkpointed layer inputs (bf16)", per_pair_tokens * saved_inputs_per_token(c), "derived", None),
+        ("checkpointed layer inputs (bf16)", per_pair_tokens * saved_inputs_per_token(c) + kept_rows / args.pairs,
+         "derived", None),
         ("one block recomputed in backward", per_pair_tokens * work, "measured per token", "block"),
         ("ZeRO-3 gathered blocks (~2 in flight, bf16)", 2 * c["per_layer"] * 2, "derived", "block"),
         ("ZeRO-3 LM head gathered in full (bf16)", V * d * 2, "derived", "head"),

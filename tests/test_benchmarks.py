@@ -29,8 +29,8 @@ def test_gpu_step_runs_scaled_down_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["grid"]
     kinds = {r["step"] for r in rows}
-    assert kinds == {"align", "align, reference precomputed", "align, peft's fp32 adapter compute",
-                     "align, no checkpointing", "naive"}
+    assert kinds == {"align", "align, reference precomputed", "align, forward_chunk=4",
+                     "align, peft's fp32 adapter compute", "align, no checkpointing", "naive"}
     assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert "| align | 64 | 2 | 1 |" in proc.stdout
 

@@ -61,6 +61,8 @@ def test_coupling_shorthand():
     ("estimator.estimator=time-free", "not one of time_free, any_order, time_integral; did you mean 'time_free'"),
     ("estimator.n_samples=0", "estimator.n_samples must be >= 1"),
     ("loss.label_smoothing=0.7", "label_smoothing"),
+    ("model.forward_chunk=-2", "model.forward_chunk must be >= 0"),
+    ("model.head_chunk_mib=0", "model.head_chunk_mib must be > 0"),
 ])
 def test_bad_keys_and_types_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:

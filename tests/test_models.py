@@ -9,7 +9,7 @@ import torch
 
 from align import estimators as E
 from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, align_logits, load_model, logits_fn,
-                          save_published, spec_for, token_scorer)
+                          save_published, set_scoring_memory, spec_for, token_scorer)
 
 # Facts of the published checkpoints (config, weight names, size), written by tests/fixtures/make_published_facts.py
 PUBLISHED = json.loads((Path(__file__).resolve().parent / "fixtures" / "published_facts.json").read_text())
@@ -147,6 +147,60 @@ def test_masked_position_scoring_equals_full_logits(family, dtype):
     got = model(ids, score_mask=score, targets=ids).token_logprobs
     # the head runs in fp32 on those hidden states, bf16 weights or not: fp32 round-off only
     torch.testing.assert_close(got, torch.where(score, exact, 0.0).float(), atol=2e-5, rtol=1e-5)
+
+
+def _held_bytes(fn) -> int:
+    """Bytes of activations autograd keeps from ``fn()`` until backward (parameters excluded)."""
+    held = {}
+
+    def pack(t):
+        if not isinstance(t, torch.nn.Parameter):
+            held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, sum(held.values())
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+@pytest.mark.parametrize("setup", ["plain", "lora+checkpointing"])
+def test_forward_chunk_gives_the_same_log_probs_and_gradients_and_holds_one_chunk(family, setup):
+    """model.forward_chunk: the backbone over 3 of the 8 noised sequences at a time, each chunk recomputed in
+    backward (nested inside per-block checkpointing too). Same token log-probs and gradients to fp32 round-off;
+    what autograd holds between forward and backward drops to about nothing (only the chunks' inputs and
+    scored rows), and the backbone runs once more per chunk in backward."""
+    torch.manual_seed(0)
+    results = []
+    for chunk in (0, 3):
+        model = load_model(f"tiny:{family}")
+        if setup != "plain":
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            model = add_lora(model, r=4, alpha=8, dropout=0.0)
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    torch.nn.init.normal_(p, std=0.05)  # a live adapter: its gradients flow through the chunks
+        set_scoring_memory(model, forward_chunk=chunk, head_chunk_mib=0.01)  # and a head chunk of a few rows
+        calls = []
+        model.get_input_embeddings().register_forward_hook(lambda *a: calls.append(1))
+        g = torch.Generator().manual_seed(1)
+        ids = torch.randint(3, 500, (8, 16), generator=g)
+        score = torch.rand(8, 16, generator=g) < 0.5
+        score[:, 0] = False
+        logp, held = _held_bytes(lambda: token_scorer(model)(ids, None, ids, score))
+        forward_calls = len(calls)
+        (logp * torch.linspace(-1, 1, 16)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+        results.append((logp.detach(), grads, held, forward_calls, len(calls)))
+    (whole, g_whole, held_whole, f0, c0), (chunked, g_chunked, held_chunked, f1, c1) = results
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-5)
+    assert g_whole.keys() == g_chunked.keys() and len(g_whole) > 0
+    for name in g_whole:
+        torch.testing.assert_close(g_chunked[name], g_whole[name], atol=1e-6, rtol=1e-5, msg=name)
+    assert f0 == 1 and f1 == 3  # 8 rows in chunks of 3, 3, 2
+    # backward re-ran each chunk's backbone once (per-block checkpointing re-runs blocks, not the embedding)
+    assert c0 == f0 and c1 - f1 == 3
+    assert held_chunked < held_whole / 4, (held_chunked, held_whole)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

@@ -164,12 +164,13 @@ def test_resume_continues_exactly(tmp_path, mode):
 DIST_OVERRIDES = ["train.max_steps=4", "train.logging_steps=1", "train.eval_steps=0", "train.save_steps=100"]
 
 
-def _check_distributed(tmp_path, launcher, extra=(), env=None):
+def _check_distributed(tmp_path, launcher, extra=(), env=None, multi_extra=()):
+    """One process against two ranks on the same global batches; ``multi_extra`` only for the two ranks."""
     single = tmp_path / "single"
     train(single, *DIST_OVERRIDES, "train.per_device_train_batch_size=8", *extra)
     multi = tmp_path / "multi"
     run([*launcher, "tests/dist_check.py", str(multi), *DIST_OVERRIDES, "train.per_device_train_batch_size=4",
-         *QUIET, *extra], env=env)
+         *QUIET, *extra, *multi_extra], env=env)
     ranks = json.loads((multi / "dist_check.json").read_text())
     assert len(ranks) == 2
     for r in ranks:  # every rank saw a world of 2, consistently
@@ -195,8 +196,11 @@ def _final_weights(out):
 
 @pytest.mark.distributed
 def test_torchrun_ddp_two_processes_match_one(tmp_path):
+    """Two DDP ranks equal one process; the ranks also run the policy in checkpointed chunks of 3 sequences inside
+    per-block checkpointing (model.forward_chunk: DDP sees one forward and one backward all the same)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    ranks, _, _ = _check_distributed(tmp_path, torchrun)
+    ranks, _, _ = _check_distributed(tmp_path, torchrun,
+                                     multi_extra=["model.forward_chunk=3", "model.gradient_checkpointing=true"])
     assert ranks[0]["seen"]["distributed_type"] == "MULTI_CPU"
     assert ranks[0]["param_sums"] == ranks[1]["param_sums"]  # replicas stayed in sync
 
@@ -334,10 +338,12 @@ def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_
 @pytest.mark.distributed
 @pytest.mark.parametrize("extra", [[], ["lora.enabled=false", "train.learning_rate=1e-3"]], ids=["lora", "full"])
 def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
-    """ZeRO-3 with every parameter partitioned (threshold 0): the saved adapter / full weights equal one process's."""
+    """ZeRO-3 with every parameter partitioned (threshold 0): the saved adapter / full weights equal one process's.
+    The ranks run the policy and reference in chunks of 3 sequences (model.forward_chunk), the policy's recomputed
+    in backward, which gathers the partitioned weights again there."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
               "--num_processes", "2", "--main_process_port", "29545"]
-    _, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV)
+    _, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV, multi_extra=["model.forward_chunk=3"])
     a, b = _final_weights(single), _final_weights(multi)
     assert a.keys() == b.keys() and all(b[k].numel() == a[k].numel() > 0 for k in a)  # nothing saved empty
     for k in a:

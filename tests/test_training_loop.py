@@ -296,3 +296,16 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
         ea = [m for m in metrics(single) if m["step"] == step and "eval/loss" in m][0]
         eb = [m for m in metrics(multi) if m["step"] == step and "eval/loss" in m][0]
         assert eb["eval/loss"] == pytest.approx(ea["eval/loss"], abs=1e-5), step
+
+
+# ---------------------------------------------------------------- model.forward_chunk / head_chunk_mib
+
+def test_scoring_memory_settings_reach_the_policy_and_the_reference(tmp_path):
+    """Full fine-tuning has a second model as reference: both get the chunk sizes (equality with chunking off is
+    tested on two ranks in test_trainer and per model in test_models)."""
+    result = probe("""
+from align.models import unwrap
+m, r = unwrap(tr.model), unwrap(tr.reference)
+result = [m.forward_chunk, m.head_chunk_elements, r.forward_chunk, r.head_chunk_elements]
+""", "lora.enabled=false", "model.forward_chunk=5", "model.head_chunk_mib=2", out=tmp_path)
+    assert result == [5, 2**19, 5, 2**19]

@@ -33,7 +33,7 @@ for _config_cls, _model_cls in NATIVE.values():
 __all__ = [
     "DiffusionLMOutput", "MaskedDiffusionLM", "LLaDAConfig", "LLaDAModelLM", "DreamConfig", "DreamModel",
     "ModelSpec", "spec_for", "load_model", "add_lora", "save_published", "logits_fn", "token_scorer",
-    "adapter_in_base_dtype", "adapter_dir", "adapter_base", "tokenizer_source",
+    "adapter_in_base_dtype", "adapter_dir", "adapter_base", "tokenizer_source", "set_scoring_memory",
 ]
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -182,6 +182,19 @@ def logits_fn(model):
         return align_logits(model(noised, attention_mask=attention_mask).logits, base.logits_shift)
 
     return fn
+
+
+def set_scoring_memory(model, *, forward_chunk: int = 0, head_chunk_mib: float = 128) -> None:
+    """How the scoring path trades memory for compute (``MaskedDiffusionLM.forward``).
+
+    ``forward_chunk``: noised sequences per backbone chunk, each recomputed in backward (0: all at once);
+    ``head_chunk_mib``: size of the LM head's fp32 ``[rows, V]`` logits buffer.
+    """
+    if forward_chunk < 0 or head_chunk_mib <= 0:
+        raise ValueError(f"forward_chunk must be >= 0 and head_chunk_mib > 0; got {forward_chunk}, {head_chunk_mib}")
+    base = unwrap(model)
+    base.forward_chunk = int(forward_chunk)
+    base.head_chunk_elements = max(1, int(head_chunk_mib * 2**20) // 4)
 
 
 def token_scorer(model):

@@ -9,6 +9,14 @@ hidden states it needs, in chunks that are recomputed in backward, so
 ``[b, T, V]`` logits are never materialized. At LLaDA's 126,464-entry
 vocabulary, the full logits would dominate training memory.
 
+``forward_chunk`` (sequences; 0 = all at once) runs the scoring path's
+backbone over the batch that many rows at a time. With grad, each chunk is a
+non-reentrant checkpoint: its activations are dropped after the forward and
+recomputed, one chunk at a time, in the same backward, so a step holds the
+activations of one chunk instead of all 2·b·n noised sequences, for one more
+backbone forward. The LM head still runs once on all scored rows. It lives
+inside ``forward`` so that DDP, DeepSpeed and peft still see one call.
+
 Everything goes through ``forward`` so DDP, DeepSpeed and peft hooks see it.
 """
 
@@ -60,6 +68,9 @@ class MaskedDiffusionLM(PreTrainedModel):
     _supports_sdpa = True
     # logits elements per LM-head chunk when scoring (2**25 fp32 = 128 MiB; about 265 rows at LLaDA's vocab)
     head_chunk_elements: int = 2**25
+    # noised sequences per scoring chunk, each recomputed in backward (0: the whole batch at once); set by the
+    # trainer from model.forward_chunk
+    forward_chunk: int = 0
 
     # family accessors: token embedding, the list of blocks, the final norm, RoPE (head_dim, theta)
     def blocks(self) -> nn.ModuleList:
@@ -93,28 +104,44 @@ class MaskedDiffusionLM(PreTrainedModel):
         targets: torch.Tensor | None = None,
         **unused,
     ) -> DiffusionLMOutput:
-        hidden = self.backbone(input_ids, attention_mask)  # [b, T, d]
         if score_mask is None:
-            return DiffusionLMOutput(logits=self.output_head()(hidden))
+            return DiffusionLMOutput(logits=self.output_head()(self.backbone(input_ids, attention_mask)))
         if targets is None:
             raise ValueError("score_mask needs targets")
         score_mask = score_mask.bool()
+        if self.logits_shift and score_mask[:, 0].any():
+            raise ValueError("position 0 cannot be scored by a shifted-logits model (nothing precedes it)")
         source = score_mask
         if self.logits_shift:
-            if score_mask[:, 0].any():
-                raise ValueError("position 0 cannot be scored by a shifted-logits model (nothing precedes it)")
             source = torch.zeros_like(score_mask)
             source[:, :-1] = score_mask[:, 1:]
+        rows, chunk = input_ids.shape[0], self.forward_chunk
+        if chunk <= 0 or rows <= chunk:
+            hidden = self._hidden_rows(input_ids, attention_mask, source)
+        else:
+            grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+            parts = []
+            for s in range(0, rows, chunk):
+                part = (input_ids[s : s + chunk], None if attention_mask is None else attention_mask[s : s + chunk],
+                        source[s : s + chunk])
+                # with grad only the chunk's inputs are kept: backward re-runs its backbone when it reaches it
+                parts.append(checkpoint(self._hidden_rows, *part, use_reentrant=False) if grad
+                             else self._hidden_rows(*part))
+            hidden = torch.cat(parts)  # the chunks' rows in the batch's row-major order
         # hidden[source] and targets[score_mask] enumerate positions in the same row-major order
-        chunk = max(1, self.head_chunk_elements // self.config.vocab_size)
+        head_chunk = max(1, self.head_chunk_elements // self.config.vocab_size)
         head = self.output_head()
         if isinstance(head, OutputHead):  # one module call: one ZeRO-3 gather, one [chunk, V] buffer in backward
-            logp = head(hidden[source], targets=targets[score_mask], chunk=chunk)  # [K]
+            logp = head(hidden, targets=targets[score_mask], chunk=head_chunk)  # [K]
         else:  # tied weights, or a head wrapped by peft: chunks recomputed by checkpointing
-            logp = chunked_target_logprobs(head, hidden[source], targets[score_mask], chunk)
+            logp = chunked_target_logprobs(head, hidden, targets[score_mask], head_chunk)
         out = torch.zeros(score_mask.shape, dtype=torch.float32, device=hidden.device)
         out[score_mask] = logp
         return DiffusionLMOutput(token_logprobs=out)
+
+    def _hidden_rows(self, input_ids, attention_mask, source) -> torch.Tensor:
+        """The final hidden states at ``source`` [K, d], row-major."""
+        return self.backbone(input_ids, attention_mask)[source]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "init_std", None) or getattr(self.config, "initializer_range", 0.02)
