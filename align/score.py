@@ -440,13 +440,11 @@ def write_rows(out: Path, name: str, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     state = _score(sys.argv[1:] if argv is None else argv)
     if state is not None and state.num_processes > 1:
-        # leave without C++ static destructors: under gloo a rank occasionally aborts there ("terminate called
-        # without an active exception") after everything is written (as align.trainer.close_and_exit)
+        from align.trainer import exit_process
+
         state.wait_for_everyone()
         torch.distributed.destroy_process_group()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        exit_process(0, distributed=True)  # without C++ static destructors, where gloo occasionally aborts
 
 
 def _score(argv: list[str]):

@@ -27,6 +27,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -943,8 +944,6 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) -> None:
     """The shared body of the entry points (``align.train_dpo``, ``align.train_sft``)."""
-    import sys
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "datasets", "torch.distributed", "accelerate", "deepspeed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -970,14 +969,15 @@ def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) ->
 
 
 def close_and_exit(trainer, code: int = 0) -> None:
-    """End a run's process with ``code`` (0 after a finished run). With several processes, leave without running
-    C++ static destructors: under gloo (plain DDP and DeepSpeed on CPU) a rank occasionally aborts there
-    ("terminate called without an active exception") after a run that saved everything, and the launcher then
-    reports the run as failed."""
-    import sys
-
-    distributed = trainer.world > 1
+    """End a run's process with ``code`` (0 after a finished run), the process group torn down first."""
     trainer.close()
+    exit_process(code, distributed=trainer.world > 1)
+
+
+def exit_process(code: int, *, distributed: bool) -> None:
+    """Exit with ``code``. With several processes, leave without running C++ static destructors: under gloo
+    (plain DDP and DeepSpeed on CPU) a rank occasionally aborts there ("terminate called without an active
+    exception") after a run that wrote everything, and the launcher then reports the run as failed."""
     if distributed:
         logging.shutdown()
         sys.stdout.flush()

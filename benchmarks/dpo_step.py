@@ -9,9 +9,11 @@ graphs at the end. align's step is the trainer's: ``estimators.dpo_terms`` runs 
 masks, and the reference once without grad. Same network (align's LLaDA class), same data, same n, same
 estimator, same optimizer (AdamW on the trainable parameters).
 
-Each variant runs in its own process (peak RSS cannot be reset on CPU); peak memory is the rise of the
-process's peak RSS over the built model (CPU) or ``torch.cuda.max_memory_allocated`` over the weights (GPU).
-Time is the median of ``--repeats`` steps after one warm-up step.
+Each variant runs in its own process. Time is the median of ``--repeats`` steps after one warm-up step. Peak
+memory is what a step allocates above what was held before it (model, optimizer state, a precomputed
+reference): ``torch.cuda.max_memory_allocated`` on a GPU; on CPU the peak of live tensor bytes over one
+more, untimed step, counted op by op (the process's RSS also holds what the C allocator keeps after frees,
+and moved by tens of MiB between identical runs).
 
     python benchmarks/dpo_step.py                 # LoRA and full fine-tuning, with and without checkpointing
     python benchmarks/dpo_step.py --variant ours --lora --ckpt    # one variant; prints one JSON line
@@ -32,14 +34,16 @@ import argparse
 import copy
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
+import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from align import estimators as E
 from align.masking import draw_masks, noise
@@ -189,31 +193,62 @@ def precomputed_step(model, reference, batch: dict, *, n: int, estimator: str, m
 STEPS = {"ours": ours_step, "naive": naive_step, "precomputed": precomputed_step, "lean": ours_step}
 
 
-def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+class TensorBytes(TorchDispatchMode):
+    """Peak bytes of the CPU tensor storages created while active and still alive (CUDA's ``max_memory_allocated``
+    for the CPU, where the process's RSS also counts what the C allocator keeps after a free)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._sizes: dict[int, int] = {}
+
+    def _freed(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = id(storage)
+                # a new storage: not an input's (views, in-place and out= results alias one), not counted yet
+                if key not in self._sizes and key not in inputs:
+                    self._sizes[key] = storage.nbytes()
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._freed, key)
+        return out
 
 
-def measure(step, *, device, repeats: int, warmup: int = 1, base: int | None = None) -> dict:
-    """Median step time and peak memory of ``step()`` (memory above what was allocated before the first call,
-    or above ``base``)."""
+def measure(step, *, device, repeats: int, warmup: int = 1) -> dict:
+    """Median step time of ``repeats`` steps after ``warmup`` steps, and the step's peak memory: what it
+    allocates above what was held before it (model, optimizer state made in the warm-up, a precomputed
+    reference). On CUDA ``max_memory_allocated`` over ``memory_allocated``; on CPU the peak of live tensor
+    bytes over one more step, counted op by op (:class:`TensorBytes`; not timed)."""
     cuda = torch.device(device).type == "cuda"
+    for _ in range(warmup):
+        step()
     if cuda:
         torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated() if base is None else base
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    else:
-        base = peak_rss() if base is None else base
     times = []
-    for i in range(warmup + repeats):
+    for _ in range(repeats):
         t = time.perf_counter()
         step()
         if cuda:
             torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss()
-    return {"step_s": statistics.median(times), "times": times, "peak_bytes": peak - base,
-            "peak_total_bytes": peak if cuda else None}
+        times.append(time.perf_counter() - t)
+    if cuda:
+        peak_total = torch.cuda.max_memory_allocated()
+        peak = peak_total - base
+    else:
+        peak_total = None
+        with TensorBytes() as counter:
+            step()
+        peak = counter.peak
+    return {"step_s": statistics.median(times), "times": times, "peak_bytes": peak, "peak_total_bytes": peak_total}
 
 
 def cpu_config(args) -> LLaDAConfig:
@@ -233,12 +268,11 @@ def run_variant(args) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = make_batch(args.pairs, args.prompt, args.response, config, device)
     step = STEPS[args.variant]
-    extra, base, pre = {}, None, {}
+    extra, pre = {}, {}
     if args.variant == "precomputed":  # the reference terms of every step's draws, computed (and timed) first
         cuda = device == "cuda"
-        base = torch.cuda.memory_allocated() if cuda else peak_rss()
         cache, times = {}, []
-        for seed in range(1 + args.repeats):
+        for seed in range(2 + args.repeats):  # warm-up, timed steps, the memory step
             t = time.perf_counter()
             cache[seed] = precompute_reference(model, reference, batch, n=args.n_samples, estimator=args.estimator,
                                                mask_token_id=config.mask_token_id, seed=seed)
@@ -249,7 +283,7 @@ def run_variant(args) -> dict:
     seeds = iter(range(10**6))
     result = measure(lambda: step(model, reference, batch, n=args.n_samples, estimator=args.estimator,
                                   mask_token_id=config.mask_token_id, opt=opt, seed=next(seeds), **extra),
-                     device=device, repeats=args.repeats, base=base)
+                     device=device, repeats=args.repeats)
     return {"variant": args.variant, "lora": args.lora, "ckpt": args.ckpt, **result, **pre}
 
 

@@ -128,7 +128,7 @@ def main(argv=None):
         if step is precomputed_step:  # train.precompute_ref_log_probs: reference terms ahead, the step is policy-only
             extra = {"cache": {s: precompute_reference(model, None, batch, n=n, estimator="time_free",
                                                        mask_token_id=config.mask_token_id, seed=s)
-                               for s in range(1 + repeats)}}
+                               for s in range(2 + repeats)}}
             share = 2 / 3  # its FLOPs: policy forward + backward, no reference forward
         res = measure(lambda: step(model, None, batch, n=n, estimator="time_free", mask_token_id=config.mask_token_id,
                                    opt=opt, seed=next(seeds), **extra), device=device, repeats=repeats)

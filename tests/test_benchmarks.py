@@ -83,3 +83,20 @@ def test_the_precomputed_step_is_the_same_step_without_the_reference_forward(lor
     assert b.item() == pytest.approx(a.item(), abs=1e-6) and abs(a.item() - math.log(2)) > 1e-4
     for x, y in zip(pa, pb):
         torch.testing.assert_close(y, x, atol=1e-6, rtol=1e-6)
+
+
+def test_tensor_bytes_counts_the_peak_of_live_storages():
+    """dpo_step's CPU memory figure: views and in-place results share a storage; a freed storage leaves the count."""
+    from dpo_step import TensorBytes
+
+    MiB = 2**20
+    with TensorBytes() as counter:
+        a = torch.empty(MiB, dtype=torch.uint8)
+        b = torch.zeros(2 * MiB, dtype=torch.uint8)
+        view = b[:10]
+        b.add_(1)  # in place: the same storage
+        del a
+        c = torch.ones(MiB, dtype=torch.uint8)  # a's bytes were freed: live is 3 MiB again, not 4
+        assert counter.live == 3 * MiB
+        del b, view, c
+    assert counter.peak == 3 * MiB and counter.live == 0

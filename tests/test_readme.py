@@ -37,7 +37,9 @@ def shell_commands() -> list[tuple[str, bool]]:
 
 SHORT = ["train.max_steps=2", "train.eval_steps=0", "train.do_eval=false", "behaviour.prompts=null",
          "train.report_to=none", "train.progress_bar=false"]
-# README command -> (the command run here, with placeholders filled and shortening overrides; None: as written)
+# README command -> (the command run here, with placeholders filled and shortening overrides; None: as written).
+# {tmp}: the test's own directory; {demo}: the output of one short demo run shared by the module (read only)
+DEMO = "python -m align.train_dpo recipe=demo train.output_dir={out} " + " ".join(SHORT)
 RUN = {
     "make demo": "make -n demo",  # the install is CI's; the recipe it trains is run in full by test_trainer's demo test
     "make test": "make -n test",  # what .ci/run runs
@@ -52,30 +54,26 @@ RUN = {
     "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2":
         "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2 grid.output_dir={tmp}/grid "
         "train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 behaviour.prompts=null train.report_to=none",
-    "python -m align.ablate variance model.name_or_path=outputs/demo/final": [  # a short demo run first
-        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/demo " + " ".join(SHORT),
-        "python -m align.ablate variance model.name_or_path={tmp}/demo/final variance.reps=2 variance.n_samples=1,2 "
-        "variance.max_pairs=4 variance.resamples=20 variance.output_dir={tmp}/variance"],
+    "python -m align.ablate variance model.name_or_path=outputs/demo/final":
+        "python -m align.ablate variance model.name_or_path={demo}/final variance.reps=2 variance.n_samples=1,2 "
+        "variance.max_pairs=4 variance.resamples=20 variance.output_dir={tmp}/variance",
     'python -m align.sampler --model data/tiny_chat --prompt "How do I bake bread?" --steps 48 --gen-length 48 '
     '--block-length 48': None,
-    # the trained demo's output: a short demo run first, then the README's command on its final/
+    # the trained demo's output: the README's command on the short demo run's final/
     'python -m align.sampler --model outputs/demo/final --prompt "How do I pick a lock?" --steps 48 --gen-length 48 '
-    '--block-length 48': [
-        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/outputs/demo " + " ".join(SHORT),
-        'python -m align.sampler --model {tmp}/outputs/demo/final --prompt "How do I pick a lock?" --steps 48 '
-        '--gen-length 48 --block-length 48'],
+    '--block-length 48':
+        'python -m align.sampler --model {demo}/final --prompt "How do I pick a lock?" --steps 48 '
+        '--gen-length 48 --block-length 48',
     "python -m align.sampler --model outputs/demo/final --merge outputs/demo/merged": [
-        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/outputs/demo " + " ".join(SHORT),
-        "python -m align.sampler --model {tmp}/outputs/demo/final --merge {tmp}/outputs/demo/merged",
-        "python -c \"from align.models import load_model; load_model('{tmp}/outputs/demo/merged')\""],
+        "python -m align.sampler --model {demo}/final --merge {tmp}/merged",
+        "python -c \"from align.models import load_model; load_model('{tmp}/merged')\""],
     "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl":
         "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl "
         "limit=16 n_samples=8 progress_bar=false output_dir={tmp}/ood",
     "python -m align.score model=outputs/demo/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
-    "format=pku_saferlhf": [
-        "python -m align.train_dpo recipe=demo train.output_dir={tmp}/outputs/demo " + " ".join(SHORT),
-        "python -m align.score model={tmp}/outputs/demo/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
-        "format=pku_saferlhf limit=8 n_samples=8 progress_bar=false output_dir={tmp}/score"],
+    "format=pku_saferlhf":
+        "python -m align.score model={demo}/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
+        "format=pku_saferlhf limit=8 n_samples=8 progress_bar=false output_dir={tmp}/score",
 }
 
 
@@ -88,18 +86,30 @@ def test_every_shell_command_is_run_or_marked():
     assert not stale, f"tests/test_readme.py runs commands the README no longer has: {stale}"
 
 
+def _run(command: str):
+    args = shlex.split(command)
+    if args[0] == "python":
+        args[0] = sys.executable
+    elif args[0] == "accelerate":
+        args[:2] = [sys.executable, "-m", "accelerate.commands.launch"]  # accelerate launch ARGS
+    proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    return args, proc
+
+
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory):
+    out = tmp_path_factory.mktemp("outputs") / "demo"
+    _run(DEMO.format(out=out))
+    return out
+
+
 @pytest.mark.parametrize("command", list(RUN), ids=lambda c: c[:50])
-def test_readme_shell_command_runs(command, tmp_path):
+def test_readme_shell_command_runs(command, tmp_path, request):
     todo = RUN[command] or command
     for actual in [todo] if isinstance(todo, str) else todo:
-        actual = actual.format(tmp=tmp_path)
-        args = shlex.split(actual)
-        if args[0] == "python":
-            args[0] = sys.executable
-        elif args[0] == "accelerate":
-            args[:2] = [sys.executable, "-m", "accelerate.commands.launch"]  # accelerate launch ARGS
-        proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{actual}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+        demo = request.getfixturevalue("demo_output") if "{demo}" in actual else None
+        args, proc = _run(actual.format(tmp=tmp_path, demo=demo))
     if args[0] == "make":
         target = args[-1]
         assert ("-m align.train_dpo recipe=demo" if target == "demo" else "-m pytest -q tests") in proc.stdout
