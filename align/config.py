@@ -48,6 +48,11 @@ class ModelArgs:
                                 "policy forward")
     head_chunk_mib: float = opt(128, "fp32 [rows, vocab] logits buffer of the LM head when scoring, in MiB (smaller: "
                                      "less memory, more passes over the head weight)")
+    checkpoint_blocks: int | None = opt(None, "with gradient_checkpointing: how many blocks (the first ones) recompute "
+                                              "their activations in backward (null: all); fewer is faster and holds "
+                                              "more activation memory")
+    compile: bool = opt(False, "torch.compile each transformer block in place (native models; not under ZeRO-3): "
+                               "fused element-wise kernels, compiled once for all blocks in the first steps")
 
 
 @dataclass
@@ -350,6 +355,12 @@ def _validate(cfg):
         raise ConfigError(f"model.forward_chunk must be >= 0 (0: no chunking), got {cfg.model.forward_chunk}")
     if not cfg.model.head_chunk_mib > 0:
         raise ConfigError(f"model.head_chunk_mib must be > 0, got {cfg.model.head_chunk_mib}")
+    if cfg.model.checkpoint_blocks is not None:
+        if cfg.model.checkpoint_blocks < 0:
+            raise ConfigError(f"model.checkpoint_blocks must be >= 0 (null: all blocks), got {cfg.model.checkpoint_blocks}")
+        if not cfg.model.gradient_checkpointing:
+            raise ConfigError("model.checkpoint_blocks chooses which blocks gradient checkpointing recomputes; it needs "
+                              "model.gradient_checkpointing=true")
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
     bh = cfg.behaviour

@@ -35,8 +35,9 @@ import torch
 
 from align.config import ConfigError, dump_config, parse_cli
 from align.data import holdout_split, is_local, load_records, rank_micro_batches
-from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, load_model, resolve_dtype,
-                          save_published, set_scoring_memory, spec_for, token_scorer, tokenizer_source)
+from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
+                          compile_blocks, load_model, resolve_dtype, save_published, set_scoring_memory, spec_for,
+                          token_scorer, tokenizer_source)
 from align.models.tokenizer import load_tokenizer
 
 log = logging.getLogger("align.trainer")
@@ -114,8 +115,8 @@ class Trainer:
         self.deepspeed = acc.distributed_type.name == "DEEPSPEED"
         self._claim_output_dir()
         self.precision = check_precision(cfg.model.dtype, str(acc.mixed_precision), self.deepspeed)
-        if (cfg.lora.enabled and t.save_merged and self.deepspeed
-                and acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"] == 3):
+        zero3 = self.deepspeed and acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"] == 3
+        if cfg.lora.enabled and t.save_merged and zero3:
             # merging a deep copy of a partitioned model writes empty (0,)-shaped tensors
             raise ConfigError("train.save_merged=true is not supported under ZeRO-3: the base weights are partitioned "
                               "across ranks. Train without it (final/adapter is saved), then load the base with the "
@@ -135,20 +136,32 @@ class Trainer:
                               f"launch with a ZeRO config (recipes/accelerate/zero2.yaml, zero3.yaml), which keeps "
                               f"fp32 master weights")
 
+        if m.compile and zero3:
+            raise ConfigError("model.compile=true is not supported under ZeRO-3 (its parameter gathering hooks run "
+                              "inside every block); use it with DDP, ZeRO-2 or one process")
+
         def load():
             model = load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
                                trust_remote_code=m.trust_remote_code)
             if isinstance(model, MaskedDiffusionLM):
                 set_scoring_memory(model, forward_chunk=m.forward_chunk, head_chunk_mib=m.head_chunk_mib)
-            elif m.forward_chunk:
-                raise ConfigError(f"model.forward_chunk needs one of align's native models; {m.name_or_path} loaded "
-                                  f"as {type(model).__name__}")
+                if m.compile:
+                    compile_blocks(model)
+            else:
+                for key in ("forward_chunk", "checkpoint_blocks", "compile"):
+                    if getattr(m, key) not in (0, None, False):
+                        raise ConfigError(f"model.{key} needs one of align's native models; {m.name_or_path} "
+                                          f"loaded as {type(model).__name__}")
             return model
 
         model = load()
         self.spec = spec_for(model)
         if m.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            try:
+                checkpoint_blocks(model, m.checkpoint_blocks)
+            except ValueError as e:
+                raise ConfigError(f"model.checkpoint_blocks: {e}") from None
         self.reference = None
         if cfg.lora.enabled:
             model = add_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,

@@ -84,7 +84,12 @@ def main(argv=None):
     ap.add_argument("--no-tests", action="store_true", help="skip the CUDA tests (tests/test_cuda.py) run first on a GPU")
     ap.add_argument("--max-pairs", type=int, default=16)
     ap.add_argument("--big-n", type=int, default=32, help="n of the forward_chunk row that shows memory flat in n")
-    ap.add_argument("--out", help="write every figure as JSON here")
+    ap.add_argument("--skip", default="", help="comma-separated variant names of the grid to leave out")
+    ap.add_argument("--no-search", action="store_true", help="skip the largest-micro-batch search")
+    ap.add_argument("--no-levers", action="store_true",
+                    help="skip the speed settings at the largest n and L (RMSNorm unfused as before, model.compile, "
+                         "model.checkpoint_blocks)")
+    ap.add_argument("--out", help="write every figure as JSON here (rewritten after every row)")
     ap.add_argument("--profile", action="store_true",
                     help="instead of the grid: where the time of one step at n=8, L=1024 goes (forward-only timings, "
                          "bf16 against fp32 adapters, torch.profiler's top kernels)")
@@ -125,7 +130,7 @@ def main(argv=None):
         batch = make_batch(pairs, T // 2, T - T // 2, config, device)
         seeds = iter(range(10**6))
         extra, share = {}, 1.0
-        if step is precomputed_step:  # train.precompute_ref_log_probs: reference terms ahead, the step is policy-only
+        if getattr(step, "precomputed", step is precomputed_step):  # train.precompute_ref_log_probs: reference terms ahead, the step is policy-only
             extra = {"cache": {s: precompute_reference(model, None, batch, n=n, estimator="time_free",
                                                        mask_token_id=config.mask_token_id, seed=s)
                                for s in range(2 + repeats)}}
@@ -140,7 +145,12 @@ def main(argv=None):
 
     print("\n| step | L | n | pairs | step s | tokens/s | peak GiB | TFLOP/s | MFU |\n|---|---|---|---|---|---|---|---|---|")
 
+    def save():
+        if args.out:
+            Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+
     def show(kind, r):
+        save()
         if r is None:
             print(f"| {kind} | | | | out of memory | | | | |", flush=True)
             return
@@ -171,9 +181,14 @@ def main(argv=None):
     variants = {"align": ours_step, "align, reference precomputed": precomputed_step,
                 "align, forward_chunk=4": chunked, "align, peft's fp32 adapter compute": peft_fp32,
                 "align, no checkpointing": no_checkpointing, "naive": naive_step}
+    skip = {v.strip() for v in args.skip.split(",") if v.strip()}
+    if skip - set(variants):
+        raise SystemExit(f"--skip: unknown variant(s) {sorted(skip - set(variants))}; known: {sorted(variants)}")
     for T in lengths:
         for n in ns:
             for kind, step in variants.items():
+                if kind in skip:
+                    continue
                 if kind != "align" and n not in (ns[0], ns[-1]):
                     continue  # the contrasts at the smallest and largest n are enough
                 r = oom_safe(lambda: run(step, args.pairs, n, T, args.repeats), model)
@@ -183,7 +198,9 @@ def main(argv=None):
     r = oom_safe(lambda: run(chunked, args.pairs, big, lengths[-1], 1), model)
     results["grid"].append({"step": "align, forward_chunk=4", **(r or {"T": lengths[-1], "n": big, "oom": True})})
     show("align, forward_chunk=4", r)
-    if cuda and not args.small:  # the largest micro-batch under the memory budget, n = 8, L = 1024
+    if not args.no_levers:
+        levers(model, config, args, run, show, results, ns[-1], lengths[-1])
+    if cuda and not args.small and not args.no_search:  # the largest micro-batch under the memory budget, n = 8, L = 1024
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * GiB / total))
         best = None
@@ -210,9 +227,65 @@ def main(argv=None):
         results["max_pairs"] = best and {"budget_gib": args.budget_gib, **best}
         print(f"\nlargest micro-batch at n=8, L=1024 under {args.budget_gib:.0f} GiB: "
               f"{best['pairs'] if best else 0} pair(s)", flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
+    save()
     return results
+
+
+def levers(model, config, args, run, show, results, n, T):
+    """The speed settings at n, T: the RMSNorm of before (five kernels), ``model.checkpoint_blocks`` (half the
+    blocks recompute), then ``model.compile`` (each block compiled in place: every row after it is compiled)."""
+    from align.models import checkpoint_blocks, compile_blocks
+    from align.models.layers import RMSNorm
+
+    base = model.get_base_model()
+    half = config.n_layers // 2
+
+    def unfused_norm(*a, **k):
+        fused = RMSNorm.forward
+
+        def forward(self, x):
+            y = x.float()
+            return self.weight * (y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+        RMSNorm.forward = forward
+        try:
+            return ours_step(*a, **k)
+        finally:
+            RMSNorm.forward = fused
+
+    def blocks(count, step=ours_step):
+        def go(*a, **k):
+            checkpoint_blocks(base, count)
+            try:
+                return step(*a, **k)
+            finally:
+                enable_checkpointing(base)  # all blocks again
+        go.precomputed = step is precomputed_step
+        return go
+
+    def row(kind, step):
+        t0 = time.perf_counter()
+        r = oom_safe(lambda: run(step, args.pairs, n, T, args.repeats), model)
+        results["levers"].append({"step": kind, "wall_s": time.perf_counter() - t0, **(r or {"T": T, "n": n, "oom": True})})
+        show(kind, r)
+
+    results["levers"] = []
+    row("align, RMSNorm unfused (before)", unfused_norm)
+    row(f"align, {half} of {config.n_layers} blocks checkpointed", blocks(half))
+    compile_blocks(base)
+    t0 = time.perf_counter()
+    try:  # the first step compiles; its time is reported apart
+        run(ours_step, args.pairs, n, T, 1)
+    except Exception as e:  # noqa: BLE001  (a compile failure is a figure too)
+        print(f"model.compile failed: {type(e).__name__}: {e}", flush=True)
+        results["compile_error"] = f"{type(e).__name__}: {e}"
+        return
+    results["compile_s"] = time.perf_counter() - t0
+    print(f"# model.compile: first step with compilation {results['compile_s']:.0f} s", flush=True)
+    row("align, compiled", ours_step)
+    row(f"align, compiled, {half} of {config.n_layers} blocks checkpointed", blocks(half))
+    row("align, compiled, no checkpointing", blocks(0))
+    row(f"align, reference precomputed, compiled, {half} blocks checkpointed", blocks(half, precomputed_step))
 
 
 def profile(model, opt, config, device, args, run, show):

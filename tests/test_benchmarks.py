@@ -33,6 +33,12 @@ def test_gpu_step_runs_scaled_down_on_cpu(tmp_path):
                      "align, peft's fp32 adapter compute", "align, no checkpointing", "naive"}
     assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert "| align | 64 | 2 | 1 |" in proc.stdout
+    results = json.loads(out.read_text())
+    levers = {r["step"]: r for r in results["levers"]}  # the speed settings, the last ones compiled
+    assert set(levers) == {"align, RMSNorm unfused (before)", "align, 1 of 2 blocks checkpointed", "align, compiled",
+                           "align, compiled, 1 of 2 blocks checkpointed", "align, compiled, no checkpointing",
+                           "align, reference precomputed, compiled, 1 blocks checkpointed"}, results.get("compile_error")
+    assert all(r["step_s"] > 0 for r in levers.values()) and results["compile_s"] > 0
 
 
 @pytest.mark.parametrize("lora", [True, False])

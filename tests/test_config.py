@@ -63,6 +63,9 @@ def test_coupling_shorthand():
     ("loss.label_smoothing=0.7", "label_smoothing"),
     ("model.forward_chunk=-2", "model.forward_chunk must be >= 0"),
     ("model.head_chunk_mib=0", "model.head_chunk_mib must be > 0"),
+    ("model.checkpoint_blocks=-1", "model.checkpoint_blocks must be >= 0"),
+    ("model.checkpoint_blocks=1", "it needs model.gradient_checkpointing=true"),  # the demo recipe has it off
+    ("model.compile=fast", "model.compile: expected bool"),
 ])
 def test_bad_keys_and_types_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:

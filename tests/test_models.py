@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from align import estimators as E
-from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, align_logits, load_model, logits_fn,
-                          save_published, set_scoring_memory, spec_for, token_scorer)
+from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, align_logits, checkpoint_blocks,
+                          compile_blocks, load_model, logits_fn, save_published, set_scoring_memory, spec_for, token_scorer)
 
 # Facts of the published checkpoints (config, weight names, size), written by tests/fixtures/make_published_facts.py
 PUBLISHED = json.loads((Path(__file__).resolve().parent / "fixtures" / "published_facts.json").read_text())
@@ -201,6 +201,78 @@ def test_forward_chunk_gives_the_same_log_probs_and_gradients_and_holds_one_chun
     # backward re-ran each chunk's backbone once (per-block checkpointing re-runs blocks, not the embedding)
     assert c0 == f0 and c1 - f1 == 3
     assert held_chunked < held_whole / 4, (held_chunked, held_whole)
+
+
+def _lora_step(family: str, prepare, *, rows: int = 4, count: bool = True) -> tuple[torch.Tensor, dict, list]:
+    """Token log-probs, adapter gradients and, per block, how often it ran in backward (``count``: hooks whose
+    side effect would stop dynamo from compiling the block), for one scoring call of a LoRA model with per-block
+    checkpointing; ``prepare(model)`` applies the setting under test."""
+    torch.manual_seed(0)
+    model = load_model(f"tiny:{family}")
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model = add_lora(model, r=4, alpha=8, dropout=0.0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # a live adapter
+    prepare(model)
+    blocks = model.get_base_model().blocks()
+    # counted on a submodule: a hook on the compiled block itself is compiled away with it
+    runs, in_backward = [0] * len(blocks), []
+    for i, block in enumerate(blocks if count else []):
+        norm = next(m for m in block.modules() if type(m).__name__ == "RMSNorm")
+        norm.register_forward_hook(lambda *a, i=i: runs.__setitem__(i, runs[i] + 1))
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 500, (rows, 16), generator=g)
+    score = torch.rand(rows, 16, generator=g) < 0.5
+    score[:, 0] = False
+    logp = token_scorer(model)(ids, None, ids, score)
+    after_forward = list(runs)
+    (logp * torch.linspace(-1, 1, 16)).sum().backward()
+    in_backward = [b - a for a, b in zip(after_forward, runs)]
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logp.detach(), grads, in_backward
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_checkpoint_blocks_recomputes_only_the_first_blocks(family):
+    """model.checkpoint_blocks=1 of the tiny models' 2 blocks: block 0 re-runs in backward, block 1 keeps its
+    activations; log-probs and gradients equal those of checkpointing every block."""
+    logp, grads, rerun = _lora_step(family, lambda m: None)
+    assert rerun == [1, 1]  # every block recomputed (the norm hook counts each block's forward)
+    part_logp, part_grads, part_rerun = _lora_step(family, lambda m: checkpoint_blocks(m, 1))
+    assert part_rerun == [1, 0]
+    _, _, none_rerun = _lora_step(family, lambda m: checkpoint_blocks(m, 0))
+    assert none_rerun == [0, 0]
+    torch.testing.assert_close(part_logp, logp, atol=1e-6, rtol=1e-5)
+    assert grads.keys() == part_grads.keys() and len(grads) > 0
+    for name in grads:
+        torch.testing.assert_close(part_grads[name], grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    with pytest.raises(ValueError, match="between 0 and the model's 2 blocks"):
+        _lora_step(family, lambda m: checkpoint_blocks(m, 3))
+
+
+@pytest.mark.slow
+def test_compiled_blocks_give_the_same_log_probs_and_gradients():
+    """model.compile: each block compiled in place (inductor), LoRA and per-block checkpointing traced into it.
+    Same token log-probs and adapter gradients as eager to fp32 round-off, for both families; the blocks really
+    run compiled (dynamo captured their graphs) and parameter names are unchanged."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    for family in ("llada", "dream"):
+        torch._dynamo.reset()
+        counters.clear()
+        logp, grads, _ = _lora_step(family, lambda m: None, count=False)
+        names = []
+        compiled_logp, compiled_grads, _ = _lora_step(
+            family, lambda m: (compile_blocks(m), names.extend(n for n, _ in m.named_parameters())), count=False)
+        assert dict(counters["graph_break"]) == {}, family  # a break would leave parts of the block eager
+        assert counters["stats"]["unique_graphs"] >= 1, family
+        assert "_orig_mod" not in "".join(names)  # compiled in place: the state dict keeps its names
+        torch.testing.assert_close(compiled_logp, logp, atol=1e-5, rtol=1e-5)
+        assert grads.keys() == compiled_grads.keys() and len(grads) > 0
+        for name in grads:
+            torch.testing.assert_close(compiled_grads[name], grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])

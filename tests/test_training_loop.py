@@ -309,3 +309,28 @@ m, r = unwrap(tr.model), unwrap(tr.reference)
 result = [m.forward_chunk, m.head_chunk_elements, r.forward_chunk, r.head_chunk_elements]
 """, "lora.enabled=false", "model.forward_chunk=5", "model.head_chunk_mib=2", out=tmp_path)
     assert result == [5, 2**19, 5, 2**19]
+
+
+# ---------------------------------------------------------------- model.compile / model.checkpoint_blocks
+
+@pytest.mark.slow
+def test_compiled_partly_checkpointed_training_matches_the_plain_loop(tmp_path):
+    """The speed settings change no number: 3 steps with every block compiled (model.compile) and only the first
+    2 of the demo model's 4 blocks recomputed in backward (model.checkpoint_blocks=2) log the losses of the
+    plain loop to fp32 round-off. The probe checks the settings reached the blocks (compiled in place,
+    checkpointing on for the first two)."""
+    steps = ["train.max_steps=3", "train.logging_steps=1", "train.do_eval=false", "train.eval_steps=0",
+             "train.save_steps=100"]
+    train(tmp_path / "plain", *steps)
+    fast = ["model.compile=true", "model.gradient_checkpointing=true", "model.checkpoint_blocks=2"]
+    train(tmp_path / "fast", *steps, *fast)
+    a, b = losses(tmp_path / "plain"), losses(tmp_path / "fast")
+    assert sorted(a) == [1, 2, 3] and a.keys() == b.keys()
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-5), step
+    result = probe("""
+from align.models import unwrap
+blocks = unwrap(tr.model).blocks()
+result = [[b.gradient_checkpointing for b in blocks], [b._compiled_call_impl is not None for b in blocks]]
+""", *fast, out=tmp_path / "probe")
+    assert result == [[True, True, False, False], [True] * 4]
