@@ -21,7 +21,14 @@ K is the expected count for time-free draws, L/H_L per response of L tokens.
 backbone recomputed in backward: activation memory of 4 sequences whatever n is, for one more policy forward
 (not counted in MFU, like checkpointing's recomputation); it is also run at n = 32 (``--big-n``).
 
+Then the speed settings (``levers``; ``--no-levers`` skips them): the RMSNorm of before (five kernels) against the
+fused one, ``model.checkpoint_blocks`` (only the first K of the blocks recompute in backward; ``--lever-blocks``),
+and ``model.compile`` (each block ``torch.compile``d in place; every row after it runs compiled, the first step's
+compilation is reported apart): with each K, without checkpointing, with the reference precomputed, at the other
+n and L, and chunked at ``--big-n``.
+
     python benchmarks/gpu_step.py --out results.json     # on a GPU: about 3-5 minutes on one H100
+    python benchmarks/gpu_step.py --levers-only --lever-blocks 8,16 --out x.json   # the compiled rows only
     python benchmarks/gpu_step.py --small                # CPU-sized config, what the test runs
 """
 
@@ -89,6 +96,9 @@ def main(argv=None):
     ap.add_argument("--no-levers", action="store_true",
                     help="skip the speed settings at the largest n and L (RMSNorm unfused as before, model.compile, "
                          "model.checkpoint_blocks)")
+    ap.add_argument("--lever-blocks", default="",
+                    help="comma-separated K of model.checkpoint_blocks for the compiled rows (default: half the blocks)")
+    ap.add_argument("--levers-only", action="store_true", help="only the compiled rows (no grid, no search)")
     ap.add_argument("--out", help="write every figure as JSON here (rewritten after every row)")
     ap.add_argument("--profile", action="store_true",
                     help="instead of the grid: where the time of one step at n=8, L=1024 goes (forward-only timings, "
@@ -184,7 +194,7 @@ def main(argv=None):
     skip = {v.strip() for v in args.skip.split(",") if v.strip()}
     if skip - set(variants):
         raise SystemExit(f"--skip: unknown variant(s) {sorted(skip - set(variants))}; known: {sorted(variants)}")
-    for T in lengths:
+    for T in [] if args.levers_only else lengths:
         for n in ns:
             for kind, step in variants.items():
                 if kind in skip:
@@ -195,12 +205,13 @@ def main(argv=None):
                 results["grid"].append({"step": kind, **(r or {"T": T, "n": n, "oom": True})})
                 show(kind, r)
     big = 4 if args.small else args.big_n  # a Monte Carlo budget the whole-batch step would need far more memory for
-    r = oom_safe(lambda: run(chunked, args.pairs, big, lengths[-1], 1), model)
-    results["grid"].append({"step": "align, forward_chunk=4", **(r or {"T": lengths[-1], "n": big, "oom": True})})
-    show("align, forward_chunk=4", r)
+    if not args.levers_only:
+        r = oom_safe(lambda: run(chunked, args.pairs, big, lengths[-1], 1), model)
+        results["grid"].append({"step": "align, forward_chunk=4", **(r or {"T": lengths[-1], "n": big, "oom": True})})
+        show("align, forward_chunk=4", r)
     if not args.no_levers:
-        levers(model, config, args, run, show, results, ns[-1], lengths[-1])
-    if cuda and not args.small and not args.no_search:  # the largest micro-batch under the memory budget, n = 8, L = 1024
+        levers(model, config, args, run, show, results, ns, lengths)
+    if cuda and not args.small and not args.no_search and not args.levers_only:  # the largest micro-batch under the memory budget, n = 8, L = 1024
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * GiB / total))
         best = None
@@ -231,14 +242,18 @@ def main(argv=None):
     return results
 
 
-def levers(model, config, args, run, show, results, n, T):
-    """The speed settings at n, T: the RMSNorm of before (five kernels), ``model.checkpoint_blocks`` (half the
-    blocks recompute), then ``model.compile`` (each block compiled in place: every row after it is compiled)."""
+def levers(model, config, args, run, show, results, ns, lengths):
+    """The speed settings, at the largest n and L unless a row says otherwise: the RMSNorm of before (five
+    kernels), ``model.checkpoint_blocks`` (only the first K blocks recompute), then ``model.compile`` (each
+    block compiled in place: every row after it is compiled) with each K of ``--lever-blocks``, no
+    checkpointing, the reference precomputed, the other n and L (the sequence length turns dynamic on the
+    first change), and ``forward_chunk=4`` at ``--big-n``."""
     from align.models import checkpoint_blocks, compile_blocks
     from align.models.layers import RMSNorm
 
     base = model.get_base_model()
-    half = config.n_layers // 2
+    n, T, layers = ns[-1], lengths[-1], config.n_layers
+    ks = [int(k) for k in args.lever_blocks.split(",")] if args.lever_blocks else [layers // 2]
 
     def unfused_norm(*a, **k):
         fused = RMSNorm.forward
@@ -253,25 +268,29 @@ def levers(model, config, args, run, show, results, n, T):
         finally:
             RMSNorm.forward = fused
 
-    def blocks(count, step=ours_step):
+    def setting(step=ours_step, count=None, chunk=0):
         def go(*a, **k):
-            checkpoint_blocks(base, count)
+            if count is not None:
+                checkpoint_blocks(base, count)
+            base.forward_chunk = chunk
             try:
                 return step(*a, **k)
             finally:
                 enable_checkpointing(base)  # all blocks again
+                base.forward_chunk = 0
         go.precomputed = step is precomputed_step
         return go
 
-    def row(kind, step):
+    def row(kind, step, n=n, T=T, repeats=args.repeats):
         t0 = time.perf_counter()
-        r = oom_safe(lambda: run(step, args.pairs, n, T, args.repeats), model)
+        r = oom_safe(lambda: run(step, args.pairs, n, T, repeats), model)
         results["levers"].append({"step": kind, "wall_s": time.perf_counter() - t0, **(r or {"T": T, "n": n, "oom": True})})
         show(kind, r)
 
     results["levers"] = []
-    row("align, RMSNorm unfused (before)", unfused_norm)
-    row(f"align, {half} of {config.n_layers} blocks checkpointed", blocks(half))
+    if not args.levers_only:
+        row("align, RMSNorm unfused (before)", unfused_norm)
+        row(f"align, {ks[0]} of {layers} blocks checkpointed", setting(count=ks[0]))
     compile_blocks(base)
     t0 = time.perf_counter()
     try:  # the first step compiles; its time is reported apart
@@ -283,9 +302,17 @@ def levers(model, config, args, run, show, results, n, T):
     results["compile_s"] = time.perf_counter() - t0
     print(f"# model.compile: first step with compilation {results['compile_s']:.0f} s", flush=True)
     row("align, compiled", ours_step)
-    row(f"align, compiled, {half} of {config.n_layers} blocks checkpointed", blocks(half))
-    row("align, compiled, no checkpointing", blocks(0))
-    row(f"align, reference precomputed, compiled, {half} blocks checkpointed", blocks(half, precomputed_step))
+    for k in ks:
+        row(f"align, compiled, {k} of {layers} blocks checkpointed", setting(count=k))
+    row("align, compiled, no checkpointing", setting(count=0))
+    row(f"align, reference precomputed, compiled, {ks[0]} of {layers} blocks checkpointed",
+        setting(precomputed_step, count=ks[0]))
+    for other in ns[:-1]:
+        row("align, compiled", ours_step, n=other)
+    for other in lengths[:-1]:
+        row("align, compiled", ours_step, T=other)
+    big = 4 if args.small else args.big_n
+    row("align, compiled, forward_chunk=4", setting(chunk=4), n=big, repeats=1)
 
 
 def profile(model, opt, config, device, args, run, show):

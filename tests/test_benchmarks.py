@@ -37,7 +37,10 @@ def test_gpu_step_runs_scaled_down_on_cpu(tmp_path):
     levers = {r["step"]: r for r in results["levers"]}  # the speed settings, the last ones compiled
     assert set(levers) == {"align, RMSNorm unfused (before)", "align, 1 of 2 blocks checkpointed", "align, compiled",
                            "align, compiled, 1 of 2 blocks checkpointed", "align, compiled, no checkpointing",
-                           "align, reference precomputed, compiled, 1 blocks checkpointed"}, results.get("compile_error")
+                           "align, reference precomputed, compiled, 1 of 2 blocks checkpointed",
+                           "align, compiled, forward_chunk=4"}, results.get("compile_error")
+    compiled = {(r["n"], r["T"]) for r in results["levers"] if r["step"] == "align, compiled"}
+    assert compiled == {(2, 64), (1, 64), (2, 32)}  # the largest n and L, then the others (dynamic shapes)
     assert all(r["step_s"] > 0 for r in levers.values()) and results["compile_s"] > 0
 
 
