@@ -39,6 +39,7 @@ from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, ch
                           compile_blocks, load_model, resolve_dtype, save_published, set_scoring_memory, spec_for,
                           token_scorer, tokenizer_source)
 from align.models.tokenizer import load_tokenizer
+from align.optim import adamw
 
 log = logging.getLogger("align.trainer")
 EVAL_EPOCH = -1  # eval draws are keyed to a fixed epoch: the same masks at every evaluation
@@ -194,8 +195,7 @@ class Trainer:
 
         # ---- optimizer, schedule, distribution
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2),
-                                      weight_decay=t.weight_decay)
+        optimizer = adamw(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
         from transformers import get_scheduler
 
         self.warmup_steps = math.ceil(t.warmup_ratio * self.total_steps)  # rounded up, as HF's Trainer does

@@ -48,6 +48,7 @@ from torch.utils._pytree import tree_leaves
 from align import estimators as E
 from align.masking import draw_masks, noise
 from align.models import LLaDAConfig, LLaDAModelLM, adapter_in_base_dtype, add_lora, set_scoring_memory, token_scorer
+from align.optim import adamw
 
 BETA = 0.1
 
@@ -265,7 +266,7 @@ def run_variant(args) -> dict:
     if args.variant == "lean":  # model.forward_chunk / model.head_chunk_mib, on the policy and a reference copy
         for m in (model, reference) if reference is not None else (model,):
             set_scoring_memory(m, forward_chunk=args.lean_chunk, head_chunk_mib=args.lean_head_mib)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    opt = adamw([p for p in model.parameters() if p.requires_grad], lr=1e-5)  # the trainer's optimizer
     batch = make_batch(args.pairs, args.prompt, args.response, config, device)
     step = STEPS[args.variant]
     extra, pre = {}, {}
