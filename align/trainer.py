@@ -149,10 +149,11 @@ class Trainer:
                 if m.compile:
                     compile_blocks(model)
             else:
-                for key in ("forward_chunk", "checkpoint_blocks", "compile"):
-                    if getattr(m, key) not in (0, None, False):
-                        raise ConfigError(f"model.{key} needs one of align's native models; {m.name_or_path} "
-                                          f"loaded as {type(model).__name__}")
+                asked = [f"model.{key}" for key, on in (("forward_chunk", m.forward_chunk > 0), ("compile", m.compile),
+                                                          ("checkpoint_blocks", m.checkpoint_blocks is not None)) if on]
+                if asked:
+                    raise ConfigError(f"{', '.join(asked)}: only align's native models have these settings; "
+                                      f"{m.name_or_path} loaded as {type(model).__name__}")
             return model
 
         model = load()
