@@ -10,8 +10,8 @@ hidden states it needs, in chunks that are recomputed in backward, so
 vocabulary, the full logits would dominate training memory.
 
 ``forward_chunk`` (sequences; 0 = all at once) runs the scoring path's
-backbone over the batch that many rows at a time (the token embedding runs
-once, on the whole batch). With grad, each chunk is a
+backbone over the batch that many rows at a time (an embedding that trains
+runs once, on the whole batch). With grad, each chunk is a
 non-reentrant checkpoint: its activations are dropped after the forward and
 recomputed, one chunk at a time, in the same backward, so a step holds the
 activations of one chunk instead of all 2·b·n noised sequences, for one more
@@ -120,17 +120,18 @@ class MaskedDiffusionLM(PreTrainedModel):
             source = torch.zeros_like(score_mask)
             source[:, :-1] = score_mask[:, 1:]
         rows, chunk = input_ids.shape[0], self.forward_chunk
-        embedded = self.get_input_embeddings()(input_ids)  # [b, T, d]
         if chunk <= 0 or rows <= chunk:
-            hidden = self._hidden_rows(embedded, attention_mask, source)
+            hidden = self._hidden_rows(input_ids, attention_mask, source)
         else:
-            # the embedding runs once, outside the chunks: its (vocabulary-sized) weight gradient is then made
-            # once per backward, not once per chunk and summed (a second such buffer, and under ZeRO one
-            # reduce-scatter per chunk)
             grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+            embed = self.get_input_embeddings()
+            # a trained embedding runs once, outside the chunks: its (vocabulary-sized) weight gradient is then
+            # made once per backward, not once per chunk and summed (and under ZeRO reduce-scattered per chunk);
+            # a frozen one runs inside them, so the chunks keep token ids for their recompute, not embeddings
+            inputs = embed(input_ids) if grad and any(p.requires_grad for p in embed.parameters()) else input_ids
             parts = []
             for s in range(0, rows, chunk):
-                part = (embedded[s : s + chunk], None if attention_mask is None else attention_mask[s : s + chunk],
+                part = (inputs[s : s + chunk], None if attention_mask is None else attention_mask[s : s + chunk],
                         source[s : s + chunk])
                 # with grad only the chunk's inputs are kept: backward re-runs its backbone when it reaches it
                 parts.append(checkpoint(self._hidden_rows, *part, use_reentrant=False) if grad
@@ -147,9 +148,10 @@ class MaskedDiffusionLM(PreTrainedModel):
         out[score_mask] = logp
         return DiffusionLMOutput(token_logprobs=out)
 
-    def _hidden_rows(self, embedded, attention_mask, source) -> torch.Tensor:
-        """The final hidden states at ``source`` [K, d], row-major, from token embeddings [b, T, d]."""
-        return self._body(embedded, attention_mask)[source]
+    def _hidden_rows(self, inputs, attention_mask, source) -> torch.Tensor:
+        """The final hidden states at ``source`` [K, d], row-major, from token ids [b, T] or their embeddings."""
+        x = inputs if inputs.is_floating_point() else self.get_input_embeddings()(inputs)
+        return self._body(x, attention_mask)[source]
 
     def _init_weights(self, module: nn.Module) -> None:
         std = getattr(self.config, "init_std", None) or getattr(self.config, "initializer_range", 0.02)
