@@ -19,17 +19,27 @@ that compliance as a refusal, which was found by reading samples, before any
 DPO figure was recorded. Logged:
 
 - ``eval/refusal_rate``: share of harmful prompts answered with a refusal;
-- ``eval/over_refusal_rate``: share of everyday prompts answered with a refusal.
+- ``eval/over_refusal_rate``: share of everyday prompts answered with a refusal;
+- ``.../se``: each rate's standard error over prompts.
 
-Answers are written to ``output_dir/behaviour.jsonl`` at every evaluation, and
-at the end of training a few prompts are printed with their answers before
-and after. Every rank samples the same prompts, so under ZeRO-3 all ranks run
-the same number of forwards.
+With ``behaviour.samples_per_prompt`` K > 1 each prompt is answered K times; a
+rate is the mean over prompts of each prompt's refusal share, and its standard
+error is the spread of those shares over √(prompts) (prompts are the sampled
+unit: K answers to one prompt are not K independent prompts). With K = 1 this is
+the binomial standard error. The sampler is seeded by ``behaviour.seed`` (null:
+``train.seed``), the same at every evaluation of a run, so two runs with one seed
+share its random numbers and differ by their weights alone.
+
+Answers are written to ``output_dir/behaviour.jsonl`` at every judged
+evaluation (``behaviour.eval_steps``), and at the end of training a few prompts
+are printed with their answers before and after. Every rank samples the same
+prompts, so under ZeRO-3 all ranks run the same number of forwards.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -59,45 +69,66 @@ def load_prompts(path: str, max_per_kind: int | None = None) -> list[dict]:
     return rows
 
 
-def rates(rows: list[dict], answers: list[str]) -> dict[str, float]:
-    """Refusal shares per kind: {"refusal_rate": harmful, "over_refusal_rate": everyday} (absent kinds left out)."""
+def rates(rows: list[dict], answers: list, *, with_se: bool = False) -> dict[str, float]:
+    """Refusal shares per kind: {"refusal_rate": harmful, "over_refusal_rate": everyday} (absent kinds left out).
+
+    ``answers[i]``: the answer to ``rows[i]``, or a list of answers to it (a prompt's share is then the mean
+    over its answers, and the rate the mean over prompts). ``with_se`` adds ``<rate>/se``: the standard
+    deviation of the prompts' shares over √(prompts) (the binomial standard error with one answer each).
+    """
     out = {}
     for kind, key in (("harmful", "refusal_rate"), ("everyday", "over_refusal_rate")):
-        judged = [is_refusal(a) for r, a in zip(rows, answers) if r["kind"] == kind]
-        if judged:
-            out[key] = sum(judged) / len(judged)
+        shares = [sum(map(is_refusal, a)) / len(a) if isinstance(a, list) else float(is_refusal(a))
+                  for r, a in zip(rows, answers) if r["kind"] == kind]
+        if shares:
+            mean = sum(shares) / len(shares)
+            out[key] = mean
+            if with_se:
+                n = len(shares)
+                var = sum((x - mean) ** 2 for x in shares) / (n - 1) if n > 1 else float("nan")
+                out[f"{key}/se"] = math.sqrt(var / n)
     return out
 
 
 @torch.no_grad()
 def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: int, block_length: int, steps: int,
-                   temperature: float = 1.0, remasking: str = "random", seed: int = 0, device=None) -> list[str]:
-    """Answers to ``prompts`` (chat template applied), in order. Prompts of one token length are batched together
-    without padding, so every prompt sits at the positions it had in training."""
+                   temperature: float = 1.0, remasking: str = "random", seed: int = 0, device=None,
+                   samples_per_prompt: int = 1) -> list:
+    """Answers to ``prompts`` (chat template applied), in order: a string each, or with ``samples_per_prompt`` K > 1
+    a list of K strings each. Prompts of one token length are batched together without padding, so every prompt
+    sits at the positions it had in training; a prompt's K answers are K rows of that batch."""
     from align.sampler import decode, generate
 
     encoded = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                                        add_generation_prompt=True), add_special_tokens=False).input_ids
                for p in prompts]
-    answers: list[str | None] = [None] * len(prompts)
+    K = samples_per_prompt
+    answers: list[list[str]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = {}
     for i, ids in enumerate(encoded):
         by_length.setdefault(len(ids), []).append(i)
     for length, idx in sorted(by_length.items()):
-        ids = torch.tensor([encoded[i] for i in idx], device=device)
+        rows = [i for i in idx for _ in range(K)]
+        ids = torch.tensor([encoded[i] for i in rows], device=device)
         out = generate(model, ids, steps=steps, gen_length=gen_length, block_length=block_length,
                        temperature=temperature, remasking=remasking,
                        generator=torch.Generator().manual_seed(seed + length))
-        for i, text in zip(idx, decode(tokenizer, out, length, spec.eos_token_id)):
-            answers[i] = text.strip()
-    return answers
+        for i, text in zip(rows, decode(tokenizer, out, length, spec.eos_token_id)):
+            answers[i].append(text.strip())
+    return [a[0] for a in answers] if K == 1 else answers
 
 
 class BehaviourEval:
-    def __init__(self, args, tokenizer, spec):
+    def __init__(self, args, tokenizer, spec, seed: int):
         self.args, self.tokenizer, self.spec = args, tokenizer, spec
+        self.seed = args.seed if args.seed is not None else seed
         self.rows = load_prompts(args.prompts, args.max_prompts)
-        self.history: dict[int, list[str]] = {}
+        self.history: dict[int, list[list[str]]] = {}
+
+    def due(self, step: int, last: bool) -> bool:
+        """Whether the evaluation at ``step`` judges behaviour (``behaviour.eval_steps``; always first and last)."""
+        every = self.args.eval_steps
+        return every is None or step == 0 or last or step % every == 0
 
     def evaluate(self, trainer, step: int) -> dict[str, float]:
         a = self.args
@@ -105,14 +136,18 @@ class BehaviourEval:
         trainer.model.eval()
         answers = sample_answers(trainer.model, self.tokenizer, self.spec, [r["prompt"] for r in self.rows],
                                  gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
-                                 temperature=a.temperature, remasking=a.remasking, device=trainer.accelerator.device)
+                                 temperature=a.temperature, remasking=a.remasking, device=trainer.accelerator.device,
+                                 seed=self.seed, samples_per_prompt=a.samples_per_prompt)
+        answers = [x if isinstance(x, list) else [x] for x in answers]
         trainer.model.train(was_training)
         self.history[step] = answers
         if trainer.accelerator.is_main_process:
             with open(trainer.out / "behaviour.jsonl", "a") as f:
-                for r, ans in zip(self.rows, answers):
-                    f.write(json.dumps({"step": step, **r, "answer": ans, "refusal": is_refusal(ans)}) + "\n")
-        return {f"eval/{k}": v for k, v in rates(self.rows, answers).items()}
+                for r, some in zip(self.rows, answers):
+                    for k, ans in enumerate(some):
+                        f.write(json.dumps({"step": step, **r, "sample": k, "answer": ans,
+                                            "refusal": is_refusal(ans)}) + "\n")
+        return {f"eval/{k}": v for k, v in rates(self.rows, answers, with_se=True).items()}
 
     def report(self, trainer) -> None:
         """Print a few prompts of each kind with their first and last answers, and the rates."""
@@ -124,7 +159,7 @@ class BehaviourEval:
             shown = [i for i, r in enumerate(self.rows) if r["kind"] == kind][: self.args.show]
             for i in shown:
                 lines += [f"  [{kind}] {self.rows[i]['prompt']}",
-                          f"     before: {self.history[first][i]}", f"     after:  {self.history[last][i]}"]
+                          f"     before: {self.history[first][i][0]}", f"     after:  {self.history[last][i][0]}"]
         before, after = rates(self.rows, self.history[first]), rates(self.rows, self.history[last])
         for key in before:
             lines.append(f"  {key}: {before[key]:.2f} -> {after[key]:.2f}")

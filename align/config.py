@@ -128,6 +128,13 @@ class BehaviourArgs:
                                    "model's own distribution) or LLaDA's low_confidence (favours confident, e.g. short, "
                                    "answers)", ("random", "low_confidence"))
     show: int = opt(3, "print this many prompts of each kind with their answers before and after training")
+    samples_per_prompt: int = opt(1, "answers sampled per prompt: rates are means over prompts of each prompt's refusal "
+                                     "share, with standard errors over prompts (several samples separate a prompt's "
+                                     "tendency from the luck of one draw)")
+    seed: int | None = opt(None, "seeds the sampler; null: train.seed, so every run seed samples anew and runs with "
+                                 "the same seed (the arms of an ablation) share the sampler's random numbers")
+    eval_steps: int | None = opt(None, "judge behaviour only at evaluations whose step is a multiple of this (always at "
+                                       "the first and last); null: at every evaluation")
 
 
 @dataclass
@@ -138,6 +145,24 @@ class EstimatorArgs:
     share_policy_reference: bool = opt(True, "policy and reference see the same masks")
     share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
     stratified: bool = opt(True, "stratify the mask count across a pair's samples")
+
+
+@dataclass
+class EvalArgs:
+    """How held-out pairs are scored: an evaluator of its own, never the training estimator (unless set equal).
+
+    Every run that shares these settings and the held-out data is scored on the same masks, whatever its
+    training estimator or train.seed: the draws come from generators seeded by (eval.seed, example id)."""
+    estimator: str = opt("time_free", "likelihood estimator of the evaluation (docs/method.md §2)",
+                         ("time_free", "any_order", "time_integral"))
+    n_samples: int = opt(16, "Monte Carlo samples per held-out log-likelihood term (>= 2: the eval metrics' Monte "
+                             "Carlo standard errors come from their spread)")
+    coupling: str | None = opt(None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled"))
+    share_policy_reference: bool = opt(True, "policy and reference see the same masks")
+    share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
+    stratified: bool = opt(True, "stratify the mask count across a pair's samples")
+    seed: int = opt(0, "seeds the held-out draws (with the example id); independent of train.seed, so every run and "
+                       "seed is scored on the same masks")
 
 
 @dataclass
@@ -198,6 +223,7 @@ class Config:
     data: DataArgs = field(default_factory=DataArgs)
     estimator: EstimatorArgs = field(default_factory=EstimatorArgs)
     loss: LossArgs = field(default_factory=LossArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
     behaviour: BehaviourArgs = field(default_factory=BehaviourArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
 
@@ -364,6 +390,10 @@ def _validate(cfg):
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
     bh = cfg.behaviour
+    if bh.samples_per_prompt < 1:
+        raise ConfigError(f"behaviour.samples_per_prompt must be >= 1, got {bh.samples_per_prompt}")
+    if bh.eval_steps is not None and bh.eval_steps < 1:
+        raise ConfigError(f"behaviour.eval_steps must be >= 1 (null: at every evaluation), got {bh.eval_steps}")
     if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
         raise ConfigError(f"behaviour: gen_length ({bh.gen_length}) must be a multiple of block_length "
                           f"({bh.block_length}) and steps ({bh.steps}) a multiple of the number of blocks")
@@ -371,11 +401,13 @@ def _validate(cfg):
         if cfg.sft.n_samples < 1:
             raise ConfigError(f"sft.n_samples must be >= 1, got {cfg.sft.n_samples}")
         return cfg
-    est = cfg.estimator
-    if est.coupling is not None:
-        est.share_policy_reference = est.share_chosen_rejected = est.coupling == "coupled"
-    if est.n_samples < 1:
-        raise ConfigError(f"estimator.n_samples must be >= 1, got {est.n_samples}")
+    for section, least in (("estimator", 1), ("eval", 2)):
+        est = getattr(cfg, section)
+        if est.coupling is not None:
+            est.share_policy_reference = est.share_chosen_rejected = est.coupling == "coupled"
+        if est.n_samples < least:
+            why = " (the Monte Carlo standard errors of the eval metrics need two draws)" if section == "eval" else ""
+            raise ConfigError(f"{section}.n_samples must be >= {least}{why}, got {est.n_samples}")
     if not 0 <= cfg.loss.label_smoothing < 0.5:
         raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
     if cfg.loss.beta <= 0:
@@ -393,12 +425,13 @@ def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
         _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    est = tree.get("estimator") or {}
-    if isinstance(est, dict) and est.get("coupling") is not None:
-        explicit = [k for k in ("share_policy_reference", "share_chosen_rejected") if k in est]
-        if explicit:
-            raise ConfigError(f"estimator.coupling is a shorthand for the share_* flags; set one or the other, "
-                              f"not both (got coupling and {', '.join(explicit)})")
+    for section in ("estimator", "eval"):
+        est = tree.get(section) or {}
+        if isinstance(est, dict) and est.get("coupling") is not None:
+            explicit = [k for k in ("share_policy_reference", "share_chosen_rejected") if k in est]
+            if explicit:
+                raise ConfigError(f"{section}.coupling is a shorthand for the share_* flags; set one or the other, "
+                                  f"not both (got coupling and {', '.join(explicit)})")
     return _validate(_build(cls, tree))
 
 
@@ -425,6 +458,15 @@ def help_text(cls=Config, prog: str = "train_dpo.py") -> str:
             extra = f" {{{', '.join(map(str, choices))}}}" if choices else ""
             lines.append(f"  {section.name}.{f.name} = {default!r}{extra}\n      {f.metadata['help']}")
     return "\n".join(lines)
+
+
+def load_resolved(path: Path, cls=Config):
+    """A run's resolved ``config.yaml`` back as ``cls`` (its share_* flags are what the coupling shorthand set)."""
+    tree = yaml.safe_load(Path(path).read_text()) or {}
+    for section in ("estimator", "eval"):
+        if isinstance(tree.get(section), dict):
+            tree[section]["coupling"] = None
+    return _validate(_build(cls, tree))
 
 
 def dump_config(cfg, path: Path) -> None:

@@ -521,6 +521,9 @@ def _seed(*words: int) -> int:
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
+EVAL_EPOCH = -1  # held-out draws are keyed to a fixed epoch: the same masks at every evaluation
+
+
 def example_generators(seed: int, ids: torch.Tensor, epoch: int) -> list[torch.Generator]:
     """One generator per example, seeded by (seed, example id, epoch): the example's mask draws in that epoch."""
     return [torch.Generator().manual_seed(_seed(seed, int(i), epoch + 1)) for i in ids.tolist()]

@@ -14,6 +14,13 @@ Logged (mean over pairs): loss, rewards/{chosen,rejected,accuracies,margins},
 logps/{policy,reference}_{chosen,rejected}, and margin/sample_variance, the
 per-pair variance of Δ over its n samples: the estimator's own noise.
 
+Held-out pairs are scored by the evaluator of ``cfg.eval``, never by the
+training estimator: its own estimator, n and sharing, with draws seeded by
+(eval.seed, example id), so every run and seed is scored on the same masks.
+Evaluation adds dpo_loss (the preference loss without the RPO term), margin
+and logratio/{chosen,rejected} in nats (β-free), and for every metric its
+Monte Carlo standard error ``<metric>/mc_se`` (``align.stats``).
+
     python -m align.train_dpo recipe=demo
 """
 
@@ -24,7 +31,8 @@ import dataclasses
 import torch
 
 from align import estimators as E
-from align.data import build_dataset, collate, example_generators
+from align import stats as S
+from align.data import EVAL_EPOCH, build_dataset, collate, example_generators
 from align.losses import preference_loss, rpo_nll
 
 
@@ -33,16 +41,27 @@ class DPOObjective:
     stat_keys = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                  "logps/policy_chosen", "logps/policy_rejected", "logps/reference_chosen", "logps/reference_rejected",
                  "margin/sample_variance")
-    shown = ("eval/loss", "eval/rewards/accuracies", "eval/rewards/margins", "eval/margin/sample_variance")
+    eval_keys = ("dpo_loss", "margin", "logratio/chosen", "logratio/rejected")  # evaluation adds these
+    shown = ("eval/dpo_loss", "eval/rewards/accuracies", "eval/margin", "eval/margin/mc_se")
+    per_example_keys = ("margin", "margin/mc_var", "logratio/chosen", "logratio/rejected", "rewards/accuracies",
+                        "dpo_loss")  # written per held-out pair at every evaluation (eval_examples.jsonl)
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.uses_step_norm = cfg.loss.rpo_alpha is not None  # only the RPO term spans the optimizer step
 
     def describe(self) -> str:
-        est = self.cfg.estimator
-        return (f"estimator {est.estimator} x{est.n_samples}, share policy/reference {est.share_policy_reference}, "
-                f"chosen/rejected {est.share_chosen_rejected}")
+        return "training estimator " + describe_estimator(self.cfg.estimator)
+
+    def describe_eval(self) -> str:
+        """The evaluator in words, as the logs and ablation summaries name it."""
+        return f"{describe_estimator(self.cfg.eval)}, draws seeded by eval.seed={self.cfg.eval.seed} and the example id"
+
+    def settings(self, epoch: int):
+        """(estimator settings, seed) of the draws at ``epoch``: the evaluator's for held-out pairs."""
+        if epoch == EVAL_EPOCH:
+            return self.cfg.eval, self.cfg.eval.seed
+        return self.cfg.estimator, self.cfg.train.seed
 
     def progress(self, metrics: dict) -> dict:
         return {"loss": f"{metrics['loss']:.4f}", "acc": f"{metrics['rewards/accuracies']:.2f}"}
@@ -64,13 +83,13 @@ class DPOObjective:
     def _draw_settings(self, trainer, batch: dict, epoch: int) -> dict:
         """dpo_terms' settings, with the four draws made on the host from the host copy of the batch: drawing
         from device tensors would wait for the device (the response positions are read on the host)."""
-        est = self.cfg.estimator
+        est, seed = self.settings(epoch)
         host = batch["host"]
         draws = E.draw_margin_masks(host["response_mask"].bool() & host["attention_mask"].bool(),
                                     n_samples=est.n_samples, estimator=est.estimator,
                                     share_policy_reference=est.share_policy_reference,
                                     share_chosen_rejected=est.share_chosen_rejected,
-                                    generator=example_generators(self.cfg.train.seed, batch["ids"], epoch),
+                                    generator=example_generators(seed, batch["ids"], epoch),
                                     stratified=est.stratified)
         return dict(n_samples=est.n_samples, estimator=est.estimator, share_policy_reference=est.share_policy_reference,
                     share_chosen_rejected=est.share_chosen_rejected, mask_token_id=trainer.spec.mask_token_id,
@@ -78,16 +97,23 @@ class DPOObjective:
 
     def compute(self, trainer, batch: dict, epoch: int, pairs_per_token: float):
         cfg = self.cfg
-        cached = trainer.reference_cache.get(epoch, batch["ids"]) if trainer.reference_cache is not None else None
+        cached = trainer.cached_reference(epoch, batch["ids"])
         policy, reference = trainer.scorers(reference=cached is None)
         terms = E.dpo_terms(policy, reference, batch["chosen_ids"], batch["rejected_ids"], batch["response_mask"],
                             reference_terms=cached, **self._draw_settings(trainer, batch, epoch))
-        margin = terms.margin.mean(-1)  # [b]  average over samples, then the loss (docs/method.md §5)
         lengths = (batch["response_mask"] & batch["attention_mask"].bool()).sum(-1)  # [b]  common L per pair
-        losses = preference_loss(margin, loss_type=cfg.loss.loss_type, beta=cfg.loss.beta,
-                                 label_smoothing=cfg.loss.label_smoothing, response_lengths=lengths)
-        if cfg.loss.rpo_alpha is not None:
-            losses = losses + cfg.loss.rpo_alpha * rpo_nll(terms.policy_chosen, pairs_per_token)
+
+        def preference(margin):  # [b] mean margin over samples -> [b] loss (docs/method.md §5)
+            return preference_loss(margin, loss_type=cfg.loss.loss_type, beta=cfg.loss.beta,
+                                   label_smoothing=cfg.loss.label_smoothing, response_lengths=lengths)
+
+        def objective(margin, policy_chosen):  # the training loss of a pair from its mean estimates [b]
+            loss = preference(margin)
+            if cfg.loss.rpo_alpha is not None:
+                loss = loss + cfg.loss.rpo_alpha * rpo_nll(policy_chosen.unsqueeze(-1), pairs_per_token)
+            return loss
+
+        losses = objective(terms.margin.mean(-1), terms.policy_chosen.mean(-1))
         beta = cfg.loss.beta
         with torch.no_grad():
             chosen_r = beta * terms.chosen_logratio.mean(-1).detach()
@@ -103,17 +129,52 @@ class DPOObjective:
                 "logps/policy_rejected": terms.policy_rejected.mean(-1).detach(),
                 "logps/reference_chosen": terms.reference_chosen.mean(-1),
                 "logps/reference_rejected": terms.reference_rejected.mean(-1),
-                "margin/sample_variance": terms.margin.detach().var(-1) if n > 1 else torch.zeros_like(margin),
+                "margin/sample_variance": terms.margin.detach().var(-1) if n > 1 else torch.zeros_like(losses),
             }
+            if epoch == EVAL_EPOCH:
+                stats.update(self._eval_stats(terms, preference, objective))
         tokens = 2 * n * batch["tokens"]
         return losses.mean(), {k: v.float() for k, v in stats.items()}, tokens
+
+    def _eval_stats(self, terms, preference, objective) -> dict:
+        """Held-out extras [b]: the β-free margin and log-ratios (nats), the loss without RPO, and the Monte Carlo
+        variance of every reported per-pair mean (``<key>/mc_var``; ``finish_eval`` turns them into standard
+        errors of the means over pairs)."""
+        beta = self.cfg.loss.beta
+        lc, lr, margin = terms.chosen_logratio.detach(), terms.rejected_logratio.detach(), terms.margin.detach()
+        pc = terms.policy_chosen.detach()
+        out = {"dpo_loss": preference(margin.mean(-1)), "margin": margin.mean(-1),
+               "logratio/chosen": lc.mean(-1), "logratio/rejected": lr.mean(-1)}
+        mc = {"loss": S.delta_variance(objective, margin, pc), "dpo_loss": S.delta_variance(preference, margin),
+              "rewards/accuracies": S.sign_variance(margin)}
+        for key, samples, scale in (("margin", margin, 1.0), ("logratio/chosen", lc, 1.0),
+                                    ("logratio/rejected", lr, 1.0), ("rewards/margins", margin, beta),
+                                    ("rewards/chosen", lc, beta), ("rewards/rejected", lr, beta),
+                                    ("logps/policy_chosen", pc, 1.0),
+                                    ("logps/policy_rejected", terms.policy_rejected.detach(), 1.0),
+                                    ("logps/reference_chosen", terms.reference_chosen.detach(), 1.0),
+                                    ("logps/reference_rejected", terms.reference_rejected.detach(), 1.0)):
+            mc[key] = scale**2 * S.mean_variance(samples)
+        out.update({f"{k}/mc_var": v for k, v in mc.items()})
+        return out
+
+    def finish_eval(self, means: dict[str, float], count: int) -> dict[str, float]:
+        """Means over ``count`` held-out pairs -> reported metrics: ``<key>/mc_var`` becomes ``<key>/mc_se``."""
+        out = {}
+        for key, value in means.items():
+            if key.endswith("/mc_var"):
+                out[key.removesuffix("/mc_var") + "/mc_se"] = S.pooled_se(value, count)
+            else:
+                out[key] = value
+        return out
 
     # ------------------------------------------------------------ train.precompute_ref_log_probs
     def cache_key(self) -> dict:
         """What the reference terms of an (example, epoch) depend on besides the example and epoch."""
         c = self.cfg
         return {"model": c.model.name_or_path, "dtype": c.model.dtype, "lora": c.lora.enabled, "seed": c.train.seed,
-                "estimator": dataclasses.asdict(c.estimator), "disable_dropout": c.train.disable_dropout,
+                "estimator": dataclasses.asdict(c.estimator), "eval": dataclasses.asdict(c.eval),
+                "disable_dropout": c.train.disable_dropout,
                 "data": {k: getattr(c.data, k) for k in ("dataset", "format", "preference", "max_prompt_length",
                                                           "max_response_length", "eval_dataset", "eval_fraction")}}
 
@@ -130,6 +191,14 @@ class DPOObjective:
             for i, example_id in enumerate(batch["ids"].tolist()):
                 out[example_id] = (rc[i].float().cpu(), rr[i].float().cpu())
         return out
+
+
+def describe_estimator(est) -> str:
+    """'coupled time_free x16 (stratified)': an estimator section (``estimator`` or ``eval``) in words."""
+    shares = (est.share_policy_reference, est.share_chosen_rejected)
+    sharing = {(True, True): "coupled", (False, False): "decoupled", (True, False): "policy/reference-shared",
+               (False, True): "chosen/rejected-shared"}[shares]
+    return f"{sharing} {est.estimator} x{est.n_samples}" + (" (stratified)" if est.stratified else "")
 
 
 def DPOTrainer(cfg):

@@ -32,6 +32,13 @@ class SFTObjective:
         s = self.cfg.sft
         return f"SFT, masks {s.estimator} x{s.n_samples}"
 
+    def describe_eval(self) -> str:
+        s = self.cfg.sft
+        return f"the SFT loss with masks {s.estimator} x{s.n_samples}, draws seeded by train.seed and the example id"
+
+    def finish_eval(self, means: dict[str, float], count: int) -> dict[str, float]:
+        return means
+
     def progress(self, metrics: dict) -> dict:
         return {"loss": f"{metrics['loss']:.4f}", "nll": f"{metrics['masked_token_nll']:.3f}"}
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from align.config import ConfigError, dump_config, parse_cli
-from align.data import holdout_split, is_local, load_records, rank_micro_batches
+from align.data import EVAL_EPOCH, holdout_split, is_local, load_records, rank_micro_batches
 from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
                           compile_blocks, load_model, resolve_dtype, save_published, set_scoring_memory, spec_for,
                           token_scorer, tokenizer_source)
@@ -42,7 +42,6 @@ from align.models.tokenizer import load_tokenizer
 from align.optim import adamw
 
 log = logging.getLogger("align.trainer")
-EVAL_EPOCH = -1  # eval draws are keyed to a fixed epoch: the same masks at every evaluation
 
 
 _MIXED = {"bfloat16": "bf16", "float16": "fp16", "float32": "no"}
@@ -225,7 +224,7 @@ class Trainer:
         if cfg.behaviour.prompts:
             from align.behaviour import BehaviourEval
 
-            self.behaviour = BehaviourEval(cfg.behaviour, self.tokenizer, self.spec)
+            self.behaviour = BehaviourEval(cfg.behaviour, self.tokenizer, self.spec, seed=t.seed)
         self.shown = set(self.objective.shown) | ({"eval/refusal_rate", "eval/over_refusal_rate"} if self.behaviour else set())
         self.reference_cache = None
         if t.precompute_ref_log_probs:
@@ -236,8 +235,12 @@ class Trainer:
                 raise ConfigError("train.precompute_ref_log_probs=true needs a reference that gives the same numbers "
                                   "ahead of time as in the step, but train.disable_dropout=false leaves dropout on "
                                   "(a random reference); set train.disable_dropout=true or compute it in the step")
+        if objective.needs_reference:
+            # the held-out draws are the same at every evaluation and the reference is frozen: its eval terms are
+            # computed once (in eval mode, so dropout is off) and kept; training epochs use it only when precomputed
             self.reference_cache = ReferenceCache(self.out / "ref_logps", self.objective.cache_key(), self.rank,
-                                                  self.world)
+                                                  self.world, persist=t.precompute_ref_log_probs)
+        self.policy_tokens = 0  # tokens through the policy so far, all ranks (restored on resume)
 
     # ------------------------------------------------------------ data
     def _load_data(self):
@@ -296,6 +299,13 @@ class Trainer:
         engine.eval()
         return engine
 
+    def cached_reference(self, epoch: int, ids: torch.Tensor):
+        """The reference's precomputed (chosen, rejected) terms of examples ``ids`` at ``epoch``, or None when the
+        step computes them: held-out terms always come from the cache, training terms only when precomputed."""
+        if self.reference_cache is None or (epoch != EVAL_EPOCH and not self.cfg.train.precompute_ref_log_probs):
+            return None
+        return self.reference_cache.get(epoch, ids)
+
     def scorers(self, reference: bool = True):
         """(policy, reference) token scorers; the reference is the frozen copy or the policy with its adapter off."""
         policy = token_scorer(self.model)
@@ -345,6 +355,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Held-out metrics (with the objective's evaluator), the behaviour check when due; per-example values are
+        appended to ``eval_examples.jsonl``."""
         if not self.eval_data:
             return {}
         self.model.eval()
@@ -358,20 +370,39 @@ class Trainer:
         bs = self.cfg.train.per_device_eval_batch_size
         if self.reference_cache is not None:  # eval draws are the same at every evaluation: computed once
             self.reference_cache.ensure(self, EVAL_EPOCH, mine, bs)
-        sums = {k: torch.zeros((), device=self.accelerator.device) for k in self.objective.stat_keys}
+        sums: dict[str, torch.Tensor] = {}
+        examples = []  # (example id, {key: value}) of this rank's real examples
+        keys = getattr(self.objective, "per_example_keys", ())
         norm = self.objective.batch_norm(self.eval_data)
         for s in range(0, per_rank, bs):
             with self.adapter_compute():
                 _, stats, _ = self.compute(self.collate(mine[s : s + bs]), EVAL_EPOCH, norm)
             weight = (torch.arange(s, s + len(stats["loss"]), device=self.accelerator.device) < real).float()
             for k, v in stats.items():
-                sums[k] = sums[k] + (v * weight).sum()
-        count = real
-        metrics = {f"eval/{k}": v for k, v in self._reduce(sums, count).items()}
-        if self.behaviour is not None:
+                sums[k] = sums.get(k, 0) + (v * weight).sum()
+            for i, example in enumerate(mine[s : s + bs]):
+                if s + i < real and keys:
+                    examples.append((example.id, {k: float(stats[k][i]) for k in keys if k in stats}))
+        metrics = self.objective.finish_eval(self._reduce(sums, real), len(self.eval_data))
+        metrics = {f"eval/{k}": v for k, v in metrics.items()}
+        metrics["eval/examples"] = len(self.eval_data)
+        metrics["policy_tokens"] = self.policy_tokens
+        if keys:
+            self._write_eval_examples(examples)
+        if self.behaviour is not None and self.behaviour.due(self.global_step, self.global_step == self.total_steps):
             metrics.update(self.behaviour.evaluate(self, self.global_step))
         self.model.train()
         return metrics
+
+    def _write_eval_examples(self, examples: list) -> None:
+        """Per held-out example metrics of this evaluation, gathered from every rank, in ``eval_examples.jsonl``."""
+        from accelerate.utils import gather_object
+
+        everything = gather_object(examples) if self.world > 1 else examples
+        if self.accelerator.is_main_process:
+            with open(self.out / "eval_examples.jsonl", "a") as f:
+                for example_id, values in sorted(everything, key=lambda x: x[0]):
+                    f.write(json.dumps({"step": self.global_step, "id": example_id, **values}) + "\n")
 
     def _log(self, metrics: dict, step: int):
         self.accelerator.log(metrics, step=step)
@@ -397,7 +428,8 @@ class Trainer:
         acc.save_state(str(tmp), **extra)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step}))
+            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step,
+                                                                "policy_tokens": self.policy_tokens}))
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)  # atomic: a checkpoint without trainer_state.json or named .tmp is never resumed
@@ -407,7 +439,9 @@ class Trainer:
                     shutil.rmtree(old)
         acc.wait_for_everyone()
 
-    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "final", "runs", "ref_logps")
+    RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "eval_examples.jsonl", "final", "runs",
+                 "ref_logps")
+    STEP_LOGS = ("metrics.jsonl", "eval_examples.jsonl", "behaviour.jsonl")  # records keyed by step, cut on resume
 
     def describe_launch(self) -> str:
         """The launch in words: 'single process (cpu)', 'DDP, 8 ranks (cuda)', 'DeepSpeed ZeRO-3, 16 ranks (cuda)'."""
@@ -456,9 +490,12 @@ class Trainer:
         # LoRA checkpoints hold the adapter only: the frozen base comes from name_or_path
         strict = {"load_module_strict": False} if self.deepspeed else {"strict": False}
         self.accelerator.load_state(str(path), **strict)
-        self.global_step = json.loads((path / "trainer_state.json").read_text())["global_step"]
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.global_step = state["global_step"]
+        self.policy_tokens = state.get("policy_tokens", 0)
         if self.accelerator.is_main_process:
-            _truncate_metrics(self.out / "metrics.jsonl", self.global_step)
+            for name in self.STEP_LOGS:
+                _truncate_metrics(self.out / name, self.global_step)
         self.accelerator.wait_for_everyone()
         self.accelerator.print(f"resumed from {path} at step {self.global_step}")
 
@@ -521,6 +558,8 @@ class Trainer:
                   f"{len(self.eval_data)} eval {unit}; {self.total_steps} steps of "
                   f"{self.micro_global * t.gradient_accumulation_steps} {unit}; {self.precision}; "
                   f"{self.objective.describe()}")
+        if self.eval_data:
+            acc.print(f"evaluation: {self.objective.describe_eval()}")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc=self.objective.name,
@@ -537,12 +576,13 @@ class Trainer:
         batches = self.micro_batches(micro_consumed)
         norm = 0.0
         window = []  # this rank's (example ids, loss) of the optimizer step in progress
+        step_tokens = 0  # this rank's policy tokens of the optimizer step in progress
         prepared_epoch = None  # train.precompute_ref_log_probs: the epoch whose reference terms are at hand
         stop = StopSignals().install()
         try:
             while self.global_step < self.total_steps:
                 epoch, micro, examples = next(batches)
-                if self.reference_cache is not None and epoch != prepared_epoch:
+                if t.precompute_ref_log_probs and epoch != prepared_epoch:
                     self._precompute_reference(epoch, micro)
                     prepared_epoch = epoch
                 started = time.perf_counter()
@@ -556,10 +596,11 @@ class Trainer:
                         poison = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
                         acc.backward(loss * poison)  # under DeepSpeed this also steps at the end of the accumulation
                     window.append(([e.id for e in examples], loss.detach()))
+                    step_tokens += n_tokens
                     verdict = None
                     if acc.sync_gradients:
                         grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
-                        verdict = self._step_verdict(window, grad_norm, stop.received)
+                        verdict = self._step_verdict(window, grad_norm, stop.received, step_tokens)
                         if verdict["apply"] or acc.scaler is not None:
                             # fp16's loss scaler must see every step (its unscale_ already ran in clipping); a
                             # non-finite loss has poisoned the gradients, so the scaler skips that step itself
@@ -575,7 +616,8 @@ class Trainer:
                 train_seconds += time.perf_counter() - started
                 if verdict is None:
                     continue
-                window = []
+                window, step_tokens = [], 0
+                self.policy_tokens += verdict["tokens"]
                 if verdict["nonfinite"]:
                     if t.on_nonfinite == "stop":
                         self._stop_nonfinite(verdict)
@@ -601,6 +643,7 @@ class Trainer:
                                     "tokens_per_second": total_tokens / train_seconds,
                                     "optimizer_steps_skipped": skipped,
                                     "nonfinite_steps": nonfinite,
+                                    "policy_tokens": self.policy_tokens,
                                     "epoch": micro_consumed / self.micro_per_epoch})
                     self._log(metrics, self.global_step)
                     bar.set_postfix(self.objective.progress(metrics))
@@ -627,9 +670,10 @@ class Trainer:
         for tracker in acc.trackers:
             tracker.finish()
 
-    def _step_verdict(self, window: list, grad_norm, signal_name: str | None) -> dict:
+    def _step_verdict(self, window: list, grad_norm, signal_name: str | None, tokens: int = 0) -> dict:
         """Whether the optimizer step just accumulated may be applied, and whether to stop after it: decided
-        alike on every rank from one all-reduce of (non-finite loss, non-finite gradient norm, signal received).
+        alike on every rank from one all-reduce of (non-finite loss, non-finite gradient norm, signal received);
+        the same all-reduce sums the step's policy tokens (``tokens`` on this rank) into ``verdict["tokens"]``.
 
         Non-finite means NaN or inf in any micro-batch loss of the step on any rank, or in the (global) gradient
         norm; under fp16 an inf gradient norm is the loss scaler's business (it skips the step and lowers its
@@ -642,10 +686,11 @@ class Trainer:
         grad_bad = torch.zeros((), device=device)
         if grad_norm is not None and str(acc.mixed_precision) != "fp16":
             grad_bad = (~torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32, device=device))).float()
-        flags = torch.stack([loss_bad, grad_bad, torch.tensor(float(signal_name is not None), device=device)])
-        loss_ranks, grad_ranks, signal_ranks = acc.reduce(flags, reduction="sum").tolist()
+        flags = torch.stack([loss_bad, grad_bad, torch.tensor(float(signal_name is not None), device=device)]).double()
+        flags = torch.cat([flags, torch.tensor([float(tokens)], dtype=torch.float64, device=device)])
+        loss_ranks, grad_ranks, signal_ranks, step_tokens = acc.reduce(flags, reduction="sum").tolist()
         nonfinite = loss_ranks > 0 or grad_ranks > 0
-        verdict = {"apply": not nonfinite, "nonfinite": nonfinite,
+        verdict = {"apply": not nonfinite, "nonfinite": nonfinite, "tokens": int(step_tokens),
                    "stop": (signal_name or "a signal on another rank") if signal_ranks > 0 else None}
         if nonfinite:
             what = []
@@ -733,10 +778,12 @@ class ReferenceCache:
     ranks) and keeps them in memory and in ``output_dir/ref_logps/epoch<E>.rank<R>of<W>.pt`` with the settings
     they depend on, so a resumed run reads them back instead of recomputing. Under ZeRO-3 the reference forward
     is collective: every rank runs as many batches as the rank with the most to do (padding with a repeat).
+    Without ``persist`` (no precomputation asked for) it holds the held-out terms alone, in memory: the eval
+    draws are the same at every evaluation, so the reference runs over the held-out pairs once per launch.
     """
 
-    def __init__(self, directory: Path, key: dict, rank: int, world: int):
-        self.dir, self.rank, self.world = directory, rank, world
+    def __init__(self, directory: Path, key: dict, rank: int, world: int, persist: bool = True):
+        self.dir, self.rank, self.world, self.persist = directory, rank, world, persist
         self.key = json.dumps(key, sort_keys=True, default=str)
         self.terms: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -749,7 +796,7 @@ class ReferenceCache:
             for e in [e for e in self.terms if 0 <= e < epoch]:
                 del self.terms[e]
         have = self.terms.setdefault(epoch, {})
-        if not have and self.path(epoch).exists():
+        if not have and self.persist and self.path(epoch).exists():
             saved = torch.load(self.path(epoch), weights_only=True)
             if saved["key"] == self.key:
                 have.update({int(i): (c, r) for i, c, r in zip(saved["ids"].tolist(), saved["chosen"], saved["rejected"])})
@@ -762,11 +809,15 @@ class ReferenceCache:
         padded = need + [examples[0]] * (most - len(need))  # equal batch counts on every rank (ZeRO-3 gathers)
         computed = trainer.objective.reference_terms(trainer, padded, epoch, batch_size)
         have.update({i: computed[i] for i in (e.id for e in need)})
+        what = "evaluation" if epoch < 0 else f"epoch {epoch}"
+        if not self.persist:  # held-out terms only, kept in memory
+            acc.print(f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
+                      f"{time.perf_counter() - started:.1f} s (computed once, kept for every evaluation)")
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         ids = sorted(have)
         torch.save({"key": self.key, "ids": torch.tensor(ids), "chosen": torch.stack([have[i][0] for i in ids]),
                     "rejected": torch.stack([have[i][1] for i in ids])}, self.path(epoch))
-        what = "evaluation" if epoch < 0 else f"epoch {epoch}"
         acc.print(f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
                   f"{time.perf_counter() - started:.1f} s (train.precompute_ref_log_probs; {self.dir})")
 
