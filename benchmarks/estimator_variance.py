@@ -1,6 +1,6 @@
 """Variance of the DPO-margin estimate on toy and random models: 4 sharing settings x 3 estimators x n_samples.
 
-The same measurement as ``python -m align.ablate variance`` (one code path: ``align.ablate.measure_variance``,
+The same measurement as ``python -m align.ablate variance`` (one code path: ``align.variance.measure_variance``,
 ``bootstrap``, ``variance_markdown``), on models that need no checkpoint: (a) the enumerable toy (vocab 3,
 context 2, response 4; reference = policy with N(0, 0.3²) log-joint noise) and (b) a pair of tiny *random*
 bidirectional transformers (vocab 64, context 8, response 24; reference = policy with N(0, 0.02²) weight
@@ -22,7 +22,7 @@ import time
 import torch
 
 from align import estimators as E
-from align.ablate import SETTINGS, bootstrap, measure_variance, variance_markdown
+from align.variance import SETTINGS, bootstrap, measure_variance, variance_markdown
 from align.masking import ESTIMATORS
 from align.toy import TinyDenoiser, ToyJoint
 
