@@ -299,43 +299,55 @@ def report(root: Path, axes: dict, cells: list[dict], *, cell_name, short, statu
 
 
 def _differences(arms: dict, arm_axes, short, outcomes: list[Outcome], behaviour: bool) -> list[str]:
-    """Each arm against the first: paired over seeds (every outcome) and over held-out pairs (margin)."""
-    names = list(arms)
-    if len(names) < 2:
-        return []
-    base = names[0]
-    lines = [f"## Paired differences (arm − {arm_label(base, arm_axes, short)})", "",
-             "Over seeds: the mean of per-seed differences [95% t-interval] (n seeds, how many larger). Over held-out "
-             "pairs: each pair's final margin averaged over those seeds, differenced, then the mean over pairs.", ""]
-    for other in names[1:]:
-        a = {r["cell"][SEED] if SEED in r["cell"] else 0: r for r in arms[base]}
-        b = {r["cell"][SEED] if SEED in r["cell"] else 0: r for r in arms[other]}
-        who = f"{arm_label(base, arm_axes, short)} − {arm_label(other, arm_axes, short)}"
-        for o in outcomes:
-            d = S.paired_difference({s: r["outcomes"].get(o.key) for s, r in a.items()},
-                                    {s: r["outcomes"].get(o.key) for s, r in b.items()})
-            if d["n"] == 0:
-                continue
-            verdict = ""
-            if d["n"] > 1 and math.isfinite(d["lo"]):
-                verdict = "; the interval excludes 0" if d["lo"] > 0 or d["hi"] < 0 else "; the interval covers 0"
-            lines.append(f"- {who}, {o.label}: {fmt_ci(d, o.fmt, signed=True)}, {d['n']} seeds "
-                         f"({d['wins']} of {d['n']} larger){verdict}")
-        seeds = sorted(set(a) & set(b), key=str)
-        per_pair = {}
-        for which, runs in (("a", a), ("b", b)):
-            values: dict[int, list[float]] = {}
-            for s in seeds:
-                ex = runs[s]["examples"]
-                if ex:
-                    for i, v in ex[max(ex)].items():
-                        values.setdefault(i, []).append(v["margin"])
-            per_pair[which] = {i: sum(v) / len(v) for i, v in values.items() if len(v) == len(seeds)}
-        if per_pair["a"] and per_pair["b"]:
-            d = S.paired_difference(per_pair["a"], per_pair["b"])
-            lines.append(f"- {who}, held-out margin (nats) over {d['n']} held-out pairs (mean over {len(seeds)} "
-                         f"seeds): {fmt_ci(d, '.2f', signed=True)} ({d['wins']} of {d['n']} pairs larger)")
-        lines.append("")
+    """Along each axis, its first value against each other one, at every setting of the other axes: paired over
+    seeds (every outcome) and over held-out pairs (the margin)."""
+    lines = []
+    for position, axis in enumerate(arm_axes):
+        values = list(dict.fromkeys(arm[position] for arm in arms))
+        if len(values) < 2:
+            continue
+        lines += [f"## Paired differences along {short(axis)} ({short(axis)}={values[0]} − each other value)", "",
+                  "Over seeds: the mean of per-seed differences [95% t-interval] (seeds, in how many the first is "
+                  "larger). Over held-out pairs: each pair's final margin averaged over those seeds, differenced, "
+                  "then the mean over pairs.", ""]
+        for base in [arm for arm in arms if arm[position] == values[0]]:
+            for other in [arm for arm in arms if arm[position] != values[0]
+                          and all(arm[i] == base[i] for i in range(len(arm_axes)) if i != position)]:
+                rest = [f"{short(k)}={base[i]}" for i, k in enumerate(arm_axes) if i != position]
+                who = f"{short(axis)}={base[position]} − {short(axis)}={other[position]}" + (
+                    f" (at {', '.join(rest)})" if rest else "")
+                lines += [*_compare(arms[base], arms[other], who, outcomes), ""]
+    return lines
+
+
+def _compare(a_runs: list, b_runs: list, who: str, outcomes: list[Outcome]) -> list[str]:
+    lines = []
+    a = {r["cell"].get(SEED, "0"): r for r in a_runs}
+    b = {r["cell"].get(SEED, "0"): r for r in b_runs}
+    for o in outcomes:
+        d = S.paired_difference({s: r["outcomes"].get(o.key) for s, r in a.items()},
+                                {s: r["outcomes"].get(o.key) for s, r in b.items()})
+        if d["n"] == 0:
+            continue
+        verdict = ""
+        if d["n"] > 1 and math.isfinite(d["lo"]):
+            verdict = "; the interval excludes 0" if d["lo"] > 0 or d["hi"] < 0 else "; the interval covers 0"
+        lines.append(f"- {who}, {o.label}: {fmt_ci(d, o.fmt, signed=True)}, {d['n']} seeds "
+                     f"({d['wins']} of {d['n']} larger){verdict}")
+    seeds = sorted(set(a) & set(b), key=str)
+    per_pair = {}
+    for which, runs in (("a", a), ("b", b)):
+        values: dict[int, list[float]] = {}
+        for s in seeds:
+            ex = runs[s]["examples"]
+            if ex:
+                for i, v in ex[max(ex)].items():
+                    values.setdefault(i, []).append(v["margin"])
+        per_pair[which] = {i: sum(v) / len(v) for i, v in values.items() if len(v) == len(seeds)}
+    if per_pair["a"] and per_pair["b"]:
+        d = S.paired_difference(per_pair["a"], per_pair["b"])
+        lines.append(f"- {who}, held-out margin (nats) over {d['n']} held-out pairs (mean over {len(seeds)} "
+                     f"seeds): {fmt_ci(d, '.2f', signed=True)} ({d['wins']} of {d['n']} pairs larger)")
     return lines
 
 
@@ -376,9 +388,14 @@ def _write_outcomes_csv(path: Path, runs: list[dict], axes: dict, short, outcome
                         r["status"].get("wall_s", "")])
 
 
-CURVES = (("eval/rewards/accuracies", "held-out reward accuracy"), ("eval/margin", "held-out margin (nats)"),
-          ("eval/dpo_loss", "held-out DPO loss (no RPO term)"))
-BEHAVIOUR_CURVES = (("eval/refusal_rate", "refusal rate (harmful)"), ("eval/over_refusal_rate", "over-refusal (everyday)"))
+PANELS = (("held-out reward accuracy", (("eval/rewards/accuracies", "-"),)),
+          ("held-out margin (nats)", (("eval/margin", "-"),)),
+          ("held-out DPO loss (no RPO term)", (("eval/dpo_loss", "-"),)),
+          ("held-out log-ratio, chosen (nats)", (("eval/logratio/chosen", "-"),)),
+          ("held-out log-ratio, rejected (nats)", (("eval/logratio/rejected", "-"),)))
+BEHAVIOUR_PANEL = ("refusal rate: harmful (solid), everyday (dashed)",
+                   (("eval/refusal_rate", "-"), ("eval/over_refusal_rate", "--")))
+SHARES = ("eval/rewards/accuracies", "eval/refusal_rate", "eval/over_refusal_rate")  # bands drawn within [0, 1]
 
 
 def plot_curves(path: Path, arms: dict, arm_axes, short, behaviour: bool, evaluator: str) -> None:
@@ -388,26 +405,31 @@ def plot_curves(path: Path, arms: dict, arm_axes, short, behaviour: bool, evalua
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels_spec = CURVES + (BEHAVIOUR_CURVES if behaviour else ())
-    fig, panels = plt.subplots(1, len(panels_spec), figsize=(4.4 * len(panels_spec), 3.8), squeeze=False)
-    for (key, title), ax in zip(panels_spec, panels[0]):
-        for i, (arm, runs) in enumerate(arms.items()):
-            series = [{s: rec[key] for s, rec in r["metrics"].items() if key in rec} for r in runs]
-            steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
-            if not steps:
-                continue
-            cis = [S.t_interval([s[x] for s in series]) for x in steps]
-            mean = [c["mean"] for c in cis]
-            ax.plot(steps, mean, marker="o", ms=3, color=f"C{i}",
-                    label=f"{arm_label(arm, arm_axes, short)} ({len(series)} seeds)")
-            if len(series) > 1:
-                ax.fill_between(steps, [c["lo"] for c in cis], [c["hi"] for c in cis], color=f"C{i}", alpha=0.2, lw=0)
+    spec = PANELS + ((BEHAVIOUR_PANEL,) if behaviour else ())
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.4))
+    for ax in axes.flat[len(spec):]:
+        ax.set_visible(False)
+    for (title, curves), ax in zip(spec, axes.flat):
+        for key, style in curves:
+            for i, (arm, runs) in enumerate(arms.items()):
+                series = [{s: rec[key] for s, rec in r["metrics"].items() if key in rec} for r in runs]
+                steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
+                if not steps:
+                    continue
+                cis = [S.t_interval([s[x] for s in series]) for x in steps]
+                label = f"{arm_label(arm, arm_axes, short)} ({len(series)} seeds)" if style == "-" else None
+                ax.plot(steps, [c["mean"] for c in cis], ls=style, marker="o", ms=3, color=f"C{i}", label=label)
+                if len(series) > 1:
+                    lo, hi = [c["lo"] for c in cis], [c["hi"] for c in cis]
+                    if key in SHARES:
+                        lo, hi = [max(x, 0.0) for x in lo], [min(x, 1.0) for x in hi]
+                    ax.fill_between(steps, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    panels[0][0].legend(fontsize=7)
-    fig.suptitle(f"scored by one evaluator: {evaluator}\nlines: mean over seeds; bands: 95% t-interval over seeds",
-                 fontsize=8)
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"scored by one evaluator: {evaluator}\nlines: mean over seeds; bands: 95% t-interval over seeds "
+                 f"(shares clipped to [0, 1])", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -48,7 +48,7 @@ def test_grid_summary_is_scored_by_one_named_evaluator_with_intervals_and_paired
     assert "Not comparable" not in summary
     arm = next(line for line in summary.splitlines() if line.startswith("| coupling=decoupled | 3 |"))
     assert arm.count("[") >= 5  # mean [95% interval] over 3 seeds in every held-out column
-    assert "## Paired differences (arm − coupling=coupled)" in summary
+    assert "## Paired differences along coupling (coupling=coupled − each other value)" in summary
     assert "coupling=coupled − coupling=decoupled, held-out margin (nats):" in summary and ", 3 seeds (" in summary
     assert "over 8 held-out pairs (mean over 3 seeds)" in summary
     assert "Monte Carlo standard error of the final accuracy" in summary

@@ -1,6 +1,6 @@
-"""The README cannot drift: every fenced Python block runs as written, and every shell command is either run
-here (shortened where noted) or marked in the README as needing what CI lacks ("# needs ...": GPUs, the hub,
-SLURM). A new command that is neither fails ``test_every_shell_command_is_run_or_marked``.
+"""The README and the topic pages under docs/ cannot drift: every fenced Python block runs as written, and every
+shell command is either run here (shortened where noted) or marked as needing what CI lacks ("# needs ...": GPUs,
+the hub, SLURM). A new command that is neither fails ``test_every_shell_command_is_run_or_marked``.
 """
 
 import os
@@ -14,10 +14,11 @@ import pytest
 from tests.test_trainer import ENV, ROOT
 
 README = (ROOT / "README.md").read_text()
+PAGES = [README] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
 
 
 def blocks(lang: str) -> list[str]:
-    return re.findall(rf"^```{lang}\n(.*?)^```", README, flags=re.S | re.M)
+    return [b for page in PAGES for b in re.findall(rf"^```{lang}\n(.*?)^```", page, flags=re.S | re.M)]
 
 
 def shell_commands() -> list[tuple[str, bool]]:
@@ -25,6 +26,7 @@ def shell_commands() -> list[tuple[str, bool]]:
     marked as a whole, a line by a trailing "# needs" comment."""
     found = []
     for block in blocks("bash"):
+        block = re.sub(r"\\\n\s*", "", block)  # a command continued over lines with a backslash is one line
         lines = [line for line in block.splitlines() if line.strip()]
         whole = bool(lines) and lines[0].lstrip().startswith("# needs")
         for line in lines:
