@@ -107,7 +107,8 @@ def run_outcomes(metrics: dict[int, dict], target_accuracy: float, target_margin
            "margin_curve": average("eval/margin"), "steps_to_accuracy": steps_acc,
            "tokens_to_accuracy": evals[steps_acc].get("policy_tokens") if steps_acc is not None else None,
            "refusal_rate": last.get("eval/refusal_rate"), "over_refusal_rate": last.get("eval/over_refusal_rate"),
-           "final_step": max(evals), "accuracy_mc_se": last.get("eval/rewards/accuracies/mc_se"),
+           "final_step": max(evals), "policy_tokens": last.get("policy_tokens"),
+           "accuracy_mc_se": last.get("eval/rewards/accuracies/mc_se"),
            "margin_mc_se": last.get("eval/margin/mc_se"), "examples": last.get("eval/examples")}
     if target_margin is not None:
         out["steps_to_margin"] = first_step("eval/margin", target_margin)
@@ -259,13 +260,14 @@ def report(root: Path, axes: dict, cells: list[dict], *, cell_name, short, statu
         by_key = {o.key: o for o in outcomes}
         steps = sorted({r["outcomes"].get("final_step") for rs in arms.values() for r in rs} - {None})
         lines += [f"## Final evaluation (step {', '.join(map(str, steps))})", "",
-                  "| arm | seeds | " + " | ".join(by_key[k].label for k in final_keys) + " | wall s |",
-                  "|---|---|" + "---|" * (len(final_keys) + 1)]
+                  "| arm | seeds | " + " | ".join(by_key[k].label for k in final_keys) + " | policy tokens (mean) | wall s |",
+                  "|---|---|" + "---|" * (len(final_keys) + 2)]
         for arm, rs in arms.items():
             row = [fmt_ci(S.t_interval([r["outcomes"].get(k) for r in rs]), by_key[k].fmt) for k in final_keys]
+            tokens = S.t_interval([r["outcomes"].get("policy_tokens") for r in rs])
             wall = S.t_interval([r["status"].get("wall_s") for r in rs])
             lines.append(f"| {arm_label(arm, arm_axes, short)} | {len(rs)} | " + " | ".join(row) +
-                         f" | {fmt_ci(wall, '.0f')} |")
+                         f" | {tokens['mean']:.4g} | {fmt_ci(wall, '.0f')} |")
         speed_keys = [o.key for o in outcomes if o.key in ("accuracy_curve", "margin_curve", "steps_to_accuracy",
                                                            "tokens_to_accuracy", "steps_to_margin")]
         lines += ["", "## Learning speed", "",
