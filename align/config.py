@@ -161,6 +161,10 @@ class EvalArgs:
     share_policy_reference: bool = opt(True, "policy and reference see the same masks")
     share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
     stratified: bool = opt(True, "stratify the mask count across a pair's samples")
+    mc_groups: int = opt(4, "stratified: the n draws are this many independent stratified groups, and the Monte Carlo "
+                            "standard errors come from the spread of the group means; n_samples must be a multiple. "
+                            "1: one stratified set, whose errors (from the spread of its draws) are upper bounds. "
+                            "Unstratified draws are iid and need no groups")
     seed: int = opt(0, "seeds the held-out draws (with the example id); independent of train.seed, so every run and "
                        "seed is scored on the same masks")
 
@@ -408,6 +412,11 @@ def _validate(cfg):
         if est.n_samples < least:
             why = " (the Monte Carlo standard errors of the eval metrics need two draws)" if section == "eval" else ""
             raise ConfigError(f"{section}.n_samples must be >= {least}{why}, got {est.n_samples}")
+    ev = cfg.eval
+    if ev.stratified and (ev.mc_groups < 1 or ev.n_samples % ev.mc_groups):
+        raise ConfigError(f"eval.mc_groups={ev.mc_groups}: stratified held-out draws are made as independent groups "
+                          f"whose spread gives the Monte Carlo errors; eval.n_samples ({ev.n_samples}) must be a "
+                          f"multiple of it (>= 1)")
     if not 0 <= cfg.loss.label_smoothing < 0.5:
         raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
     if cfg.loss.beta <= 0:

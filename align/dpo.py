@@ -90,7 +90,7 @@ class DPOObjective:
                                     share_policy_reference=est.share_policy_reference,
                                     share_chosen_rejected=est.share_chosen_rejected,
                                     generator=example_generators(seed, batch["ids"], epoch),
-                                    stratified=est.stratified)
+                                    stratified=est.stratified, groups=mc_groups(est))
         return dict(n_samples=est.n_samples, estimator=est.estimator, share_policy_reference=est.share_policy_reference,
                     share_chosen_rejected=est.share_chosen_rejected, mask_token_id=trainer.spec.mask_token_id,
                     attention_mask=batch["attention_mask"], stratified=est.stratified, draws=draws)
@@ -140,13 +140,14 @@ class DPOObjective:
         """Held-out extras [b]: the β-free margin and log-ratios (nats), the loss without RPO, and the Monte Carlo
         variance of every reported per-pair mean (``<key>/mc_var``; ``finish_eval`` turns them into standard
         errors of the means over pairs)."""
-        beta = self.cfg.loss.beta
+        beta, g = self.cfg.loss.beta, mc_groups(self.cfg.eval)
         lc, lr, margin = terms.chosen_logratio.detach(), terms.rejected_logratio.detach(), terms.margin.detach()
         pc = terms.policy_chosen.detach()
         out = {"dpo_loss": preference(margin.mean(-1)), "margin": margin.mean(-1),
                "logratio/chosen": lc.mean(-1), "logratio/rejected": lr.mean(-1)}
-        mc = {"loss": S.delta_variance(objective, margin, pc), "dpo_loss": S.delta_variance(preference, margin),
-              "rewards/accuracies": S.sign_variance(margin)}
+        mc = {"loss": S.delta_variance(objective, margin, pc, groups=g),
+              "dpo_loss": S.delta_variance(preference, margin, groups=g),
+              "rewards/accuracies": S.sign_variance(margin, groups=g)}
         for key, samples, scale in (("margin", margin, 1.0), ("logratio/chosen", lc, 1.0),
                                     ("logratio/rejected", lr, 1.0), ("rewards/margins", margin, beta),
                                     ("rewards/chosen", lc, beta), ("rewards/rejected", lr, beta),
@@ -154,7 +155,7 @@ class DPOObjective:
                                     ("logps/policy_rejected", terms.policy_rejected.detach(), 1.0),
                                     ("logps/reference_chosen", terms.reference_chosen.detach(), 1.0),
                                     ("logps/reference_rejected", terms.reference_rejected.detach(), 1.0)):
-            mc[key] = scale**2 * S.mean_variance(samples)
+            mc[key] = scale**2 * S.mean_variance(samples, groups=g)
         out.update({f"{k}/mc_var": v for k, v in mc.items()})
         return out
 
@@ -193,12 +194,19 @@ class DPOObjective:
         return out
 
 
+def mc_groups(est) -> int:
+    """Independent stratified groups of an estimator section's draws (the eval section's ``mc_groups``; 1 else)."""
+    return getattr(est, "mc_groups", 1) if est.stratified else 1
+
+
 def describe_estimator(est) -> str:
     """'coupled time_free x16 (stratified)': an estimator section (``estimator`` or ``eval``) in words."""
     shares = (est.share_policy_reference, est.share_chosen_rejected)
     sharing = {(True, True): "coupled", (False, False): "decoupled", (True, False): "policy/reference-shared",
                (False, True): "chosen/rejected-shared"}[shares]
-    return f"{sharing} {est.estimator} x{est.n_samples}" + (" (stratified)" if est.stratified else "")
+    groups = mc_groups(est)
+    strat = (f" (stratified, {groups} groups)" if groups > 1 else " (stratified)") if est.stratified else ""
+    return f"{sharing} {est.estimator} x{est.n_samples}{strat}"
 
 
 def DPOTrainer(cfg):

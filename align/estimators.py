@@ -141,15 +141,17 @@ def draw_margin_masks(
     share_chosen_rejected: bool,
     generator: Generators,
     stratified: bool,
+    groups: int = 1,
 ) -> dict[str, MaskDraw]:
     """Draws for the four terms ``pc, rc, pr, rr`` (policy/reference × chosen/rejected).
 
     Shared axes reuse one draw (docs/method.md §3); independent draws are taken
     in the fixed order pc, rc, pr, rr so that a seed fixes every setting.
+    ``groups``: stratified draws as that many independent stratified sets (``masking.draw_masks``).
     """
 
     def new() -> MaskDraw:
-        return draw_masks(response_mask, n_samples, estimator, generator, stratified)
+        return draw_masks(response_mask, n_samples, estimator, generator, stratified, groups)
 
     if share_policy_reference and share_chosen_rejected:  # coupled: one (m, M) for all four
         d = new()

@@ -79,21 +79,27 @@ def sample_weight(m: torch.Tensor, L: int, estimator: str) -> torch.Tensor:
     raise ValueError("time_integral weights are 1/λ")
 
 
-def _uniforms(n: int, stratified: bool, generator: torch.Generator | None) -> torch.Tensor:
+def _uniforms(n: int, stratified: bool, generator: torch.Generator | None, groups: int = 1) -> torch.Tensor:
     """n uniforms on [0, 1), float64. Stratified: one offset U and u_j = (U + j/n) mod 1.
 
     Each u_j is marginally U(0, 1), so every sample alone stays unbiased, while
     the n of them cover the n strata of the CDF exactly once (docs/method.md §2).
+    With ``groups`` G > 1 the n uniforms are G independent stratified sets of n/G,
+    one after the other: the spread of the G set means estimates the Monte Carlo
+    variance, which one stratified set cannot (its samples are not independent).
     """
     if stratified:
-        offset = torch.rand(1, dtype=torch.float64, generator=generator)
-        return torch.remainder(offset + torch.arange(n, dtype=torch.float64) / n, 1.0)
+        if n % groups:
+            raise ValueError(f"{n} samples do not split into {groups} stratified groups")
+        k = n // groups
+        offset = torch.rand(groups, 1, dtype=torch.float64, generator=generator)
+        return torch.remainder(offset + torch.arange(k, dtype=torch.float64) / k, 1.0).reshape(n)
     return torch.rand(n, dtype=torch.float64, generator=generator)
 
 
-def _draw_row(L: int, n: int, estimator: str, stratified: bool, generator: torch.Generator | None):
+def _draw_row(L: int, n: int, estimator: str, stratified: bool, generator: torch.Generator | None, groups: int = 1):
     """Masks over the L response positions of one row: ([n, L] bool, [n] float64)."""
-    u = _uniforms(n, stratified, generator)  # [n]
+    u = _uniforms(n, stratified, generator, groups)  # [n]
     keys = torch.rand(n, L, dtype=torch.float64, generator=generator)  # [n, L]
     if estimator == "time_integral":
         # each position masked independently w.p. λ = u; value S(M)/λ, 0 when nothing is masked
@@ -115,12 +121,15 @@ def draw_masks(
     estimator: str = "time_free",
     generator: Generators = None,
     stratified: bool = True,
+    groups: int = 1,
 ) -> MaskDraw:
     """Draw ``n_samples`` masks per row over the positions where ``response_mask`` is True.
 
     response_mask: [b, T] bool. generator: one ``torch.Generator`` for the
     batch (rows consume it in order), a sequence of ``b`` generators (row i
     uses only generators[i]), or None for torch's global generator.
+    ``groups`` (with ``stratified``): the samples are that many independent
+    stratified sets, consecutive along the sample axis.
     Raises ValueError naming the row if a row has no response position.
     """
     check_estimator(estimator)
@@ -142,7 +151,8 @@ def draw_masks(
         positions = resp[i].nonzero().squeeze(-1)
         if positions.numel() == 0:
             raise ValueError(f"row {i} has an empty response: nothing to mask or score")
-        row_masked, weight[i] = _draw_row(positions.numel(), n_samples, estimator, stratified, row_generators[i])
+        row_masked, weight[i] = _draw_row(positions.numel(), n_samples, estimator, stratified, row_generators[i],
+                                          groups)
         masked[i][:, positions] = row_masked
     return MaskDraw(masked.to(response_mask.device), weight.to(response_mask.device))
 

@@ -7,8 +7,9 @@ Two sources of error are kept apart:
   :func:`mean_variance` (a mean: ``s²/n``), :func:`delta_variance` (a smooth function of means, e.g. the
   DPO loss: the delta method through autograd) and :func:`sign_variance` (whether a mean is > 0, e.g. the
   reward accuracy: ``p(1 − p)`` with ``p`` the normal approximation of P(mean > 0)). The metric's Monte
-  Carlo standard error is ``sqrt(Σ_i v_i) / P`` (:func:`pooled_se`). With stratified draws the sample spread
-  over-states the variance of the mean, so these errors are conservative.
+  Carlo standard error is ``sqrt(Σ_i v_i) / P`` (:func:`pooled_se`). Stratified draws are not independent:
+  they are made as G independent stratified groups, and each variance comes from the spread of the group
+  means (``groups=G``); the sample spread of a single stratified set would over-state it.
 - **Sampling error** (the experiment's): seeds (initialisation, data order) and held-out pairs. Ablation
   summaries give Student-t 95% intervals of means and of paired differences (:func:`t_interval`).
 
@@ -24,21 +25,37 @@ import torch
 
 
 # ------------------------------------------------------------------------------------- Monte Carlo error
-def mean_variance(samples: torch.Tensor) -> torch.Tensor:
-    """[b, n] per-sample estimates -> [b] variance of their mean over the n samples (``s²/n``; n >= 2)."""
-    n = samples.shape[-1]
+def _group_means(samples: torch.Tensor, groups: int) -> torch.Tensor:
+    """[b, n] -> [b, groups] means of consecutive sets of n/groups samples."""
+    b, n = samples.shape
+    if n % groups:
+        raise ValueError(f"{n} samples do not split into {groups} groups")
+    return samples.reshape(b, groups, n // groups).mean(-1)
+
+
+def mean_variance(samples: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """[b, n] per-sample estimates -> [b] Monte Carlo variance of their mean.
+
+    ``groups`` = 1: the samples are iid, ``s²/n`` (n >= 2). ``groups`` G > 1: the samples are G independent sets
+    (e.g. each one stratified draw, ``masking.draw_masks(groups=G)``) of n/G consecutive samples; the variance
+    of the overall mean is the spread of the G set means over G, unbiased whatever the dependence inside a set.
+    """
+    x = samples.detach().double()
+    if groups > 1:
+        return _group_means(x, groups).var(-1, correction=1) / groups
+    n = x.shape[-1]
     if n < 2:
         raise ValueError("the Monte Carlo variance of a mean needs at least 2 samples")
-    return samples.detach().double().var(-1, correction=1) / n
+    return x.var(-1, correction=1) / n
 
 
-def delta_variance(fn: Callable[..., torch.Tensor], *samples: torch.Tensor) -> torch.Tensor:
+def delta_variance(fn: Callable[..., torch.Tensor], *samples: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """[b] Monte Carlo variance of ``fn(mean_1, ..., mean_K)`` by the delta method.
 
     ``samples``: K tensors [b, n], the per-sample estimates whose row means ``fn`` takes ([b] each); ``fn``
     returns [b], row i depending on row i alone. Linearised, ``fn`` of the means is the mean of the
-    per-sample values ``u_ij = Σ_k ∂fn_i/∂mean_k,i · x_k,ij``, so its variance is ``var_j(u_ij) / n``;
-    for a linear ``fn`` this is exact.
+    per-sample values ``u_ij = Σ_k ∂fn_i/∂mean_k,i · x_k,ij``, so its variance is that of the mean of u
+    (:func:`mean_variance`, with ``groups``); for a linear ``fn`` this is exact.
     """
     means = [s.detach().double().mean(-1).requires_grad_(True) for s in samples]
     with torch.enable_grad():
@@ -47,20 +64,24 @@ def delta_variance(fn: Callable[..., torch.Tensor], *samples: torch.Tensor) -> t
     u = sum(g.unsqueeze(-1) * s.detach().double() for g, s in zip(grads, samples) if g is not None)
     if not torch.is_tensor(u):  # fn does not depend on the samples
         return torch.zeros(samples[0].shape[0], dtype=torch.float64, device=samples[0].device)
-    return mean_variance(u)
+    return mean_variance(u, groups)
 
 
-def sign_variance(samples: torch.Tensor) -> torch.Tensor:
+def sign_variance(samples: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """[b] Monte Carlo variance of ``1[mean > 0] + ½·1[mean = 0]`` for [b, n] samples.
 
-    The mean is approximately normal with the sample mean and standard error ``s/√n``, so
-    ``p = Φ(mean / se)`` and the indicator's variance is ``p(1 − p)``; rows without spread (e.g. a coupled
-    margin of two identical models, exactly 0) have none.
+    The mean is approximately normal around its expectation with standard error ``se`` (:func:`mean_variance`),
+    so ``p = P(mean > 0) ≈ Φ(mean / se)`` (with G groups, the Student-t CDF with G − 1 degrees of freedom,
+    as se is then estimated from G set means) and the indicator's variance is ``p(1 − p)``. Rows without
+    spread (e.g. a coupled margin of two identical models, exactly 0) have none.
     """
     mean = samples.detach().double().mean(-1)
-    se = mean_variance(samples).sqrt()
+    se = mean_variance(samples, groups).sqrt()
     z = torch.where(se > 0, mean / se.clamp_min(1e-300), torch.zeros_like(mean))
-    p = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    if groups > 1:
+        p = torch.tensor([t_cdf(v, groups - 1) for v in z.cpu().tolist()], dtype=torch.float64, device=mean.device)
+    else:
+        p = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
     return torch.where(se > 0, p * (1 - p), torch.zeros_like(mean))
 
 

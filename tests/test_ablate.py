@@ -44,7 +44,7 @@ def test_grid_summary_is_scored_by_one_named_evaluator_with_intervals_and_paired
     assert {r["coupling"] for r in rows} == {"coupled", "decoupled"} and {r["seed"] for r in rows} == {"0", "1", "2"}
     assert {r["step"] for r in rows} == {"0", "1", "2"} and all(r["status"] == "done" for r in rows)
     summary = (out / "summary.md").read_text()
-    assert "**Evaluator of every held-out column**: coupled time_free x4 (stratified), eval.seed=0" in summary
+    assert "**Evaluator of every held-out column**: coupled time_free x4 (stratified, 4 groups), eval.seed=0" in summary
     assert "Not comparable" not in summary
     arm = next(line for line in summary.splitlines() if line.startswith("| coupling=decoupled | 3 |"))
     assert arm.count("[") >= 5  # mean [95% interval] over 3 seeds in every held-out column

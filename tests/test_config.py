@@ -55,7 +55,7 @@ def test_coupling_shorthand():
     ("trian.seed=1", "unknown config key 'trian'; did you mean 'train'"),
     ("output_dir=x", "unknown config key 'output_dir'; keys live in sections: did you mean 'train.output_dir'?"),
     ("learning_rate=1e-4", "did you mean 'train.learning_rate'?"),
-    ("n_sample=2", "did you mean 'estimator.n_samples'?"),
+    ("n_sample=2", "did you mean 'estimator.n_samples' or 'eval.n_samples'?"),
     ("train.seed=abc", "train.seed: expected int, got 'abc'"),
     ("train.max_grad_norm=true", "train.max_grad_norm: expected float"),
     ("estimator.estimator=time-free", "not one of time_free, any_order, time_integral; did you mean 'time_free'"),

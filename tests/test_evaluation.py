@@ -42,7 +42,7 @@ def test_eval_records_say_what_scored_them_and_agree_with_the_logged_means(tmp_p
     log = train(out, "train.max_steps=2", "train.eval_steps=1", "train.logging_steps=1", *SMALL_EVAL,
                 "estimator.coupling=decoupled")
     assert "training estimator decoupled time_free x2" in log
-    assert "evaluation: coupled time_free x4 (stratified), draws seeded by eval.seed=0" in log
+    assert "evaluation: coupled time_free x4 (stratified, 4 groups), draws seeded by eval.seed=0" in log
     assert log.count("reference log-probs for evaluation: 12 examples") == 1  # the reference runs once per launch
     evals = [m for m in metrics(out) if "eval/margin" in m]
     assert [m["step"] for m in evals] == [0, 1, 2]
@@ -64,6 +64,7 @@ def test_eval_records_say_what_scored_them_and_agree_with_the_logged_means(tmp_p
 
 @pytest.mark.parametrize("overrides,message", [
     (["eval.n_samples=1"], "eval.n_samples must be >= 2"),
+    (["eval.n_samples=6"], "eval.n_samples \\(6\\) must be a multiple"),
     (["eval.coupling=coupled", "eval.share_chosen_rejected=false"], "eval.coupling is a shorthand"),
     (["behaviour.samples_per_prompt=0"], "behaviour.samples_per_prompt must be >= 1"),
     (["eval.estimator=time_fre"], "did you mean 'time_free'"),
