@@ -35,7 +35,8 @@ Variance (trains nothing; ``align.variance``)::
 Options: ``variance.reps`` (16 draws per pair), ``variance.n_samples`` (1,5,32; along a path: the run's n),
 ``variance.estimators`` (all three; along a path: the run's), ``variance.settings`` (all four; along a path:
 coupled,decoupled), ``variance.max_pairs`` (32), ``variance.batch_pairs`` (8), ``variance.resamples`` (1000
-bootstrap resamples), ``variance.seed`` (0), ``variance.output_dir``.
+bootstrap resamples), ``variance.seed`` (0), ``variance.runs`` (with grid=: a glob over run directory names),
+``variance.output_dir``.
 """
 
 from __future__ import annotations

@@ -19,13 +19,15 @@ Along the training path::
 Step 0 (the starting model, which is the reference) and every ``checkpoint-N`` of the run (keep them with
 ``train.save_total_limit=null``), scored on the run's held-out pairs with the run's own training estimator and
 n (``variance.estimators`` / ``variance.n_samples`` override) under ``variance.settings`` (default
-coupled,decoupled; ``all`` for the four). Per step: each setting's variance and the decoupled/coupled ratio,
+coupled,decoupled; ``all`` for the four); ``variance.runs=GLOB`` measures only the grid's runs whose directory
+name matches (e.g. ``*rpo_alpha-null*``). Per step: each setting's variance and the decoupled/coupled ratio,
 with bootstrap SEs over pairs (over (run, pair) units for a grid arm). Output: ``variance_path.md``,
 ``variance_path.json``, ``variance_path.png`` under ``variance.output_dir`` (default ``<run or grid>/variance``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import time
@@ -39,7 +41,7 @@ SETTINGS = {  # name: (share_policy_reference, share_chosen_rejected)
     "coupled": (True, True), "share_pol_ref": (True, False), "share_cho_rej": (False, True), "decoupled": (False, False),
 }
 OPTIONS = {"reps": "16", "n_samples": None, "max_pairs": "32", "batch_pairs": "8", "output_dir": None,
-           "estimators": None, "resamples": "1000", "seed": "0", "settings": None}
+           "estimators": None, "resamples": "1000", "seed": "0", "settings": None, "runs": None}
 
 
 def pair_variances(policy, reference, batch: dict, *, estimator: str, share: tuple[bool, bool], n: int, reps: int,
@@ -368,7 +370,7 @@ def path_main(argv: list[str]) -> None:
         for cell in cells_of(axes):
             arm = ", ".join(f"{short(k)}={v}" for k, v in cell.items() if k != "train.seed") or "base"
             run = root / "runs" / cell_name(cell)
-            if (run / "config.yaml").exists():
+            if (run / "config.yaml").exists() and (opts["runs"] is None or fnmatch.fnmatch(run.name, opts["runs"])):
                 groups.setdefault(arm, []).append(run)
     if not any(groups.values()):
         raise ConfigError(f"{root}: no run with a config.yaml to measure")
