@@ -70,18 +70,19 @@ def delta_variance(fn: Callable[..., torch.Tensor], *samples: torch.Tensor, grou
 def sign_variance(samples: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """[b] Monte Carlo variance of ``1[mean > 0] + ½·1[mean = 0]`` for [b, n] samples.
 
-    The mean is approximately normal around its expectation with standard error ``se`` (:func:`mean_variance`),
-    so ``p = P(mean > 0) ≈ Φ(mean / se)`` (with G groups, the Student-t CDF with G − 1 degrees of freedom,
-    as se is then estimated from G set means) and the indicator's variance is ``p(1 − p)``. Rows without
-    spread (e.g. a coupled margin of two identical models, exactly 0) have none.
+    The mean is approximately normal around its expectation with standard error ``se`` (:func:`mean_variance`,
+    with ``groups``), so ``p = P(mean > 0) ≈ Φ(mean / se)`` and the indicator's variance is ``p(1 − p)``. Rows
+    without spread (e.g. a coupled margin of two identical models, exactly 0) have none. The plug-in is exact
+    in expectation only near mean = 0; for pairs a few SEs from 0 a noisy ``se`` (3 degrees of freedom with 4
+    groups) and heavy-tailed margin draws make it over-state the variance. On the demo's evaluator (n = 16, 4
+    groups, 64 pairs) it matched the spread of 8 repeated evaluations 20 steps into training (0.035 against
+    0.038, most pairs near 0) and over-stated it 2.4× on a trained model (0.024 against 0.010). A Student-t in
+    place of Φ over-stated it 3×; the normal is kept.
     """
     mean = samples.detach().double().mean(-1)
     se = mean_variance(samples, groups).sqrt()
     z = torch.where(se > 0, mean / se.clamp_min(1e-300), torch.zeros_like(mean))
-    if groups > 1:
-        p = torch.tensor([t_cdf(v, groups - 1) for v in z.cpu().tolist()], dtype=torch.float64, device=mean.device)
-    else:
-        p = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    p = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
     return torch.where(se > 0, p * (1 - p), torch.zeros_like(mean))
 
 

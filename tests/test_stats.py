@@ -75,7 +75,7 @@ def test_mc_errors_match_the_spread_of_repeated_evaluations(repeated_margins, dr
     the metric across those evaluations: for iid draws from their sample spread, for stratified draws made as 4
     independent stratified groups from the spread of the group means. The empirical variance has relative
     standard error √(2/(R−1)) ≈ 7%; tolerance 4 of them, plus the approximation of each estimate (delta method:
-    exact for the mean; the accuracy's normal or t approximation plugs in an estimated z)."""
+    exact for the mean; the accuracy's normal approximation plugs in an estimated z)."""
     statistic, estimated = _metrics(repeated_margins[draws], groups)[metric]
     ratio = (estimated.mean() / statistic.var()).item()
     assert abs(ratio - 1) < 4 * math.sqrt(2 / (R - 1)) + allowance, ratio
