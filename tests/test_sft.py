@@ -12,7 +12,7 @@ import torch
 from align import estimators as E
 from align.masking import MaskDraw
 from tests.conftest import toy_batch
-from tests.test_trainer import ENV, QUIET, ROOT, run
+from tests.test_trainer import BASIC, ENV, QUIET, ROOT, run
 
 
 def constant_scorer(logp: float):
@@ -66,7 +66,7 @@ SFT = [sys.executable, "-m", "align.train_sft", "recipe=tiny_chat_sft", "model.n
        "data.dataset=data/tiny_sft_train.jsonl", "data.max_train_examples=64", "data.eval_dataset=data/tiny_sft_test.jsonl",
        "data.max_eval_examples=16", "behaviour.prompts=null", "train.per_device_train_batch_size=8",
        "train.gradient_accumulation_steps=2", "train.num_train_epochs=3", "train.logging_steps=1", "train.eval_steps=0",
-       "train.save_steps=3", "train.save_total_limit=null", *QUIET]
+       "train.save_steps=3", "train.save_total_limit=null", *BASIC]
 
 
 def test_sft_help_lists_its_keys():
