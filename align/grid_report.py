@@ -54,7 +54,8 @@ def outcomes_for(target_accuracy: float, target_margin: float | None, behaviour:
            Outcome("steps_to_accuracy", f"steps to accuracy ≥ {target_accuracy:g}", False, ".0f"),
            Outcome("tokens_to_accuracy", f"policy tokens to accuracy ≥ {target_accuracy:g}", False, ".3g")]
     if target_margin is not None:
-        out.append(Outcome("steps_to_margin", f"steps to margin ≥ {target_margin:g} nats", False, ".0f"))
+        out += [Outcome("steps_to_margin", f"steps to margin ≥ {target_margin:g} nats", False, ".0f"),
+                Outcome("tokens_to_margin", f"policy tokens to margin ≥ {target_margin:g} nats", False, ".3g")]
     if behaviour:
         out += [Outcome("refusal_rate", "refusal rate (harmful prompts)", True),
                 Outcome("over_refusal_rate", "over-refusal rate (everyday prompts)", False)]
@@ -111,7 +112,9 @@ def run_outcomes(metrics: dict[int, dict], target_accuracy: float, target_margin
            "accuracy_mc_se": last.get("eval/rewards/accuracies/mc_se"),
            "margin_mc_se": last.get("eval/margin/mc_se"), "examples": last.get("eval/examples")}
     if target_margin is not None:
-        out["steps_to_margin"] = first_step("eval/margin", target_margin)
+        steps_margin = first_step("eval/margin", target_margin)
+        out["steps_to_margin"] = steps_margin
+        out["tokens_to_margin"] = evals[steps_margin].get("policy_tokens") if steps_margin is not None else None
     return out
 
 
@@ -269,7 +272,7 @@ def report(root: Path, axes: dict, cells: list[dict], *, cell_name, short, statu
             lines.append(f"| {arm_label(arm, arm_axes, short)} | {len(rs)} | " + " | ".join(row) +
                          f" | {tokens['mean']:.4g} | {fmt_ci(wall, '.0f')} |")
         speed_keys = [o.key for o in outcomes if o.key in ("accuracy_curve", "margin_curve", "steps_to_accuracy",
-                                                           "tokens_to_accuracy", "steps_to_margin")]
+                                                           "tokens_to_accuracy", "steps_to_margin", "tokens_to_margin")]
         lines += ["", "## Learning speed", "",
                   "Curve averages are over the evaluations after step 0; steps and tokens to a target are over the "
                   "seeds that reached it (reached/seeds).", "",

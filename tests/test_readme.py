@@ -85,7 +85,7 @@ RUN = {
     # docs/ablation.md: the grid is the shared shortened one ({grid}: run once per module, its summary checked)
     "python -m align.ablate recipe=demo grid.seed=0,1,2,3,4 grid.coupling=coupled,decoupled "
     "grid.loss.rpo_alpha=null,1.0 grid.target_accuracy=0.9 grid.target_margin=5 train.eval_steps=20 "
-    "behaviour.samples_per_prompt=4": "{grid}",
+    "behaviour.samples_per_prompt=4 train.save_steps=20 train.save_total_limit=null": "{grid}",
     "python -m align.ablate variance run=outputs/demo":
         "python -m align.ablate variance run={demo} variance.reps=2 variance.max_pairs=4 variance.resamples=20 "
         "variance.output_dir={tmp}/path",
