@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.test_trainer import ENV, QUIET, ROOT, losses, metrics, run, train
+from tests.test_trainer import BASIC, ENV, QUIET, ROOT, losses, metrics, run, train
 
 PREAMBLE = """
 import json, sys, time
@@ -265,7 +265,7 @@ def test_precomputed_reference_gives_the_on_the_fly_losses_and_survives_resume(t
 ])
 def test_precomputed_reference_is_refused_where_it_cannot_hold(tmp_path, entry, overrides, message):
     proc = subprocess.run([sys.executable, "-m", entry, *overrides, "train.precompute_ref_log_probs=true",
-                           f"train.output_dir={tmp_path}", *QUIET], cwd=ROOT, env=ENV, capture_output=True, text=True)
+                           f"train.output_dir={tmp_path}", *BASIC], cwd=ROOT, env=ENV, capture_output=True, text=True)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
