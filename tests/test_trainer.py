@@ -130,7 +130,7 @@ def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
 ])
 def test_ablation_settings_run(tmp_path, extra):
     out = tmp_path / "abl"
-    train(out, "train.max_steps=3", "train.eval_steps=0", "train.logging_steps=1", *extra)
+    train(out, "train.max_steps=3", "train.eval_steps=0", "train.logging_steps=1", "data.max_eval_examples=8", *extra)
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values())
 
 
