@@ -23,11 +23,6 @@ from align.models import load_model, spec_for, token_scorer
 from align.models.tokenizer import load_tokenizer
 
 
-def sign_variance_naive(x: torch.Tensor) -> torch.Tensor:
-    """The accuracy's variance with the draws treated as iid (the spread of one stratified set)."""
-    return S.sign_variance(x, 1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model", help="a trained output (final/ or checkpoint-N)")
@@ -71,7 +66,7 @@ def main() -> None:
            "accuracy mc_se estimated (normal, groups)": torch.stack(
                [S.sign_variance(reps[r], G).sum().sqrt() / P for r in range(R)]).mean().item(),
            "accuracy mc_se estimated (normal, one stratified set)": torch.stack(
-               [sign_variance_naive(reps[r]).sum().sqrt() / P for r in range(R)]).mean().item(),
+               [S.sign_variance(reps[r], 1).sum().sqrt() / P for r in range(R)]).mean().item(),
            "binomial se": math.sqrt(p_acc * (1 - p_acc) / P),
            "margin": means.mean().item(), "margin sd over replicates": means.mean(-1).std().item(),
            "margin mc_se estimated (groups)": torch.stack(
