@@ -154,9 +154,11 @@ def status_of(run_dir: Path) -> dict:
 
 def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str) -> dict:
     """One training run in its own process; output and errors go to ``run_dir/train.log``."""
-    resume = any(run_dir.glob("checkpoint-*"))
+    from align.checkpoints import latest_verified
+
+    resume = run_dir.is_dir() and latest_verified(run_dir)[0] is not None
     if run_dir.exists() and not resume:
-        shutil.rmtree(run_dir)  # a failed start with nothing to resume from: begin again cleanly
+        shutil.rmtree(run_dir)  # a failed run with no checkpoint that verifies: begin again cleanly
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [*launcher, f"recipe={recipe}", *base, *(f"{k}={v}" for k, v in cell.items()), f"train.output_dir={run_dir}",
            "train.progress_bar=false", *(["train.resume_from_checkpoint=latest"] if resume else [])]

@@ -93,10 +93,11 @@ def rates(rows: list[dict], answers: list, *, with_se: bool = False) -> dict[str
 @torch.no_grad()
 def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: int, block_length: int, steps: int,
                    temperature: float = 1.0, remasking: str = "random", seed: int = 0, device=None,
-                   samples_per_prompt: int = 1) -> list:
+                   samples_per_prompt: int = 1, all_done=None) -> list:
     """Answers to ``prompts`` (chat template applied), in order: a string each, or with ``samples_per_prompt`` K > 1
     a list of K strings each. Prompts of one token length are batched together without padding, so every prompt
-    sits at the positions it had in training; a prompt's K answers are K rows of that batch."""
+    sits at the positions it had in training; a prompt's K answers are K rows of that batch. ``all_done``: see
+    :func:`align.sampler.generate` (several ranks sampling in lockstep)."""
     from align.sampler import decode, generate
 
     encoded = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -112,7 +113,7 @@ def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: in
         ids = torch.tensor([encoded[i] for i in rows], device=device)
         out = generate(model, ids, steps=steps, gen_length=gen_length, block_length=block_length,
                        temperature=temperature, remasking=remasking,
-                       generator=torch.Generator().manual_seed(seed + length))
+                       generator=torch.Generator().manual_seed(seed + length), all_done=all_done)
         for i, text in zip(rows, decode(tokenizer, out, length, spec.eos_token_id)):
             answers[i].append(text.strip())
     return [a[0] for a in answers] if K == 1 else answers
@@ -134,10 +135,16 @@ class BehaviourEval:
         a = self.args
         was_training = trainer.model.training
         trainer.model.eval()
+        acc = trainer.accelerator
+
+        def all_done(done: bool) -> bool:  # every rank samples the same prompts; the early stop is taken together
+            return acc.reduce(torch.tensor([float(not done)], device=acc.device), reduction="sum").item() == 0
+
         answers = sample_answers(trainer.model, self.tokenizer, self.spec, [r["prompt"] for r in self.rows],
                                  gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
                                  temperature=a.temperature, remasking=a.remasking, device=trainer.accelerator.device,
-                                 seed=self.seed, samples_per_prompt=a.samples_per_prompt)
+                                 seed=self.seed, samples_per_prompt=a.samples_per_prompt,
+                                 all_done=all_done if trainer.world > 1 else None)
         answers = [x if isinstance(x, list) else [x] for x in answers]
         trainer.model.train(was_training)
         self.history[step] = answers

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -206,7 +207,12 @@ class TrainArgs:
                                     "stop (after a checkpoint of the last good state, naming the step and its examples) "
                                     "or skip it and go on (counted in the nonfinite_steps metric)", ("stop", "skip"))
     save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
-    resume_from_checkpoint: str | None = opt(None, "'latest' or a checkpoint directory")
+    resume_from_checkpoint: str | None = opt(None, "'latest' (the newest checkpoint that verifies; in an empty or new "
+                                                   "output_dir: start) or a checkpoint directory")
+    resume_changes: list[str] | None = opt(None, "keys a resume may change from the checkpoint's settings (e.g. "
+                                                 "[loss.beta,train.learning_rate]); a resume that changes any other "
+                                                 "setting deciding the trajectory is refused naming it. Recorded in "
+                                                 "output_dir/resumes.jsonl")
     overwrite_output_dir: bool = opt(False, "start afresh in an output_dir that holds another run (its metrics, "
                                             "checkpoints and final model are deleted); otherwise such a start is refused")
     report_to: str = opt("tensorboard", "metrics backend", ("tensorboard", "wandb", "none"))
@@ -381,6 +387,23 @@ def _validate(cfg):
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
+    t = cfg.train
+    for key, value, low, high in (("train.learning_rate", t.learning_rate, 0, None),
+                                  ("train.warmup_ratio", t.warmup_ratio, 0, 1), ("train.weight_decay", t.weight_decay, 0, None),
+                                  ("train.adam_beta1", t.adam_beta1, 0, 1), ("train.adam_beta2", t.adam_beta2, 0, 1),
+                                  ("train.max_grad_norm", t.max_grad_norm, 0, None)):
+        closed = key != "train.learning_rate"  # a learning rate of 0 trains nothing
+        ok = math.isfinite(value) and (value >= low if closed else value > low) and (high is None or value <= high)
+        if not ok:
+            where = f"in [{low}, {high}]" if high is not None else (f">= {low}" if closed else f"> {low}")
+            raise ConfigError(f"{key} must be finite and {where}, got {value}")
+    if t.resume_changes:
+        known = [f"{s}.{k}" for s, section in cfg.to_dict().items() for k in section]
+        for key in t.resume_changes:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                raise ConfigError(f"train.resume_changes: unknown config key {key!r}"
+                                  + (f"; did you mean {close[0]!r}?" if close else "; give dotted keys such as loss.beta"))
     if cfg.model.forward_chunk < 0:
         raise ConfigError(f"model.forward_chunk must be >= 0 (0: no chunking), got {cfg.model.forward_chunk}")
     if not cfg.model.head_chunk_mib > 0:
@@ -419,8 +442,10 @@ def _validate(cfg):
                           f"multiple of it (>= 1)")
     if not 0 <= cfg.loss.label_smoothing < 0.5:
         raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
-    if cfg.loss.beta <= 0:
-        raise ConfigError(f"loss.beta must be > 0, got {cfg.loss.beta}")
+    if not (math.isfinite(cfg.loss.beta) and cfg.loss.beta > 0):
+        raise ConfigError(f"loss.beta must be finite and > 0, got {cfg.loss.beta}")
+    if cfg.loss.rpo_alpha is not None and not (math.isfinite(cfg.loss.rpo_alpha) and cfg.loss.rpo_alpha >= 0):
+        raise ConfigError(f"loss.rpo_alpha must be finite and >= 0 (null: off), got {cfg.loss.rpo_alpha}")
     return cfg
 
 

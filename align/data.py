@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -39,7 +38,6 @@ from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 SUPPORTED_FORMS = ("a .jsonl file, a .json file (an array of records or JSON Lines), a .parquet or .csv file, a "
                    "directory written by datasets' save_to_disk, or a hub dataset id")
@@ -122,11 +120,19 @@ class Records(list):
 @dataclass
 class Unparsable:
     error: str
+    reason: str = "not valid JSON"  # the skip-count key
 
 
-def _json_lines(text: str, name: str) -> Records:
+def _json_lines(data: bytes, name: str) -> Records:
+    """One record per line; a line that is not UTF-8 or not JSON stays in place as an :class:`Unparsable`."""
     rows, where = [], []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, raw in enumerate(data.split(b"\n"), 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rows.append(Unparsable(f"byte {e.start} of the line is {raw[e.start:e.start + 1]!r}", "not valid UTF-8"))
+            where.append(f"{name}:{n}")
+            continue
         if not line.strip():
             continue
         try:
@@ -135,6 +141,17 @@ def _json_lines(text: str, name: str) -> Records:
             rows.append(Unparsable(str(e)))
         where.append(f"{name}:{n}")
     return Records(rows, where)
+
+
+def _utf8(path: Path) -> str:
+    """A whole data file as text; bytes that are not UTF-8 are a :class:`BadRecord` naming ``path:line``."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise BadRecord(f"{path}:{line}: not valid UTF-8 (byte {data[e.start:e.start + 1]!r}); re-encode the file as "
+                        f"UTF-8") from None
 
 
 def load_records(dataset: str, split: str | None, config_name: str | None = None) -> tuple[Records, str]:
@@ -157,28 +174,10 @@ def load_records(dataset: str, split: str | None, config_name: str | None = None
     if path.suffix in LOCAL_SUFFIXES or path.is_file():
         if not path.exists():
             raise FileNotFoundError(f"data file {dataset} does not exist")
-        if path.suffix == ".jsonl":
-            return _json_lines(path.read_text(), dataset), str(path)
-        if path.suffix == ".json":
-            text = path.read_text()
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as e:
-                if e.msg == "Extra data":  # JSON Lines in a .json file (what datasets' to_json writes)
-                    return _json_lines(text, dataset), str(path)
-                raise BadRecord(f"{dataset}: not valid JSON ({e})") from None
-            if not isinstance(data, list):
-                raise BadRecord(f"{dataset}: expected a JSON list of records (or one record per line)")
-            return Records(data, [f"{dataset}: record {i} (0-based index in the array)" for i in range(len(data))]), str(path)
-        if path.suffix not in (".parquet", ".csv"):
-            raise BadRecord(f"{dataset}: cannot read a {path.suffix or 'suffix-less'} file as data; give "
-                            f"{SUPPORTED_FORMS}")
-        import datasets
-
-        rows = list(datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train"))
-        if path.suffix == ".csv":  # a row per line unless a quoted field spans lines
-            return Records(rows, [f"{dataset}: row {i} (0-based, after the header)" for i in range(len(rows))]), str(path)
-        return Records(rows, [f"{dataset}: row {i} (0-based)" for i in range(len(rows))]), str(path)
+        rows, name = _local_records(path, dataset)
+        if not rows:
+            raise BadRecord(f"{dataset} holds no records" + (" (a header only)" if path.suffix == ".csv" else ""))
+        return rows, name
     if path.is_dir():
         raise BadRecord(f"{dataset} is a directory but not one written by datasets' save_to_disk; give "
                         f"{SUPPORTED_FORMS}")
@@ -191,6 +190,42 @@ def load_records(dataset: str, split: str | None, config_name: str | None = None
     ds = datasets.load_dataset(dataset, config_name, split=split)
     name = f"{dataset}[{split}]"
     return Records(list(ds), [f"{name}: record {i}" for i in range(len(ds))]), name
+
+
+def _local_records(path: Path, dataset: str) -> tuple[Records, str]:
+    """The rows of a local .jsonl / .json / .parquet / .csv file (see :func:`load_records`)."""
+    if path.suffix == ".jsonl":
+        return _json_lines(path.read_bytes(), dataset), str(path)
+    if path.suffix == ".json":
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if raw.lstrip()[:1] == b"{":  # JSON Lines: a line that is not UTF-8 is a bad record, the rest is read
+                return _json_lines(raw, dataset), str(path)
+            text = _utf8(path)  # an array cannot be read in part: the error names path:line
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if e.msg == "Extra data":  # JSON Lines in a .json file (what datasets' to_json writes)
+                return _json_lines(raw, dataset), str(path)
+            raise BadRecord(f"{dataset}: not valid JSON ({e})") from None
+        if not isinstance(data, list):
+            raise BadRecord(f"{dataset}: expected a JSON list of records (or one record per line)")
+        return Records(data, [f"{dataset}: record {i} (0-based index in the array)" for i in range(len(data))]), str(path)
+    if path.suffix not in (".parquet", ".csv"):
+        raise BadRecord(f"{dataset}: cannot read a {path.suffix or 'suffix-less'} file as data; give "
+                        f"{SUPPORTED_FORMS}")
+    import datasets
+
+    if path.suffix == ".csv":
+        text = _utf8(path)  # read as one table: bytes that are not UTF-8 are named by path:line
+        if len([line for line in text.splitlines() if line.strip()]) < 2:  # empty, or a header only
+            return Records([], []), str(path)
+    rows = list(datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train"))
+    if path.suffix == ".csv":  # a row per line unless a quoted field spans lines
+        return Records(rows, [f"{dataset}: row {i} (0-based, after the header)" for i in range(len(rows))]), str(path)
+    return Records(rows, [f"{dataset}: row {i} (0-based)" for i in range(len(rows))]), str(path)
 
 
 def _text(row: dict, key: str) -> str:
@@ -417,7 +452,7 @@ def encode_records(rows, source: str, encode, *, over_long_prompt: str, on_bad_r
         where = rows.where(i) if isinstance(rows, Records) else f"{source}: record {i}"
         try:
             if isinstance(rows[i], Unparsable):
-                raise BadRecord(f"not valid JSON ({rows[i].error})")
+                raise BadRecord(f"{rows[i].reason} ({rows[i].error})")
             example, truncated = encode(i, rows[i])
         except OverLongPrompt as e:
             if over_long_prompt == "error":
@@ -427,13 +462,11 @@ def encode_records(rows, source: str, encode, *, over_long_prompt: str, on_bad_r
         except BadRecord as e:
             if on_bad_record == "error":
                 raise BadRecord(f"{where}: {e} (set data.on_bad_record=skip to count and skip)") from None
-            report.skipped["not valid JSON" if isinstance(rows[i], Unparsable) else str(e)] += 1
+            report.skipped[rows[i].reason if isinstance(rows[i], Unparsable) else str(e)] += 1
             continue
         report.truncated_prompts += truncated
         out.append(example)
-    report.kept = len(out)
-    if report.skipped:
-        log.warning("%s", report.summary())
+    report.kept = len(out)  # the caller prints report.summary() once
     return out, report
 
 

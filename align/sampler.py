@@ -44,8 +44,14 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     stop_at_eos: bool = True,
     generator: torch.Generator | None = None,
+    all_done=None,
 ) -> torch.Tensor:
-    """prompt_ids [b, P] (left-padded if ragged, with attention_mask) -> [b, P + gen_length]."""
+    """prompt_ids [b, P] (left-padded if ragged, with attention_mask) -> [b, P + gen_length].
+
+    ``all_done(done: bool) -> bool``: with several ranks, whether every rank's rows are done (the early EOS stop is
+    taken by all ranks or none: under ZeRO-3 each forward gathers parameters collectively, so every rank must run
+    the same number of forwards). ``model`` may be wrapped (DDP, DeepSpeed, peft).
+    """
     if gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
     n_blocks = gen_length // block_length
@@ -90,8 +96,10 @@ def generate(
             chosen &= masked
             x = torch.where(chosen, x0, x)
         if stop_at_eos and blk < n_blocks - 1:
-            block_has_eos = (x[:, start:end] == spec.eos_token_id).any(-1)
-            if bool(block_has_eos.all()):
+            done = bool((x[:, start:end] == spec.eos_token_id).any(-1).all())
+            if all_done is not None:
+                done = all_done(done)
+            if done:
                 x[:, end:] = spec.eos_token_id
                 break
     return x

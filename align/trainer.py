@@ -33,6 +33,9 @@ from pathlib import Path
 
 import torch
 
+from align.checkpoints import (GEOMETRY_KEYS, STATE, CheckpointError, changed_settings, check_output_dir,
+                               complete_checkpoints, latest_verified, remove_checkpoint, resume_position, trajectory_settings,
+                               verify_checkpoint, write_manifest)
 from align.config import ConfigError, dump_config, parse_cli
 from align.data import EVAL_EPOCH, holdout_split, is_local, load_records, rank_micro_batches
 from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
@@ -113,7 +116,9 @@ class Trainer:
                                f"({acc.distributed_type}); every rank would train on everything")
         set_seed(t.seed)
         self.deepspeed = acc.distributed_type.name == "DEEPSPEED"
-        self._claim_output_dir()
+        # Start-up writes nothing until every check (config, output directory, checkpoint, data, model) has passed:
+        # a failed start leaves the directory as it was. begin() (the start of train()) does the writing.
+        self.start = self._plan_start()
         self.precision = check_precision(cfg.model.dtype, str(acc.mixed_precision), self.deepspeed)
         zero3 = self.deepspeed and acc.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"] == 3
         if cfg.lora.enabled and t.save_merged and zero3:
@@ -190,8 +195,14 @@ class Trainer:
             acc.print(f"each epoch leaves out {dropped} example(s) (a different random set every epoch) to fill "
                       f"whole global batches of {self.micro_global}")
         self.steps_per_epoch = self.micro_per_epoch / t.gradient_accumulation_steps  # may be fractional
-        self.total_steps = (t.max_steps if t.max_steps > 0
-                            else self.micro_per_epoch * t.num_train_epochs // t.gradient_accumulation_steps)
+        self.global_step, self.start_micro, self.policy_tokens = 0, 0, 0  # policy_tokens: all ranks, so far
+        self.changes = {}  # resume: {key: (old, new)} of the settings named in train.resume_changes that changed
+        if self.start["checkpoint"] is not None:
+            self._check_resume(self.start["checkpoint"], self.start["state"])
+        self.start_step = self.global_step
+        # with epochs: the micro-steps left over the epochs, on from where this launch starts
+        self.total_steps = (t.max_steps if t.max_steps > 0 else self.global_step + (
+            self.micro_per_epoch * t.num_train_epochs - self.start_micro) // t.gradient_accumulation_steps)
 
         # ---- optimizer, schedule, distribution
         params = [p for p in model.parameters() if p.requires_grad]
@@ -219,7 +230,8 @@ class Trainer:
             trainable = {n for n, p in unwrap_peft(self.model).named_parameters() if p.requires_grad}
             # checkpoints hold the adapter only; frozen base weights come from name_or_path on resume
             acc.register_save_state_pre_hook(_keep_only(trainable))
-        self.global_step = 0
+        if self.start["checkpoint"] is not None:
+            self._load_checkpoint(self.start["checkpoint"])
         self.behaviour = None
         if cfg.behaviour.prompts:
             from align.behaviour import BehaviourEval
@@ -240,7 +252,6 @@ class Trainer:
             # computed once (in eval mode, so dropout is off) and kept; training epochs use it only when precomputed
             self.reference_cache = ReferenceCache(self.out / "ref_logps", self.objective.cache_key(), self.rank,
                                                   self.world, persist=t.precompute_ref_log_probs)
-        self.policy_tokens = 0  # tokens through the policy so far, all ranks (restored on resume)
 
     # ------------------------------------------------------------ data
     def _load_data(self):
@@ -276,11 +287,14 @@ class Trainer:
                           f"their ids are in {self.out / 'eval_ids.json'}")
                 eval_data = build(rows, f"{source} (held out)", limit=d.max_eval_examples, indices=held)
         train_data = build(rows, source, limit=d.max_train_examples, indices=train_idx)
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "eval_ids.json").write_text(json.dumps({
-                "source": d.eval_dataset or d.dataset, "held_out_of_training_file": train_idx is not None,
-                "ids": [e.id for e in eval_data]}))
+        if self.cfg.train.do_eval and not eval_data:
+            held = (f"data.eval_fraction={d.eval_fraction} of the {len(rows)} records of {source} held out "
+                    f"{len(held)}" if train_idx is not None else f"{d.eval_dataset or d.dataset} gave none")
+            raise ConfigError(f"no held-out {self.objective.unit} to evaluate on ({held}; data.max_eval_examples="
+                              f"{d.max_eval_examples}; the data report above counts the skipped ones): raise "
+                              f"data.eval_fraction, give data.eval_dataset=FILE, or set train.do_eval=false")
+        self.eval_ids = {"source": d.eval_dataset or d.dataset, "held_out_of_training_file": train_idx is not None,
+                         "ids": [e.id for e in eval_data]}
         return train_data, eval_data
 
     # ------------------------------------------------------------ reference
@@ -411,11 +425,6 @@ class Trainer:
                 f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     # ------------------------------------------------------------ checkpoints
-    def checkpoints(self) -> list[Path]:
-        done = [p for p in self.out.glob("checkpoint-*") if p.is_dir() and not p.name.endswith(".tmp")
-                and (p / "trainer_state.json").exists()]
-        return sorted(done, key=lambda p: int(p.name.split("-")[1]))
-
     def save_checkpoint(self):
         acc = self.accelerator
         final = self.out / f"checkpoint-{self.global_step}"
@@ -428,19 +437,32 @@ class Trainer:
         acc.save_state(str(tmp), **extra)
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / "trainer_state.json").write_text(json.dumps({"global_step": self.global_step,
-                                                                "policy_tokens": self.policy_tokens}))
+            write_manifest(tmp)  # every rank's files, with their sizes: a resume verifies them
+            (tmp / STATE).write_text(json.dumps({"global_step": self.global_step, "policy_tokens": self.policy_tokens,
+                                                 "geometry": self._geometry(), "settings": self._settings(),
+                                                 "config": self.cfg.to_dict()}, default=str))
             if final.exists():
-                shutil.rmtree(final)
+                remove_checkpoint(final)
             tmp.rename(final)  # atomic: a checkpoint without trainer_state.json or named .tmp is never resumed
             limit = self.cfg.train.save_total_limit
             if limit:
-                for old in self.checkpoints()[:-limit]:
-                    shutil.rmtree(old)
+                for old in complete_checkpoints(self.out)[:-limit]:
+                    remove_checkpoint(old)
         acc.wait_for_everyone()
 
+    def _geometry(self) -> dict:
+        t = self.cfg.train
+        return {"world": self.world, "per_device": t.per_device_train_batch_size,
+                "accumulation": t.gradient_accumulation_steps, "micro_global": self.micro_global,
+                "micro_per_epoch": self.micro_per_epoch, "examples": len(self.train_data),
+                "micro_consumed": self.start_micro + (self.global_step - self.start_step) * t.gradient_accumulation_steps,
+                "deepspeed": self.deepspeed}
+
+    def _settings(self) -> dict:
+        return trajectory_settings(self.cfg.to_dict(), str(self.accelerator.mixed_precision))
+
     RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "eval_examples.jsonl", "final", "runs",
-                 "ref_logps")
+                 "ref_logps", "resumes.jsonl")
     STEP_LOGS = ("metrics.jsonl", "eval_examples.jsonl", "behaviour.jsonl")  # records keyed by step, cut on resume
 
     def describe_launch(self) -> str:
@@ -457,47 +479,163 @@ class Trainer:
             what = ("DDP" if kind.startswith("MULTI_") else kind.replace("_", " ")) + ranks
         return f"{what} ({acc.device.type})"
 
-    def _claim_output_dir(self) -> None:
-        """A new run never writes into another run's directory: metrics would mix and checkpoints interleave."""
+    def _plan_start(self) -> dict:
+        """How this launch starts, decided before anything is written: {"mode": new | overwrite | resume,
+        "checkpoint": the verified checkpoint or None, "state": its trainer_state, "remove": run files an
+        overwrite deletes, "notes": what to say}. Refuses (ConfigError / CheckpointError, one line) an output
+        directory that is a file or not writable, a new run into another run's directory, ``latest`` in a
+        directory that holds a run but no checkpoint that verifies, and a damaged explicit checkpoint."""
         t = self.cfg.train
-        if t.resume_from_checkpoint or not self.out.is_dir():
-            return
-        found = sorted(p.name for p in self.out.iterdir() if p.name in self.RUN_FILES
-                       or re.fullmatch(r"checkpoint-\d+(\.tmp)?", p.name))
-        if not found:
-            return
-        if not t.overwrite_output_dir:
-            raise ConfigError(f"train.output_dir={self.out} already holds a run ({', '.join(found[:4])}"
-                              f"{' ...' if len(found) > 4 else ''}): continue it with train.resume_from_checkpoint=latest, "
-                              f"choose another train.output_dir, or set train.overwrite_output_dir=true to replace it")
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            for name in found:
-                path = self.out / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-        self.accelerator.wait_for_everyone()
-
-    def resume(self, which: str):
-        path = Path(which)
+        check_output_dir(self.out)
+        found = []
+        if self.out.is_dir():
+            found = sorted(p.name for p in self.out.iterdir() if p.name in self.RUN_FILES
+                           or re.fullmatch(r"checkpoint-\d+(\.tmp)?", p.name))
+        plan = {"mode": "new", "checkpoint": None, "state": None, "remove": [], "notes": []}
+        which = t.resume_from_checkpoint
         if which == "latest":
-            found = self.checkpoints()
+            path, passed = latest_verified(self.out) if self.out.is_dir() else (None, [])
+            plan["notes"] += [f"passed over a damaged checkpoint: {reason}" for reason in passed]
+            if path is not None:
+                plan.update(mode="resume", checkpoint=path, state=verify_checkpoint(path))
+                return plan
+            if passed:
+                raise CheckpointError(f"train.resume_from_checkpoint=latest: no checkpoint in {self.out} verifies: "
+                                      + "; ".join(passed))
             if not found:
-                self.accelerator.print(f"no complete checkpoint in {self.out}; starting from scratch")
-                return
-            path = found[-1]
-        if not (path / "trainer_state.json").exists():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no trainer_state.json)")
+                plan["notes"].append(f"no checkpoint in {self.out} yet; starting from scratch")
+                return plan
+            which = None  # a run's files but no checkpoint: as a new run into it (refused unless overwriting)
+        elif which:
+            path = Path(which)
+            plan.update(mode="resume", checkpoint=path, state=verify_checkpoint(path))
+            return plan
+        if found:
+            if not t.overwrite_output_dir:
+                why = (" and no complete checkpoint to resume from" if t.resume_from_checkpoint == "latest" else "")
+                raise ConfigError(f"train.output_dir={self.out} already holds a run ({', '.join(found[:4])}"
+                                  f"{' ...' if len(found) > 4 else ''}){why}: continue it with "
+                                  f"train.resume_from_checkpoint=latest, choose another train.output_dir, or set "
+                                  f"train.overwrite_output_dir=true to replace it")
+            plan.update(mode="overwrite", remove=found)
+        return plan
+
+    def _check_resume(self, path: Path, state: dict) -> None:
+        """Refuse a resume whose trajectory settings differ from the checkpoint's (unless named in
+        train.resume_changes), and find where in the data it continues; reads the checkpoint's records only."""
+        t = self.cfg.train
+        old = state.get("settings")
+        if old is None:  # written by an align that did not record settings: its run's config.yaml, if any
+            config = path.parent / "config.yaml"
+            if config.exists():
+                import yaml
+
+                old = trajectory_settings(yaml.safe_load(config.read_text()) or {}, None)
+                self.start["notes"].append(f"{path} records no settings (older align): compared with {config}")
+            else:
+                old = {}
+                self.start["notes"].append(f"{path} records no settings (older align): not verified")
+        changes = changed_settings(old, self._settings())
+        geometry = state.get("geometry")
+        if geometry is not None:
+            was = (geometry["micro_global"] * geometry["accumulation"], geometry["micro_global"] * geometry["micro_per_epoch"])
+            now = (self.micro_global * t.gradient_accumulation_steps, self.micro_global * self.micro_per_epoch)
+            if was != now:  # accepted when train.resume_changes names a geometry key
+                changes["global batch"] = (
+                    f"{was[0]} {self.objective.unit}, {was[1]} an epoch (world {geometry['world']} x {geometry['per_device']} per "
+                    f"device x {geometry['accumulation']} accumulation)",
+                    f"{now[0]} {self.objective.unit}, {now[1]} an epoch (world {self.world} x {t.per_device_train_batch_size} x "
+                    f"{t.gradient_accumulation_steps})")
+            if geometry["world"] != self.world:
+                if self.deepspeed or geometry["deepspeed"]:
+                    raise CheckpointError(f"{path} was written by {geometry['world']} DeepSpeed ranks; it resumes on "
+                                          f"{geometry['world']} (DeepSpeed keeps each rank's optimizer partition), "
+                                          f"not {self.world}")
+                self.start["notes"].append(f"world size {geometry['world']} -> {self.world}, same global batch and data "
+                                           f"order")
+        allowed = set(t.resume_changes or []) | ({"global batch"} if set(GEOMETRY_KEYS) & set(t.resume_changes or []) else set())
+        refused = {k: v for k, v in changes.items() if k not in allowed}
+        if refused:
+            listed = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in refused.items())
+            raise ConfigError(f"resuming from {path} with settings that decide the trajectory changed: {listed}. Resume "
+                              f"with the checkpoint's settings, or name the keys you mean to change in "
+                              f"train.resume_changes=[key,...] (recorded in resumes.jsonl)")
+        self.changes = changes
+        try:
+            self.start_micro, note = resume_position(state, micro_global=self.micro_global,
+                                                     micro_per_epoch=self.micro_per_epoch,
+                                                     accumulation=t.gradient_accumulation_steps)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        if note:
+            self.start["notes"].append(note)
+        self.global_step = int(state["global_step"])
+        self.policy_tokens = int(state.get("policy_tokens", 0))
+
+    def _load_checkpoint(self, path: Path) -> None:
+        """The checkpoint's model, optimizer, schedule and random states, into memory (nothing is written)."""
         # LoRA checkpoints hold the adapter only: the frozen base comes from name_or_path
         strict = {"load_module_strict": False} if self.deepspeed else {"strict": False}
-        self.accelerator.load_state(str(path), **strict)
-        state = json.loads((path / "trainer_state.json").read_text())
-        self.global_step = state["global_step"]
-        self.policy_tokens = state.get("policy_tokens", 0)
-        if self.accelerator.is_main_process:
-            for name in self.STEP_LOGS:
-                _truncate_metrics(self.out / name, self.global_step)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.print(f"resumed from {path} at step {self.global_step}")
+        try:
+            self.accelerator.load_state(str(path), **strict)
+        except Exception as e:  # e.g. an adapter of another shape named in train.resume_changes
+            if os.environ.get("ALIGN_DEBUG"):
+                raise
+            raise CheckpointError(f"cannot load {path} into this model and optimizer: {type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        named = set(self.changes)
+        if named & {"train.learning_rate", "train.weight_decay", "train.adam_beta1", "train.adam_beta2"}:
+            t = self.cfg.train  # the optimizer's saved hyperparameters give way to the ones named as changed
+            for group in self.optimizer.param_groups:
+                group.update(initial_lr=t.learning_rate, weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2))
+            self.scheduler.base_lrs = [t.learning_rate] * len(self.scheduler.base_lrs)
+            for group, fn in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+                group["lr"] = t.learning_rate * fn(self.scheduler.last_epoch)
+
+    def begin(self) -> None:
+        """Everything a start writes, after every check has passed: an overwrite's deletions, config.yaml (a new
+        run's; a resume never rewrites it, and records itself in resumes.jsonl), eval_ids.json, the step logs cut
+        back to the checkpoint's step, the trackers."""
+        acc, t, plan = self.accelerator, self.cfg.train, self.start
+        for note in plan["notes"]:
+            acc.print(note)
+        if acc.is_main_process:
+            for name in plan["remove"]:
+                path = self.out / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            self.out.mkdir(parents=True, exist_ok=True)
+            if plan["mode"] == "resume":
+                path = plan["checkpoint"]
+                if not (self.out / "config.yaml").exists():  # a checkpoint copied into a new directory
+                    config = plan["state"].get("config") or self.cfg.to_dict()
+                    import yaml
+
+                    (self.out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+                with open(self.out / "resumes.jsonl", "a") as f:
+                    f.write(json.dumps({"step": self.global_step, "checkpoint": str(path), "world": self.world,
+                                        "changed": {k: list(v) for k, v in self.changes.items()}}, default=str) + "\n")
+                for name in self.STEP_LOGS:
+                    _truncate_metrics(self.out / name, self.global_step)
+            else:
+                dump_config(self.cfg, self.out / "config.yaml")
+            if self.eval_data and not (plan["mode"] == "resume" and (self.out / "eval_ids.json").exists()):
+                (self.out / "eval_ids.json").write_text(json.dumps(self.eval_ids))
+        acc.wait_for_everyone()
+        if plan["mode"] == "resume":
+            changed = "".join(f"; {k} changed: {a} -> {b}" for k, (a, b) in self.changes.items())
+            acc.print(f"resumed from {plan['checkpoint']} at step {self.global_step}{changed}")
+        if t.report_to == "tensorboard":
+            # no hyperparameters through accelerate: its add_hparams writes two more time-stamped folders; the
+            # resolved config goes in as text (and is output_dir/config.yaml)
+            acc.init_trackers(self.logging_dir.name)
+            if acc.is_main_process:
+                import yaml
+
+                text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
+                acc.get_tracker("tensorboard", unwrap=True).add_text("config", f"```yaml\n{text}```")
+        elif t.report_to != "none":
+            acc.init_trackers(t.run_name or self.out.name, config=_flat(self.cfg.to_dict()),
+                              init_kwargs={t.report_to: {"name": t.run_name}} if t.run_name else {})
 
     # ------------------------------------------------------------ loop
     def micro_batches(self, start_micro: int):
@@ -536,23 +674,11 @@ class Trainer:
 
     def train(self):
         cfg, acc, t = self.cfg, self.accelerator, self.cfg.train
-        if acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, self.out / "config.yaml")
-        if t.report_to == "tensorboard":
-            # no hyperparameters through accelerate: its add_hparams writes two more time-stamped folders; the
-            # resolved config goes in as text (and is output_dir/config.yaml)
-            acc.init_trackers(self.logging_dir.name)
-            if acc.is_main_process:
-                import yaml
-
-                text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-                acc.get_tracker("tensorboard", unwrap=True).add_text("config", f"```yaml\n{text}```")
-        elif t.report_to != "none":
-            acc.init_trackers(t.run_name or self.out.name, config=_flat(cfg.to_dict()),
-                              init_kwargs={t.report_to: {"name": t.run_name}} if t.run_name else {})
-        if t.resume_from_checkpoint:
-            self.resume(t.resume_from_checkpoint)
+        if self.global_step >= self.total_steps and (self.out / "final").is_dir():
+            acc.print(f"{self.start['checkpoint']} is at step {self.global_step} of {self.total_steps} and "
+                      f"{self.out / 'final'} is saved: the run is finished, nothing to do")
+            return
+        self.begin()
         unit = self.objective.unit
         acc.print(f"{self.describe_launch()}; {len(self.train_data)} train / "
                   f"{len(self.eval_data)} eval {unit}; {self.total_steps} steps of "
@@ -572,7 +698,7 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         sums, count, tokens, grad_norms, skipped, nonfinite = {}, 0, 0, [], 0, 0
         train_seconds = 0.0  # time inside training steps only: evaluation and saving are not counted
-        micro_consumed = self.global_step * t.gradient_accumulation_steps
+        micro_consumed = self.start_micro
         batches = self.micro_batches(micro_consumed)
         norm = 0.0
         window = []  # this rank's (example ids, loss) of the optimizer step in progress
@@ -586,7 +712,7 @@ class Trainer:
                     self._precompute_reference(epoch, micro)
                     prepared_epoch = epoch
                 started = time.perf_counter()
-                if micro % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
+                if (micro - self.start_micro) % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
                     norm = self._step_norm(micro)
                 with acc.accumulate(self.model):
                     with self.adapter_compute():
@@ -1017,10 +1143,11 @@ def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) ->
     try:
         cfg = parse_cli(sys.argv[1:] if argv is None else argv, config_cls, prog)
         trainer = Trainer(cfg, objective_cls(cfg))
-    except (ConfigError, BadRecord, FileNotFoundError) as e:  # settings, data, paths: one line, no traceback
+    except (ConfigError, BadRecord, CheckpointError, FileNotFoundError) as e:  # one line, no traceback
         if os.environ.get("ALIGN_DEBUG"):
             raise
-        kind = "config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, BadRecord) else "error"
+        kind = ("config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, BadRecord)
+                else "checkpoint error" if isinstance(e, CheckpointError) else "error")
         raise SystemExit(f"{kind}: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
     try:
         trainer.train()

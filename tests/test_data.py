@@ -307,3 +307,32 @@ def test_a_csv_of_pairs_trains_with_format_auto(tmp_path):
     log = proc.stdout + proc.stderr
     assert f"data.format=auto chose pairs (the fields of {tmp_path / 'mine.csv'}: row 0" in log
     assert "holding out 3 of 64 records" in log and (tmp_path / "out" / "final").exists()
+
+
+def test_bytes_that_are_not_utf8_are_named_by_line_and_counted_under_skip(tmp_path, tok):
+    """A latin-1 line in a UTF-8 file: named as path:line (error) or counted as its own skip reason (skip); the other
+    lines load. A CSV or a JSON array is read whole, so there the file stops with path:line named."""
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(json.dumps(PKU).encode() + b"\n" + json.dumps({**PKU, "prompt": "caf\xe9"}).encode("latin-1")
+                     .replace(b"\\u00e9", b"\xe9") + b"\n" + json.dumps(PKU).encode() + b"\n")
+    rows, _ = load_records(str(path), None)
+    assert len(rows) == 3
+    with pytest.raises(BadRecord, match=r"mixed.jsonl:2: not valid UTF-8 .*on_bad_record=skip"):
+        _build(tok, rows)
+    data, report = _build(tok, rows, on_bad_record="skip")
+    assert [e.id for e in data] == [0, 2] and report.skipped == {"not valid UTF-8": 1}
+    table = tmp_path / "pairs.csv"
+    table.write_bytes(b"prompt,chosen,rejected\nhi,a,b\ncaf\xe9,a,b\n")
+    with pytest.raises(BadRecord, match=r"pairs.csv:3: not valid UTF-8"):
+        load_records(str(table), None)
+
+
+@pytest.mark.parametrize("name,text,message", [
+    ("header.csv", "prompt,chosen,rejected\n", r"header.csv holds no records \(a header only\)"),
+    ("empty.jsonl", "\n\n", r"empty.jsonl holds no records"),
+    ("empty.json", "[]", r"empty.json holds no records"),
+])
+def test_a_data_file_without_records_is_named(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(BadRecord, match=message):
+        load_records(str(tmp_path / name), None)

@@ -23,6 +23,7 @@ SHORT = ["data.max_train_examples=24", "train.per_device_train_batch_size=8", "t
 
 PLANT = """
 from align.trainer import NonFiniteStep
+from align.checkpoints import complete_checkpoints
 params = [p for p in tr.model.parameters() if p.requires_grad]
 snaps, state = {}, {"step": 0}
 compute = tr.objective.compute
@@ -44,7 +45,7 @@ same = lambda a, b: all(torch.equal(x, y) for x, y in zip(snaps[a], snaps[b]))
 result = {"error": error, "finite": all(bool(torch.isfinite(p).all()) for p in params),
           "applied": {s: not same(s, s + 1) for s in sorted(snaps) if s + 1 in snaps},
           "now_is_before_3": all(torch.equal(p, x) for p, x in zip(params, snaps[3])),
-          "checkpoints": sorted(p.name for p in tr.checkpoints())}
+          "checkpoints": sorted(p.name for p in complete_checkpoints(tr.out))}
 """
 
 

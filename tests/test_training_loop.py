@@ -88,6 +88,7 @@ result = seen
 
 def test_local_file_without_eval_dataset_holds_out_a_seeded_disjoint_split(tmp_path):
     code = """
+tr.begin()  # what a start writes (eval_ids.json among it), after every check
 result = {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval_data]}
 """
     out = tmp_path / "p"

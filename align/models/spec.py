@@ -38,7 +38,12 @@ def _first(x):
 
 
 def spec_for(model_or_config) -> ModelSpec:
+    """The spec of a model (also inside a DDP / DeepSpeed / peft wrapper) or of its config."""
     config = getattr(model_or_config, "config", model_or_config)
+    while not hasattr(config, "model_type") and hasattr(model_or_config, "module"):
+        # a DeepSpeed engine's .config is DeepSpeed's dict, DDP has none: the model is its .module
+        model_or_config = model_or_config.module
+        config = getattr(model_or_config, "config", model_or_config)
     family = config.model_type
     if family not in _LORA_TARGETS:
         raise ValueError(f"no ModelSpec for model_type {family!r}; known: {sorted(_LORA_TARGETS)}")

@@ -1,0 +1,216 @@
+"""A run's checkpoints: what each one records, how it is verified, which one a resume takes, and what may change.
+
+A checkpoint is written to ``checkpoint-N.tmp``; when every rank's files are there, the main process writes
+``manifest.json`` (every file with its size) and ``trainer_state.json`` (the step, the data position, the
+settings that decide the trajectory, the batch geometry), then renames the folder to ``checkpoint-N``. A
+resume verifies a checkpoint before it reads it: the state file parses, every file of the manifest is there
+with its size, every safetensors file's header and length agree and every torch file is a whole zip archive.
+``latest`` takes the newest checkpoint that verifies and names the damaged ones it passed over.
+
+The settings that decide the trajectory are every key of the config except those listed in
+:data:`NOT_TRAJECTORY` (how fast, where and how loudly it runs, and the behaviour check, which only samples).
+The batch geometry (per-device batch, world size, accumulation) is compared as what the data order depends
+on: the global batch and the examples each epoch uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import zipfile
+from pathlib import Path
+
+MANIFEST = "manifest.json"
+STATE = "trainer_state.json"
+
+# keys that do not change what the weights become: speed and memory, where outputs go, logging, the behaviour
+# check (it samples, it does not train), and the batch geometry (compared as global batch and epoch length)
+NOT_TRAJECTORY = {
+    "model.attn_implementation", "model.trust_remote_code", "model.gradient_checkpointing", "model.forward_chunk",
+    "model.head_chunk_mib", "model.checkpoint_blocks", "model.compile",
+    "estimator.coupling", "eval.coupling",  # shorthands: the share_* flags they set are compared
+    "train.output_dir", "train.per_device_train_batch_size", "train.gradient_accumulation_steps",
+    "train.per_device_eval_batch_size", "train.logging_steps", "train.do_eval", "train.eval_steps", "train.save_steps",
+    "train.precompute_ref_log_probs", "train.on_nonfinite", "train.save_total_limit", "train.resume_from_checkpoint",
+    "train.resume_changes", "train.overwrite_output_dir", "train.report_to", "train.logging_dir", "train.run_name",
+    "train.save_merged", "train.progress_bar",
+}
+GEOMETRY_KEYS = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from; the message names the file."""
+
+
+def flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def trajectory_settings(cfg_dict: dict, precision: str | None) -> dict:
+    """The dotted settings that decide the trajectory (``precision``: the effective mixed precision)."""
+    settings = {k: v for k, v in flat(cfg_dict).items()
+                if k not in NOT_TRAJECTORY and not k.startswith("behaviour.")}
+    if precision is not None:
+        settings["train.mixed_precision"] = precision
+    return settings
+
+
+def changed_settings(old: dict, new: dict) -> dict[str, tuple]:
+    """{key: (old, new)} of the keys present in both whose values differ (a key one side lacks is not compared:
+    a setting added to align since the checkpoint was written)."""
+    return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse (ConfigError, one line) an output directory that is a file, lies under a file, or cannot be written."""
+    from align.config import ConfigError
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir={out} is a file, not a directory")
+    existing = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"train.output_dir={out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir={out}: {existing} is not writable")
+
+
+def write_manifest(directory: Path) -> None:
+    files = {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*"))
+             if p.is_file() and p.name not in (MANIFEST, STATE)}
+    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+
+
+def _check_safetensors(path: Path) -> str | None:
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "shorter than a safetensors header"
+        (n,) = struct.unpack("<Q", head)
+        if n > size - 8:
+            return f"its header says {n} bytes but the file has {size - 8} after the length"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return "its safetensors header is not valid JSON"
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        return f"{size} bytes, but its header describes {8 + n + end} (truncated or overwritten)"
+    return None
+
+
+def _check_zip(path: Path) -> str | None:
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":  # not a torch zip archive (a text file, a legacy pickle): nothing to check
+            return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"not a whole torch archive ({e})"
+    return None
+
+
+def verify_checkpoint(directory: Path) -> dict:
+    """The checkpoint's ``trainer_state.json``, after checking every file (see the module doc); a damaged
+    checkpoint raises :class:`CheckpointError` naming the first bad file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint {directory} does not exist")
+    state_file = directory / STATE
+    if not state_file.exists():
+        raise CheckpointError(f"{directory} is not a complete checkpoint (no {STATE})")
+    try:
+        state = json.loads(state_file.read_text())
+        int(state["global_step"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{state_file} is damaged ({e})") from None
+    manifest = directory / MANIFEST
+    if not manifest.exists() and "geometry" in state:  # written with a manifest (an older align wrote none)
+        raise CheckpointError(f"{manifest} is missing (the checkpoint was written with one)")
+    if manifest.exists():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{manifest} is damaged ({e})") from None
+        for name, size in files.items():
+            path = directory / name
+            if not path.is_file():
+                raise CheckpointError(f"{path} is missing (the checkpoint's manifest lists it)")
+            if path.stat().st_size != size:
+                raise CheckpointError(f"{path} has {path.stat().st_size} bytes, the manifest says {size} "
+                                      f"(truncated or overwritten)")
+    tensors = 0
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file():
+            continue
+        problem = None
+        if path.suffix == ".safetensors":
+            problem, tensors = _check_safetensors(path), tensors + 1
+        elif path.suffix in (".bin", ".pt", ".pth", ".pkl"):
+            problem, tensors = _check_zip(path), tensors + 1
+        if problem:
+            raise CheckpointError(f"{path} is damaged: {problem}")
+    if not tensors:
+        raise CheckpointError(f"{directory} holds no weight or optimizer files")
+    return state
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint, its state file first: a deletion cut short leaves a folder no resume takes."""
+    (Path(path) / STATE).unlink(missing_ok=True)
+    shutil.rmtree(path)
+
+
+def complete_checkpoints(out: Path) -> list[Path]:
+    """``checkpoint-N`` folders with a state file (never ``.tmp`` ones), oldest first."""
+    found = [p for p in Path(out).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()
+             and (p / STATE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_verified(out: Path) -> tuple[Path | None, list[str]]:
+    """(the newest checkpoint that verifies or None, the reasons of the newer ones passed over)."""
+    passed = []
+    for path in reversed(complete_checkpoints(out)):
+        try:
+            verify_checkpoint(path)
+            return path, passed
+        except CheckpointError as e:
+            passed.append(str(e))
+    return None, passed
+
+
+def resume_position(state: dict, *, micro_global: int, micro_per_epoch: int, accumulation: int) -> tuple[int, str]:
+    """(the global micro-step to continue from under the current batch geometry, a note when it was mapped).
+
+    The checkpoint records its micro-step and the geometry it counted in; its data position is (epoch, examples
+    into the epoch's order). Under another geometry that position is a whole number of the new micro-batches or
+    the resume is refused; an epoch that is now shorter than the position goes on with the next epoch.
+    """
+    geometry = state.get("geometry")
+    if geometry is None:  # written before checkpoints recorded their geometry: the step counts micro-steps alike
+        return state["global_step"] * accumulation, ""
+    old_micro, old_global, old_per_epoch = geometry["micro_consumed"], geometry["micro_global"], geometry["micro_per_epoch"]
+    if (old_global, old_per_epoch) == (micro_global, micro_per_epoch):
+        return old_micro, ""
+    epoch, offset = divmod(old_micro, old_per_epoch)
+    offset *= old_global  # examples into the epoch's order
+    if offset >= micro_per_epoch * micro_global:
+        return (epoch + 1) * micro_per_epoch, (f"data position: epoch {epoch} uses {micro_per_epoch * micro_global} "
+                                               f"examples under the new batch geometry, {offset} were already seen; "
+                                               f"continuing with epoch {epoch + 1}")
+    if offset % micro_global:
+        raise CheckpointError(f"the checkpoint stands {offset} examples into epoch {epoch}, which is not a whole "
+                              f"number of the new global micro-batches of {micro_global}")
+    return epoch * micro_per_epoch + offset // micro_global, (f"data position: epoch {epoch}, {offset} examples in, "
+                                                              f"under the new batch geometry")

@@ -1,0 +1,233 @@
+"""Runs that cannot be corrupted: a resume checks what it resumes, a failed start writes nothing, ``latest``
+means a checkpoint or an empty directory, damaged checkpoints are caught (fault injection with SIGKILL), and
+every start-up failure is one line.
+
+Runs use 8 training pairs in micro-batches of 2 (4 steps an epoch), so 6 steps cross an epoch boundary.
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from align.checkpoints import CheckpointError, check_output_dir, resume_position
+from align.config import ConfigError
+from tests.test_trainer import ENV, QUIET, ROOT, losses, metrics, run, train
+
+RUN = ["data.max_train_examples=8", "data.max_eval_examples=4", "train.per_device_train_batch_size=2",
+       "train.max_steps=6", "train.save_steps=2", "train.logging_steps=1", "train.eval_steps=0",
+       "train.save_total_limit=null", "train.warmup_ratio=0"]
+
+
+def snapshot(directory: Path) -> dict:
+    """Every file under ``directory`` with a hash of its bytes (a failed start must leave it unchanged)."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def fails(out, *overrides, script=("-m", "align.train_dpo")) -> str:
+    """A start that must fail with one line (no traceback); returns stderr."""
+    proc = subprocess.run([sys.executable, *script, "recipe=demo", f"train.output_dir={out}", *QUIET, *overrides],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(("config error", "data error",
+                                                                            "checkpoint error", "error"))]
+    assert len(errors) == 1, proc.stderr[-3000:]  # one line says what is wrong
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One uninterrupted run with checkpoints 2, 4, 6 (read only: tests copy it)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(out, *RUN)
+    return out
+
+
+def copy_run(finished, to: Path) -> Path:
+    shutil.copytree(finished, to)
+    return to
+
+
+# ---------------------------------------------------------------- 2. resume verifies what it resumes
+
+def test_a_resume_with_changed_settings_is_refused_naming_each_and_the_directory_is_unchanged(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    before = snapshot(out)
+    err = fails(out, *RUN, "train.resume_from_checkpoint=latest", "train.per_device_train_batch_size=4",
+                "estimator.estimator=any_order", "loss.beta=0.5")
+    assert "config error: resuming from" in err and "checkpoint-6" in err
+    assert "estimator.estimator: time_free -> any_order" in err and "loss.beta: 0.1 -> 0.5" in err
+    assert "global batch: 2 pairs" in err and "-> 4 pairs" in err and "train.resume_changes" in err
+    assert snapshot(out) == before
+
+
+def test_named_changes_resume_and_are_recorded_beside_the_untouched_config(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    config = (out / "config.yaml").read_bytes()
+    log = train(out, *RUN, "train.resume_from_checkpoint=" + str(out / "checkpoint-4"), "loss.beta=0.5",
+                "train.resume_changes=[loss.beta]")
+    assert "resumed from" in log and "at step 4; loss.beta changed: 0.1 -> 0.5" in log
+    assert (out / "config.yaml").read_bytes() == config  # how the run started stays on record
+    (record,) = [json.loads(line) for line in (out / "resumes.jsonl").read_text().splitlines()]
+    assert record["step"] == 4 and record["changed"] == {"loss.beta": [0.1, 0.5]}
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["settings"]["loss.beta"] == 0.5  # the next resume compares with what it was trained with
+    steps = [m["step"] for m in metrics(out) if "loss" in m]
+    assert steps == [1, 2, 3, 4, 5, 6]  # the records after step 4 were replaced, not appended
+
+
+def test_resume_position_under_a_new_batch_geometry():
+    state = {"global_step": 3, "geometry": {"micro_consumed": 5, "micro_global": 4, "micro_per_epoch": 2}}
+    # micro 5 of 4 examples, 2 a epoch: epoch 2, 4 examples in
+    assert resume_position(state, micro_global=4, micro_per_epoch=2, accumulation=1) == (5, "")
+    micro, note = resume_position(state, micro_global=2, micro_per_epoch=5, accumulation=1)
+    assert micro == 2 * 5 + 2 and "epoch 2, 4 examples in" in note
+    micro, note = resume_position(state, micro_global=4, micro_per_epoch=1, accumulation=1)
+    assert micro == 3 and "continuing with epoch 3" in note  # an epoch of 4 examples: the 4 seen end it
+    with pytest.raises(CheckpointError, match="4 examples into epoch 2, which is not a whole number of the new "
+                                              "global micro-batches of 8"):
+        resume_position(state, micro_global=8, micro_per_epoch=1, accumulation=1)
+    assert resume_position({"global_step": 3}, micro_global=4, micro_per_epoch=2, accumulation=2) == (6, "")
+
+
+@pytest.mark.distributed
+def test_a_changed_world_size_with_the_same_global_batch_resumes_exactly(finished, tmp_path):
+    """Written by 2 DDP ranks (2 pairs each), resumed by one process with accumulation 2: the same global
+    batches and masks, so the uninterrupted two-rank run's losses, across the epoch boundary."""
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+                "align/train_dpo.py"]
+    two = tmp_path / "two"
+    common = [*RUN, "train.per_device_train_batch_size=1"]
+    train(two, *common, launcher=torchrun)
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copytree(two / "checkpoint-2", one / "checkpoint-2")
+    log = train(one, *common, "train.gradient_accumulation_steps=2", "train.resume_from_checkpoint=latest")
+    assert "world size 2 -> 1, same global batch" in log and "at step 2" in log
+    a, b = losses(two), losses(one)
+    assert sorted(b) == [3, 4, 5, 6]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
+# ---------------------------------------------------------------- 3. nothing written before start-up succeeds
+
+def test_a_failed_start_writes_nothing_and_a_retry_works(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    before = snapshot(out)
+    err = fails(out, *RUN, f"train.resume_from_checkpoint={out / 'checkpoint-44'}")
+    assert f"checkpoint error: checkpoint {out / 'checkpoint-44'} does not exist" in err
+    assert snapshot(out) == before
+    fresh = tmp_path / "fresh"  # fails after the data (and its held-out split) are read: nothing may be left
+    err = fails(fresh, *RUN, "data.max_train_examples=1")
+    assert "fill fewer than one optimizer step" in err and not fresh.exists()
+    log = train(fresh, *RUN, "train.max_steps=2")  # the retry is not refused as "already holds a run"
+    assert (fresh / "eval_ids.json").exists() and sorted(losses(fresh)) == [1, 2]
+    assert log.count("data/demo_safety_train.jsonl: 8/8 records kept") == 1  # each data summary printed once
+
+
+# ---------------------------------------------------------------- 4. latest: a checkpoint or an empty directory
+
+def test_latest_in_a_run_without_a_checkpoint_is_refused_in_an_empty_directory_starts(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    for path in out.glob("checkpoint-*"):
+        shutil.rmtree(path)
+    before = snapshot(out)
+    err = fails(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert "already holds a run" in err and "no complete checkpoint to resume from" in err
+    assert snapshot(out) == before  # metrics.jsonl not appended to, final/ not replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    log = train(empty, *RUN, "train.max_steps=2", "train.resume_from_checkpoint=latest")
+    assert "starting from scratch" in log and sorted(losses(empty)) == [1, 2]
+
+
+def test_latest_in_a_finished_run_does_nothing(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    before = snapshot(out)
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert "the run is finished, nothing to do" in log and snapshot(out) == before
+
+
+# ---------------------------------------------------------------- 5. damaged checkpoints
+
+def test_a_damaged_latest_checkpoint_is_passed_over_by_name_and_refused_when_named(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    weights = out / "checkpoint-6" / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    (out / "checkpoint-4" / "optimizer.bin").unlink()
+    err = fails(out, *RUN, f"train.resume_from_checkpoint={out / 'checkpoint-6'}")
+    assert f"checkpoint error: {weights} has" in err and "the manifest says" in err
+    err = fails(out, *RUN, f"train.resume_from_checkpoint={out / 'checkpoint-4'}")
+    assert f"{out / 'checkpoint-4' / 'optimizer.bin'} is missing" in err
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert "passed over a damaged checkpoint" in log and str(weights) in log
+    assert "checkpoint-4/optimizer.bin is missing" in log and "checkpoint-2 at step 2" in log
+    a, b = losses(finished), losses(out)
+    for step in range(3, 7):
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
+@pytest.mark.parametrize("point,resumes_at", [("mid-write", 2), ("before-rename", 2), ("mid-cleanup", 4)])
+def test_sigkill_during_a_save_resumes_from_the_newest_complete_checkpoint(finished, tmp_path, point, resumes_at):
+    """SIGKILL (no handler runs) while checkpoint-4 is written, before it is renamed, or while an older one is
+    deleted after it: the resume takes the newest complete checkpoint and gives the uninterrupted losses."""
+    out = tmp_path / "run"
+    limit = ["train.save_total_limit=1"] if point == "mid-cleanup" else []
+    proc = subprocess.run([sys.executable, "tests/fault_run.py", point, "4", "recipe=demo", f"train.output_dir={out}",
+                           *QUIET, *RUN, *limit], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    log = train(out, *RUN, *limit, "train.resume_from_checkpoint=latest")
+    assert f"checkpoint-{resumes_at} at step {resumes_at}" in log
+    a, b = losses(finished), losses(out)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]  # each step logged once
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
+# ---------------------------------------------------------------- 6, 7. held-out data and one-line failures
+
+def test_an_empty_held_out_set_is_refused_naming_the_numbers(tmp_path):
+    bad = tmp_path / "eval.jsonl"
+    bad.write_text('{"prompt": "only a prompt"}\n{not json\n')
+    err = fails(tmp_path / "o", *RUN, f"data.eval_dataset={bad}", "data.on_bad_record=skip")
+    assert "config error: no held-out pairs to evaluate on" in err and f"{bad} gave none" in err
+    assert f"{bad}: 0/2 records kept; skipped: 1 missing field 'response_0', 1 not valid JSON" in err
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.learning_rate=-1"], "config error: train.learning_rate must be finite and > 0, got -1.0"),
+    (["loss.beta=nan"], "config error: loss.beta must be finite and > 0, got nan"),
+    (["train.warmup_ratio=2"], "config error: train.warmup_ratio must be finite and in [0, 1], got 2.0"),
+    (["data.dataset={tmp}/header.csv", "data.format=pairs"], "holds no records (a header only)"),
+    (["data.dataset={tmp}/latin1.csv", "data.format=pairs"], "latin1.csv:2: not valid UTF-8"),
+    (["train.output_dir={tmp}/a_file"], "is a file, not a directory"),
+    (["train.output_dir={tmp}/a_file/run"], "is a file, not a directory"),
+    (["train.resume_from_checkpoint={tmp}/nowhere/checkpoint-3"], "checkpoint error: checkpoint {tmp}/nowhere"),
+], ids=["lr", "beta", "warmup", "header-csv", "latin1-csv", "out-file", "out-under-file", "no-checkpoint"])
+def test_start_up_failures_are_one_line(tmp_path, overrides, message):
+    (tmp_path / "header.csv").write_text("prompt,chosen,rejected\n")
+    (tmp_path / "latin1.csv").write_bytes(b"prompt,chosen,rejected\ncaf\xe9,a,b\n")
+    (tmp_path / "a_file").write_text("not a directory")
+    overrides = [o.format(tmp=tmp_path) for o in overrides]
+    out = [o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir=")]
+    err = fails(out[0] if out else tmp_path / "o", *RUN, *overrides)
+    assert message.format(tmp=tmp_path) in err, err[-2000:]
+
+
+def test_an_output_directory_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    """As root (CI) a read-only directory is writable all the same, so the check is exercised through os.access."""
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path else real(p, mode))
+    with pytest.raises(ConfigError, match=f"train.output_dir={tmp_path}/run: {tmp_path} is not writable"):
+        check_output_dir(tmp_path / "run")
+    check_output_dir(tmp_path.parent / "elsewhere")
