@@ -268,3 +268,16 @@ def test_training_starts_from_a_lora_output(grid, tmp_path):
 
     assert adapter_base(run / "final") == str(start)
     assert load_model(str(run / "final")) is not None
+
+
+def test_help_names_every_grid_and_variance_option(capsys):
+    from align import variance
+    from align.ablate import GRID_OPTIONS, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    missing = [f"grid.{k}" for k in GRID_OPTIONS if f"grid.{k}" not in text]
+    missing += [f"variance.{k}" for k in variance.OPTIONS if f"variance.{k}" not in text]
+    assert not missing, missing

@@ -1,8 +1,13 @@
-"""The behaviour check's judging rule and rates, on hand-written answers."""
+"""The behaviour check: its judging rule and rates on hand-written answers, and the check on two ranks under DDP and
+the shipped DeepSpeed configs."""
+
+import json
+import sys
 
 import pytest
 
 from align.behaviour import is_refusal, load_prompts, rates
+from tests.test_trainer import ROOT
 
 
 @pytest.mark.parametrize("answer,refusal", [
@@ -37,3 +42,42 @@ def test_bundled_prompts_are_held_out_and_both_kinds(tmp_path):
     bad.write_text('{"prompt": "x", "kind": "other"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):
         load_prompts(str(bad))
+
+
+LAUNCHERS = {
+    "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573"],
+    "zero2": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
+              "--num_processes", "2", "--main_process_port", "29575"],
+    "zero3": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero3.yaml",
+              "--num_processes", "2", "--main_process_port", "29577"],
+}
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("launcher,extra", [
+    ("ddp", []),  # LoRA, fp32
+    ("zero2", ["model.dtype=bfloat16"]),  # LoRA under the shipped ZeRO-2 config (bf16)
+    ("zero3", ["model.dtype=bfloat16", "lora.enabled=false", "train.learning_rate=1e-4"]),  # full, partitioned
+], ids=["ddp_lora", "zero2_lora", "zero3_full"])
+def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra):
+    """The demo recipe with its behaviour prompts on, 2 CPU ranks, under DDP and the shipped ZeRO-2/ZeRO-3 configs.
+    The sampler used to receive the DeepSpeed engine and fail at the step-0 evaluation. Under ZeRO-3 every
+    forward gathers the partitioned weights collectively (the shipped config partitions every tensor over 1e5
+    elements: the tiny model's embedding and MLP weights), so the ranks must sample in lockstep, the early
+    EOS stop included, or the run hangs."""
+    from tests.test_trainer import BASIC, DS_ENV, metrics, run
+
+    config = json.loads((ROOT / "data" / "tiny_chat" / "config.json").read_text())
+    assert config["vocab_size"] * config["d_model"] > 1e5 and config["mlp_hidden_size"] * config["d_model"] > 1e5
+    out = tmp_path / "out"
+    log = run([*LAUNCHERS[launcher], "align/train_dpo.py", "recipe=demo", f"train.output_dir={out}", *BASIC,
+               "behaviour.prompts=data/demo_behaviour_prompts.jsonl", "behaviour.max_prompts=2",
+               "behaviour.gen_length=16", "behaviour.block_length=8", "behaviour.steps=8", "eval.n_samples=4",
+               "data.max_eval_examples=4", "train.max_steps=2", "train.eval_steps=2", "train.logging_steps=1",
+               "train.per_device_train_batch_size=4", *extra], env=DS_ENV, timeout=500)
+    assert "2 ranks" in log and "before:" in log and "after:" in log
+    rows = [json.loads(line) for line in (out / "behaviour.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rows}) == [0, 2] and len(rows) == 2 * 4  # 2 prompts of each kind, twice
+    judged = [m for m in metrics(out) if "eval/refusal_rate" in m]
+    assert [m["step"] for m in judged] == [0, 2]
+    assert all(0 <= m["eval/refusal_rate"] <= 1 and 0 <= m["eval/over_refusal_rate"] <= 1 for m in judged)
