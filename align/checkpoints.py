@@ -58,6 +58,7 @@ def trajectory_settings(cfg_dict: dict, precision: str | None) -> dict:
     """The dotted settings that decide the trajectory (``precision``: the effective mixed precision)."""
     settings = {k: v for k, v in flat(cfg_dict).items()
                 if k not in NOT_TRAJECTORY and not k.startswith("behaviour.")}
+    settings.pop("train.mixed_precision", None)  # the setting (null: the launcher's) is not what ran: ``precision`` is
     if precision is not None:
         settings["train.mixed_precision"] = precision
     return settings

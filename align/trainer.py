@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from align.checkpoints import (GEOMETRY_KEYS, STATE, CheckpointError, changed_settings, check_output_dir,
+from align.checkpoints import (GEOMETRY_KEYS, STATE, CheckpointError, changed_settings, check_output_dir, flat,
                                complete_checkpoints, latest_verified, remove_checkpoint, resume_position, trajectory_settings,
                                verify_checkpoint, write_manifest)
 from align.config import ConfigError, dump_config, parse_cli
@@ -634,7 +634,8 @@ class Trainer:
                 text = yaml.safe_dump(self.cfg.to_dict(), sort_keys=False)
                 acc.get_tracker("tensorboard", unwrap=True).add_text("config", f"```yaml\n{text}```")
         elif t.report_to != "none":
-            acc.init_trackers(t.run_name or self.out.name, config=_flat(self.cfg.to_dict()),
+            scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat(self.cfg.to_dict()).items()}
+            acc.init_trackers(t.run_name or self.out.name, config=scalars,
                               init_kwargs={t.report_to: {"name": t.run_name}} if t.run_name else {})
 
     # ------------------------------------------------------------ loop
@@ -1121,16 +1122,6 @@ def _keep_only(names: set[str]):
             w.update(kept)
 
     return hook
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
 
 
 def main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) -> None:

@@ -262,9 +262,9 @@ def model_main(argv: list[str]) -> None:
 def run_steps(run_dir: Path) -> list[tuple[int, str | None]]:
     """(step, model path) along a run: step 0 is the starting model (None: the reference itself), then every
     complete ``checkpoint-N``."""
-    done = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").exists()]
-    done.sort(key=lambda p: int(p.name.split("-")[1]))
-    return [(0, None)] + [(int(p.name.split("-")[1]), str(p)) for p in done]
+    from align.checkpoints import complete_checkpoints
+
+    return [(0, None)] + [(int(p.name.split("-")[1]), str(p)) for p in complete_checkpoints(run_dir)]
 
 
 def measure_run(run_dir: Path, opts: dict, *, estimators=None, n_samples=None, settings=None, progress=print) -> dict:

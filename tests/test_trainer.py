@@ -84,7 +84,7 @@ def test_tensorboard_events_go_to_one_folder_per_launch_under_runs(tmp_path):
     import time
 
     time.sleep(1.1)  # the folder name has one-second resolution
-    train(out, *args, "train.max_steps=3", "train.resume_from_checkpoint=latest")
+    train(out, *args, "train.max_steps=3", "train.resume_from_checkpoint=latest", "train.resume_changes=[train.max_steps]")
     assert len(list((out / "runs").iterdir())) == 2
     own = tmp_path / "tb" / "mine"
     train(tmp_path / "out2", *args, f"train.logging_dir={own}")

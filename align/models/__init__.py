@@ -133,7 +133,14 @@ def _load_adapter(adapter: Path, *, dtype, attn_implementation, trust_remote_cod
 
 
 def _checkpoint_run_config(path: Path) -> dict | None:
-    if not (path / "trainer_state.json").exists() or not (path.parent / "config.yaml").exists():
+    """The config a checkpoint was trained with: recorded in its trainer_state.json (the run's config.yaml beside
+    it for checkpoints of an older align, which recorded none)."""
+    if not (path / "trainer_state.json").exists():
+        return None
+    recorded = json.loads((path / "trainer_state.json").read_text()).get("config")
+    if recorded is not None:
+        return recorded
+    if not (path.parent / "config.yaml").exists():
         return None
     import yaml
 
@@ -148,8 +155,9 @@ def _load_checkpoint(path: Path, *, dtype, attn_implementation):
     run = _checkpoint_run_config(path)
     weights = path / "model.safetensors"
     if run is None or not weights.exists():
-        raise ValueError(f"{path}: not a loadable training checkpoint (needs model.safetensors here and the run's "
-                         f"config.yaml in {path.parent}; DeepSpeed checkpoints are read by resuming the run)")
+        raise ValueError(f"{path}: not a loadable training checkpoint (needs model.safetensors here and the config "
+                         f"it was trained with, in its trainer_state.json or {path.parent}/config.yaml; DeepSpeed "
+                         f"checkpoints are read by resuming the run)")
     model = load_model(run["model"]["name_or_path"], dtype=dtype, attn_implementation=attn_implementation)
     state = load_file(str(weights))
     lora = run.get("lora", {})
