@@ -17,6 +17,7 @@ with torch.no_grad():  # the same non-trivial adapter in every trainer: the poli
         if "lora_" in name:
             p.copy_(0.05 * torch.randn(p.shape, generator=g))
 tr.behaviour = None
+tr.begin()  # the start's writes (the output directory among them), as train() does first
 result = tr.evaluate()
 """
 SMALL_EVAL = ["data.max_eval_examples=12", "eval.n_samples=4", "train.per_device_eval_batch_size=4"]
