@@ -104,7 +104,7 @@ def test_resume_position_under_a_new_batch_geometry():
 def test_a_changed_world_size_with_the_same_global_batch_resumes_exactly(finished, tmp_path):
     """Written by 2 DDP ranks (2 pairs each), resumed by one process with accumulation 2: the same global
     batches and masks, so the uninterrupted two-rank run's losses, across the epoch boundary."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29571",
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581",
                 "align/train_dpo.py"]
     two = tmp_path / "two"
     common = [*RUN, "train.per_device_train_batch_size=1"]
