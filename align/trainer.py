@@ -16,7 +16,11 @@ names of its metrics. The loop owns the rest:
   wandb, a progress bar); evaluation at step 0, every ``eval_steps`` and at
   the end, with the behaviour check (``align.behaviour``) when configured;
 - checkpoints written to ``checkpoint-N.tmp`` and renamed only when complete,
-  exact resume, and the final save in the published layout.
+  verified and checked against the settings on resume (``align.checkpoints``),
+  and the final save in the published layout (``align.export``).
+
+Stopping on signals and non-finite steps: ``align.guards``; the precomputed
+reference log-probs: ``align.reference``.
 """
 
 from __future__ import annotations
@@ -38,11 +42,14 @@ from align.checkpoints import (GEOMETRY_KEYS, STATE, CheckpointError, changed_se
                                verify_checkpoint, write_manifest)
 from align.config import ConfigError, dump_config, parse_cli
 from align.data import EVAL_EPOCH, holdout_split, is_local, load_records, rank_micro_batches
+from align.export import merged_state_dict, published_shapes, trainable_state_dict, verify_saved
+from align.guards import PREEMPTED_EXIT_CODE, NonFiniteStep, Preempted, StopSignals
 from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
                           compile_blocks, load_model, resolve_dtype, save_published, set_scoring_memory, spec_for,
                           token_scorer, tokenizer_source)
 from align.models.tokenizer import load_tokenizer
 from align.optim import adamw
+from align.reference import ReferenceCache
 
 log = logging.getLogger("align.trainer")
 
@@ -896,191 +903,12 @@ class Trainer:
         acc.wait_for_everyone()
 
 
-class ReferenceCache:
-    """``train.precompute_ref_log_probs``: the reference's (chosen, rejected) terms of each example, per epoch.
-
-    Mask draws are a pure function of (seed, example id, epoch), so the reference terms of an epoch can be
-    computed before it, in no-grad batches of ``per_device_eval_batch_size``, and the training step then runs
-    the policy alone. Each rank computes the examples it will meet (DDP, ZeRO-2/3: no cache is shared between
-    ranks) and keeps them in memory and in ``output_dir/ref_logps/epoch<E>.rank<R>of<W>.pt`` with the settings
-    they depend on, so a resumed run reads them back instead of recomputing. Under ZeRO-3 the reference forward
-    is collective: every rank runs as many batches as the rank with the most to do (padding with a repeat).
-    Without ``persist`` (no precomputation asked for) it holds the held-out terms alone, in memory: the eval
-    draws are the same at every evaluation, so the reference runs over the held-out pairs once per launch.
-    """
-
-    def __init__(self, directory: Path, key: dict, rank: int, world: int, persist: bool = True):
-        self.dir, self.rank, self.world, self.persist = directory, rank, world, persist
-        self.key = json.dumps(key, sort_keys=True, default=str)
-        self.terms: dict[int, dict[int, tuple[torch.Tensor, torch.Tensor]]] = {}
-
-    def path(self, epoch: int) -> Path:
-        return self.dir / f"epoch{epoch}.rank{self.rank}of{self.world}.pt"
-
-    def ensure(self, trainer, epoch: int, examples: list, batch_size: int, drop_older: bool = False) -> None:
-        acc = trainer.accelerator
-        if drop_older:  # the training epochs before this one are done (the eval epoch, -1, stays)
-            for e in [e for e in self.terms if 0 <= e < epoch]:
-                del self.terms[e]
-        have = self.terms.setdefault(epoch, {})
-        if not have and self.persist and self.path(epoch).exists():
-            saved = torch.load(self.path(epoch), weights_only=True)
-            if saved["key"] == self.key:
-                have.update({int(i): (c, r) for i, c, r in zip(saved["ids"].tolist(), saved["chosen"], saved["rejected"])})
-        need = list({e.id: e for e in examples if e.id not in have}.values())
-        counts = acc.gather(torch.tensor([len(need)], device=acc.device)) if self.world > 1 else torch.tensor([len(need)])
-        most = int(counts.max())
-        if most == 0:
-            return
-        started = time.perf_counter()
-        padded = need + [examples[0]] * (most - len(need))  # equal batch counts on every rank (ZeRO-3 gathers)
-        computed = trainer.objective.reference_terms(trainer, padded, epoch, batch_size)
-        have.update({i: computed[i] for i in (e.id for e in need)})
-        what = "evaluation" if epoch < 0 else f"epoch {epoch}"
-        if not self.persist:  # held-out terms only, kept in memory
-            acc.print(f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
-                      f"{time.perf_counter() - started:.1f} s (computed once, kept for every evaluation)")
-            return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        ids = sorted(have)
-        torch.save({"key": self.key, "ids": torch.tensor(ids), "chosen": torch.stack([have[i][0] for i in ids]),
-                    "rejected": torch.stack([have[i][1] for i in ids])}, self.path(epoch))
-        acc.print(f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
-                  f"{time.perf_counter() - started:.1f} s (train.precompute_ref_log_probs; {self.dir})")
-
-    def get(self, epoch: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """([b, n], [b, n]) for the examples ``ids`` (on the host)."""
-        have = self.terms.get(epoch, {})
-        try:
-            rows = [have[i] for i in ids.tolist()]
-        except KeyError as e:
-            raise RuntimeError(f"no precomputed reference terms for example {e.args[0]} at epoch {epoch}") from None
-        return torch.stack([c for c, _ in rows]), torch.stack([r for _, r in rows])
-
-
 def run_folder_name() -> str:
     """``<date>_<host>`` as HF's Trainer names a run's TensorBoard folder (``Nov26_12-40-03_host``)."""
     import socket
     from datetime import datetime
 
     return f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}"
-
-
-class NonFiniteStep(RuntimeError):
-    """A step's loss or gradient norm was NaN/inf under ``train.on_nonfinite=stop`` (nothing was applied)."""
-
-
-PREEMPTED_EXIT_CODE = 75  # sysexits' EX_TEMPFAIL: stopped by a signal after a checkpoint; run again to resume
-
-
-class Preempted(Exception):
-    """SIGTERM/SIGINT: the step in progress finished on every rank, a checkpoint was written."""
-
-    def __init__(self, step: int, signal_name: str, out: Path):
-        self.step = step
-        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint saved in {out / f'checkpoint-{step}'}. "
-                         f"Continue with train.resume_from_checkpoint=latest (same train.output_dir)")
-
-
-class StopSignals:
-    """SIGTERM and SIGINT ask the loop to stop at the end of the optimizer step in progress (a second SIGINT
-    interrupts at once). The handler only sets a flag: every rank reads it in the step's all-reduce, so all
-    stop after the same step even when the signal reaches one rank only or reaches them at different times."""
-
-    SIGNALS = ("SIGTERM", "SIGINT")
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous = {}
-
-    def install(self) -> "StopSignals":
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():  # Python delivers signals to the main thread only
-            for name in self.SIGNALS:
-                sig = getattr(signal, name)
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        import signal
-
-        name = signal.Signals(signum).name
-        if self.received is not None and name == "SIGINT":
-            raise KeyboardInterrupt
-        self.received = name
-        # no logging here: the handler can run while the logging lock is held
-        os.write(2, f"\n{name} received: finishing the current step, then saving a checkpoint and stopping "
-                    f"(Ctrl-C again interrupts at once)\n".encode())
-
-    def restore(self) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous = {}
-
-
-def trainable_state_dict(model, keep: bool) -> dict[str, torch.Tensor]:
-    """The trainable parameters on CPU (``keep``: this rank keeps them). Under ZeRO-3 they are gathered
-    collectively, so every rank must call this; nothing else of the model is gathered or copied."""
-    import contextlib
-
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    gather = contextlib.nullcontext()
-    if any(hasattr(p, "ds_id") for _, p in named):  # ZeRO-3 partitioned parameters
-        import deepspeed
-
-        gather = deepspeed.zero.GatheredParameters([p for _, p in named], modifier_rank=None)
-    with gather:
-        return {n: p.detach().to("cpu", copy=True) for n, p in named} if keep else {}
-
-
-def merged_state_dict(peft_model) -> dict[str, torch.Tensor]:
-    """Base weights with every LoRA delta merged, on CPU, in the base model's parameter names; one adapted
-    layer's delta on the device at a time (no copy of the model)."""
-    from peft.tuners.lora import LoraLayer
-
-    base = peft_model.get_base_model()
-    merged = {}
-    for name, p in base.named_parameters():
-        if "lora_" not in name:
-            merged[name.replace(".base_layer.", ".")] = p.detach().to("cpu", copy=True)
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            key = f"{name}.weight"
-            delta = sum(module.get_delta_weight(a).detach().float().cpu() for a in module.active_adapters)
-            merged[key] = (merged[key].float() + delta).to(merged[key].dtype)
-    return merged
-
-
-def published_shapes(tensors: dict, config) -> dict[str, tuple]:
-    """Names and shapes a save of ``tensors`` must hold (a tied output embedding is stored once)."""
-    shapes = {k: tuple(getattr(v, "shape", v)) for k, v in tensors.items()}
-    if getattr(config, "tie_word_embeddings", False):
-        for key in ("lm_head.weight", "model.transformer.ff_out.weight"):
-            shapes.pop(key, None)
-    return shapes
-
-
-def verify_saved(directory: Path, expected: dict[str, tuple]) -> None:
-    """Read back the safetensors in ``directory``: every expected tensor there with its shape, none empty."""
-    from safetensors import safe_open
-
-    found = {}
-    for f in sorted(Path(directory).glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            for k in st.keys():
-                found[k] = tuple(st.get_slice(k).get_shape())
-    missing = sorted(expected.keys() - found.keys())
-    wrong = sorted(k for k in expected.keys() & found.keys() if found[k] != expected[k])
-    empty = sorted(k for k, shape in found.items() if 0 in shape)
-    if missing or wrong or empty:
-        raise RuntimeError(
-            f"the weights written to {directory} do not match the model: "
-            + "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
-                        for what, keys in (("missing", missing), ("wrong shape", wrong), ("empty", empty)) if keys))
 
 
 def disable_dropout(model: torch.nn.Module) -> int:

@@ -22,7 +22,7 @@ SHORT = ["data.max_train_examples=24", "train.per_device_train_batch_size=8", "t
          "train.do_eval=false", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
 
 PLANT = """
-from align.trainer import NonFiniteStep
+from align.guards import NonFiniteStep
 from align.checkpoints import complete_checkpoints
 params = [p for p in tr.model.parameters() if p.requires_grad]
 snaps, state = {}, {"step": 0}

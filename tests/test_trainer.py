@@ -386,7 +386,7 @@ def test_verify_saved_fails_loudly_on_empty_or_missing_tensors(tmp_path):
     """What ZeRO-3 used to write for a merged model: (0,)-shaped tensors, reported as saved."""
     from safetensors.torch import save_file
 
-    from align.trainer import verify_saved
+    from align.export import verify_saved
 
     good, bad = tmp_path / "good", tmp_path / "bad"
     good.mkdir(), bad.mkdir()
