@@ -179,16 +179,15 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def latest_verified(out: Path) -> tuple[Path | None, list[str]]:
-    """(the newest checkpoint that verifies or None, the reasons of the newer ones passed over)."""
+def latest_verified(out: Path) -> tuple[Path | None, dict | None, list[str]]:
+    """(the newest checkpoint that verifies or None, its trainer_state, the reasons of the newer ones passed over)."""
     passed = []
     for path in reversed(complete_checkpoints(out)):
         try:
-            verify_checkpoint(path)
-            return path, passed
+            return path, verify_checkpoint(path), passed
         except CheckpointError as e:
             passed.append(str(e))
-    return None, passed
+    return None, None, passed
 
 
 def resume_position(state: dict, *, micro_global: int, micro_per_epoch: int, accumulation: int) -> tuple[int, str]:

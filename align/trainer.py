@@ -501,10 +501,10 @@ class Trainer:
         plan = {"mode": "new", "checkpoint": None, "state": None, "remove": [], "notes": []}
         which = t.resume_from_checkpoint
         if which == "latest":
-            path, passed = latest_verified(self.out) if self.out.is_dir() else (None, [])
+            path, state, passed = latest_verified(self.out) if self.out.is_dir() else (None, None, [])
             plan["notes"] += [f"passed over a damaged checkpoint: {reason}" for reason in passed]
             if path is not None:
-                plan.update(mode="resume", checkpoint=path, state=verify_checkpoint(path))
+                plan.update(mode="resume", checkpoint=path, state=state)
                 return plan
             if passed:
                 raise CheckpointError(f"train.resume_from_checkpoint=latest: no checkpoint in {self.out} verifies: "
