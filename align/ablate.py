@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shlex
 import shutil
@@ -52,6 +51,7 @@ import sys
 import time
 from pathlib import Path
 
+from align.cli import entry_point, overrides
 from align.config import Config, ConfigError, load_config
 from align.grid_report import evaluator_of, report
 
@@ -70,11 +70,8 @@ SELECTABLE = ("accuracy", "margin", "accuracy_curve", "margin_curve", "dpo_loss"
 def parse_grid(argv: list[str]):
     """-> (recipe, base overrides, axes {config key: [values]}, options)."""
     recipe, base, axes, options = None, [], {}, {}
-    for arg in argv:
-        arg = arg.lstrip("-") if arg.startswith("--") else arg
-        if "=" not in arg:
-            raise ConfigError(f"argument {arg!r} is not key=value")
-        key, value = arg.split("=", 1)
+    for key, value in overrides(argv, prog="align.ablate", help_page=lambda: __doc__):
+        arg = f"{key}={value}"
         if key == "recipe":
             recipe = value
         elif key.startswith("grid."):
@@ -222,19 +219,13 @@ def grid_main(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        raise SystemExit(0)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    with entry_point():
         if argv and argv[0] == "variance":
             from align import variance
 
             variance.main(argv[1:])
         else:
             grid_main(argv)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 A checkpoint is written to ``checkpoint-N.tmp``; when every rank's files are there, the main process writes
 ``manifest.json`` (every file with its size) and ``trainer_state.json`` (the step, the data position, the
-settings that decide the trajectory, the batch geometry), then renames the folder to ``checkpoint-N``. A
+settings that decide the trajectory, the batch geometry), then renames the folder to ``checkpoint-N`` (:func:`save_checkpoint`). A
 resume verifies a checkpoint before it reads it: the state file parses, every file of the manifest is there
 with its size, every safetensors file's header and length agree and every torch file is a whole zip archive.
 ``latest`` takes the newest checkpoint that verifies and names the damaged ones it passed over.
@@ -10,7 +10,7 @@ with its size, every safetensors file's header and length agree and every torch 
 The settings that decide the trajectory are every key of the config except those listed in
 :data:`NOT_TRAJECTORY` (how fast, where and how loudly it runs, and the behaviour check, which only samples).
 The batch geometry (per-device batch, world size, accumulation) is compared as what the data order depends
-on: the global batch and the examples each epoch uses.
+on: the global batch and the examples each epoch uses. How a launch decides to resume: ``align.resume``.
 """
 
 from __future__ import annotations
@@ -44,19 +44,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed from; the message names the file."""
 
 
-def flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def trajectory_settings(cfg_dict: dict, precision: str | None) -> dict:
     """The dotted settings that decide the trajectory (``precision``: the effective mixed precision)."""
-    settings = {k: v for k, v in flat(cfg_dict).items()
+    from transformers.utils import flatten_dict  # {a: {b: v}} -> {'a.b': v}
+
+    settings = {k: v for k, v in flatten_dict(cfg_dict).items()
                 if k not in NOT_TRAJECTORY and not k.startswith("behaviour.")}
     settings.pop("train.mixed_precision", None)  # the setting (null: the launcher's) is not what ran: ``precision`` is
     if precision is not None:
@@ -166,6 +158,22 @@ def verify_checkpoint(directory: Path) -> dict:
     return state
 
 
+def recorded_config(path: Path) -> dict | None:
+    """The config a checkpoint was trained with: recorded in its trainer_state.json (the run's config.yaml beside
+    it for checkpoints of an older align, which recorded none); None when ``path`` is not a checkpoint."""
+    path = Path(path)
+    if not (path / STATE).exists():
+        return None
+    recorded = json.loads((path / STATE).read_text()).get("config")
+    if recorded is not None:
+        return recorded
+    if not (path.parent / "config.yaml").exists():
+        return None
+    import yaml
+
+    return yaml.safe_load((path.parent / "config.yaml").read_text())
+
+
 def remove_checkpoint(path: Path) -> None:
     """Delete a checkpoint, its state file first: a deletion cut short leaves a folder no resume takes."""
     (Path(path) / STATE).unlink(missing_ok=True)
@@ -214,3 +222,41 @@ def resume_position(state: dict, *, micro_global: int, micro_per_epoch: int, acc
                               f"number of the new global micro-batches of {micro_global}")
     return epoch * micro_per_epoch + offset // micro_global, (f"data position: epoch {epoch}, {offset} examples in, "
                                                               f"under the new batch geometry")
+
+
+def save_checkpoint(acc, out: Path, step: int, state: dict, *, exclude_frozen: bool, keep: int | None) -> Path:
+    """Write ``out/checkpoint-<step>`` from every rank: ``accelerator.save_state`` into ``checkpoint-<step>.tmp``,
+    then (main process) the manifest, ``trainer_state.json`` = ``state`` and the atomic rename; the oldest
+    complete checkpoints beyond ``keep`` (``train.save_total_limit``) are deleted, state file first.
+    ``exclude_frozen``: LoRA under DeepSpeed, whose engine saves the module itself (accelerate's save hooks,
+    which keep only the adapter, do not run there)."""
+    final, tmp = out / f"checkpoint-{step}", out / f"checkpoint-{step}.tmp"
+    if acc.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), **({"exclude_frozen_parameters": True} if exclude_frozen else {}))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_manifest(tmp)  # every rank's files, with their sizes: a resume verifies them
+        (tmp / STATE).write_text(json.dumps(state, default=str))
+        if final.exists():
+            remove_checkpoint(final)
+        tmp.rename(final)  # atomic: a checkpoint without trainer_state.json or named .tmp is never resumed
+        if keep:
+            for old in complete_checkpoints(out)[:-keep]:
+                remove_checkpoint(old)
+    acc.wait_for_everyone()
+    return final
+
+
+def keep_only(names: set[str]):
+    """An accelerate save-state hook that keeps only ``names`` in each saved state dict (a LoRA checkpoint holds
+    the adapter; the frozen base comes from ``model.name_or_path`` on resume)."""
+
+    def hook(models, weights, output_dir):
+        for w in weights:
+            kept = {k: v for k, v in w.items() if k.removeprefix("module.") in names}
+            w.clear()
+            w.update(kept)
+
+    return hook

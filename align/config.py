@@ -66,12 +66,11 @@ class LoraArgs:
 
 
 @dataclass
-class DataArgs:
-    """Preference data (DPO)."""
-    dataset: str = opt("PKU-Alignment/PKU-SafeRLHF", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory")
-    format: str = opt("pku_saferlhf", "record schema (auto: chosen from the first record's fields, logged)",
-                      ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"))
-    preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
+class DataSourceArgs:
+    """What DPO and SFT data share: where the records come from, the held-out data, lengths, bad records.
+    ``dataset`` and ``format`` are given by each kind of data (:class:`DataArgs`, :class:`SFTDataArgs`)."""
+    dataset: str = opt("", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory")
+    format: str = opt("auto", "record schema")
     config_name: str | None = opt(None, "hub dataset configuration name")
     train_split: str = opt("train", "split to train on")
     eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or local file)")
@@ -88,8 +87,18 @@ class DataArgs:
     max_eval_examples: int | None = opt(None, "use at most this many held-out records")
 
 
-class SFTDataArgs:
-    """Prompt/response data (SFT). The fields after ``format`` mean what they mean for DPO data."""
+@dataclass
+class DataArgs(DataSourceArgs):
+    """Preference data (DPO)."""
+    dataset: str = opt("PKU-Alignment/PKU-SafeRLHF", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory")
+    format: str = opt("pku_saferlhf", "record schema (auto: chosen from the first record's fields, logged)",
+                      ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"))
+    preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
+
+
+@dataclass
+class SFTDataArgs(DataSourceArgs):
+    """Prompt/response data (SFT). The fields they share mean what they mean for DPO data."""
     dataset: str = opt("data/tiny_sft_train.jsonl", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk "
                                                     "directory")
     format: str = opt("prompt_response", "record schema: prompt+response, a messages list ending in the answer, or "
@@ -98,13 +107,6 @@ class SFTDataArgs:
     response_padding: str = opt("batch", "EOS-extend responses to the longest of the micro-batch (LLaDA) or to "
                                          "max_response_length (teaches fixed-length generation to end in EOS)",
                                 ("batch", "max_length"))
-
-
-for _f in dataclasses.fields(DataArgs):  # the shared fields, defined once (DataArgs' defaults and help)
-    if _f.name not in ("dataset", "format", "preference"):
-        setattr(SFTDataArgs, _f.name, _f)
-        SFTDataArgs.__annotations__[_f.name] = DataArgs.__annotations__[_f.name]
-SFTDataArgs = dataclass(SFTDataArgs)
 
 
 @dataclass
@@ -333,7 +335,8 @@ def _unknown(key: str, known, sections: dict[str, list[str]] | None = None) -> C
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def build(cls, data: dict, prefix: str = ""):
+    """``cls`` from a nested mapping: unknown keys, wrong types and values outside ``choices`` fail naming the key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -344,7 +347,7 @@ def _build(cls, data: dict, prefix: str = ""):
             raise _unknown(prefix + key, fields, _section_keys(cls, hints) if not prefix else None)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+            kwargs[key] = build(tp, value, f"{prefix}{key}.")
             continue
         value = _coerce(value, tp, prefix + key)
         choices = fields[key].metadata.get("choices")
@@ -356,7 +359,8 @@ def _build(cls, data: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict, dotted: str, value) -> None:
+def set_dotted(tree: dict, dotted: str, value) -> None:
+    """``tree[a][b] = value`` for ``dotted`` = ``a.b``."""
     parts = dotted.split(".")
     node = tree
     for p in parts[:-1]:
@@ -458,7 +462,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
+        set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
     for section in ("estimator", "eval"):
         est = tree.get(section) or {}
         if isinstance(est, dict) and est.get("coupling") is not None:
@@ -466,32 +470,7 @@ def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config
             if explicit:
                 raise ConfigError(f"{section}.coupling is a shorthand for the share_* flags; set one or the other, "
                                   f"not both (got coupling and {', '.join(explicit)})")
-    return _validate(_build(cls, tree))
-
-
-def parse_cli(argv: list[str], cls=Config, prog: str = "train_dpo.py"):
-    recipe, overrides = None, []
-    for arg in argv:
-        if arg.startswith("recipe="):
-            recipe = arg.split("=", 1)[1]
-        elif arg in ("-h", "--help"):
-            print(help_text(cls, prog))  # to stdout, exit 0: --help is not an error
-            raise SystemExit(0)
-        else:
-            overrides.append(arg.lstrip("-"))
-    return load_config(recipe, overrides, cls)
-
-
-def help_text(cls=Config, prog: str = "train_dpo.py") -> str:
-    lines = [f"usage: {prog} recipe=NAME|PATH [section.key=value ...]", ""]
-    for section in dataclasses.fields(cls):
-        lines.append(f"{section.name}:")
-        for f in dataclasses.fields(section.default_factory()):
-            choices = f.metadata.get("choices")
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            extra = f" {{{', '.join(map(str, choices))}}}" if choices else ""
-            lines.append(f"  {section.name}.{f.name} = {default!r}{extra}\n      {f.metadata['help']}")
-    return "\n".join(lines)
+    return _validate(build(cls, tree))
 
 
 def load_resolved(path: Path, cls=Config):
@@ -500,7 +479,7 @@ def load_resolved(path: Path, cls=Config):
     for section in ("estimator", "eval"):
         if isinstance(tree.get(section), dict):
             tree[section]["coupling"] = None
-    return _validate(_build(cls, tree))
+    return _validate(build(cls, tree))
 
 
 def dump_config(cfg, path: Path) -> None:

@@ -1,11 +1,22 @@
-"""What leaves a run: trainable and merged state dicts gathered for saving (ZeRO-3 included) and the read-back
-check of every save (:func:`verify_saved`)."""
+"""What leaves a run: the final save (:func:`save_final`), the published layout any model is saved in
+(:func:`save_published`, read by the published LLaDA/Dream code), the trainable and merged state dicts gathered
+for saving (ZeRO-3 included; the one LoRA merge of align) and the read-back check of every save
+(:func:`verify_saved`). Exercised by ``tests/test_trainer.py`` (DeepSpeed saves) and ``tests/test_models.py``."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import torch
+
+from align.models import unwrap
+
+# the published remote-code files, copied next to a save so that LLaDA's / Dream's own
+# AutoModel.from_pretrained(..., trust_remote_code=True) reads it
+REMOTE_CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "configuration_dream.py", "modeling_dream.py",
+                     "generation_utils.py", "tokenization_dream.py")
 
 
 def trainable_state_dict(model, keep: bool) -> dict[str, torch.Tensor]:
@@ -67,3 +78,82 @@ def verify_saved(directory: Path, expected: dict[str, tuple]) -> None:
             f"the weights written to {directory} do not match the model: "
             + "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
                         for what, keys in (("missing", missing), ("wrong shape", wrong), ("empty", empty)) if keys))
+
+
+def save_published(model, out_dir: str | Path, *, tokenizer=None, merged: bool = True, adapter: bool = True,
+                   source: str | Path | None = None, state_dict: dict | None = None) -> Path:
+    """Save in the published layout.
+
+    With a peft model: the adapter goes to ``out_dir/adapter`` (if ``adapter``) and the merged full weights
+    (:func:`merged_state_dict`) to ``out_dir`` (if ``merged``). Without one, the full weights go to ``out_dir``.
+    The config keeps ``model_type`` and published field names; the published remote-code files are copied from
+    ``source`` when it is a local directory holding them, so LLaDA's own ``AutoModel.from_pretrained(...,
+    trust_remote_code=True)`` reads the output. ``state_dict``: full weights gathered by the caller (DeepSpeed
+    ZeRO-3), for a model without an adapter.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    is_peft = hasattr(model, "merge_and_unload")
+    if is_peft and adapter:
+        model.save_pretrained(out / "adapter")
+    if merged or not is_peft:
+        full, weights = (model.get_base_model(), merged_state_dict(model)) if is_peft else (model, state_dict)
+        full.save_pretrained(out, safe_serialization=True, state_dict=weights)
+        _restore_published_config(out, unwrap(model).config)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    if source is not None and Path(source).is_dir():
+        for name in REMOTE_CODE_FILES:
+            if (Path(source) / name).exists():
+                shutil.copy2(Path(source) / name, out / name)
+    return out
+
+
+def _restore_published_config(out: Path, config) -> None:
+    """Keep the published ``architectures``/``auto_map`` (for LLaDA's own loaders)."""
+    path = out / "config.json"
+    data = json.loads(path.read_text())
+    published_arch = {"llada": ["LLaDAModelLM"], "Dream": ["DreamModel"]}
+    data["architectures"] = published_arch.get(data.get("model_type"), data.get("architectures"))
+    if getattr(config, "auto_map", None):
+        data["auto_map"] = config.auto_map
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_final(acc, model, out: Path, *, cfg, tokenizer) -> None:
+    """``out`` (a run's ``final/``): the adapter (LoRA) and/or full weights in the published layout, each checked
+    after writing. Every rank calls it.
+
+    LoRA: only the trainable parameters are gathered (under ZeRO-3 collectively, to rank 0's CPU); the base is
+    never copied to save an adapter. ``train.save_merged`` (DDP / ZeRO-2) merges on rank 0's CPU one layer at a
+    time, without a second copy of the model on the GPU. Full fine-tuning: the full state dict (gathered from
+    ZeRO-3 shards on rank 0).
+    """
+    acc.wait_for_everyone()
+    source = cfg.model.name_or_path
+    if cfg.lora.enabled:
+        peft_model = unwrap(model, keep_peft=True)
+        adapter = trainable_state_dict(peft_model, acc.is_main_process)
+        if acc.is_main_process:
+            from peft import get_peft_model_state_dict
+
+            for config in peft_model.peft_config.values():  # load_model(final/) finds the base through this
+                config.base_model_name_or_path = source
+            peft_model.save_pretrained(out / "adapter", state_dict=adapter)
+            expected = get_peft_model_state_dict(peft_model, state_dict=adapter)
+            verify_saved(out / "adapter", {k: tuple(v.shape) for k, v in expected.items()})
+            if cfg.train.save_merged:
+                merged = merged_state_dict(peft_model)
+                save_published(peft_model.get_base_model(), out, tokenizer=tokenizer, state_dict=merged, source=source)
+                verify_saved(out, published_shapes(merged, peft_model.get_base_model().config))
+    else:
+        state_dict = acc.get_state_dict(model)  # gathers ZeRO-3 shards on rank 0
+        if acc.is_main_process:
+            bare = acc.unwrap_model(model)
+            save_published(bare, out, tokenizer=tokenizer, source=source, state_dict=state_dict)
+            shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in bare.named_parameters()}
+            verify_saved(out, published_shapes(shapes, bare.config))
+    if acc.is_main_process:
+        tokenizer.save_pretrained(out)
+        acc.print(f"saved {out}")
+    acc.wait_for_everyone()

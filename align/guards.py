@@ -1,12 +1,18 @@
 """What stops a run, and how: SIGTERM/SIGINT finish the step in progress on every rank and save a checkpoint
 (:class:`StopSignals`, :class:`Preempted`, exit code 75); a non-finite step is never applied and, under
 ``train.on_nonfinite=stop``, ends the run after a checkpoint of the last good state (:class:`NonFiniteStep`).
-The trainer decides both in one all-reduce per optimizer step (``Trainer._step_verdict``)."""
+Both are decided in one all-reduce per optimizer step (:func:`step_verdict`), so every rank acts alike.
+Exercised by ``tests/test_reliability.py`` (NaN on one rank, a signal to one rank, under DDP and ZeRO-2)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
+
+import torch
+
+log = logging.getLogger("align.guards")
 
 
 class NonFiniteStep(RuntimeError):
@@ -63,3 +69,57 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+def step_verdict(acc, window: list, grad_norm, signal_name: str | None, tokens: int = 0) -> dict:
+    """Whether the optimizer step just accumulated may be applied, and whether to stop after it: decided alike on
+    every rank from one all-reduce of (non-finite loss, non-finite gradient norm, signal received); the same
+    all-reduce sums the step's policy tokens (``tokens`` on this rank) into ``verdict["tokens"]``.
+
+    ``window``: this rank's (example ids, loss) of the step's micro-batches. Non-finite means NaN or inf in any
+    micro-batch loss of the step on any rank, or in the (global) gradient norm; under fp16 an inf gradient norm is
+    the loss scaler's business (it skips the step and lowers its scale), so there only the loss counts. Under
+    DeepSpeed the engine steps inside ``backward``: its own overflow check (on for bf16 here, always on for fp32
+    and ZeRO-3) skips a non-finite gradient norm.
+    """
+    device = acc.device
+    loss_bad = torch.stack([~torch.isfinite(loss) for _, loss in window]).any().float().to(device)
+    grad_bad = torch.zeros((), device=device)
+    if grad_norm is not None and str(acc.mixed_precision) != "fp16":
+        grad_bad = (~torch.isfinite(torch.as_tensor(grad_norm, dtype=torch.float32, device=device))).float()
+    flags = torch.stack([loss_bad, grad_bad, torch.tensor(float(signal_name is not None), device=device)]).double()
+    flags = torch.cat([flags, torch.tensor([float(tokens)], dtype=torch.float64, device=device)])
+    loss_ranks, grad_ranks, signal_ranks, step_tokens = acc.reduce(flags, reduction="sum").tolist()
+    nonfinite = loss_ranks > 0 or grad_ranks > 0
+    verdict = {"apply": not nonfinite, "nonfinite": nonfinite, "tokens": int(step_tokens),
+               "stop": (signal_name or "a signal on another rank") if signal_ranks > 0 else None}
+    if nonfinite:
+        what = []
+        if loss_ranks:
+            what.append(f"the loss was not finite on {int(loss_ranks)} of {acc.num_processes} rank(s)")
+        if grad_ranks:
+            what.append(f"the gradient norm was {float(grad_norm)}")
+        verdict["what"] = " and ".join(what)
+        if acc.distributed_type.name == "DEEPSPEED" and not acc.optimizer_step_was_skipped:
+            log.warning("DeepSpeed applied the step although %s (its gradient norm was finite)", verdict["what"])
+        # the offending micro-batches (every micro-batch of the step when no loss was non-finite)
+        from accelerate.utils import gather_object
+
+        mine = [i for ids, loss in window if not bool(torch.isfinite(loss)) or not loss_ranks for i in ids]
+        verdict["ids"] = sorted(set(gather_object(mine)))
+    return verdict
+
+
+def nonfinite_stop(verdict: dict, step: int, out: Path, where=None) -> NonFiniteStep:
+    """The error of ``train.on_nonfinite=stop`` after step ``step`` (the last good state, saved), naming the
+    offending examples (``where(id)``: their file and line, when known)."""
+    ids = verdict["ids"]
+    located = ""
+    if where is not None:
+        located = " (" + ", ".join(where(i) for i in ids[:8]) + (" ..." if len(ids) > 8 else "") + ")"
+    return NonFiniteStep(
+        f"step {step + 1}: {verdict['what']}; the update was not applied on any rank. Examples of the "
+        f"offending micro-batch(es): ids {ids[:32]}{' ...' if len(ids) > 32 else ''}{located}. The last good state "
+        f"is saved as {out / f'checkpoint-{step}'}. Lower train.learning_rate or look at these "
+        f"records, then resume with train.resume_from_checkpoint=latest; or set train.on_nonfinite=skip to skip "
+        f"such steps (counted as nonfinite_steps)")

@@ -1,5 +1,7 @@
-"""The reference's log-probabilities computed ahead of the step (``train.precompute_ref_log_probs``) and of the
-held-out draws (once per launch): :class:`ReferenceCache`."""
+"""The reference model of full fine-tuning (a frozen copy, under DeepSpeed its own engine: :func:`prepare_reference`)
+and the reference's log-probabilities computed ahead of the step (``train.precompute_ref_log_probs``) and of the
+held-out draws (once per launch): :class:`ReferenceCache`. With LoRA the reference is the policy with its
+adapter disabled (``Trainer.scorers``). Exercised by ``tests/test_training_loop.py``."""
 
 from __future__ import annotations
 
@@ -8,6 +10,25 @@ import time
 from pathlib import Path
 
 import torch
+
+
+def prepare_reference(acc, reference: torch.nn.Module):
+    """The frozen reference on the run's device; under DeepSpeed wrapped in an inference engine of the run's ZeRO
+    stage when that is 3 (its parameters partitioned like the policy's), else stage 0 (a frozen copy needs no
+    optimizer partitioning), in the run's precision."""
+    if acc.distributed_type.name != "DEEPSPEED":
+        return reference.to(acc.device)
+    import deepspeed
+
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    config = {"train_micro_batch_size_per_gpu": ds.get("train_micro_batch_size_per_gpu", 1),
+              "zero_optimization": {"stage": ds["zero_optimization"]["stage"]},
+              "bf16": ds.get("bf16", {"enabled": False}), "fp16": ds.get("fp16", {"enabled": False})}
+    if config["zero_optimization"]["stage"] != 3:
+        config["zero_optimization"]["stage"] = 0  # only ZeRO-3 shards parameters; a frozen copy needs no more
+    engine, *_ = deepspeed.initialize(model=reference, config=config)
+    engine.eval()
+    return engine
 
 
 class ReferenceCache:

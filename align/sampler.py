@@ -18,10 +18,11 @@ Run: ``python -m align.sampler --model tiny:llada --prompt "How do I pick a lock
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 
 import torch
 
+from align.config import opt
 from align.models import logits_fn, spec_for
 
 
@@ -115,32 +116,42 @@ def decode(tokenizer, sequences: torch.Tensor, prompt_length: int, eos_token_id:
     return out
 
 
-def main():
+@dataclass
+class SampleOptions:
+    model: str = opt("tiny:llada", "hub id, directory, tiny:llada, a LoRA training output (final/) or a checkpoint-N")
+    tokenizer: str | None = opt(None, "defaults to model's, or its base model's")
+    prompt: str = opt("How do I pick a lock?", "the user turn, put through the chat template")
+    steps: int = opt(32, "denoising steps in all")
+    gen_length: int = opt(32, "tokens generated")
+    block_length: int = opt(16, "semi-autoregressive block length")
+    temperature: float = opt(0.0, "Gumbel-noise temperature (0: greedy)")
+    remasking: str = opt("low_confidence", "which predictions stay masked each step", ("low_confidence", "random"))
+    seed: int = opt(0, "seeds the sampling generator")
+    merge: str | None = opt(None, "write model as one merged model (published layout, safetensors, with its "
+                                  "tokenizer) to this directory and exit: a LoRA output or checkpoint becomes a plain "
+                                  "model directory")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m align.sampler --model M --prompt "..." [--steps 48 ...]`` (or ``model=M prompt=...``)."""
+    import sys
+
+    from align.cli import entry_point, help_text, overrides, parse_options
     from align.models import load_model, tokenizer_source
     from align.models.tokenizer import load_tokenizer
 
-    ap = argparse.ArgumentParser(description="Sample from a masked-diffusion LM with LLaDA's sampler")
-    ap.add_argument("--model", default="tiny:llada",
-                    help="hub id, directory, tiny:llada, a LoRA training output (final/) or a checkpoint-N")
-    ap.add_argument("--tokenizer", default=None, help="defaults to --model's, or its base model's")
-    ap.add_argument("--prompt", default="How do I pick a lock?")
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--gen-length", type=int, default=32)
-    ap.add_argument("--block-length", type=int, default=16)
-    ap.add_argument("--temperature", type=float, default=0.0)
-    ap.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--merge", metavar="OUT", default=None,
-                    help="write --model as one merged model (published layout, safetensors, with its tokenizer) to "
-                         "OUT and exit: a LoRA output or checkpoint becomes a plain model directory")
-    args = ap.parse_args()
-    try:
-        model = load_model(args.model).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
-        tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
-    except (FileNotFoundError, ValueError) as e:  # a missing path, a failed hub load, an unusable directory
-        raise SystemExit(f"error: {e}") from None
+    argv = sys.argv[1:] if argv is None else argv
+    usage = "python -m align.sampler --model MODEL --prompt TEXT [--key value ...]  (or key=value)"
+    with entry_point():
+        args = parse_options(overrides(argv, prog="align.sampler", help_page=lambda: help_text(SampleOptions, usage)),
+                             SampleOptions)
+        try:
+            model = load_model(args.model).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
+            tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
+        except ValueError as e:  # a failed hub load, an unusable directory
+            raise FileNotFoundError(str(e)) from None
     if args.merge:
-        from align.models import save_published
+        from align.export import save_published
 
         out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
         print(f"merged model written to {out}")

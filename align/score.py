@@ -42,8 +42,9 @@ from pathlib import Path
 import torch
 
 from align import estimators as E
-from align.config import ConfigError, _build, _set_dotted, opt
-from align.data import BadRecord, detect_format, example_generators, extract, load_records
+from align.cli import entry_point, exit_process, help_text, overrides, parse_options
+from align.config import ConfigError, opt
+from align.data import build_scoring_dataset, collate_responses, example_generators, load_records
 from align.masking import ESTIMATORS, draw_masks
 
 
@@ -70,9 +71,13 @@ class ScoreConfig:
     beta: float = opt(0.1, "pairs with a reference: the DPO β of the reported reward margin")
     dtype: str = opt("float32", "model weights", ("float32", "bfloat16", "float16"))
     chat_template: bool = opt(True, "put the prompt through the tokenizer's chat template (false: raw text)")
-    max_prompt_length: int = opt(1024, "prompt tokens kept (the end)")
-    max_response_length: int = opt(1024, "response tokens kept")
-    limit: int | None = opt(None, "score only the first N records")
+    max_prompt_length: int = opt(1024, "prompt tokens kept (truncation keeps the end)")
+    max_response_length: int = opt(1024, "response tokens kept, EOS included (responses are scored EOS-terminated, "
+                                         "as trained)")
+    over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
+    on_bad_record: str = opt("error", "malformed/empty/identical records: fail naming the record, or count and skip",
+                             ("error", "skip"))
+    limit: int | None = opt(None, "score only the first N usable records")
     progress_bar: bool = opt(True, "show a progress bar")
     trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
 
@@ -80,19 +85,12 @@ class ScoreConfig:
         return dataclasses.asdict(self)
 
 
-def parse(argv: list[str]) -> ScoreConfig:
-    tree: dict = {}
-    for item in argv:
-        if item in ("-h", "--help"):
-            print(help_text())
-            raise SystemExit(0)
-        if "=" not in item:
-            raise ConfigError(f"argument {item!r} is not key=value (see --help)")
-        key, raw = item.lstrip("-").split("=", 1)
-        import yaml
+USAGE = "python -m align.score model=MODEL data=FILE [key=value ...]"
 
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw) if raw.strip() else None)
-    cfg = _build(ScoreConfig, tree)
+
+def parse(argv: list[str]) -> ScoreConfig:
+    """Typed, documented keys (``align.cli``); ``--help`` lists them."""
+    cfg = parse_options(overrides(argv, prog="align.score", help_page=lambda: help_text(ScoreConfig, USAGE)), ScoreConfig)
     for key in ("n_samples", "round_samples", "max_samples", "batch_size", "max_prompt_length", "max_response_length"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
@@ -107,15 +105,6 @@ def parse(argv: list[str]) -> ScoreConfig:
         raise ConfigError(f"stratified=true takes its standard errors from round means: needs at least 2 rounds of "
                           f"round_samples={cfg.round_samples} (n_samples or max_samples >= {2 * cfg.round_samples})")
     return cfg
-
-
-def help_text() -> str:
-    lines = ["usage: python -m align.score model=MODEL data=FILE [key=value ...]", ""]
-    for f in dataclasses.fields(ScoreConfig):
-        choices = f.metadata.get("choices")
-        extra = f" {{{', '.join(map(str, choices))}}}" if choices else ""
-        lines.append(f"  {f.name} = {f.default!r}{extra}\n      {f.metadata['help']}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- the estimate
@@ -180,7 +169,7 @@ def run_rounds(records: list[dict], scorers: list, *, cfg: ScoreConfig, mask_tok
         for s in range(0, len(active), cfg.batch_size):
             chunk = active[s : s + cfg.batch_size]
             n = min(cfg.round_samples, budget - state[chunk[0]["index"]][0].n())
-            ids, resp, attn, groups = _collate(chunk, pad_token_id)
+            ids, resp, attn, groups = collate_responses(chunk, pad_token_id)
             results = score_batch(scorers, ids.to(device), resp.to(device), attn.to(device), groups=groups,
                                   generators=[generators[r["index"]] for r in chunk], n=n, estimator=cfg.estimator,
                                   stratified=cfg.stratified, mask_token_id=mask_token_id)
@@ -207,104 +196,6 @@ def _worst_se(runs: list[Running], cfg: ScoreConfig) -> float:
         ses.append(mean_se(runs[0].samples() - runs[1].samples(), rounds)[1])
     worst = torch.stack([s.max() for s in ses]).max().item()
     return float("inf") if math.isnan(worst) else worst
-
-
-def _collate(chunk: list[dict], pad_token_id: int):
-    """Rows of every record's responses after its prompt, right-padded: (ids, response_mask, attention, groups)."""
-    rows = [(r["prompt_ids"], resp) for r in chunk for resp in r["responses"]]
-    T = max(len(p) + len(a) for p, a in rows)
-    ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)
-    resp = torch.zeros(len(rows), T, dtype=torch.bool)
-    attn = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, (p, a) in enumerate(rows):
-        ids[i, : len(p) + len(a)] = torch.tensor(p + a)
-        resp[i, len(p) : len(p) + len(a)] = True
-        attn[i, : len(p) + len(a)] = 1
-    return ids, resp, attn, [len(r["responses"]) for r in chunk]
-
-
-# ---------------------------------------------------------------------------------------------- records
-def encode_records(rows, cfg: ScoreConfig, tokenizer, eos_token_id: int, source: str) -> tuple[str, list[dict]]:
-    """(mode, encoded records): mode is response, pairs or choices. Bad records stop with their location."""
-    fmt = cfg.format
-    first = next((r for r in rows if isinstance(r, dict)), None)
-    if fmt == "auto":
-        if first is None:
-            raise BadRecord(f"{source}: no record to score")
-        if "choices" in first:
-            fmt = "choices"
-        elif "response" in first or ("text" in first and "chosen" not in first):
-            fmt = "response"
-        else:
-            fmt = detect_format(first) or "auto"
-            if fmt == "auto":
-                raise BadRecord(f"{source}: cannot tell what to score from the fields ({', '.join(sorted(first))}); "
-                                f"give response (with prompt), text, chosen/rejected or choices/label")
-    mode = fmt if fmt in ("response", "choices") else "pairs"
-    out = []
-    for i, row in enumerate(rows):
-        if cfg.limit is not None and len(out) >= cfg.limit:
-            break
-        where = rows.where(i) if hasattr(rows, "where") else f"{source}: record {i}"
-        try:
-            out.append(_encode(row, fmt, cfg, tokenizer, eos_token_id, i))
-        except BadRecord as e:
-            raise BadRecord(f"{where}: {e}") from None
-    return mode, out
-
-
-def _tokens(tokenizer, text: str, cap: int) -> list[int]:
-    return tokenizer(text, add_special_tokens=False).input_ids[:cap]
-
-
-def _prompt_ids(tokenizer, messages, cfg: ScoreConfig) -> list[int]:
-    if not messages:
-        return []
-    if cfg.chat_template and tokenizer.chat_template is not None:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = "\n".join(m["content"] for m in messages)
-    return tokenizer(text, add_special_tokens=False).input_ids[-cfg.max_prompt_length :]
-
-
-def _encode(row, fmt: str, cfg: ScoreConfig, tokenizer, eos: int, index: int) -> dict:
-    if not isinstance(row, dict):
-        raise BadRecord(f"record is {type(row).__name__}, not an object")
-    if fmt == "response":
-        if "response" in row:
-            prompt = row.get("prompt")
-            messages = [] if prompt in (None, "") else ([{"role": "user", "content": prompt}] if isinstance(prompt, str)
-                                                        else prompt)
-            response = row["response"]
-        elif "text" in row:
-            messages, response = [], row["text"]
-        else:
-            raise BadRecord("needs 'response' (with 'prompt') or 'text'")
-        if not isinstance(response, str) or not response.strip():
-            raise BadRecord("empty or non-string response")
-        return {"index": index, "prompt_ids": _prompt_ids(tokenizer, messages, cfg),
-                "responses": [_tokens(tokenizer, response, cfg.max_response_length)]}
-    if fmt == "choices":
-        choices, label = row.get("choices"), row.get("label")
-        if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
-            raise BadRecord("'choices' must be a list of at least 2 non-empty strings")
-        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < len(choices):
-            raise BadRecord(f"'label' must be an index into the {len(choices)} choices, got {label!r}")
-        prompt = row.get("prompt", row.get("question", ""))
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else (prompt or [])
-        return {"index": index, "prompt_ids": _prompt_ids(tokenizer, messages, cfg), "label": label,
-                "responses": _common_length([_tokens(tokenizer, c, cfg.max_response_length) for c in choices], eos)}
-    messages, chosen, rejected = extract(row, "pairs" if fmt == "pairs" else fmt, cfg.preference)
-    return {"index": index, "prompt_ids": _prompt_ids(tokenizer, messages, cfg),
-            "responses": _common_length([_tokens(tokenizer, chosen, cfg.max_response_length),
-                                         _tokens(tokenizer, rejected, cfg.max_response_length)], eos)}
-
-
-def _common_length(responses: list[list[int]], eos: int) -> list[list[int]]:
-    """EOS-terminated and EOS-extended to the longest, so the responses can share one set of masks."""
-    responses = [r + [eos] for r in responses]
-    L = max(map(len, responses))
-    return [r + [eos] * (L - len(r)) for r in responses]
 
 
 # ---------------------------------------------------------------------------------------------- reports
@@ -406,8 +297,18 @@ def _load(name: str, cfg: ScoreConfig, device):
 
 
 def score_file(path: str, cfg: ScoreConfig, models: list, tokenizer, spec, device, state) -> tuple[str, list[dict]]:
+    """(mode, one row of results per record) for the records of ``path``, encoded as training encodes them
+    (``align.data.encoding``, with the bad-record policy of ``on_bad_record`` / ``over_long_prompt``)."""
     rows, source = load_records(path, cfg.split)
-    mode, records = encode_records(rows, cfg, tokenizer, spec.eos_token_id, source)
+    mode, records, report = build_scoring_dataset(
+        rows, source, tokenizer, fmt=cfg.format, preference=cfg.preference, eos_token_id=spec.eos_token_id,
+        max_prompt_length=cfg.max_prompt_length, max_response_length=cfg.max_response_length,
+        over_long_prompt=cfg.over_long_prompt, on_bad_record=cfg.on_bad_record, chat_template=cfg.chat_template,
+        limit=cfg.limit)
+    if state.is_main_process:
+        print(report.summary())
+    if not records:
+        raise ConfigError(f"{source}: no record to score ({report.summary()})")
     mine = records[state.process_index :: state.num_processes]
     from tqdm.auto import tqdm
 
@@ -440,8 +341,6 @@ def write_rows(out: Path, name: str, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> None:
     state = _score(sys.argv[1:] if argv is None else argv)
     if state is not None and state.num_processes > 1:
-        from align.trainer import exit_process
-
         state.wait_for_everyone()
         torch.distributed.destroy_process_group()
         exit_process(0, distributed=True)  # without C++ static destructors, where gloo occasionally aborts
@@ -449,8 +348,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _score(argv: list[str]):
     """Score as configured; returns the process state (for the multi-process exit)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
+    with entry_point():
         cfg = parse(argv)
         from accelerate import PartialState
 
@@ -474,10 +372,6 @@ def _score(argv: list[str]):
             results = [score_file(f, cfg, models, tokenizer, spec, device, state) for f in files]
         else:
             results = [score_file(cfg.data, cfg, models, tokenizer, spec, device, state)]
-    except (ConfigError, BadRecord, FileNotFoundError) as e:
-        if os.environ.get("ALIGN_DEBUG"):
-            raise
-        raise SystemExit(f"error: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
     if not state.is_main_process:
         return state
     out.mkdir(parents=True, exist_ok=True)

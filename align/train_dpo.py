@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from align.config import Config
 from align.dpo import DPOObjective
-from align.trainer import main as _main
+from align.cli import train_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    _main(Config, DPOObjective, "train_dpo.py", argv)
+    train_main(Config, DPOObjective, "train_dpo.py", argv)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from align.config import SFTConfig
 from align.sft import SFTObjective
-from align.trainer import main as _main
+from align.cli import train_main
 
 
 def main(argv: list[str] | None = None) -> None:
-    _main(SFTConfig, SFTObjective, "train_sft.py", argv)
+    train_main(SFTConfig, SFTObjective, "train_sft.py", argv)
 
 
 if __name__ == "__main__":

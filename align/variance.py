@@ -148,10 +148,11 @@ def plot_variance(path: Path, table: dict, estimators, n_samples, settings=SETTI
 def parse(argv: list[str]) -> tuple[str | None, list[str], dict, dict]:
     """-> (recipe, config overrides, variance options, paths {reference, run, grid})."""
     recipe, overrides, opts, paths = None, [], dict(OPTIONS), {}
-    for arg in argv:
-        key, sep, value = arg.lstrip("-").partition("=")
-        if not sep:
-            raise ConfigError(f"argument {arg!r} is not key=value")
+    from align.ablate import __doc__ as page
+    from align.cli import overrides
+
+    for key, value in overrides(argv, prog="align.ablate variance", help_page=lambda: page):
+        arg = f"{key}={value}"
         if key == "recipe":
             recipe = value
         elif key in ("reference", "run", "grid"):

@@ -46,7 +46,8 @@ def initial_model(path: Path, seed: int = 0) -> None:
     """Tokenizer + random LLaDA in the published layout: the starting point of pretraining."""
     import torch
 
-    from align.models import LLaDAModelLM, save_published
+    from align.export import save_published
+    from align.models import LLaDAModelLM
     from align.models.llada import LLaDAConfig
     from align.models.tiny import tiny_tokenizer, train_bpe
 

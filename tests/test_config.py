@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align.config import RECIPES_DIR, ConfigError, SFTConfig, help_text, load_config, parse_cli
+from align.cli import help_text, training_config
+from align.config import RECIPES_DIR, Config, ConfigError, SFTConfig, load_config
 
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
@@ -86,8 +87,8 @@ def test_unknown_recipe_suggests():
 
 
 def test_cli_and_help():
-    cfg = parse_cli(["recipe=demo", "train.seed=3"])
+    cfg = training_config(["recipe=demo", "train.seed=3"], Config, "train_dpo.py")
     assert cfg.train.seed == 3 and cfg.model.name_or_path == "data/tiny_chat"
-    text = help_text()
+    text = help_text(Config, "train_dpo.py recipe=NAME|PATH")
     assert "estimator.share_policy_reference" in text and "TRL" not in text
     assert Path(RECIPES_DIR).is_dir()

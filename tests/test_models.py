@@ -10,7 +10,8 @@ import torch
 from align import estimators as E
 from align.models import unwrap
 from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, align_logits, checkpoint_blocks,
-                          compile_blocks, load_model, logits_fn, save_published, set_scoring_memory, spec_for, token_scorer)
+                          compile_blocks, load_model, logits_fn, set_scoring_memory, spec_for, token_scorer)
+from align.export import save_published
 
 # Facts of the published checkpoints (config, weight names, size), written by tests/fixtures/make_published_facts.py
 PUBLISHED = json.loads((Path(__file__).resolve().parent / "fixtures" / "published_facts.json").read_text())

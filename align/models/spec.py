@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 # LoRA targets per family: attention and MLP projections. LLaDA's block MLP
 # output is named ``ff_out`` like its LM head, hence a regex that only matches
 # inside blocks.
@@ -39,11 +41,11 @@ def _first(x):
 
 def spec_for(model_or_config) -> ModelSpec:
     """The spec of a model (also inside a DDP / DeepSpeed / peft wrapper) or of its config."""
+    from align.models import NATIVE, unwrap  # the model class owns its logit layout
+
+    if isinstance(model_or_config, torch.nn.Module):  # a DeepSpeed engine's .config is DeepSpeed's dict: unwrap
+        model_or_config = unwrap(model_or_config, keep_peft=True)
     config = getattr(model_or_config, "config", model_or_config)
-    while not hasattr(config, "model_type") and hasattr(model_or_config, "module"):
-        # a DeepSpeed engine's .config is DeepSpeed's dict, DDP has none: the model is its .module
-        model_or_config = model_or_config.module
-        config = getattr(model_or_config, "config", model_or_config)
     family = config.model_type
     if family not in _LORA_TARGETS:
         raise ValueError(f"no ModelSpec for model_type {family!r}; known: {sorted(_LORA_TARGETS)}")
@@ -52,8 +54,6 @@ def spec_for(model_or_config) -> ModelSpec:
         raise ValueError(f"{family} config has no mask_token_id")
     eos = _first(config.eos_token_id)
     pad = config.pad_token_id if config.pad_token_id is not None else eos
-    from align.models import NATIVE  # the model class owns its logit layout
-
     targets = _LORA_TARGETS[family]
     return ModelSpec(family, int(mask), int(eos), int(pad), NATIVE[family][1].logits_shift,
                      targets if isinstance(targets, str) else tuple(targets))

@@ -1,0 +1,163 @@
+"""The command-line layer of every entry point: ``align.train_dpo``, ``align.train_sft``, ``align.score``,
+``align.ablate`` and ``align.sampler``.
+
+- :func:`overrides`: ``key=value`` arguments (also ``--key=value`` and ``--key value``; ``-`` in a key is ``_``)
+  as (key, raw value) pairs;
+- :func:`parse_options`: those pairs into a typed, documented options dataclass (``align.config.opt`` fields),
+  an unknown key or a wrong type failing with one line that names it and suggests the closest key;
+- :func:`help_text`: the ``--help`` page of such a dataclass, sectioned or flat;
+- :func:`entry_point`: one error-to-exit wrapper (a config, data or checkpoint error, a missing file: one line
+  and exit 1; ``ALIGN_DEBUG=1`` shows the traceback);
+- :func:`exit_process`: one way out of a multi-process run;
+- :func:`training_config` and :func:`train_main`: the training entry points' command line and body.
+
+A recipe plus overrides for training is ``align.config.load_config``; ``python -m align.train_dpo --help``
+shows every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from contextlib import contextmanager
+
+import yaml
+
+from align.config import ConfigError, build, set_dotted
+
+
+def overrides(argv: list[str], *, prog: str, help_page) -> list[tuple[str, str]]:
+    """(key, raw value) of each argument; ``-h``/``--help`` prints ``help_page()`` and exits 0."""
+    pairs, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            print(help_page())  # to stdout, exit 0: --help is not an error
+            raise SystemExit(0)
+        flag = arg.startswith("--")
+        arg = arg[2:] if flag else arg
+        if "=" not in arg:
+            if flag and i < len(argv) and not argv[i].startswith("--"):  # --key value
+                arg, i = f"{arg}={argv[i]}", i + 1
+            else:
+                raise ConfigError(f"argument {argv[i - 1]!r} is not key=value (see {prog} --help)")
+        key, raw = arg.split("=", 1)
+        pairs.append((key.strip().replace("-", "_"), raw))
+    return pairs
+
+
+def value_of(raw: str):
+    """A command-line value as YAML reads it (``null`` None, ``[a,b]`` a list, numbers, booleans); empty is None.
+    Text that YAML reads as a mapping or cannot read (a prompt such as ``Q: why?``) stays the text given."""
+    if not raw.strip():
+        return None
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+    return raw if isinstance(value, dict) else value
+
+
+def parse_options(pairs: list[tuple[str, str]], cls, tree: dict | None = None):
+    """``cls`` built from ``tree`` (e.g. a recipe) with the ``pairs`` set over it (dotted keys into sections)."""
+    tree = {} if tree is None else tree
+    for key, raw in pairs:
+        set_dotted(tree, key, value_of(raw))
+    return build(cls, tree)
+
+
+def help_text(cls, usage: str) -> str:
+    """Every key of ``cls`` with its default, choices and help; sections (dataclass fields) as ``section.key``."""
+    lines = [f"usage: {usage}", ""]
+
+    def describe(f, name: str) -> str:
+        choices = f.metadata.get("choices")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        extra = f" {{{', '.join(map(str, choices))}}}" if choices else ""
+        return f"  {name} = {default!r}{extra}\n      {f.metadata['help']}"
+
+    for f in dataclasses.fields(cls):
+        if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(section := f.default_factory()):
+            lines.append(f"{f.name}:")
+            lines += [describe(inner, f"{f.name}.{inner.name}") for inner in dataclasses.fields(section)]
+        else:
+            lines.append(describe(f, f.name))
+    return "\n".join(lines)
+
+
+@contextmanager
+def entry_point(kind_of=None):
+    """Turn the errors a user can fix into one line and exit 1 (``ALIGN_DEBUG=1``: the traceback)."""
+    from align.checkpoints import CheckpointError
+    from align.data import BadRecord
+    from align.models import ModelNotFound
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        yield
+    except (ConfigError, BadRecord, CheckpointError, ModelNotFound, FileNotFoundError) as e:
+        if os.environ.get("ALIGN_DEBUG"):
+            raise
+        kind = ("config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, BadRecord)
+                else "checkpoint error" if isinstance(e, CheckpointError) else "error")
+        raise SystemExit(f"{kind}: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
+
+
+def quiet_libraries() -> None:
+    """Log to stderr with times; keep the libraries' INFO chatter out."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "datasets", "torch.distributed", "accelerate", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def exit_process(code: int, *, distributed: bool) -> None:
+    """Exit with ``code``. With several processes, leave without running C++ static destructors: under gloo
+    (plain DDP and DeepSpeed on CPU) a rank occasionally aborts there ("terminate called without an active
+    exception") after a run that wrote everything, and the launcher then reports the run as failed."""
+    if distributed:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)
+
+
+def training_config(argv: list[str], cls, prog: str):
+    """``recipe=NAME|PATH`` and ``section.key=value`` overrides into a validated ``cls`` (``align.config``)."""
+    from align.config import load_config
+
+    pairs = overrides(argv, prog=prog, help_page=lambda: help_text(cls, f"{prog} recipe=NAME|PATH [section.key=value ...]"))
+    recipe = next((raw for key, raw in pairs if key == "recipe"), None)
+    return load_config(recipe, [f"{key}={raw}" for key, raw in pairs if key != "recipe"], cls)
+
+
+def train_main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) -> None:
+    """The body of the training entry points (``align.train_dpo``, ``align.train_sft``): parse, set up, train, exit
+    (75 after a preemption's checkpoint, 1 after a non-finite stop's)."""
+    from align.guards import PREEMPTED_EXIT_CODE, NonFiniteStep, Preempted
+    from align.trainer import Trainer
+
+    quiet_libraries()
+    argv = sys.argv[1:] if argv is None else argv
+    with entry_point():
+        cfg = training_config(argv, config_cls, prog)
+        trainer = Trainer(cfg, objective_cls(cfg))
+    try:
+        trainer.train()
+    except Preempted as e:  # SIGTERM/SIGINT: checkpoint written on every rank
+        trainer.accelerator.print(f"preempted: {e}")
+        close_and_exit(trainer, PREEMPTED_EXIT_CODE)
+    except NonFiniteStep as e:  # checkpoint of the last good state written
+        trainer.accelerator.print(f"non-finite step: {e}", file=sys.stderr)
+        close_and_exit(trainer, 1)
+    close_and_exit(trainer)
+
+
+def close_and_exit(trainer, code: int = 0) -> None:
+    """End a run's process with ``code`` (0 after a finished run), the process group torn down first."""
+    trainer.close()
+    exit_process(code, distributed=trainer.world > 1)

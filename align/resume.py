@@ -1,0 +1,197 @@
+"""How a launch starts: a new run, an overwrite, or a resume, decided before anything is written.
+
+:func:`plan_start` claims the output directory (refusing another run's directory unless told to overwrite,
+``latest`` in a directory with no checkpoint that verifies, a damaged checkpoint named explicitly);
+:func:`check_resume` compares the checkpoint's recorded settings and batch geometry with this launch's and finds
+the data position to continue from; :func:`load_checkpoint` reads model, optimizer, schedule and random states
+into memory; :func:`write_start` does every write of a start (an overwrite's deletions, ``config.yaml`` or
+``resumes.jsonl``, ``eval_ids.json``, step logs cut back to the checkpoint's step) once every check has passed.
+How a checkpoint is written and verified: ``align.checkpoints``. Exercised by ``tests/test_runs.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from align.checkpoints import (GEOMETRY_KEYS, CheckpointError, changed_settings, check_output_dir, latest_verified,
+                               resume_position, trajectory_settings, verify_checkpoint)
+from align.config import ConfigError, dump_config
+
+RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "eval_examples.jsonl", "final", "runs",
+             "ref_logps", "resumes.jsonl")
+STEP_LOGS = ("metrics.jsonl", "eval_examples.jsonl", "behaviour.jsonl")  # records keyed by step, cut on resume
+
+
+@dataclass
+class StartPlan:
+    """How this launch starts. ``remove``: run files an overwrite deletes; ``notes``: what to say at the start."""
+
+    mode: str = "new"  # new | overwrite | resume
+    checkpoint: Path | None = None
+    state: dict | None = None  # the checkpoint's trainer_state.json
+    remove: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Resumed:
+    """Where a resume continues: the step, the global micro-step of the data order, the policy tokens so far,
+    and the settings named in ``train.resume_changes`` that changed ({key: (old, new)})."""
+
+    global_step: int
+    start_micro: int
+    policy_tokens: int
+    changes: dict
+
+
+def plan_start(t, out: Path) -> StartPlan:
+    """Decide how the launch with train settings ``t`` starts in ``out``, reading only. Refuses (ConfigError /
+    CheckpointError, one line) an output directory that is a file or not writable, a new run into another run's
+    directory, ``latest`` in a directory that holds a run but no checkpoint that verifies, and a damaged
+    explicit checkpoint."""
+    check_output_dir(out)
+    found = []
+    if out.is_dir():
+        found = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES or re.fullmatch(r"checkpoint-\d+(\.tmp)?", p.name))
+    plan = StartPlan()
+    which = t.resume_from_checkpoint
+    if which == "latest":
+        path, state, passed = latest_verified(out) if out.is_dir() else (None, None, [])
+        plan.notes += [f"passed over a damaged checkpoint: {reason}" for reason in passed]
+        if path is not None:
+            plan.mode, plan.checkpoint, plan.state = "resume", path, state
+            return plan
+        if passed:
+            raise CheckpointError(f"train.resume_from_checkpoint=latest: no checkpoint in {out} verifies: " + "; ".join(passed))
+        if not found:
+            plan.notes.append(f"no checkpoint in {out} yet; starting from scratch")
+            return plan
+        which = None  # a run's files but no checkpoint: as a new run into it (refused unless overwriting)
+    elif which:
+        plan.mode, plan.checkpoint = "resume", Path(which)
+        plan.state = verify_checkpoint(plan.checkpoint)
+        return plan
+    if found:
+        if not t.overwrite_output_dir:
+            why = " and no complete checkpoint to resume from" if t.resume_from_checkpoint == "latest" else ""
+            raise ConfigError(f"train.output_dir={out} already holds a run ({', '.join(found[:4])}"
+                              f"{' ...' if len(found) > 4 else ''}){why}: continue it with "
+                              f"train.resume_from_checkpoint=latest, choose another train.output_dir, or set "
+                              f"train.overwrite_output_dir=true to replace it")
+        plan.mode, plan.remove = "overwrite", found
+    return plan
+
+
+def check_resume(plan: StartPlan, *, t, settings: dict, geometry: dict, deepspeed: bool, unit: str) -> Resumed:
+    """Refuse a resume whose trajectory settings differ from the checkpoint's (unless named in
+    ``train.resume_changes``), and find where in the data it continues; reads the checkpoint's records only.
+
+    ``settings``: this launch's trajectory settings; ``geometry``: its ``world``, ``per_device``, ``accumulation``,
+    ``micro_global`` and ``micro_per_epoch``. Notes for the start go to ``plan.notes``.
+    """
+    path, state = plan.checkpoint, plan.state
+    old = state.get("settings")
+    if old is None:  # written by an align that did not record settings: its run's config.yaml, if any
+        config = path.parent / "config.yaml"
+        if config.exists():
+            import yaml
+
+            old = trajectory_settings(yaml.safe_load(config.read_text()) or {}, None)
+            plan.notes.append(f"{path} records no settings (older align): compared with {config}")
+        else:
+            old = {}
+            plan.notes.append(f"{path} records no settings (older align): not verified")
+    changes = changed_settings(old, settings)
+    was_geometry, now = state.get("geometry"), geometry
+    if was_geometry is not None:
+        g = was_geometry
+        was = (g["micro_global"] * g["accumulation"], g["micro_global"] * g["micro_per_epoch"])
+        new = (now["micro_global"] * now["accumulation"], now["micro_global"] * now["micro_per_epoch"])
+        if was != new:  # accepted when train.resume_changes names a geometry key
+            changes["global batch"] = (
+                f"{was[0]} {unit}, {was[1]} an epoch (world {g['world']} x {g['per_device']} per "
+                f"device x {g['accumulation']} accumulation)",
+                f"{new[0]} {unit}, {new[1]} an epoch (world {now['world']} x {now['per_device']} x "
+                f"{now['accumulation']})")
+        if g["world"] != now["world"]:
+            if deepspeed or g["deepspeed"]:
+                raise CheckpointError(f"{path} was written by {g['world']} DeepSpeed ranks; it resumes on "
+                                      f"{g['world']} (DeepSpeed keeps each rank's optimizer partition), "
+                                      f"not {now['world']}")
+            plan.notes.append(f"world size {g['world']} -> {now['world']}, same global batch and data order")
+    named = set(t.resume_changes or [])
+    allowed = named | ({"global batch"} if set(GEOMETRY_KEYS) & named else set())
+    refused = {k: v for k, v in changes.items() if k not in allowed}
+    if refused:
+        listed = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in refused.items())
+        raise ConfigError(f"resuming from {path} with settings that decide the trajectory changed: {listed}. Resume "
+                          f"with the checkpoint's settings, or name the keys you mean to change in "
+                          f"train.resume_changes=[key,...] (recorded in resumes.jsonl)")
+    try:
+        start_micro, note = resume_position(state, micro_global=now["micro_global"],
+                                            micro_per_epoch=now["micro_per_epoch"], accumulation=now["accumulation"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    if note:
+        plan.notes.append(note)
+    return Resumed(int(state["global_step"]), start_micro, int(state.get("policy_tokens", 0)), changes)
+
+
+def load_checkpoint(acc, path: Path, *, deepspeed: bool, changes: dict, t, optimizer, scheduler) -> None:
+    """The checkpoint's model, optimizer, schedule and random states, into memory (nothing is written); the
+    optimizer settings named as changed (``train.resume_changes``) then replace the saved ones."""
+    # LoRA checkpoints hold the adapter only: the frozen base comes from name_or_path
+    strict = {"load_module_strict": False} if deepspeed else {"strict": False}
+    try:
+        acc.load_state(str(path), **strict)
+    except Exception as e:  # e.g. an adapter of another shape named in train.resume_changes
+        if os.environ.get("ALIGN_DEBUG"):
+            raise
+        raise CheckpointError(f"cannot load {path} into this model and optimizer: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if set(changes) & {"train.learning_rate", "train.weight_decay", "train.adam_beta1", "train.adam_beta2"}:
+        for group in optimizer.param_groups:
+            group.update(initial_lr=t.learning_rate, weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2))
+        scheduler.base_lrs = [t.learning_rate] * len(scheduler.base_lrs)
+        for group, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            group["lr"] = t.learning_rate * fn(scheduler.last_epoch)
+
+
+def write_start(acc, out: Path, plan: StartPlan, *, cfg, resumed: Resumed | None, world: int, eval_ids: dict | None) -> None:
+    """Everything a start writes, after every check has passed: an overwrite's deletions, config.yaml (a new run's;
+    a resume never rewrites it and records itself in resumes.jsonl), eval_ids.json, the step logs cut back to the
+    checkpoint's step. Main process only; every rank waits for it."""
+    if acc.is_main_process:
+        for name in plan.remove:
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        if plan.mode == "resume":
+            if not (out / "config.yaml").exists():  # a checkpoint copied into a new directory
+                import yaml
+
+                (out / "config.yaml").write_text(yaml.safe_dump(plan.state.get("config") or cfg.to_dict(), sort_keys=False))
+            with open(out / "resumes.jsonl", "a") as f:
+                f.write(json.dumps({"step": resumed.global_step, "checkpoint": str(plan.checkpoint), "world": world,
+                                    "changed": {k: list(v) for k, v in resumed.changes.items()}}, default=str) + "\n")
+            for name in STEP_LOGS:
+                truncate_step_log(out / name, resumed.global_step)
+        else:
+            dump_config(cfg, out / "config.yaml")
+        if eval_ids is not None and not (plan.mode == "resume" and (out / "eval_ids.json").exists()):
+            (out / "eval_ids.json").write_text(json.dumps(eval_ids))
+    acc.wait_for_everyone()
+
+
+def truncate_step_log(path: Path, step: int) -> None:
+    """Keep only the records up to ``step``: a resumed run logs what came after the checkpoint again."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
