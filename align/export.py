@@ -149,7 +149,7 @@ def save_final(acc, model, out: Path, *, cfg, tokenizer) -> None:
     else:
         state_dict = acc.get_state_dict(model)  # gathers ZeRO-3 shards on rank 0
         if acc.is_main_process:
-            bare = acc.unwrap_model(model)
+            bare = unwrap(model, keep_peft=True)  # the model inside DDP / the DeepSpeed engine
             save_published(bare, out, tokenizer=tokenizer, source=source, state_dict=state_dict)
             shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in bare.named_parameters()}
             verify_saved(out, published_shapes(shapes, bare.config))

@@ -29,12 +29,13 @@ import torch
 from align.checkpoints import keep_only, save_checkpoint, trajectory_settings
 from align.config import ConfigError
 from align.data import EVAL_EPOCH, rank_micro_batches
+from align.data.order import epoch_rest, step_positions
 from align.data.splits import load_splits
 from align.export import save_final
 from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict
 from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
-                          compile_blocks, load_model, resolve_dtype, set_scoring_memory, spec_for, token_scorer,
-                          tokenizer_source, unwrap)
+                          compile_blocks, disable_dropout, load_model, resolve_dtype, set_scoring_memory, spec_for,
+                          token_scorer, tokenizer_source, unwrap)
 from align.models.tokenizer import load_tokenizer
 from align.optim import adamw
 from align.reference import ReferenceCache, prepare_reference
@@ -387,28 +388,17 @@ class Trainer:
     def _precompute_reference(self, epoch: int, micro: int) -> None:
         """The reference terms of every example this rank meets in ``epoch`` from micro-step ``micro`` on."""
         t = self.cfg.train
-        mine = []
-        for e, _, idx in rank_micro_batches(len(self.train_data), seed=t.seed, world=self.world, rank=self.rank,
-                                            per_device=t.per_device_train_batch_size, start_micro=micro):
-            if e != epoch:
-                break
-            mine += [self.train_data[i] for i in idx]
-        self.reference_cache.ensure(self, epoch, mine, t.per_device_eval_batch_size, drop_older=True)
+        mine = epoch_rest(len(self.train_data), seed=t.seed, world=self.world, rank=self.rank,
+                          per_device=t.per_device_train_batch_size, start_micro=micro)
+        self.reference_cache.ensure(self, epoch, [self.train_data[i] for i in mine], t.per_device_eval_batch_size,
+                                    drop_older=True)
 
     def _step_norm(self, first_micro: int) -> float:
-        """The objective's normaliser over the optimizer step that starts at ``first_micro``.
-
-        A step is every rank's micro-batches of all accumulation micro-steps. The order is a pure
-        function of the seed, so every rank lists the whole step alone (no communication).
-        """
+        """The objective's normaliser over the optimizer step that starts at ``first_micro`` (all ranks)."""
         t = self.cfg.train
-        examples = []
-        for rank in range(self.world):
-            gen = rank_micro_batches(len(self.train_data), seed=t.seed, world=self.world, rank=rank,
-                                     per_device=t.per_device_train_batch_size, start_micro=first_micro)
-            for _ in range(t.gradient_accumulation_steps):
-                examples += [self.train_data[i] for i in next(gen)[2]]
-        return self.objective.batch_norm(examples)
+        step = step_positions(len(self.train_data), seed=t.seed, world=self.world, per_device=t.per_device_train_batch_size,
+                              accumulation=t.gradient_accumulation_steps, first_micro=first_micro)
+        return self.objective.batch_norm([self.train_data[i] for i in step])
 
     def train(self):
         """The loop: evaluate at step 0, then optimizer steps of accumulated micro-batches, each followed by the
@@ -444,13 +434,7 @@ class Trainer:
                 if (micro - self.start_micro) % t.gradient_accumulation_steps == 0 and self.objective.uses_step_norm:
                     norm = self._step_norm(micro)
                 with acc.accumulate(self.model):
-                    with self.adapter_compute():
-                        loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
-                        # a non-finite loss poisons every gradient it reaches (NaN·0 is NaN), so that DeepSpeed, which
-                        # steps inside backward, sees a non-finite gradient norm and skips the step on every rank
-                        poison = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
-                        acc.backward(loss * poison)  # under DeepSpeed this also steps at the end of the accumulation
-                    step_losses.append(([e.id for e in examples], loss.detach()))
+                    stats, n_tokens = self._forward_backward(examples, epoch, norm, step_losses)
                     step_tokens += n_tokens
                     verdict = self._optimizer_step(params, step_losses, step_tokens, stop, window) if acc.sync_gradients else None
                 micro_consumed = micro + 1
@@ -479,6 +463,18 @@ class Trainer:
         save_final(acc, self.model, self.out / "final", cfg=self.cfg, tokenizer=self.tokenizer)
         for tracker in acc.trackers:
             tracker.finish()
+
+    def _forward_backward(self, examples: list, epoch: int, norm: float, step_losses: list) -> tuple[dict, int]:
+        """One micro-batch's loss and its backward; (per-example stats, policy tokens). Its (ids, loss) go to
+        ``step_losses`` for the step's verdict."""
+        with self.adapter_compute():
+            loss, stats, n_tokens = self.compute(self.collate(examples), epoch, norm)
+            # a non-finite loss poisons every gradient it reaches (NaN·0 is NaN), so that DeepSpeed, which steps
+            # inside backward, sees a non-finite gradient norm and skips the step on every rank
+            poison = torch.where(torch.isfinite(loss.detach()), 1.0, float("nan"))
+            self.accelerator.backward(loss * poison)  # under DeepSpeed this also steps at the end of the accumulation
+        step_losses.append(([e.id for e in examples], loss.detach()))
+        return stats, n_tokens
 
     def _announce(self) -> None:
         acc, t, unit = self.accelerator, self.cfg.train, self.objective.unit
@@ -549,13 +545,3 @@ class Trainer:
     def close(self):
         """Tear down the process group (after :meth:`train`; the entry point calls it)."""
         self.accelerator.end_training()
-
-
-def disable_dropout(model: torch.nn.Module) -> int:
-    """Set p = 0 on every dropout module (LoRA's included), as TRL's ``disable_dropout_in_model``; returns the count."""
-    n = 0
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-            n += 1
-    return n

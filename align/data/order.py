@@ -55,6 +55,28 @@ def rank_micro_batches(n: int, *, seed: int, world: int, rank: int, per_device: 
 
 
 
+def epoch_rest(n: int, *, seed: int, world: int, rank: int, per_device: int, start_micro: int) -> list[int]:
+    """The positions rank ``rank`` meets from global micro-step ``start_micro`` to the end of that epoch."""
+    out, first_epoch = [], None
+    for epoch, _, mine in rank_micro_batches(n, seed=seed, world=world, rank=rank, per_device=per_device,
+                                             start_micro=start_micro):
+        if first_epoch is not None and epoch != first_epoch:
+            return out
+        first_epoch = epoch
+        out += mine
+
+
+def step_positions(n: int, *, seed: int, world: int, per_device: int, accumulation: int, first_micro: int) -> list[int]:
+    """Every rank's positions over the ``accumulation`` micro-steps from ``first_micro``: one optimizer step. The
+    order is a pure function of the seed, so each rank lists the whole step alone (no communication)."""
+    out = []
+    for rank in range(world):
+        batches = rank_micro_batches(n, seed=seed, world=world, rank=rank, per_device=per_device, start_micro=first_micro)
+        for _ in range(accumulation):
+            out += next(batches)[2]
+    return out
+
+
 def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, held-out) record positions: a seeded random ``fraction`` of ``range(n)`` held out, both sorted.
 

@@ -128,3 +128,13 @@ def adapter_in_base_dtype(model, dtype: torch.dtype | None):
     device_type = next(model.parameters()).device.type
     with disable_input_dtype_casting(model), torch.autocast(device_type, dtype=dtype):
         yield
+
+
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Set p = 0 on every dropout module (LoRA's included), as TRL's ``disable_dropout_in_model``; returns the count."""
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+            n += 1
+    return n
