@@ -336,3 +336,42 @@ def test_a_data_file_without_records_is_named(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(BadRecord, match=message):
         load_records(str(tmp_path / name), None)
+
+
+def test_scoring_encodes_records_as_training_does(tmp_path, tok):
+    """One encoding path: a pair scored has the ids training gives it, a response scored the ids of SFT (EOS
+    included), and choices are EOS-extended to their common length like a pair."""
+    from align.data import build_scoring_dataset, build_sft_dataset, encode_pair
+
+    eos = tok.eos_token_id
+    pair = {"prompt": "How do I bake bread?", "chosen": "Mix flour and water.", "rejected": "No. " * 40}
+    kw = dict(eos_token_id=eos, max_prompt_length=8, max_response_length=12, over_long_prompt="truncate",
+              on_bad_record="error")
+    mode, (record,), report = build_scoring_dataset([pair], "x", tok, fmt="auto", preference="safer", **kw)
+    p, c, r, truncated = encode_pair(tok, [{"role": "user", "content": pair["prompt"]}], pair["chosen"], pair["rejected"],
+                                     eos_token_id=eos, max_prompt_length=8, max_response_length=12)
+    assert mode == "pairs" and record["prompt_ids"] == p and record["responses"] == [c, r]
+    assert report.truncated_prompts == 1 == int(truncated) and len(r) == 12 and r[-1] == eos
+
+    sft = {"prompt": "How do I bake bread?", "response": "Mix flour and water."}
+    mode, (record,), _ = build_scoring_dataset([sft], "x", tok, fmt="auto", preference="safer", **kw)
+    (trained,), _ = build_sft_dataset([sft], "x", tok, fmt="prompt_response", **kw)
+    assert mode == "response" and record["prompt_ids"] == trained.prompt_ids
+    assert record["responses"] == [trained.response_ids] and trained.response_ids[-1] == eos
+
+    mc = {"prompt": "Pick one.", "choices": ["yes", "no, not at all"], "label": 1}
+    mode, (record,), _ = build_scoring_dataset([mc], "x", tok, fmt="auto", preference="safer", **kw)
+    a, b = record["responses"]
+    assert mode == "choices" and record["label"] == 1 and len(a) == len(b) and a[-1] == b[-1] == eos
+
+
+def test_scoring_applies_the_bad_record_policy(tok):
+    from align.data import BadRecord, build_scoring_dataset
+
+    rows = [{"prompt": "a", "response": "fine"}, {"prompt": "b", "response": "  "}, {"prompt": "c", "response": "ok"}]
+    kw = dict(fmt="response", preference="safer", eos_token_id=tok.eos_token_id, max_prompt_length=64,
+              max_response_length=64, over_long_prompt="truncate")
+    with pytest.raises(BadRecord, match=r"x: record 1: empty or non-string response \(set on_bad_record=skip"):
+        build_scoring_dataset(rows, "x", tok, on_bad_record="error", **kw)
+    _, kept, report = build_scoring_dataset(rows, "x", tok, on_bad_record="skip", **kw)
+    assert [r["index"] for r in kept] == [0, 2] and report.skipped == {"empty or non-string response": 1}

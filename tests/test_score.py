@@ -12,7 +12,7 @@ import torch
 from align import estimators as E
 from align.score import ScoreConfig, auroc, mean_se, run_rounds
 from align.toy import ToyJoint
-from tests.test_trainer import ENV, ROOT
+from tests.test_trainer import ENV, ROOT, free_port
 
 CTX = 2
 
@@ -177,7 +177,7 @@ def test_two_ranks_score_their_shards_and_gather_the_single_process_numbers(tmp_
     args = ["model=data/tiny_chat", "data=data/tiny_sft_test.jsonl", "limit=7", "n_samples=8", "progress_bar=false"]
     cli(tmp_path / "one", *args)
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           "29571", "-m", "align.score", *args, f"output_dir={tmp_path / 'two'}"], cwd=ROOT, env=ENV,
+                           str(free_port()), "-m", "align.score", *args, f"output_dir={tmp_path / 'two'}"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = rows(tmp_path / "one" / "scores.jsonl"), rows(tmp_path / "two" / "scores.jsonl")

@@ -23,8 +23,25 @@ QUIET = BASIC + ["eval.n_samples=4"]
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
 
 
+PORT_FLAGS = ("--master_port", "--main_process_port")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_ports(args: list) -> list:
+    """``args`` with each launcher port replaced by a free one: tests run in parallel (pytest-xdist), and two
+    launches on one port would fail or, worse, join each other's process group."""
+    return [str(free_port()) if i and args[i - 1] in PORT_FLAGS else a for i, a in enumerate(args)]
+
+
 def run(args, cwd=ROOT, timeout=600, env=None):
-    proc = subprocess.run(args, cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(fresh_ports(args), cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc.stdout + proc.stderr
@@ -332,7 +349,7 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
 def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
               "--num_processes", "2", "--main_process_port", "29543", "align/train_dpo.py"]
-    proc = subprocess.run([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"],
+    proc = subprocess.run(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
                           cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "model.dtype=float32 but DeepSpeed would train in 'bf16'" in proc.stderr
 
@@ -377,7 +394,7 @@ def test_partitioned_zero3_resume_continues_exactly(tmp_path):
 def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
               "--num_processes", "2", "--main_process_port", "29547", "align/train_dpo.py"]
-    proc = subprocess.run([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"],
+    proc = subprocess.run(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"]),
                           cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and "save_merged=true is not supported under ZeRO-3" in proc.stderr
 
