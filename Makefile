@@ -24,7 +24,7 @@ demo: install
 	$(OFFLINE) $(BIN)/python -m align.train_dpo recipe=demo
 
 test: install
-	$(OFFLINE) $(BIN)/python -m pytest -q tests
+	$(OFFLINE) $(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 bench: install
 	$(OFFLINE) $(BIN)/python benchmarks/estimator_variance.py

@@ -186,9 +186,13 @@ def behaviour_prompts():
 
 
 def write(path: Path, rows):
-    with open(path, "w") as f:
+    """Write to a temporary file, then rename: a reader (a test running meanwhile) sees the old or the new file,
+    never a partial one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

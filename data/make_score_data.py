@@ -20,7 +20,9 @@ def main():
         words = record["response"].split()
         rng.shuffle(words)
         out.append({"prompt": record["prompt"], "response": " ".join(words)})
-    (HERE / "score_ood_shuffled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in out))
+    tmp = HERE / "score_ood_shuffled.jsonl.tmp"  # then renamed: a reader never sees a partial file
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in out))
+    tmp.replace(HERE / "score_ood_shuffled.jsonl")
     print(f"wrote {len(out)} records to {HERE / 'score_ood_shuffled.jsonl'}")
 
 

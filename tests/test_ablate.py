@@ -12,6 +12,7 @@ import torch
 
 from align import ablate, grid_report, variance
 from align.toy import ToyJoint
+from tests.launch import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
@@ -20,8 +21,7 @@ SMALL = ["train.max_steps=2", "train.eval_steps=1", "train.logging_steps=1", "tr
 
 
 def ablate_cli(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "align.ablate", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    proc = run_python([sys.executable, "-m", "align.ablate", *args], env=ENV, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -288,21 +288,20 @@ def test_format_auto_picks_the_schema_of_the_first_record_and_says_so(tmp_path, 
 
 def test_a_csv_of_pairs_trains_with_format_auto(tmp_path):
     """A user's own file: the demo's pairs rewritten as prompt/chosen/rejected columns in a CSV."""
-    import subprocess
     import sys
 
     import pandas as pd
 
+    from tests.launch import run_python
     from tests.test_trainer import ENV, QUIET, ROOT
 
     rows = [json.loads(line) for line in (ROOT / "data" / "demo_safety_train.jsonl").read_text().splitlines()][:64]
     pairs = [{"prompt": r["prompt"], "chosen": r[f"response_{r['safer_response_id']}"],
               "rejected": r[f"response_{1 - r['safer_response_id']}"]} for r in rows]
     pd.DataFrame(pairs).to_csv(tmp_path / "mine.csv", index=False)
-    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"data.dataset={tmp_path / 'mine.csv'}",
+    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"data.dataset={tmp_path / 'mine.csv'}",
                            "data.format=auto", "data.eval_dataset=null", "train.max_steps=2",
-                           f"train.output_dir={tmp_path / 'out'}", *QUIET], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=300)
+                           f"train.output_dir={tmp_path / 'out'}", *QUIET], env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert f"data.format=auto chose pairs (the fields of {tmp_path / 'mine.csv'}: row 0" in log

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from tests.launch import run_python
 from tests.test_trainer import ENV, ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -110,7 +111,7 @@ def _run(command: str):
         args[0] = sys.executable
     elif args[0] == "accelerate":
         args[:2] = [sys.executable, "-m", "accelerate.commands.launch"]  # accelerate launch ARGS
-    proc = subprocess.run(args, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = run_python(args, env=ENV, timeout=900)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return args, proc
 
@@ -142,7 +143,7 @@ def test_readme_shell_command_runs(command, tmp_path, request):
         args, proc = _run(actual.format(tmp=tmp_path, demo=demo, grid=grid))
     if args[0] == "make":
         target = args[-1]
-        assert ("-m align.train_dpo recipe=demo" if target == "demo" else "-m pytest -q tests") in proc.stdout
+        assert ("-m align.train_dpo recipe=demo" if target == "demo" else "-m pytest -q -n 2 --dist worksteal tests") in proc.stdout
 
 
 @pytest.mark.parametrize("index", range(len(blocks("python"))))

@@ -16,7 +16,8 @@ import pytest
 
 from align.checkpoints import CheckpointError, check_output_dir, resume_position
 from align.config import ConfigError
-from tests.test_trainer import ENV, QUIET, ROOT, losses, metrics, run, train
+from tests.launch import run_python
+from tests.test_trainer import ENV, QUIET, ROOT, losses, metrics, train
 
 RUN = ["data.max_train_examples=8", "data.max_eval_examples=4", "train.per_device_train_batch_size=2",
        "train.max_steps=6", "train.save_steps=2", "train.logging_steps=1", "train.eval_steps=0",
@@ -31,8 +32,8 @@ def snapshot(directory: Path) -> dict:
 
 def fails(out, *overrides, script=("-m", "align.train_dpo")) -> str:
     """A start that must fail with one line (no traceback); returns stderr."""
-    proc = subprocess.run([sys.executable, *script, "recipe=demo", f"train.output_dir={out}", *QUIET, *overrides],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = run_python([sys.executable, *script, "recipe=demo", f"train.output_dir={out}", *QUIET, *overrides], env=ENV,
+                      timeout=300)
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith(("config error", "data error",

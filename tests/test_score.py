@@ -12,6 +12,7 @@ import torch
 from align import estimators as E
 from align.score import ScoreConfig, auroc, mean_se, run_rounds
 from align.toy import ToyJoint
+from tests.launch import run_python
 from tests.test_trainer import ENV, ROOT, free_port
 
 CTX = 2
@@ -114,8 +115,8 @@ def test_auroc():
 
 
 def cli(tmp_path, *args):
-    proc = subprocess.run([sys.executable, "-m", "align.score", *args, f"output_dir={tmp_path}", "progress_bar=false"],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = run_python([sys.executable, "-m", "align.score", *args, f"output_dir={tmp_path}", "progress_bar=false"],
+                      env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, json.loads((tmp_path / "summary.json").read_text())
 
@@ -167,8 +168,7 @@ def test_cli_ood_check_between_two_text_sets(tmp_path):
     (["data=data/tiny_sft_test.jsonl", "stratified=true", "n_samples=8"], "needs at least 2 rounds"),
 ])
 def test_cli_bad_settings_fail_in_one_line(tmp_path, args, message):
-    proc = subprocess.run([sys.executable, "-m", "align.score", *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True)
+    proc = run_python([sys.executable, "-m", "align.score", *args], env=ENV)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from align.data import epoch_order
+from tests.launch import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 BASIC = ["train.progress_bar=false", "train.report_to=none", "behaviour.prompts=null"]
@@ -40,8 +41,8 @@ def fresh_ports(args: list) -> list:
     return [str(free_port()) if i and args[i - 1] in PORT_FLAGS else a for i, a in enumerate(args)]
 
 
-def run(args, cwd=ROOT, timeout=600, env=None):
-    proc = subprocess.run(fresh_ports(args), cwd=cwd, env=env or ENV, capture_output=True, text=True, timeout=timeout)
+def run(args, cwd=ROOT, timeout=1200, env=None):  # a guard against hangs, not a speed target
+    proc = run_python(fresh_ports(args), cwd=cwd, env=env or ENV, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc.stdout + proc.stderr
