@@ -384,6 +384,20 @@ def resolve_recipe(recipe: str) -> Path:
 
 
 def _validate(cfg):
+    """Checks a type cannot express, each failing with one line naming the key; fills the share_* flags from
+    the coupling shorthand. Returns ``cfg``."""
+    _validate_train(cfg)
+    _validate_model(cfg)
+    _validate_data_and_behaviour(cfg)
+    if isinstance(cfg, SFTConfig):
+        if cfg.sft.n_samples < 1:
+            raise ConfigError(f"sft.n_samples must be >= 1, got {cfg.sft.n_samples}")
+        return cfg
+    _validate_dpo(cfg)
+    return cfg
+
+
+def _validate_train(cfg) -> None:
     positive = {"train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
                 "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
                 "data.max_prompt_length": cfg.data.max_prompt_length, "data.max_response_length": cfg.data.max_response_length,
@@ -408,6 +422,9 @@ def _validate(cfg):
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 raise ConfigError(f"train.resume_changes: unknown config key {key!r}"
                                   + (f"; did you mean {close[0]!r}?" if close else "; give dotted keys such as loss.beta"))
+
+
+def _validate_model(cfg) -> None:
     if cfg.model.forward_chunk < 0:
         raise ConfigError(f"model.forward_chunk must be >= 0 (0: no chunking), got {cfg.model.forward_chunk}")
     if not cfg.model.head_chunk_mib > 0:
@@ -418,6 +435,9 @@ def _validate(cfg):
         if not cfg.model.gradient_checkpointing:
             raise ConfigError("model.checkpoint_blocks chooses which blocks gradient checkpointing recomputes; it needs "
                               "model.gradient_checkpointing=true")
+
+
+def _validate_data_and_behaviour(cfg) -> None:
     if not 0 <= cfg.data.eval_fraction < 1:
         raise ConfigError(f"data.eval_fraction must be in [0, 1), got {cfg.data.eval_fraction}")
     bh = cfg.behaviour
@@ -428,10 +448,9 @@ def _validate(cfg):
     if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
         raise ConfigError(f"behaviour: gen_length ({bh.gen_length}) must be a multiple of block_length "
                           f"({bh.block_length}) and steps ({bh.steps}) a multiple of the number of blocks")
-    if isinstance(cfg, SFTConfig):
-        if cfg.sft.n_samples < 1:
-            raise ConfigError(f"sft.n_samples must be >= 1, got {cfg.sft.n_samples}")
-        return cfg
+
+
+def _validate_dpo(cfg) -> None:
     for section, least in (("estimator", 1), ("eval", 2)):
         est = getattr(cfg, section)
         if est.coupling is not None:
@@ -450,7 +469,6 @@ def _validate(cfg):
         raise ConfigError(f"loss.beta must be finite and > 0, got {cfg.loss.beta}")
     if cfg.loss.rpo_alpha is not None and not (math.isfinite(cfg.loss.rpo_alpha) and cfg.loss.rpo_alpha >= 0):
         raise ConfigError(f"loss.rpo_alpha must be finite and >= 0 (null: off), got {cfg.loss.rpo_alpha}")
-    return cfg
 
 
 def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config):

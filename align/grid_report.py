@@ -193,17 +193,7 @@ def select_learning_rates(arms: dict, outcome: Outcome) -> tuple[dict, list[str]
 def report(root: Path, axes: dict, cells: list[dict], *, cell_name, short, status_of, target_accuracy: float = 0.7,
            target_margin: float | None = None, select: str | None = None) -> Path:
     """runs.csv, outcomes.csv, summary.md and ablation.png from whatever runs exist under ``root/runs``."""
-    runs = []
-    for cell in cells:
-        run_dir = root / "runs" / cell_name(cell)
-        cfg_path = run_dir / "config.yaml"
-        import yaml
-
-        config = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
-        metrics = read_jsonl_by_step(run_dir / "metrics.jsonl")
-        runs.append({"cell": cell, "dir": run_dir, "status": status_of(run_dir), "metrics": metrics, "config": config,
-                     "outcomes": run_outcomes(metrics, target_accuracy, target_margin),
-                     "examples": read_examples(run_dir / "eval_examples.jsonl")})
+    runs = _read_runs(root, cells, cell_name, status_of, target_accuracy, target_margin)
     _write_runs_csv(root / "runs.csv", runs, axes, short)
     done = [r for r in runs if r["status"]["status"] == "done"]
     behaviour = any(r["outcomes"].get("refusal_rate") is not None for r in done)
@@ -211,7 +201,44 @@ def report(root: Path, axes: dict, cells: list[dict], *, cell_name, short, statu
     _write_outcomes_csv(root / "outcomes.csv", runs, axes, short, outcomes)
 
     lines = [f"# Ablation: {root}", ""]
-    # ---- one evaluator for every run
+    evaluator, comparable = _evaluator_lines(done)
+    lines += evaluator
+    arm_axes = [k for k in axes if k not in (SEED, LR)] if select else [k for k in axes if k != SEED]
+    arms, selection = _arms(done, axes, arm_axes, short, outcomes, select)
+    lines += selection
+    if arms:
+        lines += _final_table(arms, arm_axes, short, outcomes, behaviour)
+        lines += _speed_table(arms, arm_axes, short, outcomes)
+        lines += ["", *_differences(arms, arm_axes, short, outcomes, behaviour)]
+        lines += ["", *_mc_error_lines(arms)]
+        if not comparable:
+            lines += ["", "(The tables above mix evaluators: see the warning at the top.)"]
+    lines += _status_lines(runs)
+    (root / "summary.md").write_text("\n".join(lines) + "\n")
+    title = describe_evaluator(done[0]["config"]) if done and comparable else "evaluators differ"
+    plot_curves(root / "ablation.png", arms, arm_axes, short, behaviour, title)
+    return root / "summary.md"
+
+
+def _read_runs(root: Path, cells, cell_name, status_of, target_accuracy, target_margin) -> list[dict]:
+    """Each cell's run: its status, config, logged metrics, outcomes and per-example evaluations."""
+    import yaml
+
+    runs = []
+    for cell in cells:
+        run_dir = root / "runs" / cell_name(cell)
+        cfg_path = run_dir / "config.yaml"
+        config = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+        metrics = read_jsonl_by_step(run_dir / "metrics.jsonl")
+        runs.append({"cell": cell, "dir": run_dir, "status": status_of(run_dir), "metrics": metrics, "config": config,
+                     "outcomes": run_outcomes(metrics, target_accuracy, target_margin),
+                     "examples": read_examples(run_dir / "eval_examples.jsonl")})
+    return runs
+
+
+def _evaluator_lines(done: list[dict]) -> tuple[list[str], bool]:
+    """(the summary's opening: the one evaluator of every run, or why the runs are not comparable; comparable)."""
+    lines = []
     evaluators = [(r, evaluator_of(r["config"])) for r in done]
     legacy = [r["dir"].name for r, ev in evaluators if ev is None]
     comparable = not legacy
@@ -233,74 +260,82 @@ def report(root: Path, axes: dict, cells: list[dict], *, cell_name, short, statu
             lines += [f"**Behaviour columns**: {b}."]
         lines += ["**Intervals**: mean over seeds [95% Student-t interval]. Paired differences compare runs with the "
                   "same seed (same initial adapter, data order and eval masks).", ""]
+    return lines, comparable
 
-    arm_axes = [k for k in axes if k not in (SEED, LR)] if select else [k for k in axes if k != SEED]
+
+def _arms(done: list[dict], axes: dict, arm_axes: list[str], short, outcomes: list[Outcome], select: str | None):
+    """({arm: its runs}, the lines of the learning-rate selection): with ``grid.select``, each arm's runs at the
+    learning rate with the best mean outcome over seeds."""
     grouped: dict[tuple, dict] = {}
     for r in done:
         grouped.setdefault(tuple(r["cell"][k] for k in arm_axes), {}).setdefault(
             r["cell"].get(LR) if select else None, []).append(r)
-    if select:
-        name = select.split(":", 1)[1]
-        by_key = {o.key: o for o in outcomes}
-        chosen, picks = select_learning_rates(grouped, by_key[name])
-        lines += [f"## Learning rate per arm (grid.select={select})", "",
-                  f"Each arm takes the learning rate with the best mean {by_key[name].label} over seeds (chosen on "
-                  f"the same held-out pairs the tables below report, for every arm alike).", "",
-                  "| arm | " + " | ".join(f"lr={lr}" for lr in axes.get(LR, [])) + " | chosen |",
-                  "|---|" + "---|" * (len(axes.get(LR, [])) + 1)]
-        for arm, best, scores in picks:
-            cells = [f"{scores.get(lr):{by_key[name].fmt}}" if scores.get(lr) is not None else "—"
-                     for lr in axes.get(LR, [])]
-            lines.append(f"| {arm_label(arm, arm_axes, short)} | " + " | ".join(cells) + f" | {best} |")
-        lines.append("")
-        arms = {arm: by_lr[chosen[arm]] for arm, by_lr in grouped.items() if arm in chosen}
-    else:
-        arms = {arm: by_lr[None] for arm, by_lr in grouped.items()}
+    if not select:
+        return {arm: by_lr[None] for arm, by_lr in grouped.items()}, []
+    name = select.split(":", 1)[1]
+    by_key = {o.key: o for o in outcomes}
+    chosen, picks = select_learning_rates(grouped, by_key[name])
+    lines = [f"## Learning rate per arm (grid.select={select})", "",
+             f"Each arm takes the learning rate with the best mean {by_key[name].label} over seeds (chosen on "
+             f"the same held-out pairs the tables below report, for every arm alike).", "",
+             "| arm | " + " | ".join(f"lr={lr}" for lr in axes.get(LR, [])) + " | chosen |",
+             "|---|" + "---|" * (len(axes.get(LR, [])) + 1)]
+    for arm, best, scores in picks:
+        cells = [f"{scores.get(lr):{by_key[name].fmt}}" if scores.get(lr) is not None else "—"
+                 for lr in axes.get(LR, [])]
+        lines.append(f"| {arm_label(arm, arm_axes, short)} | " + " | ".join(cells) + f" | {best} |")
+    lines.append("")
+    return {arm: by_lr[chosen[arm]] for arm, by_lr in grouped.items() if arm in chosen}, lines
 
-    if arms:
-        final_keys = ["accuracy", "margin", "logratio_chosen", "logratio_rejected", "dpo_loss"]
-        final_keys += ["refusal_rate", "over_refusal_rate"] if behaviour else []
-        by_key = {o.key: o for o in outcomes}
-        steps = sorted({r["outcomes"].get("final_step") for rs in arms.values() for r in rs} - {None})
-        lines += [f"## Final evaluation (step {', '.join(map(str, steps))})", "",
-                  "| arm | seeds | " + " | ".join(by_key[k].label for k in final_keys) + " | policy tokens (mean) | wall s |",
-                  "|---|---|" + "---|" * (len(final_keys) + 2)]
-        for arm, rs in arms.items():
-            row = [fmt_ci(S.t_interval([r["outcomes"].get(k) for r in rs]), by_key[k].fmt) for k in final_keys]
-            tokens = S.t_interval([r["outcomes"].get("policy_tokens") for r in rs])
-            wall = S.t_interval([r["status"].get("wall_s") for r in rs])
-            lines.append(f"| {arm_label(arm, arm_axes, short)} | {len(rs)} | " + " | ".join(row) +
-                         f" | {tokens['mean']:.4g} | {fmt_ci(wall, '.0f')} |")
-        speed_keys = [o.key for o in outcomes if o.key in ("accuracy_curve", "margin_curve", "steps_to_accuracy",
-                                                           "tokens_to_accuracy", "steps_to_margin", "tokens_to_margin")]
-        lines += ["", "## Learning speed", "",
-                  "Curve averages are over the evaluations after step 0; steps and tokens to a target are over the "
-                  "seeds that reached it (reached/seeds).", "",
-                  "| arm | " + " | ".join(by_key[k].label for k in speed_keys) + " |",
-                  "|---|" + "---|" * len(speed_keys)]
-        for arm, rs in arms.items():
-            row = []
-            for k in speed_keys:
-                ci = S.t_interval([r["outcomes"].get(k) for r in rs])
-                cell = fmt_ci(ci, by_key[k].fmt)
-                if k.startswith(("steps_to", "tokens_to")):
-                    cell += f" ({ci['n']}/{len(rs)})"
-                row.append(cell)
-            lines.append(f"| {arm_label(arm, arm_axes, short)} | " + " | ".join(row) + " |")
-        lines += ["", *_differences(arms, arm_axes, short, outcomes, behaviour)]
-        lines += ["", *_mc_error_lines(arms)]
-        if not comparable:
-            lines += ["", "(The tables above mix evaluators: see the warning at the top.)"]
+
+def _final_table(arms: dict, arm_axes, short, outcomes: list[Outcome], behaviour: bool) -> list[str]:
+    final_keys = ["accuracy", "margin", "logratio_chosen", "logratio_rejected", "dpo_loss"]
+    final_keys += ["refusal_rate", "over_refusal_rate"] if behaviour else []
+    by_key = {o.key: o for o in outcomes}
+    steps = sorted({r["outcomes"].get("final_step") for rs in arms.values() for r in rs} - {None})
+    lines = [f"## Final evaluation (step {', '.join(map(str, steps))})", "",
+             "| arm | seeds | " + " | ".join(by_key[k].label for k in final_keys) + " | policy tokens (mean) | wall s |",
+             "|---|---|" + "---|" * (len(final_keys) + 2)]
+    for arm, rs in arms.items():
+        row = [fmt_ci(S.t_interval([r["outcomes"].get(k) for r in rs]), by_key[k].fmt) for k in final_keys]
+        tokens = S.t_interval([r["outcomes"].get("policy_tokens") for r in rs])
+        wall = S.t_interval([r["status"].get("wall_s") for r in rs])
+        lines.append(f"| {arm_label(arm, arm_axes, short)} | {len(rs)} | " + " | ".join(row) +
+                     f" | {tokens['mean']:.4g} | {fmt_ci(wall, '.0f')} |")
+    return lines
+
+
+def _speed_table(arms: dict, arm_axes, short, outcomes: list[Outcome]) -> list[str]:
+    by_key = {o.key: o for o in outcomes}
+    speed_keys = [o.key for o in outcomes if o.key in ("accuracy_curve", "margin_curve", "steps_to_accuracy",
+                                                       "tokens_to_accuracy", "steps_to_margin", "tokens_to_margin")]
+    lines = ["", "## Learning speed", "",
+             "Curve averages are over the evaluations after step 0; steps and tokens to a target are over the "
+             "seeds that reached it (reached/seeds).", "",
+             "| arm | " + " | ".join(by_key[k].label for k in speed_keys) + " |",
+             "|---|" + "---|" * len(speed_keys)]
+    for arm, rs in arms.items():
+        row = []
+        for k in speed_keys:
+            ci = S.t_interval([r["outcomes"].get(k) for r in rs])
+            cell = fmt_ci(ci, by_key[k].fmt)
+            if k.startswith(("steps_to", "tokens_to")):
+                cell += f" ({ci['n']}/{len(rs)})"
+            row.append(cell)
+        lines.append(f"| {arm_label(arm, arm_axes, short)} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _status_lines(runs: list[dict]) -> list[str]:
+    """Failed runs with their error, and cells not run yet."""
+    lines = []
     failed = [(r["dir"].name, r["status"].get("error", "")) for r in runs if r["status"]["status"] == "failed"]
     pending = [r["dir"].name for r in runs if r["status"]["status"] == "pending"]
     if failed:
         lines += ["", "## Failed runs", "", *(f"- `{n}`: {e} (log: `runs/{n}/train.log`)" for n, e in failed)]
     if pending:
         lines += ["", f"## Not run yet ({len(pending)})", "", *(f"- `{n}`" for n in pending)]
-    (root / "summary.md").write_text("\n".join(lines) + "\n")
-    title = describe_evaluator(done[0]["config"]) if done and comparable else "evaluators differ"
-    plot_curves(root / "ablation.png", arms, arm_axes, short, behaviour, title)
-    return root / "summary.md"
+    return lines
 
 
 def _differences(arms: dict, arm_axes, short, outcomes: list[Outcome], behaviour: bool) -> list[str]:

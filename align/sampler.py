@@ -49,6 +49,8 @@ def generate(
 ) -> torch.Tensor:
     """prompt_ids [b, P] (left-padded if ragged, with attention_mask) -> [b, P + gen_length].
 
+    (One function on purpose: it follows LLaDA's procedure step by step, so it can be read against App. B.)
+
     ``all_done(done: bool) -> bool``: with several ranks, whether every rank's rows are done (the early EOS stop is
     taken by all ranks or none: under ZeRO-3 each forward gathers parameters collectively, so every rank must run
     the same number of forwards). ``model`` may be wrapped (DDP, DeepSpeed, peft).

@@ -403,7 +403,8 @@ class Trainer:
     def train(self):
         """The loop: evaluate at step 0, then optimizer steps of accumulated micro-batches, each followed by the
         non-finite/signal verdict (``align.guards``), logging, evaluation and checkpoints when due; the final
-        save (``align.export``) at the end."""
+        save (``align.export``) at the end. (One method on purpose: the loop reads top to bottom; each step it
+        takes is a named method.)"""
         acc, t = self.accelerator, self.cfg.train
         if self.global_step >= self.total_steps and (self.out / "final").is_dir():
             acc.print(f"{self.start.checkpoint} is at step {self.global_step} of {self.total_steps} and "

@@ -149,9 +149,9 @@ def parse(argv: list[str]) -> tuple[str | None, list[str], dict, dict]:
     """-> (recipe, config overrides, variance options, paths {reference, run, grid})."""
     recipe, overrides, opts, paths = None, [], dict(OPTIONS), {}
     from align.ablate import __doc__ as page
-    from align.cli import overrides
+    from align.cli import overrides as key_values
 
-    for key, value in overrides(argv, prog="align.ablate variance", help_page=lambda: page):
+    for key, value in key_values(argv, prog="align.ablate variance", help_page=lambda: page):
         arg = f"{key}={value}"
         if key == "recipe":
             recipe = value
@@ -354,25 +354,29 @@ def plot_path(path: Path, tables: dict[str, dict], est: str, n: int, settings, t
     plt.close(fig)
 
 
+def _path_groups(paths: dict, opts: dict) -> tuple[Path, dict[str, list[Path]]]:
+    """(root, {arm label: its run directories}): one run (``run=``) or a grid's runs by arm (``grid=``)."""
+    if "run" in paths:
+        root = Path(paths["run"])
+        return root, {"": [root]}
+    root = Path(paths["grid"])
+    axes = json.loads((root / "grid.json").read_text())["axes"]
+    from align.ablate import cell_name, cells_of, short
+
+    groups: dict[str, list[Path]] = {}
+    for cell in cells_of(axes):
+        arm = ", ".join(f"{short(k)}={v}" for k, v in cell.items() if k != "train.seed") or "base"
+        run = root / "runs" / cell_name(cell)
+        if (run / "config.yaml").exists() and (opts["runs"] is None or fnmatch.fnmatch(run.name, opts["runs"])):
+            groups.setdefault(arm, []).append(run)
+    return root, groups
+
+
 def path_main(argv: list[str]) -> None:
     _, overrides, opts, paths = parse(argv)
     if overrides:
         raise ConfigError(f"run=/grid= measure the runs as they were trained; drop {', '.join(overrides)}")
-    if "run" in paths:
-        root = Path(paths["run"])
-        groups = {"": [root]}
-    else:
-        root = Path(paths["grid"])
-        grid = json.loads((root / "grid.json").read_text())
-        axes = grid["axes"]
-        from align.ablate import cell_name, cells_of, short
-
-        groups = {}
-        for cell in cells_of(axes):
-            arm = ", ".join(f"{short(k)}={v}" for k, v in cell.items() if k != "train.seed") or "base"
-            run = root / "runs" / cell_name(cell)
-            if (run / "config.yaml").exists() and (opts["runs"] is None or fnmatch.fnmatch(run.name, opts["runs"])):
-                groups.setdefault(arm, []).append(run)
+    root, groups = _path_groups(paths, opts)
     if not any(groups.values()):
         raise ConfigError(f"{root}: no run with a config.yaml to measure")
     first = load_resolved(next(iter(groups.values()))[0] / "config.yaml")
