@@ -137,26 +137,6 @@ def describe_launch(acc) -> str:
     return f"{what} ({acc.device.type})"
 
 
-def start_trackers(acc, cfg, logging_dir: Path, out: Path) -> None:
-    """TensorBoard (events in ``logging_dir``, the resolved config as text) or wandb etc. (the config as scalars)."""
-    t = cfg.train
-    if t.report_to == "tensorboard":
-        # no hyperparameters through accelerate: its add_hparams writes two more time-stamped folders; the
-        # resolved config goes in as text (and is output_dir/config.yaml)
-        acc.init_trackers(logging_dir.name)
-        if acc.is_main_process:
-            import yaml
-
-            text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-            acc.get_tracker("tensorboard", unwrap=True).add_text("config", f"```yaml\n{text}```")
-    elif t.report_to != "none":
-        from transformers.utils import flatten_dict
-
-        scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten_dict(cfg.to_dict()).items()}
-        acc.init_trackers(t.run_name or out.name, config=scalars,
-                          init_kwargs={t.report_to: {"name": t.run_name}} if t.run_name else {})
-
-
 def run_folder_name() -> str:
     """``<date>_<host>`` as HF's Trainer names a run's TensorBoard folder (``Nov26_12-40-03_host``)."""
     import socket

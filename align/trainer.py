@@ -12,9 +12,9 @@ per-rank micro-batches (``align.data.rank_micro_batches``); mask draws come from
 
 Beside the loop, one module each: ``align.runtime`` (accelerator, precision, the launch, ZeRO-stage settings),
 ``align.resume`` (new run, overwrite or resume, and what a start writes), ``align.checkpoints`` (how a
-checkpoint is written, verified and rotated), ``align.export`` (the final save), ``align.guards`` (SIGTERM/SIGINT,
-non-finite steps), ``align.reference`` (the reference model and its precomputed log-probs), ``align.cli`` (the
-command line and the exit).
+checkpoint is written, verified and rotated), ``align.metrics`` (the metric window, metrics.jsonl, trackers),
+``align.export`` (the final save), ``align.guards`` (SIGTERM/SIGINT, non-finite steps), ``align.reference`` (the
+reference model and its precomputed log-probs), ``align.cli`` (the command line and the exit).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from align.data import EVAL_EPOCH, rank_micro_batches
 from align.data.order import epoch_rest, step_positions
 from align.data.splits import load_splits
 from align.export import save_final
+from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers
 from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict
 from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
                           compile_blocks, disable_dropout, load_model, resolve_dtype, set_scoring_memory, spec_for,
@@ -41,30 +42,7 @@ from align.optim import adamw
 from align.reference import ReferenceCache, prepare_reference
 from align.resume import check_resume, load_checkpoint, plan_start, write_start
 from align.runtime import (build_accelerator, check_precision, configure_deepspeed, describe_launch,
-                           refuse_unsupported, run_folder_name, start_trackers, uses_deepspeed)
-
-
-class MetricWindow:
-    """What the loop accumulates between two logs: per-example stat sums and their count, policy tokens, seconds
-    inside training steps (evaluation and saving are not counted), applied steps' gradient norms, and the steps
-    skipped by the fp16 loss scaler or for a non-finite value."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: dict[str, torch.Tensor] = {}
-        self.count, self.tokens, self.seconds = 0, 0, 0.0
-        self.grad_norms: list[float] = []
-        self.skipped, self.nonfinite = 0, 0
-
-    def add(self, stats: dict[str, torch.Tensor], examples: int, tokens: int, seconds: float) -> None:
-        """One micro-batch: ``stats`` per example [b] each."""
-        for k, v in stats.items():
-            self.sums[k] = self.sums.get(k, 0) + v.sum()
-        self.count += examples
-        self.tokens += tokens
-        self.seconds += seconds
+                           refuse_unsupported, run_folder_name, uses_deepspeed)
 
 
 class Trainer:
@@ -281,13 +259,6 @@ class Trainer:
         return self.objective.collate(examples, self.spec)
 
     # ------------------------------------------------------------ metrics
-    def _reduce(self, sums: dict[str, torch.Tensor], count: int) -> dict[str, float]:
-        """Mean over all pairs on all ranks of per-pair stats (sums + counts reduced)."""
-        keys = sorted(sums)
-        vec = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=sums[keys[0]].device)])
-        vec = self.accelerator.reduce(vec, reduction="sum")
-        return {k: (vec[i] / vec[-1]).item() for i, k in enumerate(keys)}
-
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics (with the objective's evaluator), the behaviour check when due; per-example values are
@@ -318,7 +289,7 @@ class Trainer:
             for i, example in enumerate(mine[s : s + bs]):
                 if s + i < real and keys:
                     examples.append((example.id, {k: float(stats[k][i]) for k in keys if k in stats}))
-        metrics = self.objective.finish_eval(self._reduce(sums, real), len(self.eval_data))
+        metrics = self.objective.finish_eval(reduce_means(self.accelerator, sums, real), len(self.eval_data))
         metrics = {f"eval/{k}": v for k, v in metrics.items()}
         metrics["eval/examples"] = len(self.eval_data)
         metrics["policy_tokens"] = self.policy_tokens
@@ -338,12 +309,6 @@ class Trainer:
             with open(self.out / "eval_examples.jsonl", "a") as f:
                 for example_id, values in sorted(everything, key=lambda x: x[0]):
                     f.write(json.dumps({"step": self.global_step, "id": example_id, **values}) + "\n")
-
-    def _log(self, metrics: dict, step: int):
-        self.accelerator.log(metrics, step=step)
-        if self.accelerator.is_main_process:
-            with open(self.out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **metrics}) + "\n")
 
     # ------------------------------------------------------------ start and checkpoints
     def begin(self) -> None:
@@ -523,7 +488,7 @@ class Trainer:
     def _log_window(self, window: MetricWindow, micro_consumed: int, bar) -> None:
         """The window's means over all ranks, with the optimizer's figures; then a new window."""
         acc = self.accelerator
-        metrics = self._reduce(window.sums, window.count)
+        metrics = reduce_means(acc, window.sums, window.count)
         total_tokens = acc.reduce(torch.tensor(float(window.tokens), device=acc.device), "sum").item()
         metrics.update({"grad_norm": sum(window.grad_norms) / max(len(window.grad_norms), 1),
                         "learning_rate": self.scheduler.get_last_lr()[0],
@@ -532,14 +497,14 @@ class Trainer:
                         "nonfinite_steps": window.nonfinite,
                         "policy_tokens": self.policy_tokens,
                         "epoch": micro_consumed / self.micro_per_epoch})
-        self._log(metrics, self.global_step)
+        log_metrics(self.accelerator, self.out, metrics, self.global_step)
         bar.set_postfix(self.objective.progress(metrics))
         window.reset()
 
     def _evaluate_and_log(self) -> None:
         metrics = self.evaluate()
         if metrics:
-            self._log(metrics, self.global_step)
+            log_metrics(self.accelerator, self.out, metrics, self.global_step)
             self.accelerator.print(f"step {self.global_step}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown))
 

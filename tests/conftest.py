@@ -32,3 +32,11 @@ def toy_policy():
 @pytest.fixture(scope="session")
 def toy_reference(toy_policy):
     return toy_policy.perturbed(0.3, seed=5)
+
+
+# The longest tests first: with two workers, one that starts last is the suite's tail (the demo alone is 6-9 min).
+FIRST = ("tests/test_trainer.py::test_demo_learns_and_saves_everything",)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.nodeid not in FIRST)  # stable: the rest keep their order

@@ -81,3 +81,9 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
     judged = [m for m in metrics(out) if "eval/refusal_rate" in m]
     assert [m["step"] for m in judged] == [0, 2]
     assert all(0 <= m["eval/refusal_rate"] <= 1 and 0 <= m["eval/over_refusal_rate"] <= 1 for m in judged)
+    if launcher == "zero3":  # also the shipped zero3.yaml's bf16 save (test_trainer's bf16 test covers zero2, JSON)
+        from safetensors import safe_open
+
+        assert "weights bfloat16, mixed precision bf16 (DeepSpeed)" in log
+        with safe_open(out / "final" / "model.safetensors", "pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
