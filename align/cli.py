@@ -89,7 +89,7 @@ def help_text(cls, usage: str) -> str:
 
 
 @contextmanager
-def entry_point(kind_of=None):
+def entry_point():
     """Turn the errors a user can fix into one line and exit 1 (``ALIGN_DEBUG=1``: the traceback)."""
     from align.checkpoints import CheckpointError
     from align.data import BadRecord
