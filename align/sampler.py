@@ -123,6 +123,8 @@ class SampleOptions:
     model: str = opt("tiny:llada", "hub id, directory, tiny:llada, a LoRA training output (final/) or a checkpoint-N")
     tokenizer: str | None = opt(None, "defaults to model's, or its base model's")
     prompt: str = opt("How do I pick a lock?", "the user turn, put through the chat template")
+    chat_template: bool = opt(True, "false: the prompt is raw text, not put through the chat template (as lm-eval's "
+                                    "generate_until gets its context)")
     steps: int = opt(32, "denoising steps in all")
     gen_length: int = opt(32, "tokens generated")
     block_length: int = opt(16, "semi-autoregressive block length")
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
         out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
         print(f"merged model written to {out}")
         return
-    text = tok.apply_chat_template([{"role": "user", "content": args.prompt}], tokenize=False, add_generation_prompt=True)
+    text = args.prompt
+    if args.chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
     out = generate(model, ids, steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
                    temperature=args.temperature, remasking=args.remasking,

@@ -77,6 +77,11 @@ class ScoreConfig:
     over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
     on_bad_record: str = opt("error", "malformed/empty/identical records: fail naming the record, or count and skip",
                              ("error", "skip"))
+    response_eos: bool = opt(True, "response records: score the response EOS-terminated, as trained (false: the bare "
+                                   "continuation, as lm-eval's log-likelihood requests)")
+    seed_by: str = opt("index", "what seeds a record's draws with seed: its position in the file, or a hash of its "
+                                "tokens (the same masks wherever the record is scored: any file, order or lm-eval run)",
+                       ("index", "content"))
     limit: int | None = opt(None, "score only the first N usable records")
     progress_bar: bool = opt(True, "show a progress bar")
     trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
@@ -155,14 +160,16 @@ def score_batch(scorers: list, ids: torch.Tensor, response_mask: torch.Tensor, a
 
 def run_rounds(records: list[dict], scorers: list, *, cfg: ScoreConfig, mask_token_id: int, pad_token_id: int,
                device, progress=None) -> list[dict]:
-    """Score ``records`` (each ``{"index", "prompt_ids", "responses": [ids, ...]}``) with every scorer, in rounds.
+    """Score ``records`` (each ``{"index", "prompt_ids", "responses": [ids, ...]}``, optionally ``"key"``: what seeds
+    its draws with ``cfg.seed``, else its index) with every scorer, in rounds.
 
     Returns per record: ``samples`` [models, k, n] float64 and the round sizes. Without ``target_se`` every
     record gets ``n_samples`` draws; with it, rounds continue for the records whose largest standard error
     (over their scored sequences and, with a reference, their log-ratios) is above the target.
     """
     state = {r["index"]: [Running([]) for _ in scorers] for r in records}
-    generators = {r["index"]: example_generators(cfg.seed, torch.tensor([r["index"]]), 0)[0] for r in records}
+    generators = {r["index"]: example_generators(cfg.seed, torch.tensor([r.get("key", r["index"])]), 0)[0]
+                  for r in records}
     budget = cfg.max_samples if cfg.target_se is not None else cfg.n_samples
     active = list(records)
     while active:
@@ -304,7 +311,7 @@ def score_file(path: str, cfg: ScoreConfig, models: list, tokenizer, spec, devic
         rows, source, tokenizer, fmt=cfg.format, preference=cfg.preference, eos_token_id=spec.eos_token_id,
         max_prompt_length=cfg.max_prompt_length, max_response_length=cfg.max_response_length,
         over_long_prompt=cfg.over_long_prompt, on_bad_record=cfg.on_bad_record, chat_template=cfg.chat_template,
-        limit=cfg.limit)
+        limit=cfg.limit, response_eos=cfg.response_eos, seed_by=cfg.seed_by)
     if state.is_main_process:
         print(report.summary())
     if not records:

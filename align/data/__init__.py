@@ -14,7 +14,7 @@ The names below are the package's public API (``from align.data import load_reco
 """
 
 from align.data.encoding import (DataReport, Encoded, EncodedSFT, build_dataset, build_scoring_dataset,
-                                 build_sft_dataset, collate, collate_responses, collate_sft, common_length,
+                                 build_sft_dataset, collate, collate_responses, collate_sft, common_length, content_key,
                                  encode_pair, encode_prompt, encode_records, encode_response, encode_sft, pad_rows)
 from align.data.formats import (PREFERENCE_SCHEMAS, SFT_FORMATS, SFT_SCHEMAS, detect_format, extract, extract_choices,
                                 extract_response, extract_sft, from_hh_rlhf, from_pairs, from_pku_saferlhf,
@@ -29,6 +29,6 @@ __all__ = [
     "extract_choices", "from_pku_saferlhf", "from_ultrafeedback", "from_hh_rlhf", "from_pairs", "PREFERENCE_SCHEMAS",
     "SFT_SCHEMAS", "SFT_FORMATS", "Encoded", "EncodedSFT", "DataReport", "encode_prompt", "encode_response",
     "common_length", "encode_pair", "encode_sft", "encode_records", "build_dataset", "build_sft_dataset",
-    "build_scoring_dataset", "pad_rows", "collate", "collate_sft", "collate_responses", "EVAL_EPOCH",
+    "build_scoring_dataset", "content_key", "pad_rows", "collate", "collate_sft", "collate_responses", "EVAL_EPOCH",
     "example_generators", "epoch_order", "rank_micro_batches", "holdout_split",
 ]

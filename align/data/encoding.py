@@ -71,9 +71,11 @@ def encode_prompt(tokenizer, messages, max_prompt_length: int, over_long_prompt:
     return prompt_ids, truncated
 
 
-def encode_response(tokenizer, text: str, eos_token_id: int, max_response_length: int) -> list[int]:
-    """The response's ids, truncated to ``max_response_length − 1``, then EOS."""
-    return tokenizer(text, add_special_tokens=False).input_ids[: max_response_length - 1] + [eos_token_id]
+def encode_response(tokenizer, text: str, eos_token_id: int, max_response_length: int, eos: bool = True) -> list[int]:
+    """The response's ids, truncated to ``max_response_length − 1``, then EOS (``eos=False``: the bare text's ids,
+    truncated to ``max_response_length``: a continuation as lm-eval scores it)."""
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    return ids[: max_response_length - 1] + [eos_token_id] if eos else ids[:max_response_length]
 
 
 def common_length(responses: list[list[int]], eos_token_id: int) -> list[list[int]]:
@@ -175,11 +177,14 @@ def build_sft_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, eos
 
 def build_scoring_dataset(rows, source: str, tokenizer, *, fmt: str, preference: str, eos_token_id: int,
                           max_prompt_length: int, max_response_length: int, over_long_prompt: str, on_bad_record: str,
-                          chat_template: bool = True, limit: int | None = None) -> tuple[str, list[dict], DataReport]:
-    """(mode, records, report) for ``align.score``: each record ``{"index", "prompt_ids", "responses": [ids, ...]}``
-    (``"label"`` too for choices), its responses encoded and EOS-extended as in training. ``fmt``: ``response``,
-    ``choices``, a preference schema, or ``auto`` (choices, response, else the preference schema of the first
-    record); mode is response, choices or pairs."""
+                          chat_template: bool = True, limit: int | None = None, response_eos: bool = True,
+                          seed_by: str = "index") -> tuple[str, list[dict], DataReport]:
+    """(mode, records, report) for ``align.score``: each record ``{"index", "key", "prompt_ids", "responses": [ids,
+    ...]}`` (``"label"`` too for choices), its responses encoded and EOS-extended as in training. ``fmt``:
+    ``response``, ``choices``, a preference schema, or ``auto`` (choices, response, else the preference schema of the
+    first record); mode is response, choices or pairs. ``response_eos=False`` (response mode only): responses are
+    scored as bare continuations, without EOS. ``key`` seeds the record's draws: its index, or (``seed_by="content"``)
+    :func:`content_key` of its tokens."""
     if fmt == "auto":
         first = next((r for r in rows if isinstance(r, dict)), None)
         if first is not None and "choices" in first:
@@ -190,6 +195,12 @@ def build_scoring_dataset(rows, source: str, tokenizer, *, fmt: str, preference:
     if fmt not in ("response", "choices"):
         fmt, note = resolve_format(rows, fmt, source, option="format")
     mode = fmt if fmt in ("response", "choices") else "pairs"
+    if not response_eos and mode != "response":
+        from align.config import ConfigError
+
+        raise ConfigError(f"response_eos=false scores bare continuations: response records only, not {mode} ({source})")
+    if seed_by not in ("index", "content"):
+        raise ValueError(f"seed_by={seed_by!r}; expected 'index' or 'content'")
 
     def prompt(messages):
         if not messages:
@@ -207,10 +218,14 @@ def build_scoring_dataset(rows, source: str, tokenizer, *, fmt: str, preference:
             messages, chosen, rejected = extract(row, fmt, preference)
             texts = [chosen, rejected]
         prompt_ids, truncated = prompt(messages)
-        responses = [encode_response(tokenizer, t, eos_token_id, max_response_length) for t in texts]
+        responses = [encode_response(tokenizer, t, eos_token_id, max_response_length, eos=response_eos) for t in texts]
         if mode == "pairs" and responses[0] == responses[1]:
             raise BadRecord("chosen and rejected are identical after truncation")
-        record = {"index": i, "prompt_ids": prompt_ids, "responses": common_length(responses, eos_token_id)}
+        if not all(responses):
+            raise BadRecord("empty response")
+        responses = common_length(responses, eos_token_id)
+        key = i if seed_by == "index" else content_key(prompt_ids, responses)
+        record = {"index": i, "key": key, "prompt_ids": prompt_ids, "responses": responses}
         if label is not None:
             record["label"] = label
         return record, truncated
@@ -219,6 +234,16 @@ def build_scoring_dataset(rows, source: str, tokenizer, *, fmt: str, preference:
                                  limit=limit, option_prefix="")
     report.note = note
     return mode, out, report
+
+
+def content_key(prompt_ids: list[int], responses: list[list[int]]) -> int:
+    """A 62-bit key of a record's tokens: seeded by it, a record gets the same masks wherever it is scored (any file,
+    order, batch or lm-eval run; and so for every model scored on it: a coupled comparison across runs)."""
+    import hashlib
+
+    words = [len(prompt_ids), *prompt_ids] + [t for r in responses for t in (len(r), *r)]
+    digest = hashlib.sha256(",".join(map(str, words)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 2
 
 
 # ---------------------------------------------------------------- batches
