@@ -154,7 +154,13 @@ def train_main(config_cls, objective_cls, prog: str, argv: list[str] | None = No
     except NonFiniteStep as e:  # checkpoint of the last good state written
         trainer.accelerator.print(f"non-finite step: {e}", file=sys.stderr)
         close_and_exit(trainer, 1)
-    close_and_exit(trainer)
+    trainer.close()
+    code = 0
+    if cfg.train.push_to_hub and trainer.accelerator.is_main_process:  # after the process group is gone: no rank waits
+        from align.model_card import push_output
+
+        code = push_output(trainer.out, cfg.train)
+    exit_process(code, distributed=trainer.world > 1)
 
 
 def close_and_exit(trainer, code: int = 0) -> None:

@@ -222,6 +222,11 @@ class TrainArgs:
                                         "new one per launch, as HF's Trainer)")
     run_name: str | None = opt(None, "wandb run name (TensorBoard folders: train.logging_dir)")
     save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout")
+    push_to_hub: bool = opt(False, "upload final/ (weights, model card, training config) to the Hub at the end")
+    hub_model_id: str | None = opt(None, "the Hub repo (user/name or org/name; default: output_dir's name)")
+    hub_private_repo: bool = opt(False, "create the Hub repo private")
+    hub_strategy: str = opt("end", "what is uploaded: final/ at the end, or also every kept checkpoint",
+                            ("end", "all_checkpoints"))
     progress_bar: bool = opt(True, "show a progress bar on the main process")
     disable_dropout: bool = opt(True, "switch off every dropout module of the policy (default on, as in DPO practice): the policy and "
                                       "reference terms of a shared draw then differ by the weights alone")

@@ -44,6 +44,7 @@ from align.config import ConfigError, build, opt
 from align.masking import ESTIMATORS
 
 log = logging.getLogger(__name__)
+INSTANCES: list | None = None  # under the command line: the AlignLM objects it made
 
 
 @dataclass
@@ -159,6 +160,8 @@ class AlignLM(LM):
         bos = getattr(tokenizer, "bos_token_id", None)
         self.prefix_token = spec.eos_token_id if bos is None else bos  # what a rolling text is conditioned on
         self.scores: list[dict] = []  # every log-likelihood with its standard error, in request order
+        if INSTANCES is not None:  # the command line's, for its summary after lm-eval's table
+            INSTANCES.append(self)
         self.score_config = ScoreConfig(
             data="lm-eval", estimator=o.estimator, n_samples=o.n_samples, target_se=o.target_se,
             max_samples=o.max_samples, round_samples=o.round_samples, stratified=o.stratified,
@@ -181,7 +184,7 @@ class AlignLM(LM):
         logp, se, n = self.estimate(pairs)
         greedy = self.is_greedy(pairs) if self.options.greedy else [False] * len(pairs)
         for r, p, lp, s, k, g in zip(requests, pairs, logp, se, n, greedy):
-            self._record("loglikelihood", r.args, p, lp, s, k, g)
+            self._record("loglikelihood", r.args, p, lp, s, k, g, task=r.task_name, doc_id=r.doc_id)
         out = [(lp, g) for lp, g in zip(logp, greedy)]
         self._flush()
         return out
@@ -198,7 +201,7 @@ class AlignLM(LM):
             logp, se, n = self.estimate(windows)
             total = sum(logp)
             self._record("loglikelihood_rolling", r.args, None, total, math.sqrt(sum(s * s for s in se)), sum(n), None,
-                         windows=len(windows), tokens=len(tokens))
+                         windows=len(windows), tokens=len(tokens), task=r.task_name, doc_id=r.doc_id)
             out.append(total)
         self._flush()
         return out
@@ -325,6 +328,34 @@ class AlignLM(LM):
             torch.distributed.barrier()
 
 
+def close_decisions(scores: list[dict], z: float = 2.0) -> tuple[int, int]:
+    """(documents with several log-likelihood requests, those whose two best continuations are within ``z``
+    combined Monte Carlo standard errors): the multiple-choice decisions the mask draws could still change."""
+    from collections import defaultdict
+
+    docs = defaultdict(list)
+    for row in scores:
+        if row["request_type"] == "loglikelihood" and row.get("doc_id") is not None:
+            docs[(row.get("task"), row["doc_id"], row["arguments"][0])].append(row)
+    several = [sorted(rows, key=lambda r: -r["logp"]) for rows in docs.values() if len(rows) > 1]
+    close = sum(a["logp"] - b["logp"] < z * math.hypot(a["se"], b["se"]) for a, b, *_ in several)
+    return len(several), close
+
+
+def summary(scores: list[dict]) -> str:
+    """One paragraph on the Monte Carlo error of an evaluation's log-likelihoods."""
+    if not scores:
+        return "align: no log-likelihood requests"
+    mean_se = sum(r["se"] for r in scores if not math.isnan(r["se"])) / len(scores)
+    line = (f"align: {len(scores)} log-likelihoods, mean Monte Carlo standard error {mean_se:.3g} nats "
+            f"({scores[0]['n_samples']} draws each)")
+    docs, close = close_decisions(scores)
+    if docs:
+        line += (f"; {close}/{docs} multiple-choice decisions have their two best choices within 2 standard errors "
+                 f"(the draws could change them: raise n_samples or set stratified=true)")
+    return line
+
+
 def cut_at(text: str, until: list[str]) -> str:
     """``text`` up to the first occurrence of any stop sequence."""
     for stop in until:
@@ -350,8 +381,13 @@ def main(argv: list[str] | None = None) -> None:
         argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
     from lm_eval.__main__ import cli_evaluate
 
+    global INSTANCES
+    INSTANCES = []
     sys.argv = ["lm-eval", "run", *argv]
     cli_evaluate()
+    for lm in INSTANCES:
+        if lm.scores and lm.rank == 0:
+            print(summary(lm.scores))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.merge:
         from align.export import save_published
 
+        from pathlib import Path
+
+        from align.model_card import write_card
+        from align.models import adapter_base, unwrap
+
         out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
+        # the run of a final/, final/adapter or checkpoint-N: the nearest folder above with a config.yaml
+        run = next((p for p in Path(args.model).resolve().parents[:2] if (p / "config.yaml").exists()), None)
+        write_card(out, base=adapter_base(args.model) or args.model, run=run, merged=True,
+                   family=unwrap(model).config.model_type)
         print(f"merged model written to {out}")
         return
     text = args.prompt

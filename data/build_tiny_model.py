@@ -94,8 +94,35 @@ def publish(final: Path, info: dict) -> None:
     config["torch_dtype"] = config["dtype"] = "bfloat16"
     (OUT / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (OUT / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_card(info)
     size = sum(f.stat().st_size for f in OUT.iterdir())
     print(f"published {OUT} ({size / 1e6:.1f} MB)", flush=True)
+
+
+def write_card(info: dict) -> None:
+    """``data/tiny_chat/README.md``: the model card (its licence is the project's; trained models name it as base)."""
+    arch, sft, pre = info["architecture"], info["sft"], info["pretrain"]
+    (OUT / "README.md").write_text(f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- align
+- llada
+- masked-diffusion
+- tiny
+---
+
+# align's tiny chat model
+
+A {arch['n_layers']}-layer LLaDA-architecture masked-diffusion LM (d_model {arch['d_model']}, {arch['n_heads']} heads,
+MLP {arch['mlp_hidden_size']}, vocabulary {info['vocab']}, sequences up to {arch['max_sequence_length']} tokens),
+built from scratch on a CPU by `data/build_tiny_model.py` for align's offline demo and tests: masked-diffusion
+pretraining on templated dialogues ({pre['steps']} steps, held-out masked-token NLL {pre['final_eval_masked_token_nll']})
+then masked-diffusion SFT ({sft['steps']} steps, held-out masked-token NLL {sft['final_eval_masked_token_nll']}).
+It answers everyday questions with short step lists and, like its training data, complies with or refuses harmful
+ones about half the time each: the behaviour the demo's DPO changes. Not a model for any other use.
+""")
 
 
 def main():

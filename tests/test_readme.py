@@ -75,7 +75,14 @@ RUN = {
         '--gen-length 48 --block-length 48',
     "python -m align.sampler --model outputs/demo/final --merge outputs/demo/merged": [
         "python -m align.sampler --model {demo}/final --merge {tmp}/merged",
-        "python -c \"from align.models import load_model; load_model('{tmp}/merged')\""],
+        "python -c \"from align.models import load_model; load_model('{tmp}/merged')\"",
+        "python -c \"from huggingface_hub import ModelCard; c = ModelCard.load('{tmp}/merged/README.md'); "
+        "assert {{'dpo', 'masked-diffusion'}} <= set(c.data.tags) and 'merged' in c.text, c.text\""],
+    # docs/evaluation.md: the offline lm-eval task on the tiny chat model, on 4 of its 40 items
+    "python -m align.lm_eval --model_args model=data/tiny_chat,n_samples=32 --tasks everyday_choice "
+    "--include_path data/lm_eval --apply_chat_template --batch_size 8 --output_path outputs/lm_eval":
+        "python -m align.lm_eval --model_args model=data/tiny_chat,n_samples=8 --tasks everyday_choice "
+        "--include_path data/lm_eval --apply_chat_template --batch_size 8 --output_path {tmp}/lm_eval --limit 4",
     "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl":
         "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl "
         "limit=16 n_samples=8 progress_bar=false output_dir={tmp}/ood",

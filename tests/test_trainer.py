@@ -86,6 +86,12 @@ def test_demo_learns_and_saves_everything(tmp_path):
     (run,) = (out / "runs").iterdir()  # output_dir/runs/<date>_<host>/ holds the events (test_tensorboard_...)
     assert list(run.glob("events.out.tfevents*"))
     assert "320/320 records kept" in log
+    from huggingface_hub import ModelCard  # final/README.md: a model card the Hub reads, from the run's own record
+
+    card = ModelCard.load(out / "final" / "README.md")
+    assert {"dpo", "masked-diffusion", "lora"} <= set(card.data.tags) and card.data.license == "apache-2.0"
+    assert "coupled `time_free`" in card.text and f"| rewards/accuracies | {evals[-1]['eval/rewards/accuracies']:.4g} |" in card.text
+    assert "[training_config.yaml](training_config.yaml)" in card.text and (out / "final" / "training_config.yaml").exists()
 
 
 def test_tensorboard_events_go_to_one_folder_per_launch_under_runs(tmp_path):
@@ -109,12 +115,19 @@ def test_tensorboard_events_go_to_one_folder_per_launch_under_runs(tmp_path):
     assert list(own.glob("events.out.tfevents*")) and not (tmp_path / "out2" / "runs").exists()
 
 
-def test_accelerate_launch_script_form(tmp_path):
+def test_accelerate_launch_script_form_and_a_push_without_network(tmp_path):
+    """The script form under accelerate launch; with train.push_to_hub=true and no network (HF_HUB_OFFLINE=1) the
+    run saves everything locally, then fails the upload with one line saying why (exit 1)."""
     out = tmp_path / "launch"
-    log = train(out, "train.max_steps=2", "train.eval_steps=0",
-                launcher=[sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
-                          "align/train_dpo.py"])
-    assert "single process (cpu)" in log and (out / "final" / "adapter").exists()
+    proc = run_python([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
+                       "align/train_dpo.py", "recipe=demo", f"train.output_dir={out}", *QUIET, "train.max_steps=2",
+                       "train.eval_steps=0", "train.push_to_hub=true", "train.hub_model_id=someone/tiny-dpo"],
+                      cwd=ROOT, env=ENV, timeout=1200)
+    log = proc.stdout + proc.stderr
+    assert "single process (cpu)" in log and (out / "final" / "adapter" / "adapter_model.safetensors").exists()
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("push to hub failed")]
+    assert proc.returncode == 1 and len(failed) == 1 and "OfflineModeIsEnabled" in failed[0], log[-3000:]
+    assert f"hf upload someone/tiny-dpo {out / 'final'}" in failed[0] and (out / "final" / "README.md").exists()
 
 
 def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
