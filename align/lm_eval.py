@@ -34,6 +34,7 @@ import logging
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from lm_eval.api.model import LM
@@ -67,7 +68,8 @@ class LMEvalOptions:
     seed: int = opt(0, "seeds every request's draws (with a hash of its tokens) and the sampler")
     response_eos: bool = opt(False, "score a continuation EOS-terminated, as align trains responses")
     greedy: bool = opt(True, "compute is_greedy (one extra forward per request)")
-    scores_file: str | None = opt(None, "write each log-likelihood with its standard error here (jsonl)")
+    scores_file: str | None = opt(None, "write each log-likelihood with its standard error here (jsonl; with several "
+                                        "processes, one file per rank: NAME.rankR.jsonl)")
     progress_bar: bool = opt(True, "show the requests' progress")
     # generation (align.sampler)
     steps: int = opt(32, "generate_until: denoising steps in all")
@@ -304,7 +306,11 @@ class AlignLM(LM):
 
     def _flush(self) -> None:
         if self.options.scores_file and self.scores:
-            with open(self.options.scores_file, "w") as f:
+            path = Path(self.options.scores_file)
+            if self._world_size > 1:  # each rank scores its share of the requests: one file each
+                path = path.with_name(f"{path.stem}.rank{self._rank}{path.suffix}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "w") as f:
                 for row in self.scores:
                     f.write(json.dumps(row) + "\n")
 
@@ -312,6 +318,7 @@ class AlignLM(LM):
     def all_gather(self, tensor):
         if self._world_size == 1:
             return tensor
+        tensor = tensor.reshape(1) if tensor.dim() == 0 else tensor  # one value per rank, concatenated
         parts = [torch.zeros_like(tensor) for _ in range(self._world_size)]
         torch.distributed.all_gather(parts, tensor)
         return torch.cat(parts)
@@ -387,7 +394,8 @@ def main(argv: list[str] | None = None) -> None:
     cli_evaluate()
     for lm in INSTANCES:
         if lm.scores and lm.rank == 0:
-            print(summary(lm.scores))
+            share = f" (rank 0's share of {lm.world_size} ranks)" if lm.world_size > 1 else ""
+            print(summary(lm.scores).replace("align:", f"align{share}:", 1))
 
 
 if __name__ == "__main__":

@@ -374,3 +374,24 @@ def test_scoring_applies_the_bad_record_policy(tok):
         build_scoring_dataset(rows, "x", tok, on_bad_record="error", **kw)
     _, kept, report = build_scoring_dataset(rows, "x", tok, on_bad_record="skip", **kw)
     assert [r["index"] for r in kept] == [0, 2] and report.skipped == {"empty or non-string response": 1}
+
+
+def test_scoring_bare_continuations_and_draws_keyed_by_content(tok):
+    """``response_eos=false``: a response is its bare ids (lm-eval's continuation), for response records only;
+    ``seed_by=content``: a record's key is a hash of its tokens, the same at any position in any file."""
+    from align.config import ConfigError
+    from align.data import build_scoring_dataset, content_key
+
+    kw = dict(preference="safer", eos_token_id=tok.eos_token_id, max_prompt_length=64, max_response_length=64,
+              over_long_prompt="truncate", on_bad_record="error")
+    rows = [{"prompt": "a", "response": "fine"}, {"prompt": "b", "response": "ok then"}]
+    _, with_eos, _ = build_scoring_dataset(rows, "x", tok, fmt="response", **kw)
+    _, bare, _ = build_scoring_dataset(rows, "x", tok, fmt="response", response_eos=False, seed_by="content", **kw)
+    assert [b["responses"][0] + [tok.eos_token_id] for b in bare] == [r["responses"][0] for r in with_eos]
+    assert [r["key"] for r in with_eos] == [0, 1]  # seed_by=index: the position
+    _, moved, _ = build_scoring_dataset(rows[::-1], "y", tok, fmt="response", response_eos=False, seed_by="content", **kw)
+    assert [r["key"] for r in moved] == [r["key"] for r in bare][::-1] != [0, 1]
+    assert bare[0]["key"] == content_key(bare[0]["prompt_ids"], bare[0]["responses"]) < 2**62
+    pair = {"prompt": "p", "chosen": "yes", "rejected": "no"}
+    with pytest.raises(ConfigError, match="response_eos=false scores bare continuations: response records only"):
+        build_scoring_dataset([pair], "x", tok, fmt="auto", response_eos=False, **kw)

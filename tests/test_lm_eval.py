@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import math
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -90,6 +91,36 @@ def test_everyday_choice_runs_end_to_end_and_agrees_with_align_score(tiny, tmp_p
         assert mine["n_samples"] == row["n_samples"] == 8 and mine["tokens"] == row["tokens_response"]
         assert mine["logp"] == pytest.approx(row["logp_response"], abs=1e-4)
         assert mine["se"] == pytest.approx(row["se_response"], abs=1e-4)
+
+
+@pytest.mark.distributed
+def test_two_ranks_split_the_requests_and_give_the_one_process_numbers(tiny, tmp_path):
+    """torchrun, 2 CPU ranks: lm-eval hands each rank its share of the documents; every log-likelihood equals the
+    one-process number (draws seeded by content), and the gathered accuracy equals one process's."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from tests.launch import run_python
+    from tests.test_trainer import ENV, free_port
+
+    proc = run_python([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                       str(free_port()), "-m", "align.lm_eval", "--model_args",
+                       f"model={ROOT / 'data' / 'tiny_chat'},n_samples=8,scores_file={tmp_path / 's.jsonl'}",
+                       "--tasks", "everyday_choice", "--include_path", str(TASKS), "--apply_chat_template",
+                       "--batch_size", "8", "--limit", "6", "--output_path", str(tmp_path / "out")],
+                      cwd=ROOT, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    ranks = [[json.loads(line) for line in (tmp_path / f"s.rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 12  # 3 documents x 4 choices each
+    (result,) = (tmp_path / "out").rglob("results_*.json")
+    multi_acc = json.loads(result.read_text())["results"]["everyday_choice"]["acc,none"]
+    single = lm_eval.simple_evaluate(model=tiny, tasks=["everyday_choice"], apply_chat_template=True, limit=6,
+                                     task_manager=TaskManager(include_path=str(TASKS)), bootstrap_iters=0)
+    assert single["results"]["everyday_choice"]["acc,none"] == multi_acc
+    one = {tuple(r["arguments"]): r for r in tiny.scores}
+    for row in ranks[0] + ranks[1]:
+        mine = one[tuple(row["arguments"])]
+        assert row["logp"] == pytest.approx(mine["logp"], abs=1e-4) and row["se"] == pytest.approx(mine["se"], abs=1e-4)
 
 
 def test_rolling_windows_cover_every_token_once_and_add_up(tiny):
