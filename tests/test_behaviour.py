@@ -74,7 +74,7 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
                "behaviour.prompts=data/demo_behaviour_prompts.jsonl", "behaviour.max_prompts=2",
                "behaviour.gen_length=16", "behaviour.block_length=8", "behaviour.steps=8", "eval.n_samples=4",
                "data.max_eval_examples=4", "train.max_steps=2", "train.eval_steps=2", "train.logging_steps=1",
-               "train.per_device_train_batch_size=4", *extra], env=DS_ENV, timeout=500)
+               "train.per_device_train_batch_size=2", *extra], env=DS_ENV, timeout=500)
     assert "2 ranks" in log and "before:" in log and "after:" in log
     rows = [json.loads(line) for line in (out / "behaviour.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rows}) == [0, 2] and len(rows) == 2 * 4  # 2 prompts of each kind, twice
