@@ -155,10 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:  # a failed hub load, an unusable directory
             raise FileNotFoundError(str(e)) from None
     if args.merge:
-        from align.export import save_published
-
         from pathlib import Path
 
+        from align.export import save_published
         from align.model_card import write_card
         from align.models import adapter_base, unwrap
 
