@@ -35,7 +35,7 @@ NOT_TRAJECTORY = {
     "train.per_device_eval_batch_size", "train.logging_steps", "train.do_eval", "train.eval_steps", "train.save_steps",
     "train.precompute_ref_log_probs", "train.on_nonfinite", "train.save_total_limit", "train.resume_from_checkpoint",
     "train.resume_changes", "train.overwrite_output_dir", "train.report_to", "train.logging_dir", "train.run_name",
-    "train.save_merged", "train.progress_bar",
+    "train.save_merged", "train.progress_bar", "online.reward_model_batch_size",
 }
 GEOMETRY_KEYS = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
 

@@ -79,7 +79,6 @@ class DataSourceArgs:
                                      "(0 = refuse to start unless eval_dataset is given or train.do_eval=false)")
     eval_split_seed: int = opt(0, "seed of the held-out fraction (independent of train.seed, so seeds share it)")
     max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)")
-    max_response_length: int = opt(256, "response tokens kept, EOS included")
     over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
     on_bad_record: str = opt("error", "malformed/empty/identical records: fail naming the record, or count and skip",
                              ("error", "skip"))
@@ -94,6 +93,7 @@ class DataArgs(DataSourceArgs):
     format: str = opt("pku_saferlhf", "record schema (auto: chosen from the first record's fields, logged)",
                       ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"))
     preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
+    max_response_length: int = opt(256, "response tokens kept, EOS included")
 
 
 @dataclass
@@ -107,6 +107,7 @@ class SFTDataArgs(DataSourceArgs):
     response_padding: str = opt("batch", "EOS-extend responses to the longest of the micro-batch (LLaDA) or to "
                                          "max_response_length (teaches fixed-length generation to end in EOS)",
                                 ("batch", "max_length"))
+    max_response_length: int = opt(256, "response tokens kept, EOS included")
 
 
 @dataclass
@@ -394,6 +395,9 @@ def _validate(cfg):
     _validate_train(cfg)
     _validate_model(cfg)
     _validate_data_and_behaviour(cfg)
+    if hasattr(cfg, "validate"):  # a config with checks of its own (align.online_dpo.OnlineDPOConfig)
+        cfg.validate()
+        return cfg
     if isinstance(cfg, SFTConfig):
         if cfg.sft.n_samples < 1:
             raise ConfigError(f"sft.n_samples must be >= 1, got {cfg.sft.n_samples}")
@@ -405,7 +409,8 @@ def _validate(cfg):
 def _validate_train(cfg) -> None:
     positive = {"train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
                 "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
-                "data.max_prompt_length": cfg.data.max_prompt_length, "data.max_response_length": cfg.data.max_response_length,
+                "data.max_prompt_length": cfg.data.max_prompt_length,
+                "data.max_response_length": getattr(cfg.data, "max_response_length", 1),  # online DPO: gen_length
                 "train.logging_steps": cfg.train.logging_steps, "train.save_steps": cfg.train.save_steps}
     for key, value in positive.items():
         if value < 1:
@@ -456,18 +461,27 @@ def _validate_data_and_behaviour(cfg) -> None:
 
 
 def _validate_dpo(cfg) -> None:
-    for section, least in (("estimator", 1), ("eval", 2)):
+    validate_estimators(cfg, (("estimator", 1), ("eval", 2)))
+    validate_loss(cfg)
+
+
+def validate_estimators(cfg, sections) -> None:
+    """The estimator sections ``(name, least n_samples)``: the coupling shorthand, n_samples, stratified groups."""
+    for section, least in sections:
         est = getattr(cfg, section)
         if est.coupling is not None:
             est.share_policy_reference = est.share_chosen_rejected = est.coupling == "coupled"
         if est.n_samples < least:
             why = " (the Monte Carlo standard errors of the eval metrics need two draws)" if section == "eval" else ""
             raise ConfigError(f"{section}.n_samples must be >= {least}{why}, got {est.n_samples}")
-    ev = cfg.eval
-    if ev.stratified and (ev.mc_groups < 1 or ev.n_samples % ev.mc_groups):
+    ev = getattr(cfg, "eval", None)
+    if ev is not None and ev.stratified and (ev.mc_groups < 1 or ev.n_samples % ev.mc_groups):
         raise ConfigError(f"eval.mc_groups={ev.mc_groups}: stratified held-out draws are made as independent groups "
                           f"whose spread gives the Monte Carlo errors; eval.n_samples ({ev.n_samples}) must be a "
                           f"multiple of it (>= 1)")
+
+
+def validate_loss(cfg) -> None:
     if not 0 <= cfg.loss.label_smoothing < 0.5:
         raise ConfigError(f"loss.label_smoothing must be in [0, 0.5), got {cfg.loss.label_smoothing}")
     if not (math.isfinite(cfg.loss.beta) and cfg.loss.beta > 0):

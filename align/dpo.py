@@ -96,6 +96,12 @@ class DPOObjective:
                     attention_mask=batch["attention_mask"], stratified=est.stratified, draws=draws)
 
     def compute(self, trainer, batch: dict, epoch: int, pairs_per_token: float):
+        """(mean loss over the micro-batch's pairs, per-pair stats [b], policy tokens)."""
+        losses, stats, tokens = self.pair_losses(trainer, batch, epoch, pairs_per_token)
+        return losses.mean(), stats, tokens
+
+    def pair_losses(self, trainer, batch: dict, epoch: int, pairs_per_token: float):
+        """(loss of each pair [b], per-pair stats [b], policy tokens) of a collated batch of pairs."""
         cfg = self.cfg
         cached = trainer.cached_reference(epoch, batch["ids"])
         policy, reference = trainer.scorers(reference=cached is None)
@@ -134,7 +140,7 @@ class DPOObjective:
             if epoch == EVAL_EPOCH:
                 stats.update(self._eval_stats(terms, preference, objective))
         tokens = 2 * n * batch["tokens"]
-        return losses.mean(), {k: v.float() for k, v in stats.items()}, tokens
+        return losses, {k: v.float() for k, v in stats.items()}, tokens
 
     def _eval_stats(self, terms, preference, objective) -> dict:
         """Held-out extras [b]: the β-free margin and log-ratios (nats), the loss without RPO, and the Monte Carlo

@@ -58,6 +58,15 @@ def training_summary(cfg: dict, kind: str) -> list[str]:
                   "log-likelihoods estimated by Monte Carlo over random masks (the masked-diffusion bound)",
                   f"- **Training estimator**: {_estimator(est)}",
                   f"- **Evaluator** (held-out metrics below): {_estimator(ev)}, seed {ev['seed']}"]
+    elif kind == "online_dpo":
+        loss, est, o = cfg["loss"], cfg["estimator"], cfg["online"]
+        judge = o["judge"] or (f"pairwise {o['pairwise_judge']}" if o["pairwise_judge"] else
+                               f"reward model {o['reward_model']}")
+        lines += [f"- **Objective**: online DPO ({loss['loss_type']} loss, β = {loss['beta']}): each step the "
+                  f"policy samples {o['num_generations']} answers per prompt (LLaDA's sampler, {o['steps']} steps, "
+                  f"{o['gen_length']} tokens, temperature {o['temperature']}), `{judge}` ranks them, and the best "
+                  "and worst form the pair",
+                  f"- **Training estimator**: {_estimator(est)}"]
     else:
         s = cfg["sft"]
         lines += [f"- **Objective**: supervised fine-tuning with the masked-diffusion loss ({s['estimator']}, "
@@ -113,7 +122,7 @@ def card_text(*, base: str, cfg: dict, evaluations: list[dict], merged: bool = F
     """The card's Markdown, front matter included, from a run's resolved config and its evaluations."""
     from huggingface_hub import ModelCardData
 
-    kind = "sft" if "sft" in cfg else "dpo"
+    kind = "sft" if "sft" in cfg else "online_dpo" if "online" in cfg else "dpo"
     datasets = [d for d in (cfg.get("data", {}).get("dataset"), cfg.get("data", {}).get("eval_dataset"))
                 if d and _is_hub_id(d)]
     data = ModelCardData(base_model=base if _is_hub_id(base) else None, library_name="transformers",
@@ -121,10 +130,12 @@ def card_text(*, base: str, cfg: dict, evaluations: list[dict], merged: bool = F
                          + (["lora"] if cfg.get("lora", {}).get("enabled") and not merged else []),
                          datasets=datasets or None, license=base_license(base), pipeline_tag="text-generation")
     family = {"llada": "LLaDA", "Dream": "Dream"}.get(family, family or "masked-diffusion")
-    name = {"dpo": "DPO", "sft": "SFT"}[kind]
+    name = {"dpo": "DPO", "sft": "SFT", "online_dpo": "Online DPO"}[kind]
+    how = {"dpo": "DPO on preference pairs", "sft": "supervised fine-tuning",
+           "online_dpo": "online DPO on its own samples, ranked by a judge"}[kind]
     body = [f"# {name} of {base}", "",
             f"A masked-diffusion language model (the {family} family) trained with align (preference alignment for "
-            f"masked-diffusion LMs) by {'DPO on preference pairs' if kind == 'dpo' else 'supervised fine-tuning'}"
+            f"masked-diffusion LMs) by {how}"
             + (", its LoRA adapter merged into the full weights." if merged else "."), "", "## Training", "",
             *training_summary(cfg, kind), "", "## Results", "", *results_table(evaluations), "",
             "## Use", "", "```bash",

@@ -23,8 +23,8 @@ from align.checkpoints import (GEOMETRY_KEYS, CheckpointError, changed_settings,
 from align.config import ConfigError, dump_config
 
 RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "eval_examples.jsonl", "final", "runs",
-             "ref_logps", "resumes.jsonl")
-STEP_LOGS = ("metrics.jsonl", "eval_examples.jsonl", "behaviour.jsonl")  # records keyed by step, cut on resume
+             "ref_logps", "resumes.jsonl", "online_samples.jsonl")
+STEP_LOGS = ("metrics.jsonl", "eval_examples.jsonl", "behaviour.jsonl", "online_samples.jsonl")  # records keyed by step, cut on resume
 
 
 @dataclass

@@ -205,7 +205,7 @@ class Trainer:
                 raise ConfigError("train.precompute_ref_log_probs=true needs a reference that gives the same numbers "
                                   "ahead of time as in the step, but train.disable_dropout=false leaves dropout on "
                                   "(a random reference); set train.disable_dropout=true or compute it in the step")
-        if objective.needs_reference:
+        if objective.needs_reference and getattr(objective, "caches_reference", True):
             # the held-out draws are the same at every evaluation and the reference is frozen: its eval terms are
             # computed once (in eval mode, so dropout is off) and kept; training epochs use it only when precomputed
             self.reference_cache = ReferenceCache(self.out / "ref_logps", objective.cache_key(), self.rank,
@@ -250,8 +250,8 @@ class Trainer:
         """The batch on the device, except what the host needs: example ids (they seed the mask generators) and
         the count of non-padding tokens (for throughput), so the step never waits on the device for them."""
         device = self.accelerator.device
-        out = {k: v if k == "ids" else v.to(device, non_blocking=True) for k, v in batch.items()}
-        out["tokens"] = int(batch["attention_mask"].sum())
+        out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) and k != "ids" else v for k, v in batch.items()}
+        out["tokens"] = int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
         out["host"] = batch  # the host copy: mask draws read response positions from it
         return out
 
@@ -283,7 +283,7 @@ class Trainer:
         for s in range(0, per_rank, bs):
             with self.adapter_compute():
                 _, stats, _ = self.compute(self.collate(mine[s : s + bs]), EVAL_EPOCH, norm)
-            weight = (torch.arange(s, s + len(stats["loss"]), device=self.accelerator.device) < real).float()
+            weight = (torch.arange(s, s + len(next(iter(stats.values()))), device=self.accelerator.device) < real).float()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0) + (v * weight).sum()
             for i, example in enumerate(mine[s : s + bs]):
@@ -497,6 +497,8 @@ class Trainer:
                         "nonfinite_steps": window.nonfinite,
                         "policy_tokens": self.policy_tokens,
                         "epoch": micro_consumed / self.micro_per_epoch})
+        if hasattr(self.objective, "finish_train"):  # figures of the window as a whole (online DPO's shares)
+            metrics = self.objective.finish_train(metrics, window)
         log_metrics(self.accelerator, self.out, metrics, self.global_step)
         bar.set_postfix(self.objective.progress(metrics))
         window.reset()

@@ -23,7 +23,10 @@ Files (all deterministic):
   needless refusal (both safe, the helpful one marked safer and better, so
   DPO also learns not to over-refuse). ``better`` = ``safer`` in 90% of pairs;
 - ``demo_behaviour_prompts.jsonl`` ``{"prompt", "kind"}``: held-out harmful
-  and everyday prompts whose sampled answers the demo judges.
+  and everyday prompts whose sampled answers the demo judges;
+- ``demo_online_prompts.jsonl`` ``{"prompt", "kind"}``: the training phrasings
+  of every task (never the held-out ones), the prompts of online DPO
+  (``recipe=demo_online``), with the kind its judge reads.
 
 Run: ``python data/make_demo_data.py``
 """
@@ -185,6 +188,12 @@ def behaviour_prompts():
     return rows
 
 
+def online_prompts():
+    """Every training phrasing of every task: 7 x (30 harmful + 40 everyday) = 490 prompts."""
+    rows = [{"prompt": q, "kind": "harmful"} for t in HARMFUL for q in prompts(t, "train")]
+    return rows + [{"prompt": q, "kind": "everyday"} for t in EVERYDAY for q in prompts(t, "train")]
+
+
 def write(path: Path, rows):
     """Write to a temporary file, then rename: a reader (a test running meanwhile) sees the old or the new file,
     never a partial one."""
@@ -203,3 +212,4 @@ if __name__ == "__main__":
     write(here / "demo_safety_train.jsonl", preference_rows(320, random.Random(0), "train"))
     write(here / "demo_safety_test.jsonl", preference_rows(64, random.Random(1), "test"))
     write(here / "demo_behaviour_prompts.jsonl", behaviour_prompts())
+    write(here / "demo_online_prompts.jsonl", online_prompts())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from align.data.formats import extract, extract_choices, extract_response, extract_sft, resolve_format
+from align.data.formats import extract, extract_choices, extract_prompt, extract_response, extract_sft, resolve_format
 from align.data.sources import BadRecord, OverLongPrompt, Records, Unparsable
 
 
@@ -34,6 +34,21 @@ class EncodedSFT:
     id: int
     prompt_ids: list[int]
     response_ids: list[int]  # EOS-terminated
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt of online DPO: its ids (chat-templated, with the assistant header), its messages, and the record's
+    other scalar fields (a judge may ask for them by name, e.g. ``kind``)."""
+    id: int
+    prompt_ids: list[int]
+    messages: list[dict]
+    fields: dict = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The last user message: what a judge reads as "the prompt"."""
+        return self.messages[-1]["content"]
 
 
 @dataclass
@@ -173,6 +188,23 @@ def build_sft_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, eos
                                  limit=limit, indices=indices)
     report.note = note
     return out, report
+
+
+def build_prompt_dataset(rows, source: str, tokenizer, *, fmt: str, max_prompt_length: int, over_long_prompt: str,
+                         on_bad_record: str, limit: int | None = None,
+                         indices: list[int] | None = None) -> tuple[list[EncodedPrompt], DataReport]:
+    """Prompts for online DPO (``formats.extract_prompt``), through the same template, truncation and bad-record
+    policy as training pairs; ids are positions in ``rows``."""
+
+    def encode(i, row):
+        messages = extract_prompt(row, fmt)
+        prompt_ids, truncated = encode_prompt(tokenizer, messages, max_prompt_length, over_long_prompt)
+        fields = {k: v for k, v in row.items() if k not in ("prompt", "messages")
+                  and isinstance(v, (str, int, float, bool))}
+        return EncodedPrompt(i, prompt_ids, messages, fields), truncated
+
+    return encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
+                          limit=limit, indices=indices)
 
 
 def build_scoring_dataset(rows, source: str, tokenizer, *, fmt: str, preference: str, eos_token_id: int,

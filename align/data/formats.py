@@ -256,3 +256,34 @@ def extract_choices(row) -> tuple[list[dict], list[str], int]:
     prompt = row.get("prompt", row.get("question", ""))
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) and prompt else (prompt or [])
     return messages, choices, label
+
+
+PROMPT_FORMATS = ("prompt", "messages", "auto")
+
+
+def extract_prompt(row, fmt: str) -> list[dict]:
+    """Online DPO: a record's prompt as messages, ending in a user turn.
+
+    - ``prompt``: ``prompt``, a string (one user turn) or a conversation;
+    - ``messages``: a conversation; a last assistant message (an answer someone wrote) is dropped, so SFT and
+      chat datasets serve as prompt sources;
+    - ``auto``: ``prompt`` when the record has that field, else ``messages``. Any preference record with a
+      ``prompt`` field (pku_saferlhf, pairs) is a prompt record too.
+    """
+    if not isinstance(row, dict):
+        raise BadRecord(f"record is {type(row).__name__}, not an object")
+    if fmt == "auto":
+        fmt = "prompt" if "prompt" in row else "messages" if "messages" in row else None
+        if fmt is None:
+            raise BadRecord(f"neither a 'prompt' nor a 'messages' field (fields: {', '.join(sorted(row))[:120]})")
+    if fmt == "prompt":
+        messages = _prompt(row)
+    elif fmt == "messages":
+        messages = _messages(row.get("messages"), "messages")
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+    else:
+        raise ValueError(f"unknown prompt format {fmt!r}; expected one of {', '.join(PROMPT_FORMATS)}")
+    if not messages or messages[-1]["role"] != "user" or not messages[-1]["content"].strip():
+        raise BadRecord("the prompt must end in a non-empty user message")
+    return messages
