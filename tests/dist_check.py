@@ -1,8 +1,8 @@
 """Worker for the multi-process tests: run under torchrun / accelerate launch with 2 processes.
 
-    torchrun --nproc_per_node 2 tests/dist_check.py OUT_DIR [key=value ...]
+    torchrun --nproc_per_node 2 tests/dist_check.py OUT_DIR [recipe=demo|demo_online] [key=value ...]
 
-Trains the demo recipe with the overrides, then rank 0 writes OUT_DIR/dist_check.json
+Trains the demo recipe (or online DPO's demo_online) with the overrides, then rank 0 writes OUT_DIR/dist_check.json
 with the world size each rank saw, the example ids each rank drew for the first
 micro-batches, and per-rank checksums of the trainable parameters (replicated
 under DDP and ZeRO-2; partitions under ZeRO-3).
@@ -53,7 +53,14 @@ def plant_faults(trainer):
 
 def main():
     out, overrides = sys.argv[1], sys.argv[2:]
-    trainer = DPOTrainer(load_config("demo", [*overrides, f"train.output_dir={out}"]))
+    recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), "demo")
+    overrides = [o for o in overrides if not o.startswith("recipe=")] + [f"train.output_dir={out}"]
+    if recipe == "demo_online":
+        from align.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+
+        trainer = OnlineDPOTrainer(load_config(recipe, overrides, OnlineDPOConfig))
+    else:
+        trainer = DPOTrainer(load_config(recipe, overrides))
     world = dist.get_world_size()
     seen = {"accelerate": trainer.world, "torch": world, "env": int(os.environ["WORLD_SIZE"]),
             "distributed_type": trainer.accelerator.distributed_type.name}
