@@ -59,6 +59,18 @@ RUN = {
         "accelerate launch --num_processes 1 --cpu align/train_sft.py recipe=tiny_chat_sft "
         "model.name_or_path=data/tiny_chat train.output_dir={tmp}/sft_launch " + " ".join(SHORT),
     "python -m align.train_sft --help": None,
+    "python -m align.train_online_dpo --help": None,
+    # docs/online_dpo.md's demo, shortened: 2 steps of 4 prompts, 2 short answers each, both evaluations on 4
+    # held-out prompts with the behaviour check; the model card names the objective
+    "python -m align.train_online_dpo recipe=demo_online": [
+        "python -m align.train_online_dpo recipe=demo_online train.output_dir={tmp}/online train.max_steps=2 "
+        "train.eval_steps=2 train.per_device_train_batch_size=4 online.num_generations=2 online.gen_length=16 "
+        "online.block_length=16 online.steps=16 data.max_eval_examples=4 behaviour.max_prompts=2 "
+        "behaviour.gen_length=16 behaviour.block_length=16 behaviour.steps=16 train.report_to=none "
+        "train.progress_bar=false",
+        "python -c \"import json; m = [json.loads(l) for l in open('{tmp}/online/metrics.jsonl')]; "
+        "assert [r['step'] for r in m if 'eval/win_rate' in r] == [0, 2] and 'eval/refusal_rate' in m[-1], m; "
+        "assert 'Online DPO' in open('{tmp}/online/final/README.md').read()\""],
     "python -m align.train_dpo --help": None,
     "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2":
         "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2 grid.output_dir={tmp}/grid "
