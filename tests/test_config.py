@@ -17,11 +17,16 @@ def test_recipes_present():
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_shipped_recipe_parses_and_documents_its_launch_command(name):
-    """A recipe's header names its entry point (train_dpo or train_sft); it parses with that entry's config."""
+    """A recipe's header names its entry point (train_dpo, train_sft or train_online_dpo); it parses with that
+    entry's config."""
     text = (RECIPES_DIR / f"{name}.yaml").read_text()
     header = [line for line in text.splitlines() if line.startswith("#")]
     assert text.startswith("#")
-    if any("train_sft" in line for line in header):
+    if any("train_online_dpo" in line for line in header):
+        from align.online_dpo import OnlineDPOConfig
+
+        assert load_config(name, cls=OnlineDPOConfig).online.num_generations >= 2
+    elif any("train_sft" in line for line in header):
         cfg = load_config(name, cls=SFTConfig)
         assert cfg.sft.n_samples >= 1
     else:
