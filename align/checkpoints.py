@@ -224,17 +224,20 @@ def resume_position(state: dict, *, micro_global: int, micro_per_epoch: int, acc
                                                               f"under the new batch geometry")
 
 
-def save_checkpoint(acc, out: Path, step: int, state: dict, *, exclude_frozen: bool, keep: int | None) -> Path:
+def save_checkpoint(acc, out: Path, step: int, state: dict, *, exclude_frozen: bool, keep: int | None,
+                    extra=None) -> Path:
     """Write ``out/checkpoint-<step>`` from every rank: ``accelerator.save_state`` into ``checkpoint-<step>.tmp``,
     then (main process) the manifest, ``trainer_state.json`` = ``state`` and the atomic rename; the oldest
     complete checkpoints beyond ``keep`` (``train.save_total_limit``) are deleted, state file first.
     ``exclude_frozen``: LoRA under DeepSpeed, whose engine saves the module itself (accelerate's save hooks,
-    which keep only the adapter, do not run there)."""
+    which keep only the adapter, do not run there). ``extra(directory)``: the objective's own files (every rank)."""
     final, tmp = out / f"checkpoint-{step}", out / f"checkpoint-{step}.tmp"
     if acc.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     acc.wait_for_everyone()
     acc.save_state(str(tmp), **({"exclude_frozen_parameters": True} if exclude_frozen else {}))
+    if extra is not None:
+        extra(tmp)
     acc.wait_for_everyone()
     if acc.is_main_process:
         write_manifest(tmp)  # every rank's files, with their sizes: a resume verifies them

@@ -10,7 +10,10 @@ Each micro-step, for every prompt of the micro-batch:
    a generator seeded by (train.seed, prompt id, step): a resumed run samples exactly what the uninterrupted one
    did, and a prompt's answers do not depend on the world size or on the other prompts of its batch (each
    prompt's K answers are one sampler call). With several ranks the early EOS stop is taken by all ranks
-   together, so every rank runs the same forwards (ZeRO-3 gathers weights collectively in each);
+   together, so every rank runs the same forwards (ZeRO-3 gathers weights collectively in each). With
+   ``online.round_steps`` K > 1 the sampling policy is the policy at the start of the step's round (after step
+   r·K), its trainable weights kept aside and swapped in for sampling (``RoundPolicy``; saved in a checkpoint
+   written inside a round, so a resume samples with them);
 2. a judge scores the answers (``align.judges``: a function, a pairwise function or a reward model), less the
    missing-EOS and empty-answer penalties;
 3. the best and the worst answer (first of equals) are the pair; a prompt whose answers all score the same, or
@@ -39,7 +42,9 @@ import dataclasses
 import json
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -49,6 +54,7 @@ from align.data import EVAL_EPOCH, Encoded, PROMPT_FORMATS, build_prompt_dataset
 from align.data.order import _seed
 from align.dpo import DPOObjective
 
+ROUND_FILE = "online_round.safetensors"  # in a checkpoint written inside a round: the round's sampling weights
 SAMPLE_SALT, EVAL_SALT = 0x5A3D, 0xE7A1  # keep training and evaluation samples apart from each other and from masks
 PAIR_KEYS = DPOObjective.stat_keys[1:]  # means over kept pairs (the loss is over all prompts)
 
@@ -84,6 +90,9 @@ class OnlineArgs:
     empty_answer_penalty: float = opt(0.0, "subtracted from the score of an empty answer")
     eval_seed: int = opt(0, "seeds the held-out answers of policy and reference (with the prompt id), the same at "
                             "every evaluation")
+    round_steps: int = opt(1, "answers are sampled by the policy as it was at the start of their round of "
+                              "round_steps optimizer steps: 1 samples with each step's own policy (online); K > 1 "
+                              "holds the sampling policy for K steps (semi-online, iterative DPO's rounds)")
 
 
 @dataclass
@@ -119,7 +128,7 @@ class OnlineDPOConfig:
         if not (math.isfinite(o.temperature) and o.temperature > 0):
             raise ConfigError(f"online.temperature must be > 0 (greedy sampling gives K equal answers), got "
                               f"{o.temperature}")
-        for key in ("reward_model_batch_size", "reward_model_max_length"):
+        for key in ("reward_model_batch_size", "reward_model_max_length", "round_steps"):
             if getattr(o, key) < 1:
                 raise ConfigError(f"online.{key} must be >= 1, got {getattr(o, key)}")
         for key in ("missing_eos_penalty", "empty_answer_penalty"):
@@ -140,6 +149,93 @@ class Answer:
     has_eos: bool
 
 
+def _gathered(p, modify: bool = False):
+    """A ZeRO-3 parameter gathered whole on every rank (written back from rank 0 when ``modify``); others as they
+    are. Collective: every rank calls it for the same parameters."""
+    if not hasattr(p, "ds_id"):
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters([p], modifier_rank=0 if modify else None)
+
+
+class RoundPolicy:
+    """The sampling policy of ``online.round_steps`` K > 1: the trainable weights as they were after step r·K (the
+    start of the round), kept on their device (one more copy of the trainable weights: the adapter under LoRA) and
+    swapped in for sampling, then out. Every rank holds the whole weights and swaps them together (under ZeRO-3
+    one parameter gathered at a time, written back through DeepSpeed)."""
+
+    def __init__(self, k: int):
+        self.k, self.step, self.weights = k, None, None
+
+    @staticmethod
+    def _params(trainer) -> list:
+        from align.models import unwrap
+
+        return [(n, p) for n, p in unwrap(trainer.model, keep_peft=True).named_parameters() if p.requires_grad]
+
+    def begin(self, trainer) -> None:
+        """Before a training step samples: at a round's first step, its weights are the current ones."""
+        start = trainer.global_step - trainer.global_step % self.k
+        if self.step == start:
+            return
+        if trainer.global_step != start:  # load_state gives a resume inside a round its weights
+            raise RuntimeError(f"online.round_steps={self.k}: step {trainer.global_step + 1} samples with the "
+                               f"weights after step {start}, which this process does not hold")
+        with torch.no_grad():
+            self.weights = {}
+            for n, p in self._params(trainer):
+                with _gathered(p):
+                    self.weights[n] = p.detach().clone()
+        self.step = start
+
+    @contextmanager
+    def active(self, trainer):
+        """The round's weights in the model (nothing to do at the round's first step)."""
+        if trainer.global_step == self.step:
+            yield
+            return
+        current = self._swap(trainer, self.weights)
+        try:
+            yield
+        finally:
+            self._swap(trainer, current)
+
+    def _swap(self, trainer, weights: dict) -> dict:
+        old = {}
+        with torch.no_grad():
+            for n, p in self._params(trainer):
+                with _gathered(p, modify=True):
+                    old[n] = p.detach().clone()
+                    p.data.copy_(weights[n])
+        return old
+
+    def save(self, trainer, directory: Path) -> None:
+        """Into a checkpoint written inside a round (at a round's end the next round starts from the saved model)."""
+        if trainer.global_step % self.k and trainer.accelerator.is_main_process:
+            from safetensors.torch import save_file
+
+            save_file({n: t.detach().cpu().contiguous() for n, t in self.weights.items()}, str(directory / ROUND_FILE))
+
+    def load(self, trainer, checkpoint: Path) -> None:
+        if trainer.global_step % self.k == 0:
+            return
+        from safetensors.torch import load_file
+
+        from align.checkpoints import CheckpointError
+
+        path = Path(checkpoint) / ROUND_FILE
+        if not path.exists():
+            raise CheckpointError(f"{checkpoint} stands inside a round of online.round_steps={self.k} but has no "
+                                  f"{ROUND_FILE} (the round's sampling weights)")
+        saved = load_file(str(path), device=str(trainer.accelerator.device))
+        names = [n for n, _ in self._params(trainer)]
+        if sorted(saved) != sorted(names):
+            raise CheckpointError(f"{path} holds weights {sorted(set(saved) ^ set(names))[:3]}... that do not match "
+                                  f"this model's trainable weights")
+        self.weights, self.step = saved, trainer.global_step - trainer.global_step % self.k
+
+
 class OnlineDPOObjective(DPOObjective):
     """The online DPO objective over the loop of ``align.trainer`` (see the module doc)."""
     name, unit, needs_reference, uses_step_norm = "online_dpo", "prompts", True, False
@@ -153,10 +249,21 @@ class OnlineDPOObjective(DPOObjective):
         super().__init__(cfg)
         self.judge = None  # built at first use, on the trainer's device
         self.reference_answers: dict[int, tuple[Answer, float]] = {}  # held-out: the frozen reference's, kept
+        self.rounds = RoundPolicy(cfg.online.round_steps) if cfg.online.round_steps > 1 else None
+
+    def save_state(self, trainer, directory: Path) -> None:
+        """What a checkpoint holds beyond the trainer's state (every rank calls it)."""
+        if self.rounds is not None:
+            self.rounds.save(trainer, directory)
+
+    def load_state(self, trainer, checkpoint: Path) -> None:
+        if self.rounds is not None:
+            self.rounds.load(trainer, checkpoint)
 
     def describe(self) -> str:
         o = self.cfg.online
-        return (f"online DPO: {o.num_generations} answers per prompt (sampler: {o.steps} steps, gen_length "
+        held = f", sampling policy held for rounds of {o.round_steps} steps" if o.round_steps > 1 else ""
+        return (f"online DPO: {o.num_generations} answers per prompt{held} (sampler: {o.steps} steps, gen_length "
                 f"{o.gen_length}, block {o.block_length}, temperature {o.temperature}, {o.remasking} remasking), "
                 f"judged by {self._judge_name()}; training estimator " + super().describe().removeprefix(
                     "training estimator "))
@@ -196,8 +303,6 @@ class OnlineDPOObjective(DPOObjective):
     @torch.no_grad()
     def sample(self, trainer, prompt, n: int, seed: int, reference: bool = False) -> list[Answer]:
         """``n`` answers to ``prompt`` from the policy (or the reference), one sampler call seeded by ``seed``."""
-        from contextlib import nullcontext
-
         from align.models import unwrap
         from align.sampler import generate
 
@@ -246,9 +351,11 @@ class OnlineDPOObjective(DPOObjective):
             return self.compute_eval(trainer, prompts)
         step = trainer.global_step + 1  # the optimizer step this micro-batch belongs to
         started = time.perf_counter()
-        answers = [self.sample(trainer, p, self.cfg.online.num_generations, _seed(self.cfg.train.seed, p.id,
-                                                                                  SAMPLE_SALT, step))
-                   for p in prompts]
+        if self.rounds is not None:
+            self.rounds.begin(trainer)
+        with self.rounds.active(trainer) if self.rounds is not None else nullcontext():
+            answers = [self.sample(trainer, p, self.cfg.online.num_generations,
+                                   _seed(self.cfg.train.seed, p.id, SAMPLE_SALT, step)) for p in prompts]
         scores = self.score(trainer, prompts, answers)
         examples, kept, picks = pairs(prompts, answers, scores, trainer.spec.eos_token_id)
         generation = time.perf_counter() - started
@@ -277,7 +384,8 @@ class OnlineDPOObjective(DPOObjective):
         """This micro-step's samples of every rank, appended to ``online_samples.jsonl`` by the main process."""
         from accelerate.utils import gather_object
 
-        rows = [{"step": step, "id": p.id, "prompt": p.text, "answers": [a.text for a in some], "scores": s,
+        policy = self.rounds.step if self.rounds is not None else step - 1
+        rows = [{"step": step, "policy_step": policy, "id": p.id, "prompt": p.text, "answers": [a.text for a in some], "scores": s,
                  "chosen": c, "rejected": r, "tie": not k}
                 for p, some, s, (c, r), k in zip(prompts, answers, scores, picks, kept)]
         if trainer.world > 1:

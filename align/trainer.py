@@ -186,6 +186,8 @@ class Trainer:
         if self.resumed is not None:
             load_checkpoint(acc, self.start.checkpoint, deepspeed=self.deepspeed, changes=self.resumed.changes, t=t,
                             optimizer=self.optimizer, scheduler=self.scheduler)
+            if hasattr(self.objective, "load_state"):  # online DPO: a round's sampling weights
+                self.objective.load_state(self, self.start.checkpoint)
 
     def _setup_evaluation(self) -> None:
         """The behaviour check, the metrics shown at each evaluation, and the reference cache."""
@@ -327,8 +329,10 @@ class Trainer:
         """``checkpoint-<global_step>`` (``align.checkpoints.save_checkpoint``) with this run's record."""
         state = {"global_step": self.global_step, "policy_tokens": self.policy_tokens, "geometry": self._geometry(),
                  "settings": self._settings(), "config": self.cfg.to_dict()}
+        extra = getattr(self.objective, "save_state", None)  # online DPO: a round's sampling weights
         save_checkpoint(self.accelerator, self.out, self.global_step, state,
-                        exclude_frozen=self.deepspeed and self.cfg.lora.enabled, keep=self.cfg.train.save_total_limit)
+                        exclude_frozen=self.deepspeed and self.cfg.lora.enabled, keep=self.cfg.train.save_total_limit,
+                        extra=extra and (lambda directory: extra(self, directory)))
 
     def _geometry(self) -> dict:
         t = self.cfg.train

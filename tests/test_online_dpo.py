@@ -15,7 +15,7 @@ from align.config import ConfigError, load_config
 from align.data import BadRecord, Records, build_prompt_dataset, collate, common_length, epoch_order, extract_prompt
 from align.judges import FunctionJudge, Judge, PairwiseJudge, RewardModelJudge, load_function, penalise, refusal_judge
 from align.online_dpo import Answer, OnlineDPOConfig, OnlineDPOObjective, pairs
-from tests.test_trainer import ENV, ROOT, run
+from tests.test_trainer import ENV, ROOT, run, run_python
 
 JUDGES = "tests/fixtures/online_judges.py"
 USER = [{"role": "user", "content": "How do I bake bread?"}]
@@ -137,6 +137,7 @@ def test_reward_model_is_called_with_its_chat_template_and_batched_like_one_by_o
     (["online.block_length=40"], "multiple of block_length"),
     (["train.precompute_ref_log_probs=true"], "sampled in the step"),
     (["loss.rpo_alpha=1.0"], "RPO term"),
+    (["online.round_steps=0"], "round_steps must be >= 1"),
     (["data.preference=safer"], "unknown config key 'data.preference'"),
 ])
 def test_config_errors_name_the_key(overrides, why):
@@ -263,6 +264,48 @@ def test_resume_regenerates_the_same_samples_across_an_epoch_boundary(tmp_path):
     la, lb = step_losses(full), step_losses(resumed)
     assert sorted(lb) == [3, 4, 5] and all(lb[s] == pytest.approx(la[s], abs=1e-6) for s in lb)
     assert any(not s["tie"] for s in b)  # pairs were trained on, not only ties
+
+
+@pytest.mark.slow
+def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
+    """online.round_steps=2 over 4 steps: steps 1-2 sample with the initial policy, exactly as a run whose policy
+    does not move (learning rate 1e-30: its LoRA update, ~1e-30, vanishes in fp32 sums of order 1e-2) does, though
+    one step moves the policy enough to change step 2's answers when each step samples with its own policy
+    (round_steps=1); steps 3-4 sample with the policy after step 2. A resume from checkpoint-3 (inside the second
+    round, so it holds the round's weights) samples step 4 and trains to the uninterrupted run's loss."""
+    common = ["train.max_steps=4", "train.save_total_limit=null", "train.do_eval=false", "train.warmup_ratio=0"]
+    still, online, held = tmp_path / "still", tmp_path / "online", tmp_path / "held"
+    online_run(still, *common, "train.learning_rate=1e-30", "train.save_steps=4")
+    online_run(online, *common, "train.save_steps=4")
+    online_run(held, *common, "online.round_steps=2", "train.save_steps=3")
+    assert (held / "checkpoint-3" / "online_round.safetensors").exists()
+    assert not (held / "checkpoint-4" / "online_round.safetensors").exists()  # a round's end: the model is its start
+    a, b = samples(still), samples(held)
+    answers = lambda rows, steps: [r["answers"] for r in rows if r["step"] in steps]
+    assert [r["policy_step"] for r in b] == [0] * 8 + [2] * 8
+    assert [r["policy_step"] for r in samples(online)] == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
+    assert answers(samples(online), (2,)) != answers(a, (2,))  # step 1 moved the policy
+    assert answers(b, (1, 2)) == answers(a, (1, 2))  # ... but the first round samples with the initial one
+    assert answers(b, (3, 4)) != answers(a, (3, 4))  # the second round samples with the trained policy
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(held / "checkpoint-3", resumed / "checkpoint-3")
+    log = online_run(resumed, *common, "online.round_steps=2", "train.save_steps=3",
+                     "train.resume_from_checkpoint=latest")
+    assert "checkpoint-3 at step 3" in log
+    assert samples(resumed) == [r for r in b if r["step"] == 4]
+    assert step_losses(resumed)[4] == pytest.approx(step_losses(held)[4], abs=1e-6)
+    shutil.rmtree(resumed)
+    resumed.mkdir()
+    shutil.copytree(held / "checkpoint-3", resumed / "checkpoint-3")
+    (resumed / "checkpoint-3" / "online_round.safetensors").unlink()  # a checkpoint written before rounds existed
+    manifest = json.loads((held / "checkpoint-3" / "manifest.json").read_text())
+    del manifest["files"]["online_round.safetensors"]
+    (resumed / "checkpoint-3" / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_python([sys.executable, "-m", "align.train_online_dpo", "recipe=demo_online",
+                       f"train.output_dir={resumed}", *TINY, *common, "online.round_steps=2",
+                       "train.resume_from_checkpoint=latest"], cwd=ROOT, env=ENV, timeout=600)
+    assert proc.returncode != 0 and "has no online_round.safetensors" in proc.stderr and "Traceback" not in proc.stderr
 
 
 @pytest.mark.distributed
