@@ -340,3 +340,34 @@ def test_two_ranks_with_a_reward_model_judge_match_one_process(tmp_path, reward_
     for e1, e2 in zip(*evals):  # 3 held-out prompts over 2 ranks: the padded copy carries no weight
         assert e2["eval/examples"] == 3 and e2["eval/win_rate"] == pytest.approx(e1["eval/win_rate"], abs=1e-6)
         assert e2["eval/judge/score"] == pytest.approx(e1["eval/judge/score"], abs=1e-4)
+
+
+@pytest.mark.distributed
+def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
+    """The shipped zero3.yaml on 2 CPU ranks (bf16, full fine-tuning: the tiny model's embedding and MLP weights
+    are partitioned), online.round_steps=2: the ranks sample in lockstep with the round's weights swapped in through
+    DeepSpeed's gathers, evaluate policy against the frozen (partitioned) reference, and a resume from
+    checkpoint-3, inside the second round, samples step 4 as the uninterrupted run did."""
+    from tests.test_behaviour import LAUNCHERS
+    from tests.test_trainer import DS_ENV
+
+    args = ["recipe=demo_online", *TINY, "data.max_train_examples=8", "train.per_device_train_batch_size=2",
+            "train.max_steps=4", "train.save_steps=3", "train.save_total_limit=null", "train.warmup_ratio=0",
+            "model.dtype=bfloat16", "lora.enabled=false", "online.round_steps=2", "train.do_eval=true",
+            f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl", "data.max_eval_examples=2",
+            "train.eval_steps=4", "train.per_device_eval_batch_size=1"]
+    held, resumed = tmp_path / "held", tmp_path / "resumed"
+    log = run([*LAUNCHERS["zero3"], "align/train_online_dpo.py", f"train.output_dir={held}", *args], env=DS_ENV,
+              timeout=500)
+    assert "DeepSpeed ZeRO-3, 2 ranks" in log and "rounds of 2 steps" in log
+    assert (held / "checkpoint-3" / "online_round.safetensors").exists()
+    rows = samples(held)
+    assert [r["policy_step"] for r in rows] == [0] * 8 + [2] * 8
+    assert [r["step"] for r in rows] == [s for s in (1, 2, 3, 4) for _ in range(4)]
+    evals = [m for m in map(json.loads, (held / "metrics.jsonl").read_text().splitlines()) if "eval/win_rate" in m]
+    assert [e["step"] for e in evals] == [0, 4] and evals[0]["eval/win_rate"] == 0.5  # step 0: policy = reference
+    resumed.mkdir()
+    shutil.copytree(held / "checkpoint-3", resumed / "checkpoint-3")
+    run([*LAUNCHERS["zero3"], "align/train_online_dpo.py", f"train.output_dir={resumed}", *args,
+         "train.resume_from_checkpoint=latest"], env=DS_ENV, timeout=500)
+    assert samples(resumed) == [r for r in rows if r["step"] == 4]
