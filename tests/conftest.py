@@ -1,7 +1,18 @@
-"""Shared fixtures: toy distributions whose answers are enumerable."""
+"""Shared fixtures: toy distributions whose answers are enumerable; one thread per test worker."""
 
-import pytest
-import torch
+import os
+
+# The cores shared out among the pytest-xdist workers, before torch starts its thread pool: with `-n 2` on 2 cores,
+# two workers (and the runs they start, which inherit the environment) of 2 OpenMP threads each would spin for
+# cores the other holds. Inductor compiles in the test's own process instead of starting a worker pool per run.
+_threads = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+os.environ.setdefault("OMP_NUM_THREADS", str(_threads))
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from align.toy import ToyJoint
 

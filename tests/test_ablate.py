@@ -3,6 +3,7 @@ and failure handling, and the variance modes (one model, along a run's checkpoin
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from align.toy import ToyJoint
 from tests.launch import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin"}
+ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin",
+       "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}  # conftest shares the cores out among test workers
 SMALL = ["train.max_steps=2", "train.eval_steps=1", "train.logging_steps=1", "train.save_steps=2",
          "behaviour.prompts=null", "data.max_eval_examples=8", "train.report_to=none", "eval.n_samples=4"]
 

@@ -198,10 +198,23 @@ def test_resume_continues_exactly(tmp_path, mode):
 DIST_OVERRIDES = ["train.max_steps=4", "train.logging_steps=1", "train.eval_steps=0", "train.save_steps=100"]
 
 
+def _single_run(tmp_path, extra) -> Path:
+    """The one-process run that two-rank runs of ``extra`` are compared with: trained once per suite run and
+    configuration, in this run's temporary root, which the pytest-xdist workers share (a file lock orders them)."""
+    from filelock import FileLock
+
+    run_root = tmp_path.parents[1] if os.environ.get("PYTEST_XDIST_WORKER") else tmp_path.parent
+    out = run_root / ("single-" + "-".join(o.replace("=", "_") for o in extra) if extra else "single")
+    with FileLock(f"{out}.lock"):
+        if not (out / "final").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            train(out, *DIST_OVERRIDES, "train.per_device_train_batch_size=8", *extra)
+    return out
+
+
 def _check_distributed(tmp_path, launcher, extra=(), env=None, multi_extra=()):
     """One process against two ranks on the same global batches; ``multi_extra`` only for the two ranks."""
-    single = tmp_path / "single"
-    train(single, *DIST_OVERRIDES, "train.per_device_train_batch_size=8", *extra)
+    single = _single_run(tmp_path, list(extra))
     multi = tmp_path / "multi"
     run([*launcher, "tests/dist_check.py", str(multi), *DIST_OVERRIDES, "train.per_device_train_batch_size=4",
          *QUIET, *extra, *multi_extra], env=env)
@@ -242,15 +255,32 @@ def test_torchrun_ddp_two_processes_match_one(tmp_path):
 DS_ENV = dict(ENV, DS_ACCELERATOR="cpu")
 
 
+def _resumes_exactly(tmp_path, done, launcher, overrides, env):
+    """A copy of ``done``'s checkpoint-2, resumed under ``launcher`` with ``overrides``, gives ``done``'s losses for
+    steps 3-4 (the checkpoint on disk, read back by every rank)."""
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(done / "checkpoint-2", resumed / "checkpoint-2")
+    log = train(resumed, *overrides, "train.resume_from_checkpoint=latest", launcher=launcher, env=env)
+    assert "at step 2" in log
+    a, b = losses(done), losses(resumed)
+    assert sorted(b) == [3, 4]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6)
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("config,extra", [
     ("zero2.yaml", []),
     ("zero3.yaml", ["lora.enabled=false", "train.learning_rate=1e-3"]),  # full fine-tuning, reference sharded too
 ])
 def test_deepspeed_on_cpu_matches_one_process(tmp_path, config, extra):
+    """The shipped ZeRO configs, 2 ranks against one process. Under ZeRO-2 (LoRA) the ranks also save checkpoint-2,
+    which holds the adapter and its optimizer state only, and a resume from it continues exactly."""
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{config}",
               "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29533"]
-    ranks, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV)
+    saves = ["train.save_steps=2", "train.save_total_limit=null"] if config == "zero2.yaml" else []
+    ranks, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV, multi_extra=saves)
     assert ranks[0]["seen"]["distributed_type"] == "DEEPSPEED"
     if config == "zero2.yaml":
         assert ranks[0]["param_sums"] == ranks[1]["param_sums"]
@@ -258,27 +288,11 @@ def test_deepspeed_on_cpu_matches_one_process(tmp_path, config, extra):
     assert a.keys() == b.keys()
     for k in a:  # the saved (gathered) result equals the single-process one
         torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
-
-
-@pytest.mark.distributed
-def test_deepspeed_lora_resume_continues_exactly(tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
-              "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29535"]
-    common = ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1", "train.eval_steps=0",
-              "train.per_device_train_batch_size=4", "train.save_total_limit=null"]
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    train(full, *common, launcher=[*launch, "align/train_dpo.py"], env=DS_ENV)
-    size = sum(f.stat().st_size for f in (full / "checkpoint-3").rglob("*") if f.is_file())
-    assert size < 6_000_000  # adapter + its optimizer state (~2.8 MB); the fp32 base alone would be 16.5 MB
-    resumed.mkdir()
-    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
-    log = train(resumed, *common, "train.resume_from_checkpoint=latest", launcher=[*launch, "align/train_dpo.py"],
-                env=DS_ENV)
-    assert "at step 3" in log
-    a, b = losses(full), losses(resumed)
-    assert sorted(b) == [4, 5, 6]
-    for step in b:
-        assert b[step] == pytest.approx(a[step], abs=1e-6)
+    if config == "zero2.yaml":
+        size = sum(f.stat().st_size for f in (multi / "checkpoint-2").rglob("*") if f.is_file())
+        assert size < 6_000_000  # adapter + its optimizer state (~2.8 MB); the fp32 base alone would be 16.5 MB
+        _resumes_exactly(tmp_path, multi, [*launch, "align/train_dpo.py"],
+                         [*DIST_OVERRIDES, "train.per_device_train_batch_size=4", *extra, *saves], env=DS_ENV)
 
 
 def partitioning_zero3_config(tmp_path) -> Path:
@@ -375,35 +389,20 @@ def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_
 def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
     """ZeRO-3 with every parameter partitioned (threshold 0): the saved adapter / full weights equal one process's.
     The ranks run the policy and reference in chunks of 3 sequences (model.forward_chunk), the policy's recomputed
-    in backward, which gathers the partitioned weights again there."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
+    in backward, which gathers the partitioned weights again there. Full fine-tuning also resumes from its
+    checkpoint-2, every parameter and optimizer state partitioned, to the same losses for steps 3-4."""
+    config = partitioning_zero3_config(tmp_path)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
               "--num_processes", "2", "--main_process_port", "29545"]
-    _, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV, multi_extra=["model.forward_chunk=3"])
+    multi_extra = ["model.forward_chunk=3"] + (["train.save_steps=2", "train.save_total_limit=null"] if extra else [])
+    _, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV, multi_extra=multi_extra)
     a, b = _final_weights(single), _final_weights(multi)
     assert a.keys() == b.keys() and all(b[k].numel() == a[k].numel() > 0 for k in a)  # nothing saved empty
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
-
-
-@pytest.mark.distributed
-def test_partitioned_zero3_resume_continues_exactly(tmp_path):
-    """Full fine-tuning under ZeRO-3 with every parameter and optimizer state partitioned: resuming from
-    checkpoint-3 (on disk, read back by every rank) gives the uninterrupted run's losses for steps 4-6."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
-              "--num_processes", "2", "--main_process_port", "29549", "align/train_dpo.py"]
-    common = ["train.max_steps=6", "train.save_steps=3", "train.logging_steps=1", "train.eval_steps=0",
-              "train.per_device_train_batch_size=4", "train.save_total_limit=null", "lora.enabled=false",
-              "train.learning_rate=1e-3"]
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    train(full, *common, launcher=launch, env=DS_ENV)
-    resumed.mkdir()
-    shutil.copytree(full / "checkpoint-3", resumed / "checkpoint-3")
-    log = train(resumed, *common, "train.resume_from_checkpoint=latest", launcher=launch, env=DS_ENV)
-    assert "at step 3" in log
-    a, b = losses(full), losses(resumed)
-    assert sorted(b) == [4, 5, 6]
-    for step in b:
-        assert b[step] == pytest.approx(a[step], abs=1e-6)
+    if extra:
+        _resumes_exactly(tmp_path, multi, [*launch, "align/train_dpo.py"],
+                         [*DIST_OVERRIDES, "train.per_device_train_batch_size=4", *extra, *multi_extra], env=DS_ENV)
 
 
 @pytest.mark.distributed
