@@ -49,6 +49,18 @@ def log_metrics(acc, out: Path, metrics: dict, step: int) -> None:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
 
+def write_eval_examples(acc, out: Path, step: int, examples: list, world: int) -> None:
+    """Per held-out example metrics of an evaluation, (id, values) from every rank, in ``eval_examples.jsonl``."""
+    from accelerate.utils import gather_object
+
+    everything = gather_object(examples) if world > 1 else examples
+    if acc.is_main_process:
+        with open(out / "eval_examples.jsonl", "a") as f:
+            for example_id, values in sorted(everything, key=lambda x: x[0]):
+                f.write(json.dumps({"step": step, "id": example_id, **values}) + "
+")
+
+
 def start_trackers(acc, cfg, logging_dir: Path, out: Path) -> None:
     """TensorBoard (events in ``logging_dir``, the resolved config as text) or wandb etc. (the config as scalars)."""
     t = cfg.train

@@ -49,7 +49,8 @@ from pathlib import Path
 import torch
 
 from align.config import (BehaviourArgs, ConfigError, DataSourceArgs, EstimatorArgs, LoraArgs, LossArgs, ModelArgs,
-                          TrainArgs, opt, validate_estimators, validate_loss)
+                          TrainArgs, opt)
+from align.config_checks import validate_estimators, validate_loss
 from align.data import EVAL_EPOCH, Encoded, PROMPT_FORMATS, build_prompt_dataset, collate, common_length
 from align.data.order import _seed
 from align.dpo import DPOObjective

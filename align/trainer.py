@@ -19,7 +19,6 @@ reference model and its precomputed log-probs), ``align.cli`` (the command line 
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from align.data import EVAL_EPOCH, rank_micro_batches
 from align.data.order import epoch_rest, step_positions
 from align.data.splits import load_splits
 from align.export import save_final
-from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers
+from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers, write_eval_examples
 from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict
 from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
                           compile_blocks, disable_dropout, load_model, resolve_dtype, set_scoring_memory, spec_for,
@@ -296,21 +295,11 @@ class Trainer:
         metrics["eval/examples"] = len(self.eval_data)
         metrics["policy_tokens"] = self.policy_tokens
         if keys:
-            self._write_eval_examples(examples)
+            write_eval_examples(self.accelerator, self.out, self.global_step, examples, self.world)
         if self.behaviour is not None and self.behaviour.due(self.global_step, self.global_step == self.total_steps):
             metrics.update(self.behaviour.evaluate(self, self.global_step))
         self.model.train()
         return metrics
-
-    def _write_eval_examples(self, examples: list) -> None:
-        """Per held-out example metrics of this evaluation, gathered from every rank, in ``eval_examples.jsonl``."""
-        from accelerate.utils import gather_object
-
-        everything = gather_object(examples) if self.world > 1 else examples
-        if self.accelerator.is_main_process:
-            with open(self.out / "eval_examples.jsonl", "a") as f:
-                for example_id, values in sorted(everything, key=lambda x: x[0]):
-                    f.write(json.dumps({"step": self.global_step, "id": example_id, **values}) + "\n")
 
     # ------------------------------------------------------------ start and checkpoints
     def begin(self) -> None:
