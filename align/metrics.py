@@ -57,8 +57,7 @@ def write_eval_examples(acc, out: Path, step: int, examples: list, world: int) -
     if acc.is_main_process:
         with open(out / "eval_examples.jsonl", "a") as f:
             for example_id, values in sorted(everything, key=lambda x: x[0]):
-                f.write(json.dumps({"step": step, "id": example_id, **values}) + "
-")
+                f.write(json.dumps({"step": step, "id": example_id, **values}) + "\n")
 
 
 def start_trackers(acc, cfg, logging_dir: Path, out: Path) -> None:
