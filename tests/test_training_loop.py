@@ -92,12 +92,12 @@ tr.begin()  # what a start writes (eval_ids.json among it), after every check
 result = {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval_data]}
 """
     out = tmp_path / "p"
-    ids = probe(code, "data.eval_dataset=null", out=out)
+    ids = probe(code, "data.eval_dataset=null", "data.max_eval_examples=null", out=out)
     assert len(ids["eval"]) == 16 and len(ids["train"]) == 304  # 5% of 320
     assert not set(ids["train"]) & set(ids["eval"]) and sorted(ids["train"] + ids["eval"]) == list(range(320))
     written = json.loads((out / "eval_ids.json").read_text())
     assert written["ids"] == ids["eval"] and written["held_out_of_training_file"]
-    again = probe(code, "data.eval_dataset=null", "train.seed=5", out=tmp_path / "q")
+    again = probe(code, "data.eval_dataset=null", "data.max_eval_examples=null", "train.seed=5", out=tmp_path / "q")
     assert again["eval"] == ids["eval"]  # the split does not move with the training seed
 
 
