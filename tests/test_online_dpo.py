@@ -351,7 +351,8 @@ def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
     from tests.test_behaviour import LAUNCHERS
     from tests.test_trainer import DS_ENV
 
-    args = ["recipe=demo_online", *TINY, "data.max_train_examples=8", "train.per_device_train_batch_size=2",
+    args = ["recipe=demo_online", *TINY, "data.max_train_examples=4", "train.per_device_train_batch_size=1",
+            "online.gen_length=8", "online.block_length=8", "online.steps=8",
             "train.max_steps=4", "train.save_steps=3", "train.save_total_limit=null", "train.warmup_ratio=0",
             "model.dtype=bfloat16", "lora.enabled=false", "online.round_steps=2", "train.do_eval=true",
             f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl", "data.max_eval_examples=2",
@@ -362,8 +363,8 @@ def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
     assert "DeepSpeed ZeRO-3, 2 ranks" in log and "rounds of 2 steps" in log
     assert (held / "checkpoint-3" / "online_round.safetensors").exists()
     rows = samples(held)
-    assert [r["policy_step"] for r in rows] == [0] * 8 + [2] * 8
-    assert [r["step"] for r in rows] == [s for s in (1, 2, 3, 4) for _ in range(4)]
+    assert [r["policy_step"] for r in rows] == [0] * 4 + [2] * 4
+    assert [r["step"] for r in rows] == [s for s in (1, 2, 3, 4) for _ in range(2)]
     evals = [m for m in map(json.loads, (held / "metrics.jsonl").read_text().splitlines()) if "eval/win_rate" in m]
     assert [e["step"] for e in evals] == [0, 4] and evals[0]["eval/win_rate"] == 0.5  # step 0: policy = reference
     resumed.mkdir()
