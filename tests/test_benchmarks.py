@@ -24,7 +24,7 @@ SMALL = LLaDAConfig(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, voca
 @pytest.mark.slow
 def test_gpu_step_runs_scaled_down_on_cpu(tmp_path):
     out = tmp_path / "gpu_step.json"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_step.py", "--small", "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_step.py", "--small", "--repeats", "1", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["grid"]

@@ -352,7 +352,7 @@ def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
     from tests.test_trainer import DS_ENV
 
     args = ["recipe=demo_online", *TINY, "data.max_train_examples=4", "train.per_device_train_batch_size=1",
-            "online.gen_length=8", "online.block_length=8", "online.steps=8",
+            "online.gen_length=8", "online.block_length=8", "online.steps=4",
             "train.max_steps=4", "train.save_steps=3", "train.save_total_limit=null", "train.warmup_ratio=0",
             "model.dtype=bfloat16", "lora.enabled=false", "online.round_steps=2", "train.do_eval=true",
             f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl", "data.max_eval_examples=2",

@@ -74,7 +74,8 @@ RUN = {
     "python -m align.train_dpo --help": None,
     "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2":
         "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2 grid.output_dir={tmp}/grid "
-        "train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 behaviour.prompts=null train.report_to=none",
+        "train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 eval.n_samples=4 behaviour.prompts=null "
+        "train.report_to=none",
     "python -m align.ablate variance model.name_or_path=outputs/demo/final":
         "python -m align.ablate variance model.name_or_path={demo}/final variance.reps=2 variance.n_samples=1,2 "
         "variance.max_pairs=4 variance.resamples=20 variance.output_dir={tmp}/variance",
