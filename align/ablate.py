@@ -19,7 +19,7 @@ Options: ``grid.output_dir`` (default ``outputs/ablate/<recipe>``); ``grid.targe
 learning rate of a ``grid.learning_rate`` axis with the best mean outcome over seeds: accuracy, margin,
 accuracy_curve, margin_curve, dpo_loss, ...); ``grid.task=K`` (run only cell K, 0-based: one cell per slurm
 array task, see ``launch/ablate_array.sbatch``); ``grid.launcher`` (the command before the recipe, default
-``python -m align.train_dpo``; e.g. ``"accelerate launch --config_file recipes/accelerate/ddp.yaml
+``python -m align.train_dpo`` with ``$PYTHON_EXEC`` as the python when set, as torchrun does; e.g. ``"accelerate launch --config_file recipes/accelerate/ddp.yaml
 align/train_dpo.py"``); ``grid.report_only=true``. Output: ``runs/<cell>/`` (each run's own output directory and
 ``train.log``), ``runs.csv`` (every logged record), ``outcomes.csv`` (one row per run), ``summary.md`` (per arm:
 means with 95% t-intervals over seeds; paired differences between arms over seeds and over held-out pairs;
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
 import shutil
@@ -192,7 +193,8 @@ def grid_main(argv: list[str]) -> None:
     validate(recipe, base, cells)
     root = Path(options.get("output_dir") or f"outputs/ablate/{Path(recipe).stem}")
     root.mkdir(parents=True, exist_ok=True)
-    launcher = shlex.split(options["launcher"]) if options.get("launcher") else [sys.executable, "-m", "align.train_dpo"]
+    python = os.environ.get("PYTHON_EXEC") or sys.executable  # torchrun's override of the workers' python
+    launcher = shlex.split(options["launcher"]) if options.get("launcher") else [python, "-m", "align.train_dpo"]
     (root / "grid.json").write_text(json.dumps({"recipe": recipe, "overrides": base, "axes": axes}, indent=1) + "\n")
     todo = list(enumerate(cells))
     if "task" in options:

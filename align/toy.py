@@ -65,19 +65,24 @@ class ToyJoint:
 
     @torch.no_grad()
     def logits_fn(self, noised: torch.Tensor, attention_mask: torch.Tensor | None = None, chunk: int = 2048):
-        """Oracle logits [N, T_in, V+1]: log p(token at i | visible tokens), by enumeration."""
+        """Oracle logits [N, T_in, V+1]: log p(token at i | visible tokens), by enumeration.
+
+        Monte Carlo batches repeat a few noised rows many times (a short response has 2^L mask patterns), so each
+        distinct row is enumerated once and the result shared by its copies."""
         N, T_in = noised.shape
         out = torch.zeros(N, T_in, self.V + 1, dtype=torch.float64)
         out[..., self.V] = float("-inf")
-        x = noised[:, : self.T].cpu()
+        x, inverse = torch.unique(noised[:, : self.T].cpu(), dim=0, return_inverse=True)
         joint = self.log_joint.exp()
-        for s in range(0, N, chunk):
+        logp = torch.empty(len(x), self.T, self.V, dtype=torch.float64)
+        for s in range(0, len(x), chunk):
             rows = x[s : s + chunk]  # [n, T]
             visible = rows != self.mask_token_id
             consistent = ((self.seqs[None] == rows[:, None]) | ~visible[:, None]).all(-1)  # [n, S]
             w = consistent.double() * joint  # [n, S]
             marg = torch.einsum("ns,stv->ntv", w, self.onehot)  # [n, T, V]
-            out[s : s + chunk, : self.T, : self.V] = (marg / marg.sum(-1, keepdim=True)).log()
+            logp[s : s + chunk] = (marg / marg.sum(-1, keepdim=True)).log()
+        out[:, : self.T, : self.V] = logp[inverse]
         return out.to(noised.device)
 
 

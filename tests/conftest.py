@@ -51,3 +51,25 @@ FIRST = ("tests/test_trainer.py::test_demo_learns_and_saves_everything",)
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.nodeid not in FIRST)  # stable: the rest keep their order
+
+
+# Where the suite's CPU goes (durations under -n 2 are wall times that stretch with the other worker's load):
+# ALIGN_TESTS_CPU_LOG=FILE appends, per test, the CPU seconds of the worker and the processes it waited for, and
+# each warm run's CPU seconds (tests/warm.py); tests/cpu_report.py adds them up per test.
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    path = os.environ.get("ALIGN_TESTS_CPU_LOG")
+    if not path:
+        return (yield)
+    import json
+    import time
+
+    before, start = os.times(), time.time()
+    try:
+        return (yield)
+    finally:
+        after = os.times()
+        cpu = sum(getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system"))
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": item.nodeid, "start": start, "end": time.time(), "cpu": cpu,
+                                "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}) + "\n")

@@ -4,7 +4,6 @@ and failure handling, and the variance modes (one model, along a run's checkpoin
 import csv
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -234,14 +233,13 @@ def test_trained_outputs_load_and_sample(grid):
     out, _, _ = grid
     run = out / "runs" / "coupling-coupled_seed-0"
     for model in (run / "final", run / "checkpoint-2"):
-        proc = subprocess.run([sys.executable, "-m", "align.sampler", "--model", str(model), "--prompt", "Hello",
-                               "--gen-length", "8", "--block-length", "8", "--steps", "8"], cwd=ROOT, env=ENV,
-                              capture_output=True, text=True, timeout=300)
+        proc = run_python([sys.executable, "-m", "align.sampler", "--model", str(model), "--prompt", "Hello",
+                           "--gen-length", "8", "--block-length", "8", "--steps", "8"], env=ENV, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
     # --merge: the LoRA output as one plain model directory, the same network
     merged = out / "merged"
-    proc = subprocess.run([sys.executable, "-m", "align.sampler", "--model", str(run / "final"), "--merge", str(merged)],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = run_python([sys.executable, "-m", "align.sampler", "--model", str(run / "final"), "--merge", str(merged)],
+                      env=ENV, timeout=300)
     assert proc.returncode == 0 and f"merged model written to {merged}" in proc.stdout, proc.stderr[-2000:]
     from align.models import adapter_dir, load_model, logits_fn
 
@@ -262,9 +260,8 @@ def test_training_starts_from_a_lora_output(grid, tmp_path):
     out, _, _ = grid
     start = out / "runs" / "coupling-coupled_seed-0" / "checkpoint-2"
     run = tmp_path / "next"
-    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"model.name_or_path={start}",
-                           f"train.output_dir={run}", *SMALL], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=600)
+    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"model.name_or_path={start}",
+                       f"train.output_dir={run}", *SMALL], env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     from align.models import adapter_base, load_model
 

@@ -1,7 +1,6 @@
 """Model layer: published key mapping, loading, saving, LoRA, scoring, checkpointing."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -537,13 +536,12 @@ def test_scoring_calls_the_head_once_per_forward(family):
     (["-m", "align.sampler"], "--model=someone/not-cached-here", "hf download someone/not-cached-here --local-dir"),
 ])
 def test_a_model_that_is_not_there_fails_in_one_line_naming_it(tmp_path, entry, model, message):
-    import subprocess
     import sys
 
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    from tests.launch import run_python
+    from tests.test_trainer import ENV as env  # HF_HUB_OFFLINE=1
     args = [a.replace("OUT", str(tmp_path / "out")) for a in entry]
-    proc = subprocess.run([sys.executable, *args, model], cwd=Path(__file__).resolve().parents[1], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = run_python([sys.executable, *args, model], env=env, timeout=120)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 

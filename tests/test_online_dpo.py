@@ -312,7 +312,7 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
 def test_two_ranks_with_a_reward_model_judge_match_one_process(tmp_path, reward_model_dir):
     """torchrun, 2 ranks of 2 prompts against one process of 4: the same samples, scores and losses; each rank
     took its half of each global batch of the epoch's order; the reward model (built by the test) judges."""
-    rm = [f"online.judge=null", f"online.reward_model={reward_model_dir}", "online.reward_model_dtype=float32",
+    rm = ["online.judge=null", f"online.reward_model={reward_model_dir}", "online.reward_model_dtype=float32",
           "train.max_steps=2", "train.do_eval=true", f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl",
           "data.max_eval_examples=3", "train.eval_steps=2", "train.per_device_eval_batch_size=1"]
     single = tmp_path / "single"

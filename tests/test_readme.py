@@ -6,7 +6,6 @@ the hub, SLURM). A new command that is neither fails ``test_every_shell_command_
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import pytest
@@ -172,6 +171,5 @@ def test_readme_python_block_runs_as_written(index, tmp_path):
     (tmp_path / "data").symlink_to(ROOT / "data")
     code = blocks("python")[index]
     env = dict(ENV, PYTHONPATH=str(ROOT) + os.pathsep + ENV.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = run_python([sys.executable, "-c", code], cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, f"README python block {index}:\n{code}\n{proc.stderr[-3000:]}"

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, fresh_ports, losses, metrics, train
+from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, fresh_ports, run_python, losses, metrics, train
 from tests.test_training_loop import probe
 
 # 24 pairs in batches of 8: 3 steps an epoch, 9 steps = 3 epochs
@@ -131,8 +131,8 @@ DIST = ["data.max_train_examples=8", "train.per_device_train_batch_size=2", "tra
 def _dist(launcher, out, *overrides, env_extra, ok=True):
     env = dict(DS_ENV if launcher is ZERO2 else ENV, DIST_CHECK_NAN_RANK="1", DIST_CHECK_NAN_STEP="2", **env_extra)
     extra = ["model.dtype=bfloat16"] if launcher is ZERO2 else []
-    proc = subprocess.run(fresh_ports([*launcher, "tests/dist_check.py", str(out), *QUIET, *DIST, *extra, *overrides]), cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = run_python(fresh_ports([*launcher, "tests/dist_check.py", str(out), *QUIET, *DIST, *extra, *overrides]),
+                      env=env, timeout=600)
     assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads((out / "dist_check.json").read_text()), proc.stdout + proc.stderr
 

@@ -176,9 +176,8 @@ def test_cli_bad_settings_fail_in_one_line(tmp_path, args, message):
 def test_two_ranks_score_their_shards_and_gather_the_single_process_numbers(tmp_path):
     args = ["model=data/tiny_chat", "data=data/tiny_sft_test.jsonl", "limit=7", "n_samples=8", "progress_bar=false"]
     cli(tmp_path / "one", *args)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), "-m", "align.score", *args, f"output_dir={tmp_path / 'two'}"], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_python([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                       str(free_port()), "-m", "align.score", *args, f"output_dir={tmp_path / 'two'}"], env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = rows(tmp_path / "one" / "scores.jsonl"), rows(tmp_path / "two" / "scores.jsonl")
     assert [r["index"] for r in two] == list(range(7))

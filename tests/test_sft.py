@@ -12,7 +12,7 @@ import torch
 from align import estimators as E
 from align.masking import MaskDraw
 from tests.conftest import toy_batch
-from tests.test_trainer import BASIC, ENV, QUIET, ROOT, run
+from tests.test_trainer import BASIC, ENV, QUIET, ROOT, run, run_python
 
 
 def constant_scorer(logp: float):
@@ -70,8 +70,7 @@ SFT = [sys.executable, "-m", "align.train_sft", "recipe=tiny_chat_sft", "model.n
 
 
 def test_sft_help_lists_its_keys():
-    proc = subprocess.run([sys.executable, "-m", "align.train_sft", "--help"], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True)
+    proc = run_python([sys.executable, "-m", "align.train_sft", "--help"], env=ENV)
     assert "usage: train_sft.py" in proc.stderr + proc.stdout
     assert "sft.estimator" in proc.stderr + proc.stdout and "data.response_padding" in proc.stderr + proc.stdout
 

@@ -6,7 +6,6 @@ Runs are subprocesses: accelerate keeps process-wide state, as a real launch doe
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -168,8 +167,7 @@ def test_ablation_settings_run(tmp_path, extra):
 
 
 def test_bad_config_fails_at_start_naming_the_key(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", "train.learnig_rate=1"], cwd=ROOT,
-                          env=ENV, capture_output=True, text=True)
+    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", "train.learnig_rate=1"], env=ENV)
     assert proc.returncode != 0 and "did you mean 'train.learning_rate'" in proc.stderr
 
 
@@ -333,9 +331,8 @@ def test_uneven_evaluation_under_partitioned_zero3_finishes_and_matches_one_proc
 
 
 def test_full_fine_tuning_in_bf16_without_deepspeed_is_refused(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
-                           *QUIET, "lora.enabled=false", "model.dtype=bfloat16"], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True)
+    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
+                       *QUIET, "lora.enabled=false", "model.dtype=bfloat16"], env=ENV)
     assert proc.returncode != 0 and "fp32 master weights" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -380,8 +377,8 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
 def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
               "--num_processes", "2", "--main_process_port", "29543", "align/train_dpo.py"]
-    proc = subprocess.run(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
-                          cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
+    proc = run_python(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
+                      env=DS_ENV, timeout=300)
     assert proc.returncode != 0 and "model.dtype=float32 but DeepSpeed would train in 'bf16'" in proc.stderr
 
 
@@ -410,8 +407,8 @@ def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
 def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
               "--num_processes", "2", "--main_process_port", "29547", "align/train_dpo.py"]
-    proc = subprocess.run(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"]),
-                          cwd=ROOT, env=DS_ENV, capture_output=True, text=True, timeout=300)
+    proc = run_python(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"]),
+                      env=DS_ENV, timeout=300)
     assert proc.returncode != 0 and "save_merged=true is not supported under ZeRO-3" in proc.stderr
 
 
@@ -437,8 +434,8 @@ def test_a_new_run_into_a_used_output_dir_is_refused_unless_overwriting(tmp_path
     common = ["train.max_steps=2", "train.eval_steps=0", "train.logging_steps=1", "train.overwrite_output_dir=false"]
     train(out, *common)
     first = metrics(out)
-    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET,
-                           *common], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET,
+                       *common], env=ENV)
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
     assert metrics(out) == first  # nothing appended
     train(out, *common[:-1], "train.overwrite_output_dir=true", "train.learning_rate=1e-3")

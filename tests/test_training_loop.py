@@ -7,12 +7,11 @@ leaves its answer in ``result``.
 
 import json
 import shutil
-import subprocess
 import sys
 
 import pytest
 
-from tests.test_trainer import BASIC, ENV, QUIET, ROOT, losses, metrics, run, train
+from tests.test_trainer import BASIC, ENV, QUIET, losses, metrics, run, run_python, train
 
 PREAMBLE = """
 import json, sys, time
@@ -106,8 +105,8 @@ result = {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval
     (["data.eval_split=test"], "data.eval_split='test' names a split of a hub dataset"),
 ])
 def test_local_file_evaluation_that_cannot_be_held_out_fails_at_start(tmp_path, overrides, message):
-    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
-                           *QUIET, *overrides], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
+                       *QUIET, *overrides], env=ENV)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
@@ -265,8 +264,8 @@ def test_precomputed_reference_gives_the_on_the_fly_losses_and_survives_resume(t
     ("align.train_dpo", ["recipe=demo", "train.disable_dropout=false"], "train.disable_dropout=false leaves dropout on"),
 ])
 def test_precomputed_reference_is_refused_where_it_cannot_hold(tmp_path, entry, overrides, message):
-    proc = subprocess.run([sys.executable, "-m", entry, *overrides, "train.precompute_ref_log_probs=true",
-                           f"train.output_dir={tmp_path}", *BASIC], cwd=ROOT, env=ENV, capture_output=True, text=True)
+    proc = run_python([sys.executable, "-m", entry, *overrides, "train.precompute_ref_log_probs=true",
+                       f"train.output_dir={tmp_path}", *BASIC], env=ENV)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
