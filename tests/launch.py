@@ -2,13 +2,13 @@
 
 Every run is a process of its own, as a real launch is (accelerate keeps process-wide state), but most of a
 short run's time on 2 cores went into importing torch, transformers, peft and accelerate (~4.4 s a process,
-~150 processes a suite). So each test worker keeps one warm server per environment (tests/warm.py) and
+~250 processes a suite). So each test worker keeps one warm server per environment (tests/warm.py) and
 :func:`run_python` starts ``python ...`` through its client: the run is forked from a process that has imported
 those and done nothing else. The environment handed to the run also names the server to the run's own
 children: ``PYTHON_EXEC`` (torchrun starts its workers with it, and so does ``align.ablate`` its cells) is a
 wrapper of the client, so the ranks of a two-rank launch start warm too, through the launcher's real code path.
 
-``ALIGN_TESTS_NO_ZYGOTE=1`` runs everything as plain subprocesses (the same tests, ~2x slower).
+``ALIGN_TESTS_COLD=1`` runs everything as plain subprocesses (the same tests, each run paying its imports).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _close_all():
 
 
 def server_for(env: dict) -> Server | None:
-    if os.environ.get("ALIGN_TESTS_NO_ZYGOTE"):
+    if os.environ.get("ALIGN_TESTS_COLD"):
         return None
     key = json.dumps({k: v for k, v in env.items() if not k.startswith(RUNTIME_ONLY)}, sort_keys=True)
     server = _servers.get(key)

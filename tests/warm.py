@@ -2,7 +2,7 @@
 in a process forked from a server that has already imported torch, transformers, accelerate, peft and align.
 
 Why: a run's process on 2 cores spent ~4.4 s importing those before doing anything, and the suite starts some
-150 of them (each rank of a two-rank launch, each ablation cell, each launcher). The run is still a process of
+250 of them (each rank of a two-rank launch, each ablation cell, each launcher). The run is still a process of
 its own, as a real launch is (accelerate keeps process-wide state): the server never runs a tensor op, creates
 no thread pool, accelerator or process group; it forks, and the child takes the client's stdin/stdout/stderr,
 directory, environment and argv and runs the target as ``python`` would, then exits as the interpreter does
