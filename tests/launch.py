@@ -61,8 +61,9 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-_servers: dict[str, Server] = {}
-MAX_SERVERS = 3  # the tests' environments (test_trainer's, test_ablate's); others start cold
+_servers: dict[str, Server] = {}  # by environment, least recently used first
+MAX_SERVERS = 3  # a worker meets 2 environments (the suite's, test_ablate's); a third evicts the least recent
+_unavailable = False  # a server could not start (no pidfds): every run starts cold
 
 
 @atexit.register
@@ -72,21 +73,24 @@ def _close_all():
 
 
 def server_for(env: dict) -> Server | None:
-    if os.environ.get("ALIGN_TESTS_COLD"):
+    global _unavailable
+    if os.environ.get("ALIGN_TESTS_COLD") or _unavailable:
         return None
-    key = json.dumps({k: v for k, v in env.items() if not k.startswith(RUNTIME_ONLY)}, sort_keys=True)
-    server = _servers.get(key)
+    base = {k: v for k, v in env.items() if not k.startswith(RUNTIME_ONLY)}
+    key = json.dumps(base, sort_keys=True)
+    server = _servers.pop(key, None)
     if server is not None and not server.alive():
         server.close()
-        del _servers[key]
         server = None
     if server is None:
-        if len(_servers) >= MAX_SERVERS:
-            return None
-        base = {k: v for k, v in env.items() if not k.startswith(RUNTIME_ONLY)}
-        server = _servers[key] = Server(base)
+        while len(_servers) >= MAX_SERVERS:  # runs are synchronous: the evicted server has none in flight
+            _servers.pop(next(iter(_servers))).close()
+        server = Server(base)
         if not server.alive():
+            server.close()
+            _unavailable = True
             return None
+    _servers[key] = server  # now the most recent
     return server
 
 
