@@ -273,7 +273,9 @@ def test_precomputed_reference_is_refused_where_it_cannot_hold(tmp_path, entry, 
 def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_the_fly(tmp_path):
     """Full fine-tuning on 2 CPU ranks, ZeRO-3 partitioning even the tiny weights (so every reference forward is
     collective), 5 held-out pairs (ranks evaluate 3 and 2, padded): each rank precomputes its own examples;
-    the losses equal one process computing the reference in the step."""
+    the losses equal one process computing the reference in the step. 2 steps an epoch: a resume from
+    checkpoint-1 (partitioned weights and optimizer state, read back from disk by both ranks) crosses into the
+    second epoch, precomputing its reference terms again, to the uninterrupted losses."""
     from tests.test_trainer import DS_ENV, partitioning_zero3_config
 
     common = ["data.max_train_examples=16", "train.max_steps=4", "train.logging_steps=1", "train.eval_steps=2",
@@ -285,8 +287,9 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
               str(partitioning_zero3_config(tmp_path)), "--num_processes", "2", "--main_process_port", "29545",
               "align/train_dpo.py"]
     multi = tmp_path / "multi"
-    log = train(multi, *common, "train.per_device_train_batch_size=4", "train.precompute_ref_log_probs=true",
-                launcher=launch, env=DS_ENV)
+    ranks = ["train.per_device_train_batch_size=4", "train.precompute_ref_log_probs=true", "train.save_steps=1",
+             "train.save_total_limit=null"]
+    log = train(multi, *common, *ranks, launcher=launch, env=DS_ENV)
     assert "DeepSpeed ZeRO-3, 2 ranks" in log and "reference log-probs for epoch 1: 8 examples on rank 0" in log
     a = {m["step"]: m for m in metrics(single) if "loss" in m}
     b = {m["step"]: m for m in metrics(multi) if "loss" in m}
@@ -296,6 +299,15 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
         ea = [m for m in metrics(single) if m["step"] == step and "eval/loss" in m][0]
         eb = [m for m in metrics(multi) if m["step"] == step and "eval/loss" in m][0]
         assert eb["eval/loss"] == pytest.approx(ea["eval/loss"], abs=1e-5), step
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(multi / "checkpoint-1", resumed / "checkpoint-1")
+    log = train(resumed, *common, *ranks, "train.resume_from_checkpoint=latest", launcher=launch, env=DS_ENV)
+    assert "at step 1" in log and "reference log-probs for epoch 1: 8 examples on rank 0" in log
+    c = {m["step"]: m for m in metrics(resumed) if "loss" in m}
+    assert sorted(c) == [2, 3, 4]
+    for step in c:
+        assert c[step]["loss"] == pytest.approx(b[step]["loss"], abs=1e-6), step
 
 
 # ---------------------------------------------------------------- model.forward_chunk / head_chunk_mib
