@@ -23,9 +23,9 @@ array task, see ``launch/ablate_array.sbatch``); ``grid.launcher`` (the command 
 ``"accelerate launch --config_file recipes/accelerate/ddp.yaml align/train_dpo.py"``); ``grid.report_only=true``.
 Output: ``runs/<cell>/`` (each run's own output directory and ``train.log``), ``runs.csv`` (every logged
 record), ``outcomes.csv`` (one row per run), ``summary.md`` (per arm: means with 95% t-intervals over seeds;
-paired differences between arms over seeds and over held-out pairs; ``align.grid_report``) and ``ablation.png`` (learning curves with interval bands). Rerunning the command skips
-finished cells, resumes interrupted ones from their last checkpoint and retries failed ones; failures are
-listed in ``summary.md`` with their error.
+paired differences between arms over seeds and over held-out pairs; ``align.grid_report``) and ``ablation.png``
+(learning curves with interval bands). Rerunning the command skips finished cells, resumes interrupted ones
+from their last checkpoint and retries failed ones; failures are listed in ``summary.md`` with their error.
 
 Variance (trains nothing; ``align.variance``)::
 
