@@ -14,18 +14,30 @@ Every run is scored by the evaluator of its ``eval`` section (and judged by its 
 its training estimator; a grid whose cells would be scored or judged differently (an axis over ``eval.*``,
 ``behaviour.*`` or the held-out data) is refused before any run starts.
 
-Options: ``grid.output_dir`` (default ``outputs/ablate/<recipe>``); ``grid.target_accuracy`` (0.7) and
-``grid.target_margin`` (nats; off) for "steps to target"; ``grid.select=best:<outcome>`` (per arm, the
-learning rate of a ``grid.learning_rate`` axis with the best mean outcome over seeds: accuracy, margin,
-accuracy_curve, margin_curve, dpo_loss, ...); ``grid.task=K`` (run only cell K, 0-based: one cell per slurm
-array task, see ``launch/ablate_array.sbatch``); ``grid.launcher`` (the command before the recipe, default
-``python -m align.train_dpo``, with ``$PYTHON_EXEC`` as the python when set, as torchrun does; e.g.
-``"accelerate launch --config_file recipes/accelerate/ddp.yaml align/train_dpo.py"``); ``grid.report_only=true``.
-Output: ``runs/<cell>/`` (each run's own output directory and ``train.log``), ``runs.csv`` (every logged
-record), ``outcomes.csv`` (one row per run), ``summary.md`` (per arm: means with 95% t-intervals over seeds;
-paired differences between arms over seeds and over held-out pairs; ``align.grid_report``) and ``ablation.png``
-(learning curves with interval bands). Rerunning the command skips finished cells, resumes interrupted ones
-from their last checkpoint and retries failed ones; failures are listed in ``summary.md`` with their error.
+Options: ``grid.output_dir`` (default ``outputs/ablate/<recipe>``); ``grid.primary=<outcome>`` (the one
+primary outcome, declared before the runs and kept in ``grid.json``; default ``reward`` where the behaviour
+prompts carry task ids, else ``accuracy``); ``grid.equivalence=<margin>`` (the primary difference is called
+equivalent when TOST puts its 90% interval inside ±margin); ``grid.target_accuracy`` (0.7) and
+``grid.target_margin`` (nats; off) for learning speed; ``grid.select=best:<outcome>`` with a
+``grid.learning_rate`` axis: each arm's learning rate is chosen on a validation split, never on the reported
+held-out data: selection runs (``grid.select_seeds`` seeds, default 1, numbered from 1000 so that no reported
+seed is used) are scored on ``grid.validation`` (pairs of training tasks, e.g. ``data/demo_safety_val.jsonl``)
+or, without it, on a seeded carve-out ``grid.validation_fraction`` (0.1) of the training data, with behaviour
+judged on ``grid.validation_prompts`` (or off); the reported seeds then run at each arm's chosen rate;
+``grid.task=K`` (run only cell K, 0-based: one cell per slurm array task, see ``launch/ablate_array.sbatch``);
+``grid.launcher`` (the command before the recipe, default ``python -m align.train_dpo``, with ``$PYTHON_EXEC``
+as the python when set, as torchrun does; e.g. ``"accelerate launch --config_file recipes/accelerate/ddp.yaml
+align/train_dpo.py"``); ``grid.report_only=true`` (collect the tables from the runs again and summarise).
+
+Output: ``runs/<cell>/`` (each run's own output directory and ``train.log``), ``grid.json`` (every setting the
+report reads), the tables ``runs.csv`` (every logged record), ``units.csv.gz`` (every held-out pair and
+behaviour prompt of every evaluation, with its cluster) and ``runs.json``, and from those alone
+``outcomes.csv``, ``summary.md`` (``align.grid_report``: the primary outcome first, with intervals over seeds,
+clustered held-out units and the evaluator's error; Holm-adjusted secondary outcomes; censored learning speed)
+and ``ablation.png`` (learning curves with interval bands). ``python -m align.ablate report=DIR`` regenerates
+``summary.md`` from a grid directory's tables alone (byte-identical). Rerunning the command skips finished
+cells, resumes interrupted ones from their last checkpoint and retries failed ones; failures are listed in
+``summary.md`` with their error.
 
 Variance (trains nothing; ``align.variance``)::
 
@@ -41,10 +53,8 @@ bootstrap resamples), ``variance.seed`` (0), ``variance.runs`` (with grid=: a gl
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -52,19 +62,16 @@ import sys
 import time
 from pathlib import Path
 
+from align import grid_report
 from align.cli import entry_point, overrides
 from align.config import Config, ConfigError, load_config
-from align.grid_report import evaluator_of, report
+from align.grid_names import AXES, cell_name, cells_of, short
+from align.grid_report import SELECTABLE, differing_keys, evaluator_of, read_jsonl_by_step
 
-AXES = {
-    "coupling": "estimator.coupling", "share_policy_reference": "estimator.share_policy_reference",
-    "share_chosen_rejected": "estimator.share_chosen_rejected", "estimator": "estimator.estimator",
-    "n_samples": "estimator.n_samples", "seed": "train.seed", "loss_type": "loss.loss_type", "beta": "loss.beta",
-    "learning_rate": "train.learning_rate",
-}
-GRID_OPTIONS = ("seeds", "output_dir", "task", "target_accuracy", "target_margin", "select", "launcher", "report_only")
-SELECTABLE = ("accuracy", "margin", "accuracy_curve", "margin_curve", "dpo_loss", "logratio_chosen",
-              "logratio_rejected", "refusal_rate", "over_refusal_rate")
+__all__ = ["AXES", "cell_name", "cells_of", "short", "parse_grid", "grid_main", "main"]
+GRID_OPTIONS = ("seeds", "output_dir", "task", "target_accuracy", "target_margin", "select", "launcher", "report_only",
+                "primary", "equivalence", "validation", "validation_prompts", "validation_fraction", "select_seeds")
+SELECT_SEED_BASE = 1000  # selection runs use seeds 1000, 1001, ...: never a reported seed
 
 
 # ------------------------------------------------------------------------------------------------ the grid
@@ -102,26 +109,23 @@ def parse_grid(argv: list[str]):
                               f"{', '.join(SELECTABLE)}")
         if "train.learning_rate" not in axes:
             raise ConfigError("grid.select picks each arm's learning rate: give grid.learning_rate=a,b,...")
-    for name in ("target_accuracy", "target_margin"):
-        if name in options:
+    for name in ("target_accuracy", "target_margin", "equivalence", "validation_fraction"):
+        if name in options and options[name] != "null":
             try:
                 float(options[name])
             except ValueError:
                 raise ConfigError(f"grid.{name}: expected a number, got {options[name]!r}") from None
+    if "primary" in options and options["primary"] not in SELECTABLE:
+        raise ConfigError(f"grid.primary={options['primary']!r}: expected one of {', '.join(SELECTABLE)}")
+    if "select_seeds" in options:
+        try:
+            assert int(options["select_seeds"]) >= 1
+        except (ValueError, AssertionError):
+            raise ConfigError(f"grid.select_seeds: expected a count >= 1, got {options['select_seeds']!r}") from None
+    for name in ("validation", "validation_prompts"):
+        if name in options and not Path(options[name]).is_file():
+            raise ConfigError(f"grid.{name}={options[name]!r}: no such file")
     return recipe, base, axes, options
-
-
-def short(key: str) -> str:
-    inverse = {v: k for k, v in AXES.items()}
-    return inverse.get(key, key.split(".")[-1])
-
-
-def cell_name(cell: dict) -> str:
-    return "_".join(f"{short(k)}-{re.sub(r'[^A-Za-z0-9.+-]', '', str(v))}" for k, v in cell.items()) or "base"
-
-
-def cells_of(axes: dict) -> list[dict]:
-    return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
 
 def validate(recipe: str, base: list[str], cells: list[dict]) -> None:
@@ -133,8 +137,6 @@ def validate(recipe: str, base: list[str], cells: list[dict]) -> None:
             cfg = load_config(recipe, base + [f"{k}={v}" for k, v in cell.items()], Config)
         except ConfigError as e:
             raise ConfigError(f"grid cell {cell_name(cell)}: {e}") from None
-        from align.grid_report import differing_keys
-
         signature = evaluator_of(cfg.to_dict())
         if first is None:
             first = (cell, signature)
@@ -174,8 +176,6 @@ def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str)
         status["error"] = lines[-1] if lines else f"exit code {proc.returncode}"
         print(f"[ablate]   failed after {wall:.0f} s: {status['error']}", flush=True)
     else:
-        from align.grid_report import read_jsonl_by_step
-
         evals = [m for m in read_jsonl_by_step(run_dir / "metrics.jsonl").values() if "eval/margin" in m]
         tail = ""
         if evals:
@@ -187,36 +187,145 @@ def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str)
     return status
 
 
-def grid_main(argv: list[str]) -> None:
-    recipe, base, axes, options = parse_grid(argv)
+def default_primary(recipe: str, base: list[str]) -> str:
+    """The primary outcome when ``grid.primary`` is not given: the behaviour reward where the behaviour prompts
+    carry task ids (the bundled world's ground truth), else the held-out reward accuracy."""
+    cfg = load_config(recipe, base, Config)
+    prompts = cfg.behaviour.prompts
+    if prompts and Path(prompts).is_file():
+        first = next((line for line in Path(prompts).read_text().splitlines() if line.strip()), "")
+        try:
+            if "task_id" in json.loads(first):
+                return "reward"
+        except json.JSONDecodeError:
+            pass
+    return "accuracy"
+
+
+def selection_overrides(options: dict) -> list[str]:
+    """What a selection run is evaluated on instead of the reported held-out data: ``grid.validation`` (a file of
+    pairs from training tasks) or, without it, a seeded carve-out of the training data
+    (``data.eval_fraction=grid.validation_fraction``, default 0.1); behaviour on ``grid.validation_prompts``, or
+    off."""
+    if options.get("validation"):
+        out = [f"data.eval_dataset={options['validation']}"]
+    else:
+        out = ["data.eval_dataset=null", f"data.eval_fraction={options.get('validation_fraction', '0.1')}"]
+    out.append(f"behaviour.prompts={options['validation_prompts']}" if options.get("validation_prompts")
+               else "behaviour.prompts=null")
+    return out
+
+
+def run_cells(recipe, base, cells, root: Path, launcher, todo_index=None) -> None:
+    todo = list(enumerate(cells)) if todo_index is None else [(todo_index, cells[todo_index])]
+    for i, cell in todo:
+        run_dir = root / "runs" / cell_name(cell)
+        if status_of(run_dir)["status"] == "done":
+            print(f"[ablate] run {i + 1}/{len(cells)}: {cell_name(cell)} already done", flush=True)
+            continue
+        run_cell(recipe, base, cell, run_dir, launcher, f"run {i + 1}/{len(cells)}")
+
+
+def select_learning_rates(recipe, base, axes, options, root: Path, launcher, run: bool) -> dict:
+    """Run (or read) the selection grid under ``root/select``: every arm x learning rate x selection seed, scored
+    on the validation split; per arm, the learning rate with the best mean outcome. Returns the selection record
+    (also ``root/select/selection.json``)."""
+    metric = options["select"].split(":", 1)[1]
+    seeds = [str(SELECT_SEED_BASE + i) for i in range(int(options.get("select_seeds", 1)))]
+    sel_axes = {k: v for k, v in axes.items() if k != "train.seed"}
+    sel_axes["train.seed"] = seeds
+    sel_root = root / "select"
+    sel_root.mkdir(parents=True, exist_ok=True)
+    sel_base = [*base, *selection_overrides(options)]
+    cells = cells_of(sel_axes)
+    validate(recipe, sel_base, cells)
+    (sel_root / "grid.json").write_text(json.dumps({"recipe": recipe, "overrides": sel_base, "axes": sel_axes,
+                                                    "options": {}, "primary": metric}, indent=1) + "\n")
+    if run:
+        print(f"[ablate] selection: {len(cells)} runs on the validation split -> {sel_root}", flush=True)
+        run_cells(recipe, sel_base, cells, sel_root, launcher)
+    grid_report.collect(sel_root, cells, cell_name=cell_name, status_of=status_of)
+    g = grid_report.Grid(grid_report.load_tables(sel_root))
+    higher = grid_report.HIGHER_IS_BETTER[metric]
+    arm_axes = [k for k in sel_axes if k not in ("train.seed", "train.learning_rate")]
+    lrs = axes["train.learning_rate"]
+    arms, chosen = [], {}
+    for values in cells_of({k: sel_axes[k] for k in arm_axes}):
+        scores = {}
+        for lr in lrs:
+            runs = [r for r in g.done if r["cell"].get("train.learning_rate") == lr
+                    and all(r["cell"][k] == v for k, v in values.items())]
+            vals = [r["outcomes"].get(metric) for r in runs if r["outcomes"].get(metric) is not None]
+            scores[lr] = sum(vals) / len(vals) if vals else None
+        ranked = [lr for lr in lrs if scores[lr] is not None]
+        if not ranked:
+            continue
+        best = (max if higher else min)(ranked, key=lambda lr: scores[lr])
+        key = tuple(values[k] for k in arm_axes)
+        chosen[key] = best
+        arms.append({"label": ", ".join(f"{short(k)}={values[k]}" for k in arm_axes) or "base",
+                     "values": values, "scores": scores, "chosen": best})
+    record = {"outcome": metric, "outcome_label": g.by_key[metric].label if metric in g.by_key else metric,
+              "validation": options.get("validation") or
+              f"{options.get('validation_fraction', '0.1')} of the training data, carved by data.eval_split_seed",
+              "validation_prompts": options.get("validation_prompts"), "seeds": seeds, "learning_rates": lrs,
+              "arms": arms}
+    (sel_root / "selection.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def reported_cells(axes: dict, selection: dict | None) -> list[dict]:
+    """The grid's cells; with a selection, each arm at its chosen learning rate only."""
     cells = cells_of(axes)
-    validate(recipe, base, cells)
+    if not selection:
+        return cells
+    picks = [(a["values"], a["chosen"]) for a in selection["arms"]]
+    return [c for c in cells if any(all(c[k] == v for k, v in values.items()) and c["train.learning_rate"] == lr
+                                    for values, lr in picks)]
+
+
+def grid_main(argv: list[str]) -> None:
+    if len(argv) == 1 and argv[0].startswith("report="):
+        root = Path(argv[0].split("=", 1)[1])
+        for name in ("grid.json", "runs.json", "runs.csv"):
+            if not (root / name).is_file():
+                raise ConfigError(f"report={root}: no {name} there (a grid directory written by align.ablate)")
+        print(f"[ablate] wrote {grid_report.summarize(root)}", flush=True)
+        return
+    recipe, base, axes, options = parse_grid(argv)
+    validate(recipe, base, cells_of(axes))
     root = Path(options.get("output_dir") or f"outputs/ablate/{Path(recipe).stem}")
     root.mkdir(parents=True, exist_ok=True)
     python = os.environ.get("PYTHON_EXEC") or sys.executable  # torchrun's override of the workers' python
     launcher = shlex.split(options["launcher"]) if options.get("launcher") else [python, "-m", "align.train_dpo"]
-    (root / "grid.json").write_text(json.dumps({"recipe": recipe, "overrides": base, "axes": axes}, indent=1) + "\n")
-    todo = list(enumerate(cells))
-    if "task" in options:
-        k = int(options["task"])
-        if not 0 <= k < len(cells):
-            raise ConfigError(f"grid.task={k} but the grid has {len(cells)} cells (0..{len(cells) - 1})")
-        todo = [todo[k]]
-    if options.get("report_only", "false").lower() not in ("1", "true", "yes"):
-        print(f"[ablate] {len(cells)} runs ({' x '.join(f'{short(k)}: {len(v)}' for k, v in axes.items())}) -> {root}",
-              flush=True)
-        for i, cell in todo:
-            run_dir = root / "runs" / cell_name(cell)
-            if status_of(run_dir)["status"] == "done":
-                print(f"[ablate] run {i + 1}/{len(cells)}: {cell_name(cell)} already done", flush=True)
-                continue
-            run_cell(recipe, base, cell, run_dir, launcher, f"run {i + 1}/{len(cells)}")
-    target_margin = options.get("target_margin")
-    summary = report(root, axes, cells, cell_name=cell_name, short=short, status_of=status_of,
-                     target_accuracy=float(options.get("target_accuracy", 0.7)),
-                     target_margin=float(target_margin) if target_margin is not None else None,
-                     select=options.get("select"))
-    print(f"[ablate] wrote {root / 'runs.csv'}, {root / 'outcomes.csv'}, {summary}, {root / 'ablation.png'}", flush=True)
+    run = options.get("report_only", "false").lower() not in ("1", "true", "yes")
+    recorded = {k: v for k, v in options.items() if k not in ("output_dir", "task", "launcher", "report_only")}
+    recorded.setdefault("target_accuracy", "0.7")
+    primary = options.get("primary") or default_primary(recipe, base)
+    grid = {"recipe": recipe, "overrides": base, "axes": axes, "options": recorded, "primary": primary}
+    previous = json.loads((root / "grid.json").read_text()) if (root / "grid.json").exists() else None
+    if previous and previous.get("primary") and previous["primary"] != primary and run:
+        raise ConfigError(f"{root}: the grid's primary outcome was declared as {previous['primary']!r} before its "
+                          f"runs; a new primary needs a new grid.output_dir")
+    selection = None
+    if options.get("select"):
+        selection = select_learning_rates(recipe, base, axes, options, root, launcher, run)
+        grid["selection"] = selection
+    (root / "grid.json").write_text(json.dumps(grid, indent=1) + "\n")
+    cells = reported_cells(axes, selection)
+    if run:
+        print(f"[ablate] {len(cells)} runs ({' x '.join(f'{short(k)}: {len(v)}' for k, v in axes.items())}"
+              f"{', at the selected learning rates' if selection else ''}) -> {root}", flush=True)
+        index = None
+        if "task" in options:
+            index = int(options["task"])
+            if not 0 <= index < len(cells):
+                raise ConfigError(f"grid.task={index} but the grid has {len(cells)} cells (0..{len(cells) - 1})")
+        run_cells(recipe, base, cells, root, launcher, index)
+    grid_report.collect(root, cells, cell_name=cell_name, status_of=status_of)
+    summary = grid_report.summarize(root)
+    print(f"[ablate] wrote {root / 'runs.csv'}, {root / 'units.csv.gz'}, {root / 'outcomes.csv'}, {summary}, "
+          f"{root / 'ablation.png'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:

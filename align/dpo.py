@@ -152,8 +152,11 @@ class DPOObjective:
         out = {"dpo_loss": preference(margin.mean(-1)), "margin": margin.mean(-1),
                "logratio/chosen": lc.mean(-1), "logratio/rejected": lr.mean(-1)}
         mc = {"loss": S.delta_variance(objective, margin, pc, groups=g),
-              "dpo_loss": S.delta_variance(preference, margin, groups=g),
-              "rewards/accuracies": S.sign_variance(margin, groups=g)}
+              "dpo_loss": S.delta_variance(preference, margin, groups=g)}
+        # the accuracy gets no Monte Carlo SE (the plug-in Φ(mean/se) is biased: low near 0, high for |z| >= 2);
+        # instead, the share of pairs another mask draw could flip: |mean margin| within 2 Monte Carlo SEs of 0
+        margin_se = S.mean_variance(margin, groups=g).sqrt()
+        out["rewards/sign_uncertain"] = (margin.mean(-1).abs() < 2 * margin_se).float()
         for key, samples, scale in (("margin", margin, 1.0), ("logratio/chosen", lc, 1.0),
                                     ("logratio/rejected", lr, 1.0), ("rewards/margins", margin, beta),
                                     ("rewards/chosen", lc, beta), ("rewards/rejected", lr, beta),

@@ -8,7 +8,8 @@ and the worst answer of each prompt become the DPO pair. Three kinds, chosen by 
   message), ``answers`` a list of strings of the same length, ``scores`` one number each. Keyword parameters
   the function names (or all, with ``**kwargs``) are filled from the prompt records' other fields, one value
   per answer (e.g. ``kind`` of the demo's prompts); a field it requires that a record lacks is an error naming
-  it. :func:`refusal_judge` is the demo's rule.
+  it. :func:`correct_behaviour_judge` is the demo's rule (the bundled world's
+  ground-truth reward), :func:`refusal_judge` the refusal rule alone.
 - ``online.pairwise_judge=module:function``: ``function(prompts, pairs) -> winners`` with ``pairs`` a list of
   ``[answer_a, answer_b]`` and each winner 0 (a is better), 1 (b) or -1/None (a tie), as TRL's pairwise judges
   answer. The K answers of a prompt play a round robin; an answer's score is its wins plus half its ties.
@@ -33,17 +34,20 @@ import torch
 
 
 def refusal_judge(prompts: list[str], answers: list[str], kind: list[str]) -> list[float]:
-    """The demo's rule: 1 for the wanted behaviour, 0 else. A harmful prompt (``kind == "harmful"``) wants a
-    refusal, an everyday one an answer; refusal is :func:`align.behaviour.is_refusal` (a refusal word among the
-    first five words)."""
-    from align.behaviour import KINDS, is_refusal
+    """The right behaviour by the refusal rule alone: 1 or 0. A harmful prompt (``kind == "harmful"``) wants a
+    refusal, an everyday or borderline one an answer; refusal is :func:`align.world.is_refusal` (a refusal word
+    among the first five words)."""
+    from align import world
 
-    scores = []
-    for k, answer in zip(kind, answers):
-        if k not in KINDS:
-            raise ValueError(f"refusal_judge: kind {k!r} is not one of {KINDS}")
-        scores.append(float(is_refusal(answer) == (k == "harmful")))
-    return scores
+    return [float(world.right_behaviour(k, answer)) for k, answer in zip(kind, answers)]
+
+
+def correct_behaviour_judge(prompts: list[str], answers: list[str], kind: list[str], task_id: list[str]) -> list[float]:
+    """The bundled world's ground-truth reward (the demo's judge): 1 for the right behaviour said in well-formed
+    sentences about the asked task (:func:`align.world.judge`), 0 else."""
+    from align import world
+
+    return [float(world.judge(t, k, answer)["correct"]) for t, k, answer in zip(task_id, kind, answers)]
 
 
 def load_function(spec: str, key: str):

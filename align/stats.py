@@ -5,8 +5,10 @@ Two sources of error are kept apart:
 - **Monte Carlo error** (the estimator's): a held-out metric averages, over P pairs, a function of each
   pair's n-sample mean. Its Monte Carlo variance is estimated from the spread of the n samples:
   :func:`mean_variance` (a mean: ``s²/n``), :func:`delta_variance` (a smooth function of means, e.g. the
-  DPO loss: the delta method through autograd) and :func:`sign_variance` (whether a mean is > 0, e.g. the
-  reward accuracy: ``p(1 − p)`` with ``p`` the normal approximation of P(mean > 0)). The metric's Monte
+  DPO loss: the delta method through autograd). The reward accuracy gets none: :func:`sign_variance`, the
+  plug-in ``p(1 − p)`` with ``p = Φ(mean/se)``, is biased (see its doc) and is used by no log or report;
+  align reports instead the share of pairs whose mean is within 2 SEs of 0 (another draw could flip them). The
+  metric's Monte
   Carlo standard error is ``sqrt(Σ_i v_i) / P`` (:func:`pooled_se`). Stratified draws are not independent:
   they are made as G independent stratified groups, and each variance comes from the spread of the group
   means (``groups=G``); the sample spread of a single stratified set would over-state it.
@@ -72,12 +74,10 @@ def sign_variance(samples: torch.Tensor, groups: int = 1) -> torch.Tensor:
 
     The mean is approximately normal around its expectation with standard error ``se`` (:func:`mean_variance`,
     with ``groups``), so ``p = P(mean > 0) ≈ Φ(mean / se)`` and the indicator's variance is ``p(1 − p)``. Rows
-    without spread (e.g. a coupled margin of two identical models, exactly 0) have none. The plug-in is exact
-    in expectation only near mean = 0; for pairs a few SEs from 0 a noisy ``se`` (3 degrees of freedom with 4
-    groups) and heavy-tailed margin draws make it over-state the variance. On the demo's evaluator (n = 16, 4
-    groups, 64 pairs) it matched the spread of 8 repeated evaluations 20 steps into training (0.035 against
-    0.038, most pairs near 0) and over-stated it 2.4× on a trained model (0.024 against 0.010). A Student-t in
-    place of Φ over-stated it 3×; the normal is kept.
+    without spread (e.g. a coupled margin of two identical models, exactly 0) have none. **Biased**, in both
+    directions: with 4 groups (3 degrees of freedom in ``se``) a simulation put its expectation at 0.60x the
+    true variance at z = 0, 2.3x at z = 2 and 12x at z = 3. align's logs and reports do not use it
+    (``benchmarks/eval_mc_calibration.py`` measures it against repeated evaluations).
     """
     mean = samples.detach().double().mean(-1)
     se = mean_variance(samples, groups).sqrt()

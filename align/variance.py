@@ -6,7 +6,7 @@ One model (trains nothing)::
 
 For every sharing setting x estimator x n_samples (``variance.n_samples``, default 1,5,32): the variance of
 the n-sample margin estimate across ``reps`` independent draws per pair, averaged over pairs, with bootstrap
-standard errors (pairs resampled) on each variance and each ratio. POLICY / REF: anything
+standard errors (pairs resampled) on each variance and 95% percentile intervals on each ratio. POLICY / REF: anything
 ``align.models.load_model`` reads, including LoRA output directories and training checkpoints; REF defaults
 to the policy's base model when POLICY is a LoRA output. Output: ``variance.md``, ``variance.json``,
 ``variance.png`` under ``variance.output_dir``.
@@ -21,7 +21,8 @@ Step 0 (the starting model, which is the reference) and every ``checkpoint-N`` o
 n (``variance.estimators`` / ``variance.n_samples`` override) under ``variance.settings`` (default
 coupled,decoupled; ``all`` for the four); ``variance.runs=GLOB`` measures only the grid's runs whose directory
 name matches (e.g. ``*rpo_alpha-null*``). Per step: each setting's variance and the decoupled/coupled ratio,
-with bootstrap SEs over pairs (over (run, pair) units for a grid arm). Output: ``variance_path.md``,
+with bootstrap SEs over held-out pairs (for a grid arm a pair keeps all its runs together in a resample) and
+ratios with 95% percentile intervals. Output: ``variance_path.md``,
 ``variance_path.json``, ``variance_path.png`` under ``variance.output_dir`` (default ``<run or grid>/variance``).
 """
 
@@ -76,25 +77,51 @@ def measure_variance(policy, reference, batches: list[dict], *, mask_token_id: i
     return out
 
 
-def bootstrap(values: dict, *, resamples: int = 1000, seed: int = 0) -> dict:
-    """Mean variance and its SE per cell; decoupled/coupled and time_integral/time_free ratios with SEs.
+def bootstrap(values: dict, *, resamples: int = 1000, seed: int = 0, clusters: list | None = None) -> dict:
+    """Mean variance per cell with its bootstrap SE; decoupled/coupled and time_integral/time_free ratios with
+    95% percentile intervals.
 
-    Pairs are the resampled unit: every statistic is recomputed on the same resampled pairs."""
+    Held-out pairs are the resampled unit, as clusters: ``clusters[u]`` names the pair of unit u (for a grid arm
+    the units are (run, pair), and a pair's runs stay together in a resample: they share the pair and its
+    draws, so resampling them apart would shrink the SE). Every statistic is recomputed on the same resampled
+    pairs. A ratio's interval is the percentile interval of the resampled ratios (the same on the log scale,
+    where a ratio's sampling distribution is closer to symmetric), reported as [lo, hi] rather than ± SE."""
     any_v = next(iter(values.values()))
-    idx = torch.randint(0, len(any_v), (resamples, len(any_v)), generator=torch.Generator().manual_seed(seed))
-    boot = {k: v[idx].mean(-1) for k, v in values.items()}  # [resamples]
+    labels = list(range(len(any_v))) if clusters is None else list(clusters)
+    index: dict = {}
+    inv = torch.tensor([index.setdefault(c, len(index)) for c in labels])
+    C = len(index)
+    sizes = torch.bincount(inv, minlength=C).double()
+    draw = torch.randint(0, C, (resamples, C), generator=torch.Generator().manual_seed(seed))
+    counts = torch.zeros(resamples, C, dtype=torch.float64).scatter_add_(1, draw, torch.ones(resamples, C,
+                                                                                             dtype=torch.float64))
+    boot = {}
+    for k, v in values.items():
+        sums = torch.zeros(C, dtype=torch.float64).index_add_(0, inv, v.double())
+        boot[k] = (counts @ sums) / (counts @ sizes)  # [resamples]
+
+    def ratio(num, den, point):
+        r = (boot[num] / boot[den]).log()
+        r = r[torch.isfinite(r)]
+        lo, hi = torch.quantile(r, torch.tensor([0.025, 0.975], dtype=r.dtype)).exp().tolist() if len(r) else (
+            float("nan"), float("nan"))
+        return (point, lo, hi)
+
     table = {"var": {}, "ratio_decoupled_coupled": {}, "ratio_time_integral_time_free": {}}
     for (est, setting, n), v in values.items():
         table["var"][est, setting, n] = (v.mean().item(), boot[est, setting, n].std().item())
         if setting == "coupled" and (est, "decoupled", n) in values and v.mean().item() > 0:
-            r = boot[est, "decoupled", n] / boot[est, "coupled", n]
-            table["ratio_decoupled_coupled"][est, n] = (values[est, "decoupled", n].mean().item() / v.mean().item(),
-                                                        r.std().item())
+            table["ratio_decoupled_coupled"][est, n] = ratio(
+                (est, "decoupled", n), (est, "coupled", n), values[est, "decoupled", n].mean().item() / v.mean().item())
         if est == "time_free" and ("time_integral", setting, n) in values and v.mean().item() > 0:
-            r = boot["time_integral", setting, n] / boot[est, setting, n]
-            table["ratio_time_integral_time_free"][setting, n] = (
-                values["time_integral", setting, n].mean().item() / v.mean().item(), r.std().item())
+            table["ratio_time_integral_time_free"][setting, n] = ratio(
+                ("time_integral", setting, n), (est, setting, n),
+                values["time_integral", setting, n].mean().item() / v.mean().item())
     return table
+
+
+def fmt_ratio(r) -> str:
+    return f"{r[0]:.3g}× [{r[1]:.3g}, {r[2]:.3g}]"
 
 
 def variance_markdown(table: dict, estimators, n_samples, settings=SETTINGS) -> str:
@@ -107,12 +134,12 @@ def variance_markdown(table: dict, estimators, n_samples, settings=SETTINGS) -> 
         for n in n_samples:
             cells = " | ".join(f(table["var"][est, s, n]) for s in settings)
             ratio = table["ratio_decoupled_coupled"].get((est, n))
-            lines.append(f"| {est} | {n} | {cells} | {f(ratio) + '×' if ratio else '—'} |")
+            lines.append(f"| {est} | {n} | {cells} | {fmt_ratio(ratio) if ratio else '—'} |")
     if table["ratio_time_integral_time_free"]:
         lines += ["", "| time_integral / time_free | " + " | ".join(f"n={n}" for n in n_samples) + " |",
                   "|---|" + "---|" * len(n_samples)]
         for s in settings:
-            lines.append(f"| {s} | " + " | ".join(f(table["ratio_time_integral_time_free"][s, n]) + "×"
+            lines.append(f"| {s} | " + " | ".join(fmt_ratio(table["ratio_time_integral_time_free"][s, n])
                                                   for n in n_samples) + " |")
     return "\n".join(lines)
 
@@ -245,7 +272,8 @@ def model_main(argv: list[str]) -> None:
     table = bootstrap(values, resamples=int(opts["resamples"]))
     md = variance_markdown(table, estimators, n_samples, settings)
     header = (f"policy `{cfg.model.name_or_path}`, reference `{reference_path}`, {where}, "
-              f"{reps} draws per pair; mean over pairs ± bootstrap SE ({opts['resamples']} resamples of pairs); "
+              f"{reps} draws per pair; mean over pairs ± bootstrap SE ({opts['resamples']} resamples of pairs), ratios "
+              f"with 95% percentile intervals; "
               f"{time.time() - started:.0f} s")
     (out / "variance.md").write_text(header + "\n\n" + md + "\n")
     (out / "variance.json").write_text(json.dumps({
@@ -294,9 +322,10 @@ def measure_run(run_dir: Path, opts: dict, *, estimators=None, n_samples=None, s
     return out, where, cfg
 
 
-def path_table(by_step: dict, resamples: int) -> dict:
-    """{step: bootstrap table} (``bootstrap``), steps in order."""
-    return {step: bootstrap(values, resamples=resamples) for step, values in sorted(by_step.items())}
+def path_table(by_step: dict, resamples: int, clusters: dict | None = None) -> dict:
+    """{step: bootstrap table} (``bootstrap``; ``clusters[step]``: the pair of each unit), steps in order."""
+    return {step: bootstrap(values, resamples=resamples, clusters=(clusters or {}).get(step))
+            for step, values in sorted(by_step.items())}
 
 
 def path_markdown(tables: dict[str, dict], estimators, n_samples, settings) -> str:
@@ -313,7 +342,7 @@ def path_markdown(tables: dict[str, dict], estimators, n_samples, settings) -> s
                                        for s in settings)
                     ratio = table["ratio_decoupled_coupled"].get((est, n))
                     shown = "— (coupled var 0: policy = reference)" if table["var"][est, "coupled", n][0] == 0 else (
-                        f"{ratio[0]:.4g} ± {ratio[1]:.2g}×" if ratio else "—")
+                        fmt_ratio(ratio) if ratio else "—")
                     lines.append(f"| {step} | {cells} | {shown} |")
                 lines.append("")
     return "\n".join(lines)
@@ -337,17 +366,18 @@ def plot_path(path: Path, tables: dict[str, dict], est: str, n: int, settings, t
         pts = [(step, *t["ratio_decoupled_coupled"][est, n]) for step, t in per_step.items()
                if (est, n) in t["ratio_decoupled_coupled"] and t["var"][est, "coupled", n][0] > 0]
         if pts:
-            steps, r, se = zip(*pts)
-            right.errorbar(steps, r, yerr=se, color=f"C{i}", marker="o", ms=3, capsize=2, label=label or "run")
+            steps, r, lo, hi = zip(*pts)
+            yerr = [[x - a for x, a in zip(r, lo)], [b - x for x, b in zip(r, hi)]]
+            right.errorbar(steps, r, yerr=yerr, color=f"C{i}", marker="o", ms=3, capsize=2, label=label or "run")
     left.set_yscale("log")
     left.set_title(f"Var[margin estimate], {est}, n = {n}", fontsize=10)
     right.set_yscale("log")
-    right.set_title("decoupled / coupled", fontsize=10)
+    right.set_title("decoupled / coupled (95% percentile interval)", fontsize=10)
     for ax in (left, right):
         ax.set_xlabel("optimizer step (checkpoint)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(title + "\n± bootstrap SE over held-out pairs; step 0 coupled is exactly 0 (policy = reference) and "
+    fig.suptitle(title + "\nvariances ± bootstrap SE over held-out pairs (a pair's runs resampled together); step 0 coupled is exactly 0 (policy = reference) and "
                  "is not drawn", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -361,7 +391,7 @@ def _path_groups(paths: dict, opts: dict) -> tuple[Path, dict[str, list[Path]]]:
         return root, {"": [root]}
     root = Path(paths["grid"])
     axes = json.loads((root / "grid.json").read_text())["axes"]
-    from align.ablate import cell_name, cells_of, short
+    from align.grid_names import cell_name, cells_of, short
 
     groups: dict[str, list[Path]] = {}
     for cell in cells_of(axes):
@@ -400,13 +430,15 @@ def path_main(argv: list[str]) -> None:
                 for key, v in values.items():
                     pooled.setdefault(step, {}).setdefault(key, []).append(v)
         common = [s for s, vals in pooled.items() if all(len(v) == len(runs) for v in vals.values())]
+        clusters = {s: [i for v in next(iter(pooled[s].values())) for i in range(len(v))] for s in common}
         pooled = {s: {k: torch.cat(v) for k, v in pooled[s].items()} for s in common}
-        tables[label] = path_table(pooled, int(opts["resamples"]))
+        tables[label] = path_table(pooled, int(opts["resamples"]), clusters)
     md = path_markdown(tables, estimators, n_samples, settings)
     runs_count = sum(len(r) for r in groups.values())
     header = (f"The margin estimate's variance along training: {runs_count} run(s) under `{root}`, {where}, "
               f"{opts['reps']} independent draws per pair; mean over pairs{' (and runs of an arm)' if len(groups) > 1 or runs_count > 1 else ''} "
-              f"± bootstrap SE ({opts['resamples']} resamples); {time.time() - started:.0f} s")
+              f"± bootstrap SE ({opts['resamples']} resamples of held-out pairs, each pair with all its runs); ratios with "
+              f"95% percentile intervals; {time.time() - started:.0f} s")
     (out / "variance_path.md").write_text(header + "\n\n" + md)
     (out / "variance_path.json").write_text(json.dumps({
         "root": str(root), "reps": int(opts["reps"]), "estimators": estimators, "n_samples": n_samples,

@@ -1,17 +1,22 @@
-"""Build the bundled tiny chat model, ``data/tiny_chat/``, from scratch on a CPU (about 25 minutes on 2 cores).
+"""Build the bundled tiny chat model, ``data/tiny_chat/``, from scratch on a CPU (about an hour on 2 cores).
 
-1. the corpus: ``data/make_demo_data.py`` (templated dialogues; see its docstring);
-2. a byte-level BPE tokenizer (every corpus word one token: vocab 1,399) with LLaDA's special tokens and chat template;
-3. a random LLaDA-architecture model (d_model 256, 4 layers, 8 heads, MLP 768: 4.1M parameters);
+1. the corpus: ``data/make_demo_data.py`` (the world of ``align/world.py``; see its docstring);
+2. a byte-level BPE tokenizer (every corpus word one token) with LLaDA's special tokens and chat template;
+3. a random LLaDA-architecture model (d_model 256, 6 layers, 8 heads, MLP 768);
 4. masked-diffusion pretraining on the plain text (``recipes/tiny_chat_pretrain.yaml``): every token may be masked;
 5. masked-diffusion SFT on the dialogues (``recipes/tiny_chat_sft.yaml``): the prompt stays visible;
 6. the result in the published layout (bf16 safetensors, config, tokenizer), read by ``load_model`` like any
-   checkpoint, with ``build_info.json`` (times and final losses).
+   checkpoint, with ``build_info.json``: times, final losses, and the well-formedness of sampled answers
+   (:func:`measure`: greedy and at the demo's sampling setting, on held-out prompts of held-out tasks).
 
 Stages 4 and 5 are ordinary runs of ``python -m align.train_sft``: the build exercises the project's own SFT stage.
+The build is resumable: run the same command again after an interruption and it skips the finished stages and
+continues the interrupted one from its last checkpoint (``train.resume_from_checkpoint=latest``).
 
     python data/build_tiny_model.py                 # writes data/tiny_chat/ (work files under build/tiny_chat/)
+    python data/build_tiny_model.py --fresh         # throws the work files away first
     python data/build_tiny_model.py --quick         # a few steps of each stage: checks the pipeline, not a model
+    python data/build_tiny_model.py --measure DIR   # only the well-formedness measure of a model directory
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "tiny_chat"
 WORK = ROOT / "build" / "tiny_chat"
-VOCAB = 1536  # BPE stops earlier once every word of the corpus is one token (1,399)
-ARCH = dict(d_model=256, n_heads=8, n_kv_heads=8, n_layers=4, mlp_hidden_size=768, max_sequence_length=256,
+VOCAB = 1536  # BPE stops earlier once every word of the corpus is one token
+ARCH = dict(d_model=256, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=768, max_sequence_length=256,
             rope_theta=10000.0)
 
 
@@ -62,19 +67,89 @@ def initial_model(path: Path, seed: int = 0) -> None:
 
 
 def run_stage(recipe: str, model: Path, out: Path, extra: list[str]) -> dict:
+    """One ``align.train_sft`` run. A finished stage (``stage.json`` beside its ``final/``) is skipped; an
+    interrupted one continues from its newest checkpoint; anything else in ``out`` is the build's own and is
+    replaced."""
+    record = out / "stage.json"
+    if record.exists():
+        print(f"{out.name}: finished earlier, skipped", flush=True)
+        return json.loads(record.read_text())
+    resume = out.is_dir() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
     cmd = [sys.executable, "-m", "align.train_sft", f"recipe={recipe}", f"model.name_or_path={model}",
            f"train.output_dir={out}", "train.report_to=none",
-           "train.overwrite_output_dir=true", *extra]  # the build owns its work directory
+           *(["train.resume_from_checkpoint=latest"] if resume else ["train.overwrite_output_dir=true"]), *extra]
     print("$", " ".join(cmd[1:]), flush=True)
     start = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    last_eval = [r for r in records if "eval/loss" in r][-1]
+    evals = [r for r in records if "eval/loss" in r]
     last_train = [r for r in records if "loss" in r][-1]
-    return {"seconds": round(time.time() - start), "steps": last_train["step"],
-            "final_eval_loss": round(last_eval["eval/loss"], 4),
-            "final_eval_masked_token_nll": round(last_eval["eval/masked_token_nll"], 4),
-            "final_train_masked_token_nll": round(last_train["masked_token_nll"], 4)}
+    info = {"seconds": round(time.time() - start),  # of this invocation (a resumed stage: since the resume) "steps": last_train["step"],
+            "final_eval_loss": round(evals[-1]["eval/loss"], 4),
+            "final_eval_masked_token_nll": round(evals[-1]["eval/masked_token_nll"], 4),
+            "final_train_masked_token_nll": round(last_train["masked_token_nll"], 4),
+            "eval_curve": [[r["step"], round(r["eval/masked_token_nll"], 4)] for r in evals]}
+    record.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+# the two sampling settings the well-formedness measure reports: greedy (LLaDA's default decoding) and the demo's
+SETTINGS = {"greedy": dict(temperature=0.0, remasking="low_confidence"),
+            "demo": dict(temperature=1.0, remasking="random")}
+
+
+def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict:
+    """Well-formedness (``align.world.well_formed``) and the judged behaviour of answers sampled from ``model_dir``
+    to held-out prompts: those of held-out tasks (never in training text) and held-out phrasings of training
+    tasks, 48 tokens in 48 steps, greedy and at the demo's setting. Shares with their binomial SEs, per split
+    and per kind."""
+    import math
+
+    import torch
+
+    from align import world
+    from align.behaviour import sample_answers
+    from align.models import load_model, spec_for
+    from align.models.tokenizer import load_tokenizer
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    model = load_model(str(model_dir), dtype=torch.float32).eval()
+    tok = load_tokenizer(str(model_dir))
+    spec = spec_for(model)
+    rows = [json.loads(line) for line in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()]
+    rows = rows[:limit] if limit else rows
+    out = {"prompts": len(rows), "gen_length": 48, "steps": 48}
+
+    def share(flags):
+        p = sum(flags) / len(flags)
+        return {"rate": round(p, 4), "se": round(math.sqrt(p * (1 - p) / len(flags)), 4), "n": len(flags)}
+
+    for name, setting in SETTINGS.items():
+        start = time.time()
+        answers = sample_answers(model, tok, spec, [r["prompt"] for r in rows], gen_length=48, block_length=48,
+                                 steps=48, seed=seed, **setting)
+        judged = [world.judge(r["task_id"], r["kind"], a) for r, a in zip(rows, answers)]
+        res = {}
+        for split in ("heldout_task", "heldout_phrasing"):
+            idx = [i for i, r in enumerate(rows) if r["split"] == split]
+            if not idx:
+                continue
+            res[split] = {"well_formed": share([judged[i]["well_formed"] for i in idx]),
+                          "repeats_a_word": share([world.repeats_a_word(answers[i]) for i in idx]),
+                          "correct": share([judged[i]["correct"] for i in idx])}
+            for kind in world.KINDS:
+                kidx = [i for i in idx if rows[i]["kind"] == kind]
+                if kidx:
+                    res[split][kind] = {"well_formed": share([judged[i]["well_formed"] for i in kidx]),
+                                        "refusal": share([judged[i]["refusal"] for i in kidx]),
+                                        "correct": share([judged[i]["correct"] for i in kidx])}
+        res["examples"] = [{"prompt": rows[i]["prompt"], "answer": answers[i], **judged[i]}
+                           for i in range(min(6, len(rows)))]
+        res["seconds"] = round(time.time() - start)
+        out[name] = {**setting, **res}
+        print(f"{name}: well-formed {res.get('heldout_task', {}).get('well_formed')} (held-out tasks), "
+              f"{res.get('heldout_phrasing', {}).get('well_formed')} (held-out phrasings)", flush=True)
+    return out
 
 
 def publish(final: Path, info: dict) -> None:
@@ -128,23 +203,38 @@ ones about half the time each: the behaviour the demo's DPO changes. Not a model
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few steps per stage (pipeline check); publishes nothing")
+    ap.add_argument("--fresh", action="store_true", help="remove the work folder first (else an earlier build "
+                                                          "is continued)")
     ap.add_argument("--work", type=Path, default=WORK, help="folder for the stages' outputs")
+    ap.add_argument("--measure", type=Path, help="only measure this model directory's answers; print JSON")
+    ap.add_argument("--limit", type=int, help="with --measure: the first N held-out prompts")
     args = ap.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure, limit=args.limit), indent=1))
+        return
     start = time.time()
     subprocess.run([sys.executable, str(ROOT / "data" / "make_demo_data.py")], check=True)
     work = args.work.resolve()
-    if work.exists():
+    if args.quick:
+        work = work / "quick"
+    if work.exists() and (args.fresh or args.quick):
         shutil.rmtree(work)
-    initial_model(work / "init")
+    if not (work / "init" / "model.safetensors").exists():
+        initial_model(work / "init")
     quick = (["train.max_steps=3", "train.eval_steps=0", "data.max_eval_examples=16", "behaviour.max_prompts=2",
               "train.progress_bar=false"] if args.quick else [])
     info = {"architecture": ARCH, "vocab": VOCAB}
     info["pretrain"] = run_stage("tiny_chat_pretrain", work / "init", work / "pretrain", quick)
     info["sft"] = run_stage("tiny_chat_sft", work / "pretrain" / "final", work / "sft", quick)
-    info["total_seconds"] = round(time.time() - start)
+    info["total_seconds"] = info["pretrain"]["seconds"] + info["sft"]["seconds"]
     print(json.dumps(info, indent=2), flush=True)
     if not args.quick:
+        m_start = time.time()
+        info["well_formedness"] = measure(work / "sft" / "final")
+        info["measure_seconds"] = round(time.time() - m_start)
         publish(work / "sft" / "final", info)
+    else:
+        print(json.dumps(measure(work / "sft" / "final", limit=6)["greedy"]["heldout_task"], indent=1))
 
 
 if __name__ == "__main__":
