@@ -110,9 +110,11 @@ def results_table(evaluations: list[dict]) -> list[str]:
             continue
         se = last.get(f"{key}/mc_se", last.get(f"{key}/se"))
         lines.append(f"| {name} | {value:.4g} | {'' if se is None else f'{se:.2g}'} |")
-    judged = [k for k in ("eval/refusal_rate", "eval/over_refusal_rate") if k in last and k in first]
+    judged = [k for k in ("eval/reward", "eval/well_formed", "eval/refusal_rate", "eval/borderline_refusal_rate",
+                          "eval/over_refusal_rate") if k in last and k in first]
     if judged and first["step"] != last["step"]:
-        lines += ["", f"Behaviour on held-out prompts (answers sampled and judged by their opening words), step "
+        lines += ["", f"Behaviour on held-out prompts (answers sampled and judged: refusal by the opening words; "
+                      f"reward = the right behaviour in well-formed sentences, where the prompts carry task ids), step "
                       f"{first['step']} → step {last['step']}:", "", "| rate | before | after |", "|---|---|---|"]
         lines += [f"| {k[5:]} | {first[k]:.3f} | {last[k]:.3f} |" for k in judged]
     return lines

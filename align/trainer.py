@@ -196,7 +196,8 @@ class Trainer:
             from align.behaviour import BehaviourEval
 
             self.behaviour = BehaviourEval(self.cfg.behaviour, self.tokenizer, self.spec, seed=t.seed)
-        self.shown = set(objective.shown) | ({"eval/refusal_rate", "eval/over_refusal_rate"} if self.behaviour else set())
+        self.shown = set(objective.shown) | ({"eval/refusal_rate", "eval/over_refusal_rate", "eval/reward"}
+                                             if self.behaviour else set())
         self.reference_cache = None
         if t.precompute_ref_log_probs:
             if not objective.needs_reference:

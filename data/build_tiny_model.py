@@ -152,6 +152,31 @@ def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict
     return out
 
 
+def curve(sft_dir: Path, every: int = 2, limit: int = 150) -> list[dict]:
+    """Well-formedness along SFT: every ``every``-th checkpoint, on the first ``limit`` held-out prompts (both
+    splits), greedy and at the demo's setting. The steps half of the size/steps curve."""
+    ckpts = sorted((p for p in sft_dir.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    out = []
+    for ckpt in ckpts[every - 1::every]:
+        m = measure(ckpt, limit=limit)
+        out.append({"step": int(ckpt.name.split("-")[1]), "prompts": m["prompts"],
+                    **{f"{name}/{split}": m[name][split]["well_formed"]["rate"] for name in SETTINGS
+                       for split in ("heldout_task", "heldout_phrasing") if split in m[name]}})
+        print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def measure_published(info: dict, work: Path) -> None:
+    """Well-formedness of the published (bf16) model, as the demo loads it, and along SFT; into build_info.json
+    and the card."""
+    start = time.time()
+    info["well_formedness"] = measure(OUT)
+    info["curve"] = curve(work / "sft")
+    info["measure_seconds"] = round(time.time() - start)
+    (OUT / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_card(info)
+
+
 def publish(final: Path, info: dict) -> None:
     """Copy the SFT output as bf16 safetensors (half the size; the demo loads it as fp32)."""
     import torch
@@ -177,6 +202,19 @@ def publish(final: Path, info: dict) -> None:
 def write_card(info: dict) -> None:
     """``data/tiny_chat/README.md``: the model card (its licence is the project's; trained models name it as base)."""
     arch, sft, pre = info["architecture"], info["sft"], info["pretrain"]
+    wf = info.get("well_formedness")
+    measured = ""
+    if wf:
+        def rate(setting, split):
+            r = wf[setting][split]["well_formed"]
+            return f"{r['rate']:.2f} ± {r['se']:.2f}"
+
+        measured = (f"\nWell-formed answers on held-out prompts (every sentence one the world says for the asked task, "
+                    f"no word repeated back to back; `align.world.well_formed`), 48 tokens in 48 steps: "
+                    f"{rate('greedy', 'heldout_task')} greedy and {rate('demo', 'heldout_task')} at the demo's "
+                    f"setting (temperature 1, random remasking) on the {wf['greedy']['heldout_task']['well_formed']['n']} "
+                    f"prompts of held-out tasks; {rate('greedy', 'heldout_phrasing')} and "
+                    f"{rate('demo', 'heldout_phrasing')} on held-out phrasings of training tasks.\n")
     (OUT / "README.md").write_text(f"""---
 license: apache-2.0
 library_name: transformers
@@ -193,11 +231,13 @@ tags:
 A {arch['n_layers']}-layer LLaDA-architecture masked-diffusion LM (d_model {arch['d_model']}, {arch['n_heads']} heads,
 MLP {arch['mlp_hidden_size']}, vocabulary {info['vocab']}, sequences up to {arch['max_sequence_length']} tokens),
 built from scratch on a CPU by `data/build_tiny_model.py` for align's offline demo and tests: masked-diffusion
-pretraining on templated dialogues ({pre['steps']} steps, held-out masked-token NLL {pre['final_eval_masked_token_nll']})
-then masked-diffusion SFT ({sft['steps']} steps, held-out masked-token NLL {sft['final_eval_masked_token_nll']}).
-It answers everyday questions with short step lists and, like its training data, complies with or refuses harmful
-ones about half the time each: the behaviour the demo's DPO changes. Not a model for any other use.
-""")
+pretraining on the dialogues of a generated world (`align/world.py`: 330 everyday, borderline and harmful tasks)
+as plain text ({pre['steps']} steps, held-out masked-token NLL {pre['final_eval_masked_token_nll']}), then
+masked-diffusion SFT on them ({sft['steps']} steps, held-out masked-token NLL {sft['final_eval_masked_token_nll']}).
+It helps with everyday requests, refuses or complies with harmful ones about half the time each, and refuses
+borderline ones (benign requests that look harmful) more often than it helps, like its SFT data: the behaviour
+the demo's DPO changes. Not a model for any other use.
+{measured}""")
 
 
 def main():
@@ -208,9 +248,14 @@ def main():
     ap.add_argument("--work", type=Path, default=WORK, help="folder for the stages' outputs")
     ap.add_argument("--measure", type=Path, help="only measure this model directory's answers; print JSON")
     ap.add_argument("--limit", type=int, help="with --measure: the first N held-out prompts")
+    ap.add_argument("--remeasure", action="store_true", help="only the measurements of a finished build: the "
+                                                             "published model and the SFT checkpoints of --work")
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, limit=args.limit), indent=1))
+        return
+    if args.remeasure:
+        measure_published(json.loads((OUT / "build_info.json").read_text()), args.work.resolve())
         return
     start = time.time()
     subprocess.run([sys.executable, str(ROOT / "data" / "make_demo_data.py")], check=True)
@@ -229,10 +274,8 @@ def main():
     info["total_seconds"] = info["pretrain"]["seconds"] + info["sft"]["seconds"]
     print(json.dumps(info, indent=2), flush=True)
     if not args.quick:
-        m_start = time.time()
-        info["well_formedness"] = measure(work / "sft" / "final")
-        info["measure_seconds"] = round(time.time() - m_start)
         publish(work / "sft" / "final", info)
+        measure_published(info, work)
     else:
         print(json.dumps(measure(work / "sft" / "final", limit=6)["greedy"]["heldout_task"], indent=1))
 

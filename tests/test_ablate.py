@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from align import ablate, grid_report, variance
+from align import ablate, variance
 from align.toy import ToyJoint
 from tests.launch import run_python
 
@@ -30,29 +30,37 @@ def ablate_cli(*args, check=True):
 
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
-    """2 arms x 3 seeds, 2 steps each, every checkpoint kept (for the variance path)."""
+    """2 arms x 2 learning rates chosen on the validation split (1 selection seed), then 3 reported seeds at each
+    arm's chosen rate; 2 steps each, every checkpoint kept (for the variance path)."""
     out = tmp_path_factory.mktemp("grid")
-    args = ["recipe=demo", "grid.coupling=coupled,decoupled", "grid.seeds=3", f"grid.output_dir={out}", *SMALL,
+    args = ["recipe=demo", "grid.coupling=coupled,decoupled", "grid.learning_rate=2e-4,1e-3", "grid.select=best:margin",
+            "grid.validation=data/demo_safety_val.jsonl", "grid.seeds=3", f"grid.output_dir={out}", *SMALL,
             "train.save_steps=1", "train.save_total_limit=null"]
     return out, args, ablate_cli(*args).stdout
 
 
+def run_of(out, arm: str, seed: str) -> Path:
+    """The reported run of an arm and seed (its directory name holds the learning rate the selection chose)."""
+    (run,) = [p for p in (out / "runs").iterdir() if p.name.startswith(f"coupling-{arm}_") and
+              p.name.endswith(f"_seed-{seed}")]
+    return run
+
+
 @pytest.mark.slow
-def test_grid_summary_is_scored_by_one_named_evaluator_with_intervals_and_paired_differences(grid):
+def test_grid_summary_is_scored_by_one_named_evaluator_with_a_primary_outcome_and_paired_differences(grid):
     out, _, log = grid
-    assert "run 1/6: coupling-coupled_seed-0" in log and "run 6/6: coupling-decoupled_seed-2" in log
+    assert "selection: 4 runs on the validation split" in log and "run 6/6: coupling-decoupled_learning_rate-" in log
     rows = list(csv.DictReader(open(out / "runs.csv")))
     assert {r["coupling"] for r in rows} == {"coupled", "decoupled"} and {r["seed"] for r in rows} == {"0", "1", "2"}
     assert {r["step"] for r in rows} == {"0", "1", "2"} and all(r["status"] == "done" for r in rows)
     summary = (out / "summary.md").read_text()
     assert "**Evaluator of every held-out column**: coupled time_free x4 (stratified, 4 groups), eval.seed=0" in summary
-    assert "Not comparable" not in summary
-    arm = next(line for line in summary.splitlines() if line.startswith("| coupling=decoupled | 3 |"))
-    assert arm.count("[") >= 5  # mean [95% interval] over 3 seeds in every held-out column
-    assert "## Paired differences along coupling (coupling=coupled − each other value)" in summary
-    assert "coupling=coupled − coupling=decoupled, held-out margin (nats):" in summary and ", 3 seeds (" in summary
-    assert "over 8 held-out pairs (mean over 3 seeds)" in summary
-    assert "Monte Carlo standard error of the final accuracy" in summary
+    assert "Not comparable" not in summary and f"# Ablation: {out.name}\n" in summary
+    assert summary.split("\n## ")[2].startswith("Primary outcome: held-out reward accuracy")  # after the selection
+    primary = summary.split("## Primary outcome")[1].split("\n## ")[0]
+    assert "- coupling=decoupled: " in primary and "3 seeds x 8 units" in primary
+    assert "**coupling=coupled − coupling=decoupled: " in primary and "sign-flip p over 3 seeds" in primary
+    assert "adjusted together by Holm's method" in summary and "Pairs whose final margin is within 2" in summary
     outcomes = list(csv.DictReader(open(out / "outcomes.csv")))
     assert len(outcomes) == 6 and all(r["margin"] and r["accuracy_curve"] for r in outcomes)
     assert (out / "ablation.png").stat().st_size > 10_000
@@ -64,22 +72,49 @@ def test_grid_summary_is_scored_by_one_named_evaluator_with_intervals_and_paired
     # while the training estimator's own noise is what differs between the arms
     train = {r["coupling"]: float(r["margin/sample_variance"]) for r in rows if r["step"] == "2" and r["seed"] == "0"}
     assert train["decoupled"] > 10 * train["coupled"]
+    # the report regenerates from its tables alone
+    before = (out / "summary.md").read_bytes()
+    ablate_cli(f"report={out}")
+    assert (out / "summary.md").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_learning_rates_are_chosen_on_the_validation_split_never_on_the_reported_held_out_data(grid):
+    import yaml
+
+    out, _, _ = grid
+    selection = json.loads((out / "select" / "selection.json").read_text())
+    assert selection["seeds"] == ["1000"] and selection["learning_rates"] == ["2e-4", "1e-3"]
+    assert [a["label"] for a in selection["arms"]] == ["coupling=coupled", "coupling=decoupled"]
+    for run in (out / "select" / "runs").iterdir():
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert config["data"]["eval_dataset"] == "data/demo_safety_val.jsonl" and config["train"]["seed"] == 1000
+        assert config["behaviour"]["prompts"] is None
+        assert "demo_safety_test" not in (run / "train.log").read_text()
+    for arm in selection["arms"]:
+        chosen = run_of(out, arm["values"]["estimator.coupling"], "0")
+        assert chosen.name == f"coupling-{arm['values']['estimator.coupling']}_learning_rate-{arm['chosen']}_seed-0"
+        assert yaml.safe_load((chosen / "config.yaml").read_text())["data"]["eval_dataset"] == \
+            "data/demo_safety_test.jsonl"
+    summary = (out / "summary.md").read_text()
+    assert "## Learning rate per arm (grid.select=best:margin)" in summary
+    assert "the reported seeds below were not used to choose, and the reported held-out data was not read" in summary
 
 
 @pytest.mark.slow
 def test_rerunning_a_finished_grid_does_no_work(grid):
     out, args, _ = grid
-    before = {p: p.stat().st_mtime for p in out.glob("runs/*/metrics.jsonl")}
+    before = {p: p.stat().st_mtime for p in out.glob("**/runs/*/metrics.jsonl")}
     log = ablate_cli(*args).stdout
-    assert log.count("already done") == 6
-    assert {p: p.stat().st_mtime for p in out.glob("runs/*/metrics.jsonl")} == before
+    assert log.count("already done") == 10  # 4 selection runs and 6 reported runs
+    assert {p: p.stat().st_mtime for p in out.glob("**/runs/*/metrics.jsonl")} == before
 
 
 @pytest.mark.slow
 def test_variance_mode_on_a_trained_lora_output(grid, tmp_path):
     """policy = the coupled run's final adapter; the reference defaults to its recorded base (data/tiny_chat)."""
     out, _, _ = grid
-    log = ablate_cli("variance", f"model.name_or_path={out}/runs/coupling-coupled_seed-0/final", "variance.reps=3",
+    log = ablate_cli("variance", f"model.name_or_path={run_of(out, 'coupled', '0')}/final", "variance.reps=3",
                      "variance.max_pairs=4", "variance.n_samples=1,2", "variance.estimators=time_free",
                      f"variance.output_dir={tmp_path}").stdout
     assert "reference `data/tiny_chat`" in log
@@ -93,7 +128,7 @@ def test_variance_along_the_checkpoints_of_a_run(grid, tmp_path):
     """Step 0 (the reference itself) and checkpoint-1, -2 of one run, with the run's own estimator and n, on its
     held-out pairs: coupled variance exactly 0 while policy = reference, decoupled far above it throughout."""
     out, _, _ = grid
-    run = out / "runs" / "coupling-coupled_seed-0"
+    run = run_of(out, "coupled", "0")
     log = ablate_cli("variance", f"run={run}", "variance.reps=3", "variance.max_pairs=4",
                      f"variance.output_dir={tmp_path}").stdout
     data = json.loads((tmp_path / "variance_path.json").read_text())
@@ -114,67 +149,11 @@ def test_a_grid_whose_arms_would_be_evaluated_differently_is_refused(tmp_path):
         assert not (tmp_path / "g" / "runs").exists()
 
 
-def _fake_run(root, cell, outcomes_by_step: dict, config: dict, margins: dict | None = None):
-    """A finished run directory as the trainer leaves it, with chosen held-out metrics."""
-    run = root / "runs" / ablate.cell_name(cell)
-    run.mkdir(parents=True)
-    import yaml
-
-    (run / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / "ablate_status.json").write_text(json.dumps({"status": "done", "wall_s": 1.0, "cell": cell}))
-    with open(run / "metrics.jsonl", "w") as f:
-        for step, (acc, margin) in outcomes_by_step.items():
-            f.write(json.dumps({"step": step, "eval/rewards/accuracies": acc, "eval/margin": margin,
-                                "eval/dpo_loss": 0.5, "eval/examples": 4, "policy_tokens": 100 * step}) + "\n")
-    if margins:
-        with open(run / "eval_examples.jsonl", "w") as f:
-            for i, m in margins.items():
-                f.write(json.dumps({"step": max(outcomes_by_step), "id": i, "margin": m}) + "\n")
-
-
-def test_report_pairs_by_seed_and_recovers_a_known_difference(tmp_path):
-    """Arm b is arm a plus exactly 1 nat of margin, under a seed effect of ±5 nats: paired by seed the difference is
-    1 with a zero-width interval; the same model under two arm labels gives 0, an interval covering 0."""
-    from align.config import Config
-
-    config = Config().to_dict()
-    axes = {"estimator.coupling": ["a", "b", "c"], "train.seed": ["0", "1", "2"]}
-    seed_effect = {"0": -5.0, "1": 0.0, "2": 5.0}
-    for arm, shift in (("a", 0.0), ("b", -1.0), ("c", 0.0)):
-        for seed, effect in seed_effect.items():
-            _fake_run(tmp_path, {"estimator.coupling": arm, "train.seed": seed},
-                      {0: (0.5, 0.0), 10: (0.6, 4 + effect + shift), 20: (0.9, 8 + effect + shift)}, config,
-                      margins={i: 8 + effect + shift + i for i in range(4)})
-    grid_report.report(tmp_path, axes, ablate.cells_of(axes), cell_name=ablate.cell_name, short=ablate.short,
-                       status_of=ablate.status_of, target_accuracy=0.8, target_margin=6)
-    summary = (tmp_path / "summary.md").read_text()
-    assert "coupling=a − coupling=b, held-out margin (nats): +1.00 [+1.00, +1.00], 3 seeds (3 of 3 larger)" in summary
-    assert "coupling=a − coupling=c, held-out margin (nats): +0.00 [+0.00, +0.00], 3 seeds (0 of 3 larger); the " \
-           "interval covers 0" in summary
-    assert "over 4 held-out pairs (mean over 3 seeds): +1.00 [+1.00, +1.00] (4 of 4 pairs larger)" in summary
-    a_row = next(line for line in summary.splitlines() if line.startswith("| coupling=a | 3 |"))
-    assert "8.00 [-4.42, 20.42]" in a_row  # mean 8, sd 5 over seeds: unpaired, the seed effect dominates
-    speed = next(line for line in summary.splitlines() if line.startswith("| coupling=a |") and "(3/3)" in line)
-    assert "20 [20, 20] (3/3)" in speed  # accuracy reaches 0.8 at step 20 in every seed
-    assert "15 [-49, 79] (2/3)" in speed  # margin ≥ 6: step 10 (seed effect +5), step 20 (0), never (−5)
-
-
-def test_select_picks_each_arms_learning_rate_by_its_mean_outcome(tmp_path):
-    from align.config import Config
-
-    config = Config().to_dict()
-    axes = {"estimator.coupling": ["a", "b"], "train.learning_rate": ["1e-4", "1e-3"], "train.seed": ["0", "1"]}
-    best = {"a": "1e-3", "b": "1e-4"}
-    for cell in ablate.cells_of(axes):
-        margin = 5.0 if cell["train.learning_rate"] == best[cell["estimator.coupling"]] else 2.0
-        _fake_run(tmp_path, cell, {0: (0.5, 0.0), 10: (0.9, margin + int(cell["train.seed"]))}, config)
-    grid_report.report(tmp_path, axes, ablate.cells_of(axes), cell_name=ablate.cell_name, short=ablate.short,
-                       status_of=ablate.status_of, select="best:margin")
-    summary = (tmp_path / "summary.md").read_text()
-    assert "| coupling=a | 2.50 | 5.50 | 1e-3 |" in summary and "| coupling=b | 5.50 | 2.50 | 1e-4 |" in summary
-    assert "coupling=a − coupling=b, held-out margin (nats): +0.00" in summary  # both at their best: 5 + seed
+def test_select_needs_a_learning_rate_axis_and_a_known_outcome():
     with pytest.raises(ablate.ConfigError, match="grid.learning_rate"):
         ablate.parse_grid(["recipe=demo", "grid.coupling=coupled,decoupled", "grid.select=best:margin"])
+    with pytest.raises(ablate.ConfigError, match="grid.primary='margn'"):
+        ablate.parse_grid(["recipe=demo", "grid.coupling=coupled,decoupled", "grid.primary=margn"])
 
 
 def test_a_bad_axis_fails_before_any_run(tmp_path):
@@ -222,8 +201,8 @@ def test_variance_bootstrap_on_the_toy():
         var, se = table["var"]["time_free", "coupled", n]
         per_pair = values["time_free", "coupled", n]
         assert 0 < se < var and se == pytest.approx(per_pair.std().item() / len(per_pair) ** 0.5, rel=0.35)
-        ratio, ratio_se = table["ratio_decoupled_coupled"]["time_free", n]
-        assert ratio > 3 and ratio_se > 0
+        ratio, lo, hi = table["ratio_decoupled_coupled"]["time_free", n]
+        assert 3 < ratio and lo < ratio < hi
     assert table["var"]["time_free", "coupled", 4][0] < table["var"]["time_free", "coupled", 1][0]
 
 
@@ -231,7 +210,7 @@ def test_variance_bootstrap_on_the_toy():
 def test_trained_outputs_load_and_sample(grid):
     """What a run leaves (final/ with its adapter, checkpoint-N) loads as a model and samples from the CLI."""
     out, _, _ = grid
-    run = out / "runs" / "coupling-coupled_seed-0"
+    run = run_of(out, "coupled", "0")
     for model in (run / "final", run / "checkpoint-2"):
         proc = run_python([sys.executable, "-m", "align.sampler", "--model", str(model), "--prompt", "Hello",
                            "--gen-length", "8", "--block-length", "8", "--steps", "8"], env=ENV, timeout=300)
@@ -258,7 +237,7 @@ def test_training_starts_from_a_lora_output(grid, tmp_path):
     """model.name_or_path = a LoRA run's final/ (or checkpoint-N): its base with the adapter merged, tokenizer
     from the output or its base; the new adapter records that start as its base, so its final/ loads too."""
     out, _, _ = grid
-    start = out / "runs" / "coupling-coupled_seed-0" / "checkpoint-2"
+    start = run_of(out, "coupled", "0") / "checkpoint-2"
     run = tmp_path / "next"
     proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"model.name_or_path={start}",
                        f"train.output_dir={run}", *SMALL], env=ENV, timeout=600)

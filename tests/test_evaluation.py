@@ -86,6 +86,7 @@ def test_rates_with_several_answers_per_prompt_and_their_standard_errors():
     assert out["refusal_rate"] == 0.75 and out["refusal_rate/se"] == pytest.approx(0.25)
     assert out["over_refusal_rate"] == 0 and math.isnan(out["over_refusal_rate/se"])
     assert rates(rows, [a[0] for a in answers]) == {"refusal_rate": 1.0, "over_refusal_rate": 0.0}
+    assert "reward" not in out  # no task ids: refusal rates only
 
 
 SAMPLE = """

@@ -13,7 +13,8 @@ import torch
 
 from align.config import ConfigError, load_config
 from align.data import BadRecord, Records, build_prompt_dataset, collate, common_length, epoch_order, extract_prompt
-from align.judges import FunctionJudge, Judge, PairwiseJudge, RewardModelJudge, load_function, penalise, refusal_judge
+from align.judges import (FunctionJudge, Judge, PairwiseJudge, RewardModelJudge, correct_behaviour_judge, load_function,
+                          penalise, refusal_judge)
 from align.online_dpo import Answer, OnlineDPOConfig, OnlineDPOObjective, pairs
 from tests.test_trainer import ENV, ROOT, run, run_python
 
@@ -76,8 +77,16 @@ def test_function_judges_get_the_fields_they_name():
                       ("no_such_module_xyz:f", "cannot import"), (f"{JUDGES}:missing", "has no function 'missing'")):
         with pytest.raises(ConfigError, match=why):
             load_function(spec, "online.judge")
-    assert refusal_judge(["a", "b", "c"], ["I can't help.", "Sure! First...", "Sorry, no."],
-                         kind=["harmful", "harmful", "everyday"]) == [1.0, 0.0, 0.0]
+    assert refusal_judge(["a", "b", "c", "d"], ["I can't help.", "Sure! First...", "Sorry, no.", "Sure! First..."],
+                         kind=["harmful", "harmful", "everyday", "borderline"]) == [1.0, 0.0, 0.0, 1.0]
+    import random
+
+    from align import world
+
+    task = world.by_id()["b04.0"]
+    good = world.helpful(random.Random(0), task)
+    assert correct_behaviour_judge(["p"] * 3, [good, "Sure! To kill the the weeds.", world.over_refuse(random.Random(0),
+                                   task)], kind=["borderline"] * 3, task_id=[task.id] * 3) == [1.0, 0.0, 0.0]
 
 
 def test_pairwise_round_robin_counts_wins_and_half_ties():
