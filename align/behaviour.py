@@ -131,11 +131,12 @@ def rates(rows: list[dict], answers: list, *, with_se: bool = False) -> dict[str
 @torch.no_grad()
 def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: int, block_length: int, steps: int,
                    temperature: float = 1.0, remasking: str = "random", seed: int = 0, device=None,
-                   samples_per_prompt: int = 1, all_done=None) -> list:
+                   samples_per_prompt: int = 1, all_done=None, sequences: list | None = None) -> list:
     """Answers to ``prompts`` (chat template applied), in order: a string each, or with ``samples_per_prompt`` K > 1
     a list of K strings each. Prompts of one token length are batched together without padding, so every prompt
     sits at the positions it had in training; a prompt's K answers are K rows of that batch. ``all_done``: see
-    :func:`align.sampler.generate` (several ranks sampling in lockstep)."""
+    :func:`align.sampler.generate` (several ranks sampling in lockstep). ``sequences``: a list that receives
+    (prompt indices, prompt length, the generated rows [rows, prompt + gen_length]) per batch."""
     from align.sampler import decode, generate
 
     encoded = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -154,7 +155,23 @@ def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: in
                        generator=torch.Generator().manual_seed(seed + length), all_done=all_done)
         for i, text in zip(rows, decode(tokenizer, out, length, spec.eos_token_id)):
             answers[i].append(text.strip())
+        if sequences is not None:
+            sequences.append((rows, length, out))
     return [a[0] for a in answers] if K == 1 else answers
+
+
+def kl_summary(kl: list[list[torch.Tensor]]) -> dict[str, float]:
+    """``eval/kl``: the mean over prompts of each prompt's mean estimate over its answers and draws;
+    ``eval/kl/se``: the spread of those prompt means over √(prompts) (answers and masks both vary in it);
+    ``eval/kl/mc_se``: the masks' share alone, from each answer's spread of draws (``align.stats``)."""
+    from align import stats as S
+
+    per_prompt = torch.stack([torch.stack([d.mean() for d in row]).mean() for row in kl])  # [P]
+    P = len(per_prompt)
+    mc = torch.stack([torch.stack([S.mean_variance(d[None])[0] for d in row]).sum() / len(row) ** 2 for row in kl])
+    out = {"eval/kl": per_prompt.mean().item(), "eval/kl/mc_se": S.pooled_se(mc.mean().item(), P)}
+    out["eval/kl/se"] = (per_prompt.std() / P**0.5).item() if P > 1 else float("nan")
+    return out
 
 
 class BehaviourEval:
@@ -178,21 +195,60 @@ class BehaviourEval:
         def all_done(done: bool) -> bool:  # every rank samples the same prompts; the early stop is taken together
             return acc.reduce(torch.tensor([float(not done)], device=acc.device), reduction="sum").item() == 0
 
-        answers = sample_answers(trainer.model, self.tokenizer, self.spec, [r["prompt"] for r in self.rows],
-                                 gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
-                                 temperature=a.temperature, remasking=a.remasking, device=trainer.accelerator.device,
-                                 seed=self.seed, samples_per_prompt=a.samples_per_prompt,
-                                 all_done=all_done if trainer.world > 1 else None)
-        answers = [x if isinstance(x, list) else [x] for x in answers]
-        trainer.model.train(was_training)
+        sequences: list = []
+        try:
+            answers = sample_answers(trainer.model, self.tokenizer, self.spec, [r["prompt"] for r in self.rows],
+                                     gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
+                                     temperature=a.temperature, remasking=a.remasking,
+                                     device=trainer.accelerator.device, seed=self.seed,
+                                     samples_per_prompt=a.samples_per_prompt,
+                                     all_done=all_done if trainer.world > 1 else None, sequences=sequences)
+            answers = [x if isinstance(x, list) else [x] for x in answers]
+            kl = self.kl_terms(trainer, sequences, len(answers), a.samples_per_prompt) if self.kl_on(trainer) else None
+        finally:
+            trainer.model.train(was_training)
         self.history[step] = answers
         if trainer.accelerator.is_main_process:
             with open(trainer.out / "behaviour.jsonl", "a") as f:
-                for r, some in zip(self.rows, answers):
+                for i, (r, some) in enumerate(zip(self.rows, answers)):
                     for k, ans in enumerate(some):
-                        f.write(json.dumps({"step": step, **r, "sample": k, "answer": ans,
-                                            **judge_answer(r, ans)}) + "\n")
-        return {f"eval/{k}": v for k, v in rates(self.rows, answers, with_se=True).items()}
+                        extra = {} if kl is None else {"kl": float(kl[i][k].mean())}
+                        f.write(json.dumps({"step": step, **r, "sample": k, "answer": ans, **judge_answer(r, ans),
+                                            **extra}) + "\n")
+        out = {f"eval/{k}": v for k, v in rates(self.rows, answers, with_se=True).items()}
+        if kl is not None:
+            out.update(kl_summary(kl))
+        return out
+
+    def kl_on(self, trainer) -> bool:
+        return self.args.kl_samples > 0 and getattr(trainer.objective, "needs_reference", False)
+
+    @torch.no_grad()
+    def kl_terms(self, trainer, sequences: list, n_prompts: int, K: int) -> list[list[torch.Tensor]]:
+        """Per prompt, per answer: ``behaviour.kl_samples`` estimates of log π(y|x) − log π_ref(y|x) over the
+        answer's ``gen_length`` positions (EOS tail included, as generated), the policy and the reference under
+        the same time-free masks (seeded by the sampler seed and the prompt's index). Each estimate is a
+        difference of two masked-diffusion bounds."""
+        from align import estimators as E
+        from align.data import example_generators
+        from align.masking import draw_masks
+
+        policy, reference = trainer.scorers(reference=True)
+        n = self.args.kl_samples
+        out: list[list] = [[None] * K for _ in range(n_prompts)]
+        for rows, length, seqs in sequences:
+            seqs = seqs.to(trainer.accelerator.device)
+            response = torch.zeros(seqs.shape, dtype=torch.bool)
+            response[:, length:] = True
+            ids = torch.tensor([i * K + rows[:j].count(i) for j, i in enumerate(rows)])
+            draw = draw_masks(response, n, "time_free", example_generators(self.seed, ids, 0), stratified=False)
+            draw = E.move_draws({"d": draw}, seqs.device)["d"]
+            lp = E.estimate_from_draw(policy, seqs, draw, mask_token_id=self.spec.mask_token_id)
+            lr = E.estimate_from_draw(reference, seqs, draw, mask_token_id=self.spec.mask_token_id)
+            diff = (lp - lr).double().cpu()  # [rows, n]
+            for j, i in enumerate(rows):
+                out[i][rows[:j].count(i)] = diff[j]
+        return out
 
     def report(self, trainer) -> None:
         """Print a few prompts of each kind with their first and last answers, and the rates."""

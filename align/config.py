@@ -120,8 +120,9 @@ class SFTArgs:
 
 @dataclass
 class BehaviourArgs:
-    prompts: str | None = opt(None, "jsonl of held-out prompts {prompt, kind: harmful|everyday} to sample and judge at "
-                                    "every evaluation (eval/refusal_rate, eval/over_refusal_rate); null = off")
+    prompts: str | None = opt(None, "jsonl of held-out prompts {prompt, kind: everyday|borderline|harmful, [task_id]} to "
+                                    "sample and judge at every evaluation (eval/refusal_rate, eval/over_refusal_rate, "
+                                    "eval/borderline_refusal_rate; with task ids eval/reward); null = off")
     max_prompts: int | None = opt(None, "judge at most this many prompts of each kind")
     gen_length: int = opt(48, "tokens generated per answer (LLaDA's sampler)")
     block_length: int = opt(16, "semi-autoregressive block length")
@@ -138,6 +139,9 @@ class BehaviourArgs:
                                  "the same seed (the arms of an ablation) share the sampler's random numbers")
     eval_steps: int | None = opt(None, "judge behaviour only at evaluations whose step is a multiple of this (always at "
                                        "the first and last); null: at every evaluation")
+    kl_samples: int = opt(4, "mask draws per sampled answer for eval/kl, KL(policy || reference) on the policy's own "
+                             "answers as a difference of likelihood bounds with shared masks (coupled); 0 = off; needs a "
+                             "reference (DPO, online DPO)")
 
 
 @dataclass

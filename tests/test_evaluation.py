@@ -56,8 +56,12 @@ def test_eval_records_say_what_scored_them_and_agree_with_the_logged_means(tmp_p
         # the margin's Monte Carlo SE is the pooled per-pair variance over the pairs
         assert math.sqrt(sum(e["margin/mc_var"] for e in rows)) / 12 == pytest.approx(m["eval/margin/mc_se"], rel=1e-5)
         assert m["eval/dpo_loss"] < m["eval/loss"]  # the RPO term is left out of the DPO loss
-        for key in ("eval/loss", "eval/rewards/accuracies", "eval/logps/policy_chosen"):
+        for key in ("eval/loss", "eval/logps/policy_chosen"):
             assert key + "/mc_se" in m
+        # the accuracy has no Monte Carlo SE (the plug-in is biased); the share of pairs a draw could flip instead
+        assert "eval/rewards/accuracies/mc_se" not in m and 0 <= m["eval/rewards/sign_uncertain"] <= 1
+        flagged = sum(abs(e["margin"]) < 2 * math.sqrt(e["margin/mc_var"]) for e in rows) / 12
+        assert m["eval/rewards/sign_uncertain"] == pytest.approx(flagged)
     assert evals[0]["eval/margin"] == 0 and evals[0]["eval/margin/mc_se"] == 0  # step 0: policy = reference
     tokens = [m["policy_tokens"] for m in metrics(out) if "loss" in m]
     assert tokens[0] > 0 and tokens[1] > tokens[0] and evals[-1]["policy_tokens"] == tokens[-1]

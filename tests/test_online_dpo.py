@@ -225,11 +225,19 @@ def test_pairs_ties_and_penalties_are_exact_with_a_fixed_judge(tmp_path, tokeniz
 
 
 def test_the_judge_interface_over_prompt_records(tokenizer):
-    rows = Records([{"prompt": "How do I bake bread?", "kind": "harmful"}], ["p"])
+    """The demo's judge reads each record's kind and task id: a well-formed refusal of a harmful task is 1, a
+    compliance 0."""
+    import random
+
+    from align import world
+
+    task = world.by_id()["h00.1"]
+    rows = Records([{"prompt": world.prompts(task, "train")[0], "kind": "harmful", "task_id": task.id}], ["p"])
     prompts, _ = build_prompt_dataset(rows, "p", tokenizer, fmt="prompt", max_prompt_length=48,
                                       over_long_prompt="truncate", on_bad_record="error")
     judge = Judge(online_config().online)
-    assert judge.score(prompts, [["I can't.", "Sure, first..."]]) == [[1.0, 0.0]]
+    rng = random.Random(0)
+    assert judge.score(prompts, [[world.refuse(rng, task), world.comply(rng, task)]]) == [[1.0, 0.0]]
 
 
 # ---------------------------------------------------------------- through the entry point

@@ -42,12 +42,14 @@ SHORT = ["train.max_steps=2", "train.eval_steps=0", "train.do_eval=false", "beha
 # README command -> (the command run here, with placeholders filled and shortening overrides; None: as written).
 # {tmp}: the test's own directory; {demo}: the output of one short demo run shared by the module (read only)
 DEMO = "python -m align.train_dpo recipe=demo train.output_dir={out} train.save_steps=1 " + " ".join(SHORT)
-# docs/ablation.md's grid, shortened: one seed, 2 steps with every checkpoint kept, 4 held-out pairs, small behaviour
-GRID = ("python -m align.ablate recipe=demo grid.seed=0 grid.coupling=coupled,decoupled grid.loss.rpo_alpha=null,1.0 "
-        "grid.target_accuracy=0.9 grid.target_margin=5 grid.output_dir={out} train.max_steps=2 train.eval_steps=1 "
-        "train.save_steps=1 train.save_total_limit=null data.max_eval_examples=4 eval.n_samples=4 "
-        "behaviour.samples_per_prompt=2 behaviour.max_prompts=2 behaviour.gen_length=8 behaviour.block_length=8 "
-        "behaviour.steps=8 train.report_to=none")
+# docs/ablation.md's grid, shortened: learning rates chosen on the validation split by one selection seed, then one
+# reported seed; 2 steps with every checkpoint kept, 4 held-out pairs, small behaviour
+GRID = ("python -m align.ablate recipe=demo grid.seed=0 grid.coupling=coupled,decoupled grid.learning_rate=1e-4,2e-4 "
+        "grid.select=best:reward grid.validation=data/demo_safety_val.jsonl "
+        "grid.validation_prompts=data/demo_behaviour_val_prompts.jsonl grid.select_seeds=1 grid.output_dir={out} "
+        "train.max_steps=2 train.eval_steps=1 train.save_steps=1 train.save_total_limit=null data.max_eval_examples=4 "
+        "eval.n_samples=4 behaviour.samples_per_prompt=2 behaviour.max_prompts=2 behaviour.gen_length=8 "
+        "behaviour.block_length=8 behaviour.steps=8 behaviour.eval_steps=1 train.report_to=none")
 RUN = {
     "make demo": "make -n demo",  # the install is CI's; the recipe it trains is run in full by test_trainer's demo test
     "make test": "make -n test",  # what .ci/run runs
@@ -103,9 +105,9 @@ RUN = {
         "python -m align.score model={demo}/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
         "format=pku_saferlhf limit=8 n_samples=8 progress_bar=false output_dir={tmp}/score",
     # docs/ablation.md: the grid is the shared shortened one ({grid}: run once per module, its summary checked)
-    "python -m align.ablate recipe=demo grid.seed=0,1,2,3,4 grid.coupling=coupled,decoupled "
-    "grid.loss.rpo_alpha=null,1.0 grid.target_accuracy=0.9 grid.target_margin=5 train.eval_steps=20 "
-    "behaviour.samples_per_prompt=4 train.save_steps=20 train.save_total_limit=null": "{grid}",
+    "python -m align.ablate recipe=demo grid.seeds=5 grid.coupling=coupled,decoupled grid.learning_rate=1e-4,2e-4,4e-4 "
+    "grid.select=best:reward grid.validation=data/demo_safety_val.jsonl "
+    "grid.validation_prompts=data/demo_behaviour_val_prompts.jsonl grid.select_seeds=2": "{grid}",
     "python -m align.ablate variance run=outputs/demo":
         "python -m align.ablate variance run={demo} variance.reps=2 variance.max_pairs=4 variance.resamples=20 "
         "variance.output_dir={tmp}/path",
@@ -155,6 +157,8 @@ def test_readme_shell_command_runs(command, tmp_path, request):
     if todo == "{grid}":  # the shared shortened grid: 4 runs, scored by one evaluator, summarised
         summary = (request.getfixturevalue("grid_output") / "summary.md").read_text()
         assert "coupling=coupled − coupling=decoupled" in summary and "time_free x4" in summary, summary[:2000]
+        assert "## Primary outcome: reward: correct behaviour, all prompts" in summary
+        assert "## Learning rate per arm (grid.select=best:reward)" in summary
         return
     for actual in [todo] if isinstance(todo, str) else todo:
         demo = request.getfixturevalue("demo_output") if "{demo}" in actual else None
