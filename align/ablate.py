@@ -66,7 +66,7 @@ from align import grid_report
 from align.cli import entry_point, overrides
 from align.config import Config, ConfigError, load_config
 from align.grid_names import AXES, cell_name, cells_of, short
-from align.grid_report import SELECTABLE, differing_keys, evaluator_of, read_jsonl_by_step
+from align.grid_report import PRIMARY_EXTRA, SELECTABLE, differing_keys, evaluator_of, read_jsonl_by_step
 
 __all__ = ["AXES", "cell_name", "cells_of", "short", "parse_grid", "grid_main", "main"]
 GRID_OPTIONS = ("seeds", "output_dir", "task", "target_accuracy", "target_margin", "select", "launcher", "report_only",
@@ -115,8 +115,9 @@ def parse_grid(argv: list[str]):
                 float(options[name])
             except ValueError:
                 raise ConfigError(f"grid.{name}: expected a number, got {options[name]!r}") from None
-    if "primary" in options and options["primary"] not in SELECTABLE:
-        raise ConfigError(f"grid.primary={options['primary']!r}: expected one of {', '.join(SELECTABLE)}")
+    if "primary" in options and options["primary"] not in SELECTABLE + PRIMARY_EXTRA:
+        raise ConfigError(f"grid.primary={options['primary']!r}: expected one of "
+                          f"{', '.join(SELECTABLE + PRIMARY_EXTRA)}")
     if "select_seeds" in options:
         try:
             assert int(options["select_seeds"]) >= 1
@@ -188,15 +189,16 @@ def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str)
 
 
 def default_primary(recipe: str, base: list[str]) -> str:
-    """The primary outcome when ``grid.primary`` is not given: the behaviour reward where the behaviour prompts
-    carry task ids (the bundled world's ground truth), else the held-out reward accuracy."""
+    """The primary outcome when ``grid.primary`` is not given: where the behaviour prompts carry task ids (the
+    bundled world's ground truth), the reward at matched KL from the reference (``reward_at_kl``, the frontier)
+    when the runs measure KL, else the reward itself; elsewhere the held-out reward accuracy."""
     cfg = load_config(recipe, base, Config)
     prompts = cfg.behaviour.prompts
     if prompts and Path(prompts).is_file():
         first = next((line for line in Path(prompts).read_text().splitlines() if line.strip()), "")
         try:
             if "task_id" in json.loads(first):
-                return "reward"
+                return "reward_at_kl" if cfg.behaviour.kl_samples > 0 else "reward"
         except json.JSONDecodeError:
             pass
     return "accuracy"

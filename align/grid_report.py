@@ -100,6 +100,8 @@ def outcomes_for(target_accuracy: float | None, target_margin: float | None, beh
     return out
 
 
+FRONTIER_LEVELS = (0.25, 0.5, 0.75)  # the matched KL levels, as fractions of the largest KL every run reaches
+PRIMARY_EXTRA = ("reward_at_kl",)  # the frontier's reward at the middle matched KL level
 SELECTABLE = ("accuracy", "margin", "accuracy_curve", "margin_curve", "dpo_loss", "logratio_chosen",
               "logratio_rejected", "reward", "well_formed", "refusal_rate", "over_refusal_rate",
               "borderline_refusal_rate", "correct_everyday", "correct_borderline", "correct_harmful")
@@ -366,8 +368,28 @@ class Grid:
                 for u in rows:
                     judged |= {k for k in BEHAVIOUR_VALUES if u.get(k) is not None} | {u["kind"]}
         self.outcomes = outcomes_for(self.target_accuracy, self.target_margin, judged)
+        self.frontier = self._frontier_curves()
+        if self.frontier:
+            self.kl_max = min(max(k for _, k, _ in pts) for pts in self.frontier.values())
+            self.kl_levels = [f * self.kl_max for f in FRONTIER_LEVELS]
+            matched = [Outcome(f"reward_at_kl_{i}", f"reward at KL {lvl:.3g} nats ({f:g} of the largest KL every run "
+                               "reaches)", True, source="frontier", column="correct")
+                       for i, (f, lvl) in enumerate(zip(FRONTIER_LEVELS, self.kl_levels))]
+            self.outcomes = matched + self.outcomes
+            for r in self.done:
+                pts = {st: rw for st, _, rw in self.frontier[r["run"]]}
+                for i, lvl in enumerate(self.kl_levels):
+                    where = self.at_kl(r, lvl)
+                    r["outcomes"][f"reward_at_kl_{i}"] = None if where is None else (
+                        (1 - where[2]) * pts[where[0]] + where[2] * pts[where[1]])
+                r["outcomes"]["best_reward_within_kl"] = max(rw for _, k, rw in self.frontier[r["run"]]
+                                                             if k <= self.kl_max)
         self.by_key = {o.key: o for o in self.outcomes}
-        self.primary = self.by_key.get(self.grid.get("primary") or "") or self.by_key["accuracy"]
+        declared = self.grid.get("primary") or "accuracy"
+        key = "reward_at_kl_1" if declared == "reward_at_kl" else declared
+        self.primary_missing = None if key in self.by_key else declared
+        fallback = "reward" if "reward" in self.by_key else "accuracy"
+        self.primary = self.by_key.get(key) or self.by_key[fallback]
         self.arm_axes = [k for k in self.axes if k != SEED and not (self.select and k == LR)]
         self.arms: dict[tuple, list[dict]] = {}
         for r in self.done:
@@ -376,19 +398,51 @@ class Grid:
     def final_step(self, run: dict) -> int | None:
         return run["outcomes"].get("final_step")
 
+    def _frontier_curves(self) -> dict[str, list[tuple[int, float, float]]]:
+        """{run: [(step, KL, reward)] in step order} where every done run judged reward and KL at two or more
+        evaluations (else {}: no frontier)."""
+        out = {}
+        for r in self.done:
+            pts = [(s, m["eval/kl"], m["eval/reward"]) for s, m in sorted(self.metrics.get(r["run"], {}).items())
+                   if m.get("eval/kl") is not None and m.get("eval/reward") is not None]
+            if len(pts) < 2:
+                return {}
+            out[r["run"]] = pts
+        return out if out and min(max(k for _, k, _ in p) for p in out.values()) > 0 else {}
+
+    def at_kl(self, run: dict, level: float) -> tuple[int, int, float] | None:
+        """Where a run's trajectory first reaches KL = ``level``: (step before, step after, weight of the after)."""
+        pts = self.frontier.get(run["run"], [])
+        for (s0, k0, _), (s1, k1, _) in zip(pts, pts[1:]):
+            if k0 <= level <= k1 and k1 > k0:
+                return s0, s1, (level - k0) / (k1 - k0)
+            if k0 >= level:
+                return s0, s0, 0.0
+        return None
     def unit_table(self, runs: list[dict], o: Outcome):
         """(seeds, {unit: [value per seed]}, {unit: cluster}) at each run's final evaluation, over the units every
         run has; None where the outcome is not a mean over units."""
-        if o.source not in ("pairs", "behaviour"):
+        if o.source not in ("pairs", "behaviour", "frontier"):
             return None
         per_run = []
         for r in runs:
-            by_step = self.units.get((r["run"], o.source), {})
+            by_step = self.units.get((r["run"], "behaviour" if o.source == "frontier" else o.source), {})
             if not by_step:
                 return None
-            rows = by_step[max(by_step)]
-            values = {u["unit"]: (u.get(o.column), u["cluster"]) for u in rows
-                      if (o.kind is None or u["kind"] == o.kind) and u.get(o.column) is not None}
+
+            def values_at(step):
+                return {u["unit"]: (u.get(o.column), u["cluster"]) for u in by_step.get(step, [])
+                        if (o.kind is None or u["kind"] == o.kind) and u.get(o.column) is not None}
+
+            if o.source == "frontier":  # each prompt's value interpolated where the run reaches the KL level
+                where = self.at_kl(r, self.kl_levels[int(o.key.rsplit("_", 1)[1])])
+                if where is None:
+                    return None
+                s0, s1, w = where
+                a, b = values_at(s0), values_at(s1)
+                values = {u: ((1 - w) * a[u][0] + w * b[u][0], a[u][1]) for u in a if u in b}
+            else:
+                values = values_at(max(by_step))
             per_run.append(values)
         common = set.intersection(*(set(v) for v in per_run)) if per_run else set()
         units = sorted(common)
@@ -472,6 +526,7 @@ def summarize(root: Path) -> Path:
     lines += _header(g)
     if g.arms:
         lines += _primary_section(g)
+        lines += _frontier_section(g)
         lines += _secondary_section(g)
         lines += _speed_section(g)
         lines += _descriptive_section(g)
@@ -480,6 +535,8 @@ def summarize(root: Path) -> Path:
     lines += _status_lines(g)
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     plot_curves(root / "ablation.png", g)
+    if g.frontier and g.arms:
+        plot_frontier(root / "frontier.png", g)
     return root / "summary.md"
 
 
@@ -509,6 +566,10 @@ def _header(g: Grid) -> list[str]:
         if ref.get("behaviour_text"):
             lines += [f"**Behaviour columns**: {ref['behaviour_text']}."]
     g.comparable = comparable
+    if g.primary_missing:
+        lines += [f"**The declared primary outcome `{g.primary_missing}` could not be computed** from these runs "
+                  f"(reward and KL judged at two or more evaluations of every run are needed for a frontier); "
+                  f"reported first instead: {g.primary.label}."]
     lines += [f"**Primary outcome** (declared in grid.json before the runs): {g.primary.label}.",
               "**Intervals**: 95%. For outcomes that are means over held-out units (pairs, or behaviour prompts): "
               "two-way, over seeds and over held-out units clustered by task (method-of-moments variance of the "
@@ -557,6 +618,29 @@ def _primary_section(g: Grid) -> list[str]:
                      f"seeds larger): {words}.")
     if g.equivalence is not None:
         lines += ["", f"Equivalence margin for the primary outcome: ±{g.equivalence:g} (grid.equivalence)."]
+    return lines + [""]
+
+
+def _frontier_section(g: Grid) -> list[str]:
+    """The reward–KL frontier: reward of the policy's own samples against its KL from the reference, per run along
+    training (frontier.png); per arm the reward at matched KL levels and the best reward within the KL budget."""
+    if not g.frontier:
+        return []
+    levels = [g.by_key[f"reward_at_kl_{i}"] for i in range(len(g.kl_levels))]
+    lines = ["## Reward–KL frontier", "",
+             "The ground-truth reward of each policy's own samples (correct behaviour on the held-out prompts) "
+             "against KL(policy ‖ reference) on the same samples (a coupled difference of likelihood bounds), at "
+             "every judged evaluation of every run: `frontier.png`. An arm is better if its frontier lies above. "
+             f"Matched KL levels: ¼, ½ and ¾ of {g.kl_max:.3g} nats, the largest KL every run reaches; a run's "
+             "reward there is interpolated along its trajectory between the two evaluations around the level "
+             "(per prompt, so the two-way interval applies). Best reward within the budget: the highest judged "
+             "reward at KL ≤ that level (over seeds only; an optimistic pick along each run, descriptive).", "",
+             "| arm | " + " | ".join(o.label for o in levels) + " | best reward within the KL budget |",
+             "|---|" + "---|" * (len(levels) + 1)]
+    for arm, rs in g.arms.items():
+        best = S.t_interval([r["outcomes"].get("best_reward_within_kl") for r in rs])
+        lines.append(f"| {arm_label(arm, g.arm_axes)} | " +
+                     " | ".join(fmt_ci(g.arm_interval(rs, o), o.fmt) for o in levels) + f" | {fmt_ci(best)} |")
     return lines + [""]
 
 
@@ -723,6 +807,7 @@ def _status_lines(g: Grid) -> list[str]:
 def _write_outcomes_csv(path: Path, g: Grid) -> None:
     keys = [o.key for o in g.outcomes]
     keys += [k + "_reached" for k in ("steps_to_accuracy", "steps_to_margin") if k in keys]
+    keys += ["best_reward_within_kl"] if g.frontier else []
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["run", "status", *(_short(k) for k in g.axes), *keys, "policy_tokens", "wall_s"])
@@ -743,6 +828,32 @@ REFUSAL_PANEL = ("refusal rate: harmful (solid), borderline (dotted), everyday (
                  (("eval/refusal_rate", "-"), ("eval/borderline_refusal_rate", ":"), ("eval/over_refusal_rate", "--")))
 SHARES = ("eval/rewards/accuracies", "eval/refusal_rate", "eval/over_refusal_rate", "eval/borderline_refusal_rate",
           "eval/reward", "eval/well_formed")  # bands drawn within [0, 1]
+
+
+def plot_frontier(path: Path, g: Grid) -> None:
+    """Reward against KL from the reference: one line per run along its evaluations (step 0 at KL 0), arms by
+    colour, the matched KL levels dotted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    for i, (arm, runs) in enumerate(g.arms.items()):
+        for j, r in enumerate(runs):
+            pts = g.frontier[r["run"]]
+            ax.plot([k for _, k, _ in pts], [rw for _, _, rw in pts], marker="o", ms=3, lw=1, alpha=0.8,
+                    color=f"C{i}", label=f"{arm_label(arm, g.arm_axes)} ({len(runs)} seeds)" if j == 0 else None)
+    for lvl in g.kl_levels:
+        ax.axvline(lvl, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("KL(policy ‖ reference) on the policy's own answers (nats, coupled bound difference)")
+    ax.set_ylabel("reward: correct behaviour on held-out prompts")
+    ax.set_title("reward–KL frontier: one line per run along training;\ndotted: the matched KL levels", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, metadata={"Software": None})
+    plt.close(fig)
 
 
 def plot_curves(path: Path, g: Grid) -> None:
