@@ -78,10 +78,12 @@ def load_prompts(path: str, max_per_kind: int | None = None) -> list[dict]:
     return rows
 
 
-def judge_answer(row: dict, answer: str) -> dict[str, bool]:
-    """``refusal``; with a ``task_id`` also ``well_formed`` and ``correct`` (:func:`align.world.judge`)."""
+def judge_answer(row: dict, answer: str) -> dict:
+    """``refusal``; with a ``task_id`` also ``well_formed``, ``correct`` (:func:`align.world.judge`) and ``reward``
+    (``correct`` as a number)."""
     if "task_id" in row:
-        return world.judge(row["task_id"], row["kind"], answer)
+        verdict = world.judge(row["task_id"], row["kind"], answer)
+        return {**verdict, "reward": float(verdict["correct"])}
     return {"refusal": is_refusal(answer)}
 
 
@@ -94,14 +96,16 @@ def _mean_se(shares: list[float], with_se: bool, key: str, out: dict) -> None:
         out[f"{key}/se"] = math.sqrt(var / n)
 
 
-def rates(rows: list[dict], answers: list, *, with_se: bool = False) -> dict[str, float]:
+def rates(rows: list[dict], answers: list, *, with_se: bool = False, scores: list | None = None) -> dict[str, float]:
     """Per-kind shares and the combined reward (kinds absent from ``rows`` are left out).
 
     - ``refusal_rate`` (harmful prompts), ``over_refusal_rate`` (everyday), ``borderline_refusal_rate``
       (borderline): the share of answers that open with a refusal;
     - where every row has a ``task_id`` (the bundled world): ``well_formed`` (all prompts), ``correct/<kind>``
       (the right behaviour in well-formed sentences) and ``reward``: the mean over all prompts of ``correct``,
-      the ground-truth reward of the bundled world.
+      the ground-truth reward of the bundled world;
+    - ``scores`` (a judge's or reward model's score of each answer, as ``answers`` is shaped): ``reward`` is
+      their mean over prompts instead.
 
     ``answers[i]``: the answer to ``rows[i]``, or a list of answers to it (a prompt's share is then the mean
     over its answers, and the rate the mean over prompts). ``with_se`` adds ``<key>/se``: the standard
@@ -124,6 +128,9 @@ def rates(rows: list[dict], answers: list, *, with_se: bool = False) -> dict[str
             idx = [i for i, r in enumerate(rows) if r["kind"] == kind]
             if idx:
                 _mean_se([share(judged[i], "correct") for i in idx], with_se, f"correct/{kind}", out)
+    if scores is not None:
+        _mean_se([sum(s) / len(s) for s in scores], with_se, "reward", out)
+    elif rows and all("task_id" in r for r in rows):
         _mean_se([share(v, "correct") for v in judged], with_se, "reward", out)
     return out
 
@@ -160,6 +167,14 @@ def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: in
     return [a[0] for a in answers] if K == 1 else answers
 
 
+def types_prompt(row: dict):
+    """A behaviour prompt as the judges read prompts: ``text``, ``messages`` and the record's other fields."""
+    import types
+
+    return types.SimpleNamespace(text=row["prompt"], messages=[{"role": "user", "content": row["prompt"]}],
+                                 fields={k: v for k, v in row.items() if k != "prompt"})
+
+
 def kl_summary(kl: list[list[torch.Tensor]]) -> dict[str, float]:
     """``eval/kl``: the mean over prompts of each prompt's mean estimate over its answers and draws;
     ``eval/kl/se``: the spread of those prompt means over √(prompts) (answers and masks both vary in it);
@@ -180,6 +195,26 @@ class BehaviourEval:
         self.seed = args.seed if args.seed is not None else seed
         self.rows = load_prompts(args.prompts, args.max_prompts)
         self.history: dict[int, list[list[str]]] = {}
+        self.scorer = None  # behaviour.judge / behaviour.reward_model, built at the first evaluation
+
+    def score(self, trainer, answers: list[list[str]]) -> list[list[float]] | None:
+        """The judge's or reward model's score of every answer (None without one)."""
+        a = self.args
+        if not (a.judge or a.reward_model):
+            return None
+        if self.scorer is None:
+            import types
+
+            from align.judges import Judge
+
+            spec = types.SimpleNamespace(judge=a.judge, pairwise_judge=None, reward_model=a.reward_model,
+                                         reward_model_dtype=a.reward_model_dtype, reward_model_batch_size=8,
+                                         reward_model_max_length=1024)
+            self.scorer = Judge(spec, device=trainer.accelerator.device)
+            if a.judge:
+                self.scorer.pointwise.key = "behaviour.judge"
+        prompts = [types_prompt(r) for r in self.rows]
+        return self.scorer.score(prompts, answers)
 
     def due(self, step: int, last: bool) -> bool:
         """Whether the evaluation at ``step`` judges behaviour (``behaviour.eval_steps``; always first and last)."""
@@ -208,14 +243,17 @@ class BehaviourEval:
         finally:
             trainer.model.train(was_training)
         self.history[step] = answers
+        scores = self.score(trainer, answers)  # every rank scores (a reward model's forwards are collective)
         if trainer.accelerator.is_main_process:
             with open(trainer.out / "behaviour.jsonl", "a") as f:
                 for i, (r, some) in enumerate(zip(self.rows, answers)):
                     for k, ans in enumerate(some):
                         extra = {} if kl is None else {"kl": float(kl[i][k].mean())}
+                        if scores is not None:
+                            extra["reward"] = scores[i][k]
                         f.write(json.dumps({"step": step, **r, "sample": k, "answer": ans, **judge_answer(r, ans),
                                             **extra}) + "\n")
-        out = {f"eval/{k}": v for k, v in rates(self.rows, answers, with_se=True).items()}
+        out = {f"eval/{k}": v for k, v in rates(self.rows, answers, with_se=True, scores=scores).items()}
         if kl is not None:
             out.update(kl_summary(kl))
         return out

@@ -139,6 +139,12 @@ class BehaviourArgs:
                                  "the same seed (the arms of an ablation) share the sampler's random numbers")
     eval_steps: int | None = opt(None, "judge behaviour only at evaluations whose step is a multiple of this (always at "
                                        "the first and last); null: at every evaluation")
+    judge: str | None = opt(None, "module:function or path/file.py:function scoring each answer, function(prompts, "
+                                  "answers, **record fields) -> scores (align.judges): eval/reward is then the mean "
+                                  "score (default: the bundled world's correct behaviour, where prompts carry task ids)")
+    reward_model: str | None = opt(None, "hub id or directory of an AutoModelForSequenceClassification whose first logit "
+                                         "scores each answer: eval/reward is then the mean score")
+    reward_model_dtype: str = opt("bfloat16", "reward model weights dtype", ("bfloat16", "float32", "float16"))
     kl_samples: int = opt(4, "mask draws per sampled answer for eval/kl, KL(policy || reference) on the policy's own "
                              "answers as a difference of likelihood bounds with shared masks (coupled); 0 = off; needs a "
                              "reference (DPO, online DPO)")

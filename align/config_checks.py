@@ -76,6 +76,15 @@ def _validate_data_and_behaviour(cfg) -> None:
         raise ConfigError(f"behaviour.samples_per_prompt must be >= 1, got {bh.samples_per_prompt}")
     if bh.eval_steps is not None and bh.eval_steps < 1:
         raise ConfigError(f"behaviour.eval_steps must be >= 1 (null: at every evaluation), got {bh.eval_steps}")
+    if bh.judge and bh.reward_model:
+        raise ConfigError("behaviour: set behaviour.judge or behaviour.reward_model, not both")
+    if bh.kl_samples < 0 or bh.kl_samples == 1:
+        raise ConfigError(f"behaviour.kl_samples must be 0 (off) or >= 2 (its Monte Carlo SE needs two draws), "
+                          f"got {bh.kl_samples}")
+    if bh.judge:
+        from align.judges import load_function
+
+        load_function(bh.judge, "behaviour.judge")  # a typo fails at start-up, before anything is written
     if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
         raise ConfigError(f"behaviour: gen_length ({bh.gen_length}) must be a multiple of block_length "
                           f"({bh.block_length}) and steps ({bh.steps}) a multiple of the number of blocks")

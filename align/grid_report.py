@@ -45,7 +45,7 @@ from align import stats as S
 LR = "train.learning_rate"
 SEED = "train.seed"
 PAIR_VALUES = ("margin", "margin/mc_var", "logratio/chosen", "logratio/rejected", "rewards/accuracies", "dpo_loss")
-BEHAVIOUR_VALUES = ("refusal", "well_formed", "correct")
+BEHAVIOUR_VALUES = ("refusal", "well_formed", "correct", "reward")
 UNIT_COLUMNS = ("run", "source", "step", "unit", "cluster", "kind", *PAIR_VALUES, *BEHAVIOUR_VALUES)
 
 
@@ -75,8 +75,10 @@ def outcomes_for(target_accuracy: float | None, target_margin: float | None, beh
                    column="logratio/rejected"),
            Outcome("dpo_loss", "held-out DPO loss (no RPO term; a function of the margins)", False, column="dpo_loss",
                    role="descriptive")]
+    if "reward" in behaviour:
+        label = "reward: correct behaviour, all prompts" if "correct" in behaviour else "reward (judge), all prompts"
+        out += [Outcome("reward", label, True, source="behaviour", column="reward")]
     if "correct" in behaviour:
-        out += [Outcome("reward", "reward: correct behaviour, all prompts", True, source="behaviour", column="correct")]
         out += [Outcome(f"correct_{k}", f"correct behaviour, {k} prompts", True, source="behaviour", column="correct",
                         kind=k) for k in ("everyday", "borderline", "harmful") if k in behaviour]
         out += [Outcome("well_formed", "well-formed answers, all prompts", True, source="behaviour",
@@ -373,7 +375,7 @@ class Grid:
             self.kl_max = min(max(k for _, k, _ in pts) for pts in self.frontier.values())
             self.kl_levels = [f * self.kl_max for f in FRONTIER_LEVELS]
             matched = [Outcome(f"reward_at_kl_{i}", f"reward at KL {lvl:.3g} nats ({f:g} of the largest KL every run "
-                               "reaches)", True, source="frontier", column="correct")
+                               "reaches)", True, source="frontier", column="reward")
                        for i, (f, lvl) in enumerate(zip(FRONTIER_LEVELS, self.kl_levels))]
             self.outcomes = matched + self.outcomes
             for r in self.done:

@@ -117,3 +117,67 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
         assert "weights bfloat16, mixed precision bf16 (DeepSpeed)" in log
         with safe_open(out / "final" / "model.safetensors", "pt") as f:
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory):
+    """A tiny sequence-classification reward model with the tiny chat tokenizer (its chat template), saved."""
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from align.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(str(ROOT / "data" / "tiny_chat"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    path = tmp_path_factory.mktemp("reward_model")
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+KL_RUN = ["train.max_steps=6", "train.eval_steps=3", "train.learning_rate=3e-3", "train.warmup_ratio=0",
+          "behaviour.max_prompts=4", "behaviour.gen_length=16", "behaviour.block_length=16", "behaviour.steps=16",
+          "behaviour.eval_steps=null", "behaviour.kl_samples=16", "data.max_eval_examples=8", "eval.n_samples=4",
+          "train.report_to=none", "train.progress_bar=false"]
+
+
+@pytest.mark.slow
+def test_kl_is_zero_at_the_reference_and_grows_with_training_and_a_reward_model_scores_prompts_without_task_ids(
+        tmp_path, reward_model_dir):
+    """The frontier's two axes on the path a LLaDA-8B user takes (recipe=beavertails: prompts without task ids,
+    a reward model as the judge), here on the tiny chat model: KL(policy || reference) is exactly 0 at step 0
+    (LoRA: the policy is its reference, and the masks are shared), then positive and growing beyond its Monte
+    Carlo error; eval/reward is the reward model's mean score, written per answer."""
+    import json as _json
+
+    from tests.test_trainer import metrics, train
+
+    prompts = tmp_path / "prompts.jsonl"  # beavertails-style: a prompt and a kind, no task id
+    rows = [_json.loads(x) for x in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()][:12]
+    prompts.write_text("".join(_json.dumps({"prompt": r["prompt"], "kind": r["kind"]}) + "\n" for r in rows))
+    out = tmp_path / "run"
+    train(out, f"behaviour.prompts={prompts}", f"behaviour.reward_model={reward_model_dir}",
+          "behaviour.reward_model_dtype=float32", *KL_RUN, quiet=[])
+    evals = [m for m in metrics(out) if "eval/kl" in m]
+    assert [m["step"] for m in evals] == [0, 3, 6]
+    assert evals[0]["eval/kl"] == 0 and evals[0]["eval/kl/mc_se"] == 0  # the policy is its reference
+    assert evals[-1]["eval/kl"] > evals[1]["eval/kl"] > 0
+    assert evals[-1]["eval/kl"] > 3 * evals[-1]["eval/kl/mc_se"]
+    assert all("eval/reward" in m and "eval/well_formed" not in m for m in evals)  # no task ids: no world judge
+    answers = [_json.loads(x) for x in (out / "behaviour.jsonl").read_text().splitlines()]
+    assert all(isinstance(a["reward"], float) and "kl" in a for a in answers)
+    last = [a["reward"] for a in answers if a["step"] == 6]
+    assert evals[-1]["eval/reward"] == pytest.approx(sum(last) / len(last))
+
+
+def test_a_judge_typo_or_two_judges_fail_at_start_up():
+    from align.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="behaviour.judge"):
+        load_config("demo", ["behaviour.judge=align.judges:no_such_function"])
+    with pytest.raises(ConfigError, match="not both"):
+        load_config("demo", ["behaviour.judge=align.judges:refusal_judge", "behaviour.reward_model=x"])
+    with pytest.raises(ConfigError, match="kl_samples"):
+        load_config("demo", ["behaviour.kl_samples=1"])

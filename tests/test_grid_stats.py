@@ -164,7 +164,7 @@ def fake_run(root, cell, curve: dict, pair_margins: dict, behaviour: list | None
             for prompt, kind, task, correct in behaviour:
                 f.write(json.dumps({"step": last, "prompt": prompt, "kind": kind, "task_id": task, "sample": 0,
                                     "answer": "x", "refusal": kind == "harmful", "well_formed": True,
-                                    "correct": correct}) + "\n")
+                                    "correct": correct, "reward": float(correct)}) + "\n")
 
 
 def write_grid(root, axes, primary="accuracy", **options):
@@ -266,7 +266,7 @@ def frontier_run(root, cell, rng, slope: float, prompts: int = 40):
             for i, c in enumerate(correct):
                 b.write(json.dumps({"step": step, "prompt": f"p{i}", "kind": "everyday", "task_id": f"t{i // 2}",
                                     "sample": 0, "answer": "x", "refusal": False, "well_formed": True,
-                                    "correct": c}) + "\n")
+                                    "correct": c > 0.5, "reward": c}) + "\n")
             f.write(json.dumps({"step": step, "eval/rewards/accuracies": 0.5, "eval/margin": step / 10,
                                 "eval/examples": 2, "eval/kl": kl, "eval/reward": sum(correct) / prompts}) + "\n")
 
