@@ -69,8 +69,22 @@ from align.grid_names import AXES, cell_name, cells_of, short
 from align.grid_report import PRIMARY_EXTRA, SELECTABLE, differing_keys, evaluator_of, read_jsonl_by_step
 
 __all__ = ["AXES", "cell_name", "cells_of", "short", "parse_grid", "grid_main", "main"]
-GRID_OPTIONS = ("seeds", "output_dir", "task", "target_accuracy", "target_margin", "select", "launcher", "report_only",
-                "primary", "equivalence", "validation", "validation_prompts", "validation_fraction", "select_seeds")
+GRID_OPTIONS = (
+    "seeds",
+    "output_dir",
+    "task",
+    "target_accuracy",
+    "target_margin",
+    "select",
+    "launcher",
+    "report_only",
+    "primary",
+    "equivalence",
+    "validation",
+    "validation_prompts",
+    "validation_fraction",
+    "select_seeds",
+)
 SELECT_SEED_BASE = 1000  # selection runs use seeds 1000, 1001, ...: never a reported seed
 
 
@@ -105,8 +119,9 @@ def parse_grid(argv: list[str]):
     if "select" in options:
         how, _, metric = options["select"].partition(":")
         if how != "best" or metric not in SELECTABLE:
-            raise ConfigError(f"grid.select={options['select']!r}: expected best:<outcome>, outcome one of "
-                              f"{', '.join(SELECTABLE)}")
+            raise ConfigError(
+                f"grid.select={options['select']!r}: expected best:<outcome>, outcome one of {', '.join(SELECTABLE)}"
+            )
         if "train.learning_rate" not in axes:
             raise ConfigError("grid.select picks each arm's learning rate: give grid.learning_rate=a,b,...")
     for name in ("target_accuracy", "target_margin", "equivalence", "validation_fraction"):
@@ -116,8 +131,9 @@ def parse_grid(argv: list[str]):
             except ValueError:
                 raise ConfigError(f"grid.{name}: expected a number, got {options[name]!r}") from None
     if "primary" in options and options["primary"] not in SELECTABLE + PRIMARY_EXTRA:
-        raise ConfigError(f"grid.primary={options['primary']!r}: expected one of "
-                          f"{', '.join(SELECTABLE + PRIMARY_EXTRA)}")
+        raise ConfigError(
+            f"grid.primary={options['primary']!r}: expected one of {', '.join(SELECTABLE + PRIMARY_EXTRA)}"
+        )
     if "select_seeds" in options:
         try:
             assert int(options["select_seeds"]) >= 1
@@ -143,9 +159,11 @@ def validate(recipe: str, base: list[str], cells: list[dict]) -> None:
             first = (cell, signature)
         elif signature != first[1]:
             keys = differing_keys(first[1], signature)
-            raise ConfigError(f"grid cells {cell_name(first[0])} and {cell_name(cell)} would be evaluated differently "
-                              f"({', '.join(keys)}): an ablation's arms must be scored by one evaluator; set "
-                              f"eval.*, behaviour.* and the held-out data once, outside the grid axes")
+            raise ConfigError(
+                f"grid cells {cell_name(first[0])} and {cell_name(cell)} would be evaluated differently "
+                f"({', '.join(keys)}): an ablation's arms must be scored by one evaluator; set "
+                f"eval.*, behaviour.* and the held-out data once, outside the grid axes"
+            )
 
 
 def status_of(run_dir: Path) -> dict:
@@ -161,8 +179,15 @@ def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str)
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # a failed run with no checkpoint that verifies: begin again cleanly
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [*launcher, f"recipe={recipe}", *base, *(f"{k}={v}" for k, v in cell.items()), f"train.output_dir={run_dir}",
-           "train.progress_bar=false", *(["train.resume_from_checkpoint=latest"] if resume else [])]
+    cmd = [
+        *launcher,
+        f"recipe={recipe}",
+        *base,
+        *(f"{k}={v}" for k, v in cell.items()),
+        f"train.output_dir={run_dir}",
+        "train.progress_bar=false",
+        *(["train.resume_from_checkpoint=latest"] if resume else []),
+    ]
     print(f"[ablate] {label}: {cell_name(cell)}{' (resuming)' if resume else ''}", flush=True)
     started = time.time()
     with open(run_dir / "train.log", "a") as log:
@@ -170,8 +195,12 @@ def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str)
         log.flush()
         proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
     wall = time.time() - started
-    status = {"status": "done" if proc.returncode == 0 else "failed", "wall_s": wall + status_of(run_dir).get("wall_s", 0),
-              "returncode": proc.returncode, "cell": cell}
+    status = {
+        "status": "done" if proc.returncode == 0 else "failed",
+        "wall_s": wall + status_of(run_dir).get("wall_s", 0),
+        "returncode": proc.returncode,
+        "cell": cell,
+    }
     if proc.returncode != 0:
         lines = [x for x in (run_dir / "train.log").read_text().splitlines() if x.strip()]
         status["error"] = lines[-1] if lines else f"exit code {proc.returncode}"
@@ -181,8 +210,10 @@ def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str)
         tail = ""
         if evals:
             last = evals[-1]
-            tail = (f", held-out accuracy {last['eval/rewards/accuracies']:.3f}, margin {last['eval/margin']:.2f} ± "
-                    f"{last.get('eval/margin/mc_se', float('nan')):.2f} nats (common evaluator)")
+            tail = (
+                f", held-out accuracy {last['eval/rewards/accuracies']:.3f}, margin {last['eval/margin']:.2f} ± "
+                f"{last.get('eval/margin/mc_se', float('nan')):.2f} nats (common evaluator)"
+            )
         print(f"[ablate]   done in {wall:.0f} s{tail}", flush=True)
     (run_dir / "ablate_status.json").write_text(json.dumps(status, indent=1) + "\n")
     return status
@@ -213,8 +244,11 @@ def selection_overrides(options: dict) -> list[str]:
         out = [f"data.eval_dataset={options['validation']}"]
     else:
         out = ["data.eval_dataset=null", f"data.eval_fraction={options.get('validation_fraction', '0.1')}"]
-    out.append(f"behaviour.prompts={options['validation_prompts']}" if options.get("validation_prompts")
-               else "behaviour.prompts=null")
+    out.append(
+        f"behaviour.prompts={options['validation_prompts']}"
+        if options.get("validation_prompts")
+        else "behaviour.prompts=null"
+    )
     return out
 
 
@@ -241,8 +275,12 @@ def select_learning_rates(recipe, base, axes, options, root: Path, launcher, run
     sel_base = [*base, *selection_overrides(options)]
     cells = cells_of(sel_axes)
     validate(recipe, sel_base, cells)
-    (sel_root / "grid.json").write_text(json.dumps({"recipe": recipe, "overrides": sel_base, "axes": sel_axes,
-                                                    "options": {}, "primary": metric}, indent=1) + "\n")
+    (sel_root / "grid.json").write_text(
+        json.dumps(
+            {"recipe": recipe, "overrides": sel_base, "axes": sel_axes, "options": {}, "primary": metric}, indent=1
+        )
+        + "\n"
+    )
     if run:
         print(f"[ablate] selection: {len(cells)} runs on the validation split -> {sel_root}", flush=True)
         run_cells(recipe, sel_base, cells, sel_root, launcher)
@@ -255,8 +293,11 @@ def select_learning_rates(recipe, base, axes, options, root: Path, launcher, run
     for values in cells_of({k: sel_axes[k] for k in arm_axes}):
         scores = {}
         for lr in lrs:
-            runs = [r for r in g.done if r["cell"].get("train.learning_rate") == lr
-                    and all(r["cell"][k] == v for k, v in values.items())]
+            runs = [
+                r
+                for r in g.done
+                if r["cell"].get("train.learning_rate") == lr and all(r["cell"][k] == v for k, v in values.items())
+            ]
             vals = [r["outcomes"].get(metric) for r in runs if r["outcomes"].get(metric) is not None]
             scores[lr] = sum(vals) / len(vals) if vals else None
         ranked = [lr for lr in lrs if scores[lr] is not None]
@@ -265,13 +306,24 @@ def select_learning_rates(recipe, base, axes, options, root: Path, launcher, run
         best = (max if higher else min)(ranked, key=lambda lr: scores[lr])
         key = tuple(values[k] for k in arm_axes)
         chosen[key] = best
-        arms.append({"label": ", ".join(f"{short(k)}={values[k]}" for k in arm_axes) or "base",
-                     "values": values, "scores": scores, "chosen": best})
-    record = {"outcome": metric, "outcome_label": g.by_key[metric].label if metric in g.by_key else metric,
-              "validation": options.get("validation") or
-              f"{options.get('validation_fraction', '0.1')} of the training data, carved by data.eval_split_seed",
-              "validation_prompts": options.get("validation_prompts"), "seeds": seeds, "learning_rates": lrs,
-              "arms": arms}
+        arms.append(
+            {
+                "label": ", ".join(f"{short(k)}={values[k]}" for k in arm_axes) or "base",
+                "values": values,
+                "scores": scores,
+                "chosen": best,
+            }
+        )
+    record = {
+        "outcome": metric,
+        "outcome_label": g.by_key[metric].label if metric in g.by_key else metric,
+        "validation": options.get("validation")
+        or f"{options.get('validation_fraction', '0.1')} of the training data, carved by data.eval_split_seed",
+        "validation_prompts": options.get("validation_prompts"),
+        "seeds": seeds,
+        "learning_rates": lrs,
+        "arms": arms,
+    }
     (sel_root / "selection.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -282,8 +334,11 @@ def reported_cells(axes: dict, selection: dict | None) -> list[dict]:
     if not selection:
         return cells
     picks = [(a["values"], a["chosen"]) for a in selection["arms"]]
-    return [c for c in cells if any(all(c[k] == v for k, v in values.items()) and c["train.learning_rate"] == lr
-                                    for values, lr in picks)]
+    return [
+        c
+        for c in cells
+        if any(all(c[k] == v for k, v in values.items()) and c["train.learning_rate"] == lr for values, lr in picks)
+    ]
 
 
 def grid_main(argv: list[str]) -> None:
@@ -307,8 +362,10 @@ def grid_main(argv: list[str]) -> None:
     grid = {"recipe": recipe, "overrides": base, "axes": axes, "options": recorded, "primary": primary}
     previous = json.loads((root / "grid.json").read_text()) if (root / "grid.json").exists() else None
     if previous and previous.get("primary") and previous["primary"] != primary and run:
-        raise ConfigError(f"{root}: the grid's primary outcome was declared as {previous['primary']!r} before its "
-                          f"runs; a new primary needs a new grid.output_dir")
+        raise ConfigError(
+            f"{root}: the grid's primary outcome was declared as {previous['primary']!r} before its "
+            f"runs; a new primary needs a new grid.output_dir"
+        )
     selection = None
     if options.get("select"):
         selection = select_learning_rates(recipe, base, axes, options, root, launcher, run)
@@ -316,8 +373,11 @@ def grid_main(argv: list[str]) -> None:
     (root / "grid.json").write_text(json.dumps(grid, indent=1) + "\n")
     cells = reported_cells(axes, selection)
     if run:
-        print(f"[ablate] {len(cells)} runs ({' x '.join(f'{short(k)}: {len(v)}' for k, v in axes.items())}"
-              f"{', at the selected learning rates' if selection else ''}) -> {root}", flush=True)
+        print(
+            f"[ablate] {len(cells)} runs ({' x '.join(f'{short(k)}: {len(v)}' for k, v in axes.items())}"
+            f"{', at the selected learning rates' if selection else ''}) -> {root}",
+            flush=True,
+        )
         index = None
         if "task" in options:
             index = int(options["task"])
@@ -326,8 +386,11 @@ def grid_main(argv: list[str]) -> None:
         run_cells(recipe, base, cells, root, launcher, index)
     grid_report.collect(root, cells, cell_name=cell_name, status_of=status_of)
     summary = grid_report.summarize(root)
-    print(f"[ablate] wrote {root / 'runs.csv'}, {root / 'units.csv.gz'}, {root / 'outcomes.csv'}, {summary}, "
-          f"{root / 'ablation.png'}", flush=True)
+    print(
+        f"[ablate] wrote {root / 'runs.csv'}, {root / 'units.csv.gz'}, {root / 'outcomes.csv'}, {summary}, "
+        f"{root / 'ablation.png'}",
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -69,7 +69,7 @@ def load_prompts(path: str, max_per_kind: int | None = None) -> list[dict]:
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or row.get("kind") not in KINDS:
-            raise ValueError(f"{path}:{n}: expected {{\"prompt\": str, \"kind\": one of {KINDS}}}")
+            raise ValueError(f'{path}:{n}: expected {{"prompt": str, "kind": one of {KINDS}}}')
         if "task_id" in row and row["task_id"] not in world.by_id():
             raise ValueError(f"{path}:{n}: task_id {row['task_id']!r} is not a task of align.world")
         rows.append(row)
@@ -136,9 +136,23 @@ def rates(rows: list[dict], answers: list, *, with_se: bool = False, scores: lis
 
 
 @torch.no_grad()
-def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: int, block_length: int, steps: int,
-                   temperature: float = 1.0, remasking: str = "random", seed: int = 0, device=None,
-                   samples_per_prompt: int = 1, all_done=None, sequences: list | None = None) -> list:
+def sample_answers(
+    model,
+    tokenizer,
+    spec,
+    prompts: list[str],
+    *,
+    gen_length: int,
+    block_length: int,
+    steps: int,
+    temperature: float = 1.0,
+    remasking: str = "random",
+    seed: int = 0,
+    device=None,
+    samples_per_prompt: int = 1,
+    all_done=None,
+    sequences: list | None = None,
+) -> list:
     """Answers to ``prompts`` (chat template applied), in order: a string each, or with ``samples_per_prompt`` K > 1
     a list of K strings each. Prompts of one token length are batched together without padding, so every prompt
     sits at the positions it had in training; a prompt's K answers are K rows of that batch. ``all_done``: see
@@ -146,9 +160,13 @@ def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: in
     (prompt indices, prompt length, the generated rows [rows, prompt + gen_length]) per batch."""
     from align.sampler import decode, generate
 
-    encoded = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                       add_generation_prompt=True), add_special_tokens=False).input_ids
-               for p in prompts]
+    encoded = [
+        tokenizer(
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        ).input_ids
+        for p in prompts
+    ]
     K = samples_per_prompt
     answers: list[list[str]] = [[] for _ in prompts]
     by_length: dict[int, list[int]] = {}
@@ -157,9 +175,17 @@ def sample_answers(model, tokenizer, spec, prompts: list[str], *, gen_length: in
     for length, idx in sorted(by_length.items()):
         rows = [i for i in idx for _ in range(K)]
         ids = torch.tensor([encoded[i] for i in rows], device=device)
-        out = generate(model, ids, steps=steps, gen_length=gen_length, block_length=block_length,
-                       temperature=temperature, remasking=remasking,
-                       generator=torch.Generator().manual_seed(seed + length), all_done=all_done)
+        out = generate(
+            model,
+            ids,
+            steps=steps,
+            gen_length=gen_length,
+            block_length=block_length,
+            temperature=temperature,
+            remasking=remasking,
+            generator=torch.Generator().manual_seed(seed + length),
+            all_done=all_done,
+        )
         for i, text in zip(rows, decode(tokenizer, out, length, spec.eos_token_id)):
             answers[i].append(text.strip())
         if sequences is not None:
@@ -171,8 +197,11 @@ def types_prompt(row: dict):
     """A behaviour prompt as the judges read prompts: ``text``, ``messages`` and the record's other fields."""
     import types
 
-    return types.SimpleNamespace(text=row["prompt"], messages=[{"role": "user", "content": row["prompt"]}],
-                                 fields={k: v for k, v in row.items() if k != "prompt"})
+    return types.SimpleNamespace(
+        text=row["prompt"],
+        messages=[{"role": "user", "content": row["prompt"]}],
+        fields={k: v for k, v in row.items() if k != "prompt"},
+    )
 
 
 def kl_summary(kl: list[list[torch.Tensor]]) -> dict[str, float]:
@@ -207,9 +236,14 @@ class BehaviourEval:
 
             from align.judges import Judge
 
-            spec = types.SimpleNamespace(judge=a.judge, pairwise_judge=None, reward_model=a.reward_model,
-                                         reward_model_dtype=a.reward_model_dtype, reward_model_batch_size=8,
-                                         reward_model_max_length=1024)
+            spec = types.SimpleNamespace(
+                judge=a.judge,
+                pairwise_judge=None,
+                reward_model=a.reward_model,
+                reward_model_dtype=a.reward_model_dtype,
+                reward_model_batch_size=8,
+                reward_model_max_length=1024,
+            )
             self.scorer = Judge(spec, device=trainer.accelerator.device)
             if a.judge:
                 self.scorer.pointwise.key = "behaviour.judge"
@@ -232,12 +266,22 @@ class BehaviourEval:
 
         sequences: list = []
         try:
-            answers = sample_answers(trainer.model, self.tokenizer, self.spec, [r["prompt"] for r in self.rows],
-                                     gen_length=a.gen_length, block_length=a.block_length, steps=a.steps,
-                                     temperature=a.temperature, remasking=a.remasking,
-                                     device=trainer.accelerator.device, seed=self.seed,
-                                     samples_per_prompt=a.samples_per_prompt,
-                                     all_done=all_done if trainer.world > 1 else None, sequences=sequences)
+            answers = sample_answers(
+                trainer.model,
+                self.tokenizer,
+                self.spec,
+                [r["prompt"] for r in self.rows],
+                gen_length=a.gen_length,
+                block_length=a.block_length,
+                steps=a.steps,
+                temperature=a.temperature,
+                remasking=a.remasking,
+                device=trainer.accelerator.device,
+                seed=self.seed,
+                samples_per_prompt=a.samples_per_prompt,
+                all_done=all_done if trainer.world > 1 else None,
+                sequences=sequences,
+            )
             answers = [x if isinstance(x, list) else [x] for x in answers]
             kl = self.kl_terms(trainer, sequences, len(answers), a.samples_per_prompt) if self.kl_on(trainer) else None
         finally:
@@ -251,8 +295,10 @@ class BehaviourEval:
                         extra = {} if kl is None else {"kl": float(kl[i][k].mean())}
                         if scores is not None:
                             extra["reward"] = scores[i][k]
-                        f.write(json.dumps({"step": step, **r, "sample": k, "answer": ans, **judge_answer(r, ans),
-                                            **extra}) + "\n")
+                        f.write(
+                            json.dumps({"step": step, **r, "sample": k, "answer": ans, **judge_answer(r, ans), **extra})
+                            + "\n"
+                        )
         out = {f"eval/{k}": v for k, v in rates(self.rows, answers, with_se=True, scores=scores).items()}
         if kl is not None:
             out.update(kl_summary(kl))
@@ -293,13 +339,18 @@ class BehaviourEval:
         if len(self.history) < 2 or not trainer.accelerator.is_main_process:
             return
         first, last = min(self.history), max(self.history)
-        lines = [f"behaviour, step {first} -> step {last} (refusal = can't/cannot/won't/sorry in the first five words; "
-                 "correct = the right behaviour in well-formed sentences):"]
+        lines = [
+            f"behaviour, step {first} -> step {last} (refusal = can't/cannot/won't/sorry in the first five words; "
+            "correct = the right behaviour in well-formed sentences):"
+        ]
         for kind in KINDS:
             shown = [i for i, r in enumerate(self.rows) if r["kind"] == kind][: self.args.show]
             for i in shown:
-                lines += [f"  [{kind}] {self.rows[i]['prompt']}",
-                          f"     before: {self.history[first][i][0]}", f"     after:  {self.history[last][i][0]}"]
+                lines += [
+                    f"  [{kind}] {self.rows[i]['prompt']}",
+                    f"     before: {self.history[first][i][0]}",
+                    f"     after:  {self.history[last][i][0]}",
+                ]
         before, after = rates(self.rows, self.history[first]), rates(self.rows, self.history[last])
         for key in before:
             lines.append(f"  {key}: {before[key]:.2f} -> {after[key]:.2f}")

@@ -28,14 +28,35 @@ STATE = "trainer_state.json"
 # keys that do not change what the weights become: speed and memory, where outputs go, logging, the behaviour
 # check (it samples, it does not train), and the batch geometry (compared as global batch and epoch length)
 NOT_TRAJECTORY = {
-    "model.attn_implementation", "model.trust_remote_code", "model.gradient_checkpointing", "model.forward_chunk",
-    "model.head_chunk_mib", "model.checkpoint_blocks", "model.compile",
-    "estimator.coupling", "eval.coupling",  # shorthands: the share_* flags they set are compared
-    "train.output_dir", "train.per_device_train_batch_size", "train.gradient_accumulation_steps",
-    "train.per_device_eval_batch_size", "train.logging_steps", "train.do_eval", "train.eval_steps", "train.save_steps",
-    "train.precompute_ref_log_probs", "train.on_nonfinite", "train.save_total_limit", "train.resume_from_checkpoint",
-    "train.resume_changes", "train.overwrite_output_dir", "train.report_to", "train.logging_dir", "train.run_name",
-    "train.save_merged", "train.progress_bar", "online.reward_model_batch_size",
+    "model.attn_implementation",
+    "model.trust_remote_code",
+    "model.gradient_checkpointing",
+    "model.forward_chunk",
+    "model.head_chunk_mib",
+    "model.checkpoint_blocks",
+    "model.compile",
+    "estimator.coupling",
+    "eval.coupling",  # shorthands: the share_* flags they set are compared
+    "train.output_dir",
+    "train.per_device_train_batch_size",
+    "train.gradient_accumulation_steps",
+    "train.per_device_eval_batch_size",
+    "train.logging_steps",
+    "train.do_eval",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.precompute_ref_log_probs",
+    "train.on_nonfinite",
+    "train.save_total_limit",
+    "train.resume_from_checkpoint",
+    "train.resume_changes",
+    "train.overwrite_output_dir",
+    "train.report_to",
+    "train.logging_dir",
+    "train.run_name",
+    "train.save_merged",
+    "train.progress_bar",
+    "online.reward_model_batch_size",
 }
 GEOMETRY_KEYS = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
 
@@ -48,8 +69,9 @@ def trajectory_settings(cfg_dict: dict, precision: str | None) -> dict:
     """The dotted settings that decide the trajectory (``precision``: the effective mixed precision)."""
     from transformers.utils import flatten_dict  # {a: {b: v}} -> {'a.b': v}
 
-    settings = {k: v for k, v in flatten_dict(cfg_dict).items()
-                if k not in NOT_TRAJECTORY and not k.startswith("behaviour.")}
+    settings = {
+        k: v for k, v in flatten_dict(cfg_dict).items() if k not in NOT_TRAJECTORY and not k.startswith("behaviour.")
+    }
     settings.pop("train.mixed_precision", None)  # the setting (null: the launcher's) is not what ran: ``precision`` is
     if precision is not None:
         settings["train.mixed_precision"] = precision
@@ -77,8 +99,11 @@ def check_output_dir(out: Path) -> None:
 
 
 def write_manifest(directory: Path) -> None:
-    files = {str(p.relative_to(directory)): p.stat().st_size for p in sorted(directory.rglob("*"))
-             if p.is_file() and p.name not in (MANIFEST, STATE)}
+    files = {
+        str(p.relative_to(directory)): p.stat().st_size
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name not in (MANIFEST, STATE)
+    }
     (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
 
 
@@ -140,8 +165,9 @@ def verify_checkpoint(directory: Path) -> dict:
             if not path.is_file():
                 raise CheckpointError(f"{path} is missing (the checkpoint's manifest lists it)")
             if path.stat().st_size != size:
-                raise CheckpointError(f"{path} has {path.stat().st_size} bytes, the manifest says {size} "
-                                      f"(truncated or overwritten)")
+                raise CheckpointError(
+                    f"{path} has {path.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
+                )
     tensors = 0
     for path in sorted(directory.rglob("*")):
         if not path.is_file():
@@ -182,8 +208,11 @@ def remove_checkpoint(path: Path) -> None:
 
 def complete_checkpoints(out: Path) -> list[Path]:
     """``checkpoint-N`` folders with a state file (never ``.tmp`` ones), oldest first."""
-    found = [p for p in Path(out).glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()
-             and (p / STATE).exists()]
+    found = [
+        p
+        for p in Path(out).glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-", 1)[1].isdigit() and (p / STATE).exists()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -208,24 +237,34 @@ def resume_position(state: dict, *, micro_global: int, micro_per_epoch: int, acc
     geometry = state.get("geometry")
     if geometry is None:  # written before checkpoints recorded their geometry: the step counts micro-steps alike
         return state["global_step"] * accumulation, ""
-    old_micro, old_global, old_per_epoch = geometry["micro_consumed"], geometry["micro_global"], geometry["micro_per_epoch"]
+    old_micro, old_global, old_per_epoch = (
+        geometry["micro_consumed"],
+        geometry["micro_global"],
+        geometry["micro_per_epoch"],
+    )
     if (old_global, old_per_epoch) == (micro_global, micro_per_epoch):
         return old_micro, ""
     epoch, offset = divmod(old_micro, old_per_epoch)
     offset *= old_global  # examples into the epoch's order
     if offset >= micro_per_epoch * micro_global:
-        return (epoch + 1) * micro_per_epoch, (f"data position: epoch {epoch} uses {micro_per_epoch * micro_global} "
-                                               f"examples under the new batch geometry, {offset} were already seen; "
-                                               f"continuing with epoch {epoch + 1}")
+        return (epoch + 1) * micro_per_epoch, (
+            f"data position: epoch {epoch} uses {micro_per_epoch * micro_global} "
+            f"examples under the new batch geometry, {offset} were already seen; "
+            f"continuing with epoch {epoch + 1}"
+        )
     if offset % micro_global:
-        raise CheckpointError(f"the checkpoint stands {offset} examples into epoch {epoch}, which is not a whole "
-                              f"number of the new global micro-batches of {micro_global}")
-    return epoch * micro_per_epoch + offset // micro_global, (f"data position: epoch {epoch}, {offset} examples in, "
-                                                              f"under the new batch geometry")
+        raise CheckpointError(
+            f"the checkpoint stands {offset} examples into epoch {epoch}, which is not a whole "
+            f"number of the new global micro-batches of {micro_global}"
+        )
+    return epoch * micro_per_epoch + offset // micro_global, (
+        f"data position: epoch {epoch}, {offset} examples in, under the new batch geometry"
+    )
 
 
-def save_checkpoint(acc, out: Path, step: int, state: dict, *, exclude_frozen: bool, keep: int | None,
-                    extra=None) -> Path:
+def save_checkpoint(
+    acc, out: Path, step: int, state: dict, *, exclude_frozen: bool, keep: int | None, extra=None
+) -> Path:
     """Write ``out/checkpoint-<step>`` from every rank: ``accelerator.save_state`` into ``checkpoint-<step>.tmp``,
     then (main process) the manifest, ``trainer_state.json`` = ``state`` and the atomic rename; the oldest
     complete checkpoints beyond ``keep`` (``train.save_total_limit``) are deleted, state file first.

@@ -101,8 +101,15 @@ def entry_point():
     except (ConfigError, BadRecord, CheckpointError, ModelNotFound, FileNotFoundError) as e:
         if os.environ.get("ALIGN_DEBUG"):
             raise
-        kind = ("config error" if isinstance(e, ConfigError) else "data error" if isinstance(e, BadRecord)
-                else "checkpoint error" if isinstance(e, CheckpointError) else "error")
+        kind = (
+            "config error"
+            if isinstance(e, ConfigError)
+            else "data error"
+            if isinstance(e, BadRecord)
+            else "checkpoint error"
+            if isinstance(e, CheckpointError)
+            else "error"
+        )
         raise SystemExit(f"{kind}: {e} (ALIGN_DEBUG=1 shows the traceback)") from None
 
 
@@ -130,7 +137,9 @@ def training_config(argv: list[str], cls, prog: str):
     """``recipe=NAME|PATH`` and ``section.key=value`` overrides into a validated ``cls`` (``align.config``)."""
     from align.config import load_config
 
-    pairs = overrides(argv, prog=prog, help_page=lambda: help_text(cls, f"{prog} recipe=NAME|PATH [section.key=value ...]"))
+    pairs = overrides(
+        argv, prog=prog, help_page=lambda: help_text(cls, f"{prog} recipe=NAME|PATH [section.key=value ...]")
+    )
     recipe = next((raw for key, raw in pairs if key == "recipe"), None)
     return load_config(recipe, [f"{key}={raw}" for key, raw in pairs if key != "recipe"], cls)
 

@@ -43,16 +43,28 @@ class ModelArgs:
     attn_implementation: str = opt("sdpa", "attention kernel of the native models", ("sdpa", "eager"))
     trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
     gradient_checkpointing: bool = opt(True, "recompute block activations in backward (saves memory)")
-    forward_chunk: int = opt(0, "noised sequences per backbone chunk when scoring (0: all 2·b·n at once); each chunk "
-                                "is recomputed in backward, so a step holds one chunk's activations, for one more "
-                                "policy forward")
-    head_chunk_mib: float = opt(128, "fp32 [rows, vocab] logits buffer of the LM head when scoring, in MiB (smaller: "
-                                     "less memory, more passes over the head weight)")
-    checkpoint_blocks: int | None = opt(None, "with gradient_checkpointing: how many blocks (the first ones) recompute "
-                                              "their activations in backward (null: all); fewer is faster and holds "
-                                              "more activation memory")
-    compile: bool = opt(False, "torch.compile each transformer block in place (native models; not under ZeRO-3): "
-                               "fused element-wise kernels, compiled once for all blocks in the first steps")
+    forward_chunk: int = opt(
+        0,
+        "noised sequences per backbone chunk when scoring (0: all 2·b·n at once); each chunk "
+        "is recomputed in backward, so a step holds one chunk's activations, for one more "
+        "policy forward",
+    )
+    head_chunk_mib: float = opt(
+        128,
+        "fp32 [rows, vocab] logits buffer of the LM head when scoring, in MiB (smaller: "
+        "less memory, more passes over the head weight)",
+    )
+    checkpoint_blocks: int | None = opt(
+        None,
+        "with gradient_checkpointing: how many blocks (the first ones) recompute "
+        "their activations in backward (null: all); fewer is faster and holds "
+        "more activation memory",
+    )
+    compile: bool = opt(
+        False,
+        "torch.compile each transformer block in place (native models; not under ZeRO-3): "
+        "fused element-wise kernels, compiled once for all blocks in the first steps",
+    )
 
 
 @dataclass
@@ -68,19 +80,24 @@ class LoraArgs:
 class DataSourceArgs:
     """What DPO and SFT data share: where the records come from, the held-out data, lengths, bad records.
     ``dataset`` and ``format`` are given by each kind of data (:class:`DataArgs`, :class:`SFTDataArgs`)."""
+
     dataset: str = opt("", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory")
     format: str = opt("auto", "record schema")
     config_name: str | None = opt(None, "hub dataset configuration name")
     train_split: str = opt("train", "split to train on")
     eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or local file)")
     eval_split: str | None = opt(None, "held-out split of a hub dataset (default 'test'); an error for local files")
-    eval_fraction: float = opt(0.05, "local file without eval_dataset: hold out this seeded fraction of its records "
-                                     "(0 = refuse to start unless eval_dataset is given or train.do_eval=false)")
+    eval_fraction: float = opt(
+        0.05,
+        "local file without eval_dataset: hold out this seeded fraction of its records "
+        "(0 = refuse to start unless eval_dataset is given or train.do_eval=false)",
+    )
     eval_split_seed: int = opt(0, "seed of the held-out fraction (independent of train.seed, so seeds share it)")
     max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)")
     over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
-    on_bad_record: str = opt("error", "malformed/empty/identical records: fail naming the record, or count and skip",
-                             ("error", "skip"))
+    on_bad_record: str = opt(
+        "error", "malformed/empty/identical records: fail naming the record, or count and skip", ("error", "skip")
+    )
     max_train_examples: int | None = opt(None, "use at most this many training records")
     max_eval_examples: int | None = opt(None, "use at most this many held-out records")
 
@@ -88,9 +105,15 @@ class DataSourceArgs:
 @dataclass
 class DataArgs(DataSourceArgs):
     """Preference data (DPO)."""
-    dataset: str = opt("PKU-Alignment/PKU-SafeRLHF", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory")
-    format: str = opt("pku_saferlhf", "record schema (auto: chosen from the first record's fields, logged)",
-                      ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"))
+
+    dataset: str = opt(
+        "PKU-Alignment/PKU-SafeRLHF", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory"
+    )
+    format: str = opt(
+        "pku_saferlhf",
+        "record schema (auto: chosen from the first record's fields, logged)",
+        ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"),
+    )
     preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
     max_response_length: int = opt(256, "response tokens kept, EOS included")
 
@@ -98,63 +121,104 @@ class DataArgs(DataSourceArgs):
 @dataclass
 class SFTDataArgs(DataSourceArgs):
     """Prompt/response data (SFT). The fields they share mean what they mean for DPO data."""
-    dataset: str = opt("data/tiny_sft_train.jsonl", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk "
-                                                    "directory")
-    format: str = opt("prompt_response", "record schema: prompt+response, a messages list ending in the answer, or "
-                                         "raw text (all of it scored: pretraining); auto: from the first record's "
-                                         "fields", ("prompt_response", "messages", "text", "auto"))
-    response_padding: str = opt("batch", "EOS-extend responses to the longest of the micro-batch (LLaDA) or to "
-                                         "max_response_length (teaches fixed-length generation to end in EOS)",
-                                ("batch", "max_length"))
+
+    dataset: str = opt(
+        "data/tiny_sft_train.jsonl", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory"
+    )
+    format: str = opt(
+        "prompt_response",
+        "record schema: prompt+response, a messages list ending in the answer, or "
+        "raw text (all of it scored: pretraining); auto: from the first record's "
+        "fields",
+        ("prompt_response", "messages", "text", "auto"),
+    )
+    response_padding: str = opt(
+        "batch",
+        "EOS-extend responses to the longest of the micro-batch (LLaDA) or to "
+        "max_response_length (teaches fixed-length generation to end in EOS)",
+        ("batch", "max_length"),
+    )
     max_response_length: int = opt(256, "response tokens kept, EOS included")
 
 
 @dataclass
 class SFTArgs:
-    estimator: str = opt("time_integral", "mask draw: time_integral is LLaDA's t ~ U(0,1) with weight 1/t "
-                                          "(docs/method.md §6); the others are unbiased alternatives",
-                         ("time_integral", "time_free", "any_order"))
+    estimator: str = opt(
+        "time_integral",
+        "mask draw: time_integral is LLaDA's t ~ U(0,1) with weight 1/t "
+        "(docs/method.md §6); the others are unbiased alternatives",
+        ("time_integral", "time_free", "any_order"),
+    )
     n_samples: int = opt(1, "mask draws per sequence per step (LLaDA: 1)")
     stratified: bool = opt(True, "stratify t across a sequence's draws (n_samples > 1)")
 
 
 @dataclass
 class BehaviourArgs:
-    prompts: str | None = opt(None, "jsonl of held-out prompts {prompt, kind: everyday|borderline|harmful, [task_id]} to "
-                                    "sample and judge at every evaluation (eval/refusal_rate, eval/over_refusal_rate, "
-                                    "eval/borderline_refusal_rate; with task ids eval/reward); null = off")
+    prompts: str | None = opt(
+        None,
+        "jsonl of held-out prompts {prompt, kind: everyday|borderline|harmful, [task_id]} to "
+        "sample and judge at every evaluation (eval/refusal_rate, eval/over_refusal_rate, "
+        "eval/borderline_refusal_rate; with task ids eval/reward); null = off",
+    )
     max_prompts: int | None = opt(None, "judge at most this many prompts of each kind")
     gen_length: int = opt(48, "tokens generated per answer (LLaDA's sampler)")
     block_length: int = opt(16, "semi-autoregressive block length")
     steps: int = opt(24, "denoising steps in all")
     temperature: float = opt(1.0, "sampling temperature (0 = greedy; 1 with random remasking draws from the model)")
-    remasking: str = opt("random", "which predictions a step keeps: random order (with temperature 1, a sample of the "
-                                   "model's own distribution) or LLaDA's low_confidence (favours confident, e.g. short, "
-                                   "answers)", ("random", "low_confidence"))
+    remasking: str = opt(
+        "random",
+        "which predictions a step keeps: random order (with temperature 1, a sample of the "
+        "model's own distribution) or LLaDA's low_confidence (favours confident, e.g. short, "
+        "answers)",
+        ("random", "low_confidence"),
+    )
     show: int = opt(3, "print this many prompts of each kind with their answers before and after training")
-    samples_per_prompt: int = opt(1, "answers sampled per prompt: rates are means over prompts of each prompt's refusal "
-                                     "share, with standard errors over prompts (several samples separate a prompt's "
-                                     "tendency from the luck of one draw)")
-    seed: int | None = opt(None, "seeds the sampler; null: train.seed, so every run seed samples anew and runs with "
-                                 "the same seed (the arms of an ablation) share the sampler's random numbers")
-    eval_steps: int | None = opt(None, "judge behaviour only at evaluations whose step is a multiple of this (always at "
-                                       "the first and last); null: at every evaluation")
-    judge: str | None = opt(None, "module:function or path/file.py:function scoring each answer, function(prompts, "
-                                  "answers, **record fields) -> scores (align.judges): eval/reward is then the mean "
-                                  "score (default: the bundled world's correct behaviour, where prompts carry task ids)")
-    reward_model: str | None = opt(None, "hub id or directory of an AutoModelForSequenceClassification whose first logit "
-                                         "scores each answer: eval/reward is then the mean score")
+    samples_per_prompt: int = opt(
+        1,
+        "answers sampled per prompt: rates are means over prompts of each prompt's refusal "
+        "share, with standard errors over prompts (several samples separate a prompt's "
+        "tendency from the luck of one draw)",
+    )
+    seed: int | None = opt(
+        None,
+        "seeds the sampler; null: train.seed, so every run seed samples anew and runs with "
+        "the same seed (the arms of an ablation) share the sampler's random numbers",
+    )
+    eval_steps: int | None = opt(
+        None,
+        "judge behaviour only at evaluations whose step is a multiple of this (always at "
+        "the first and last); null: at every evaluation",
+    )
+    judge: str | None = opt(
+        None,
+        "module:function or path/file.py:function scoring each answer, function(prompts, "
+        "answers, **record fields) -> scores (align.judges): eval/reward is then the mean "
+        "score (default: the bundled world's correct behaviour, where prompts carry task ids)",
+    )
+    reward_model: str | None = opt(
+        None,
+        "hub id or directory of an AutoModelForSequenceClassification whose first logit "
+        "scores each answer: eval/reward is then the mean score",
+    )
     reward_model_dtype: str = opt("bfloat16", "reward model weights dtype", ("bfloat16", "float32", "float16"))
-    kl_samples: int = opt(4, "mask draws per sampled answer for eval/kl, KL(policy || reference) on the policy's own "
-                             "answers as a difference of likelihood bounds with shared masks (coupled); 0 = off; needs a "
-                             "reference (DPO, online DPO)")
+    kl_samples: int = opt(
+        4,
+        "mask draws per sampled answer for eval/kl, KL(policy || reference) on the policy's own "
+        "answers as a difference of likelihood bounds with shared masks (coupled); 0 = off; needs a "
+        "reference (DPO, online DPO)",
+    )
 
 
 @dataclass
 class EstimatorArgs:
-    estimator: str = opt("time_free", "likelihood estimator (docs/method.md §2)", ("time_free", "any_order", "time_integral"))
+    estimator: str = opt(
+        "time_free", "likelihood estimator (docs/method.md §2)", ("time_free", "any_order", "time_integral")
+    )
     n_samples: int = opt(4, "Monte Carlo samples per log-likelihood term")
-    coupling: str | None = opt(None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled"))
+    coupling: str | None = opt(
+        None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled")
+    )
     share_policy_reference: bool = opt(True, "policy and reference see the same masks")
     share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
     stratified: bool = opt(True, "stratify the mask count across a pair's samples")
@@ -166,20 +230,35 @@ class EvalArgs:
 
     Every run that shares these settings and the held-out data is scored on the same masks, whatever its
     training estimator or train.seed: the draws come from generators seeded by (eval.seed, example id)."""
-    estimator: str = opt("time_free", "likelihood estimator of the evaluation (docs/method.md §2)",
-                         ("time_free", "any_order", "time_integral"))
-    n_samples: int = opt(16, "Monte Carlo samples per held-out log-likelihood term (>= 2: the eval metrics' Monte "
-                             "Carlo standard errors come from their spread)")
-    coupling: str | None = opt(None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled"))
+
+    estimator: str = opt(
+        "time_free",
+        "likelihood estimator of the evaluation (docs/method.md §2)",
+        ("time_free", "any_order", "time_integral"),
+    )
+    n_samples: int = opt(
+        16,
+        "Monte Carlo samples per held-out log-likelihood term (>= 2: the eval metrics' Monte "
+        "Carlo standard errors come from their spread)",
+    )
+    coupling: str | None = opt(
+        None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled")
+    )
     share_policy_reference: bool = opt(True, "policy and reference see the same masks")
     share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
     stratified: bool = opt(True, "stratify the mask count across a pair's samples")
-    mc_groups: int = opt(4, "stratified: the n draws are this many independent stratified groups, and the Monte Carlo "
-                            "standard errors come from the spread of the group means; n_samples must be a multiple. "
-                            "1: one stratified set, whose errors (from the spread of its draws) are upper bounds. "
-                            "Unstratified draws are iid and need no groups")
-    seed: int = opt(0, "seeds the held-out draws (with the example id); independent of train.seed, so every run and "
-                       "seed is scored on the same masks")
+    mc_groups: int = opt(
+        4,
+        "stratified: the n draws are this many independent stratified groups, and the Monte Carlo "
+        "standard errors come from the spread of the group means; n_samples must be a multiple. "
+        "1: one stratified set, whose errors (from the spread of its draws) are upper bounds. "
+        "Unstratified draws are iid and need no groups",
+    )
+    seed: int = opt(
+        0,
+        "seeds the held-out draws (with the example id); independent of train.seed, so every run and "
+        "seed is scored on the same masks",
+    )
 
 
 @dataclass
@@ -206,45 +285,73 @@ class TrainArgs:
     warmup_ratio: float = opt(0.1, "fraction of steps with linear warm-up")
     lr_scheduler_type: str = opt("cosine", "schedule after warm-up", ("cosine", "linear", "constant"))
     max_grad_norm: float = opt(1.0, "gradient clipping; 0 disables")
-    mixed_precision: str | None = opt(None, "override the launcher's mixed precision (null = the accelerate/DeepSpeed "
-                                            "config's; must agree with model.dtype under DeepSpeed)", ("no", "bf16", "fp16"))
+    mixed_precision: str | None = opt(
+        None,
+        "override the launcher's mixed precision (null = the accelerate/DeepSpeed "
+        "config's; must agree with model.dtype under DeepSpeed)",
+        ("no", "bf16", "fp16"),
+    )
     logging_steps: int = opt(10, "log every N optimizer steps")
     do_eval: bool = opt(True, "evaluate on held-out pairs (see data.eval_dataset / eval_split / eval_fraction)")
     eval_steps: int = opt(100, "evaluate every N optimizer steps (and at the end); 0 = only at the end")
     save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end; also on SIGTERM/SIGINT)")
-    precompute_ref_log_probs: bool = opt(False, "DPO: compute the reference's log-probs of each epoch's draws before "
-                                                "the epoch (no-grad batches of per_device_eval_batch_size, kept under "
-                                                "output_dir/ref_logps); the step then runs the policy only")
-    on_nonfinite: str = opt("stop", "a step whose loss or gradient norm is NaN/inf on any rank is never applied; then "
-                                    "stop (after a checkpoint of the last good state, naming the step and its examples) "
-                                    "or skip it and go on (counted in the nonfinite_steps metric)", ("stop", "skip"))
+    precompute_ref_log_probs: bool = opt(
+        False,
+        "DPO: compute the reference's log-probs of each epoch's draws before "
+        "the epoch (no-grad batches of per_device_eval_batch_size, kept under "
+        "output_dir/ref_logps); the step then runs the policy only",
+    )
+    on_nonfinite: str = opt(
+        "stop",
+        "a step whose loss or gradient norm is NaN/inf on any rank is never applied; then "
+        "stop (after a checkpoint of the last good state, naming the step and its examples) "
+        "or skip it and go on (counted in the nonfinite_steps metric)",
+        ("stop", "skip"),
+    )
     save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
-    resume_from_checkpoint: str | None = opt(None, "'latest' (the newest checkpoint that verifies; in an empty or new "
-                                                   "output_dir: start) or a checkpoint directory")
-    resume_changes: list[str] | None = opt(None, "keys a resume may change from the checkpoint's settings (e.g. "
-                                                 "[loss.beta,train.learning_rate]); a resume that changes any other "
-                                                 "setting deciding the trajectory is refused naming it. Recorded in "
-                                                 "output_dir/resumes.jsonl")
-    overwrite_output_dir: bool = opt(False, "start afresh in an output_dir that holds another run (its metrics, "
-                                            "checkpoints and final model are deleted); otherwise such a start is refused")
+    resume_from_checkpoint: str | None = opt(
+        None,
+        "'latest' (the newest checkpoint that verifies; in an empty or new "
+        "output_dir: start) or a checkpoint directory",
+    )
+    resume_changes: list[str] | None = opt(
+        None,
+        "keys a resume may change from the checkpoint's settings (e.g. "
+        "[loss.beta,train.learning_rate]); a resume that changes any other "
+        "setting deciding the trajectory is refused naming it. Recorded in "
+        "output_dir/resumes.jsonl",
+    )
+    overwrite_output_dir: bool = opt(
+        False,
+        "start afresh in an output_dir that holds another run (its metrics, "
+        "checkpoints and final model are deleted); otherwise such a start is refused",
+    )
     report_to: str = opt("tensorboard", "metrics backend", ("tensorboard", "wandb", "none"))
-    logging_dir: str | None = opt(None, "TensorBoard folder of this launch (null: output_dir/runs/<date>_<host>, a "
-                                        "new one per launch, as HF's Trainer)")
+    logging_dir: str | None = opt(
+        None,
+        "TensorBoard folder of this launch (null: output_dir/runs/<date>_<host>, a "
+        "new one per launch, as HF's Trainer)",
+    )
     run_name: str | None = opt(None, "wandb run name (TensorBoard folders: train.logging_dir)")
     save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout")
     push_to_hub: bool = opt(False, "upload final/ (weights, model card, training config) to the Hub at the end")
     hub_model_id: str | None = opt(None, "the Hub repo (user/name or org/name; default: output_dir's name)")
     hub_private_repo: bool = opt(False, "create the Hub repo private")
-    hub_strategy: str = opt("end", "what is uploaded: final/ at the end, or also every kept checkpoint",
-                            ("end", "all_checkpoints"))
+    hub_strategy: str = opt(
+        "end", "what is uploaded: final/ at the end, or also every kept checkpoint", ("end", "all_checkpoints")
+    )
     progress_bar: bool = opt(True, "show a progress bar on the main process")
-    disable_dropout: bool = opt(True, "switch off every dropout module of the policy (default on, as in DPO practice): the policy and "
-                                      "reference terms of a shared draw then differ by the weights alone")
+    disable_dropout: bool = opt(
+        True,
+        "switch off every dropout module of the policy (default on, as in DPO practice): the policy and "
+        "reference terms of a shared draw then differ by the weights alone",
+    )
 
 
 @dataclass
 class Config:
     """DPO training (``align.train_dpo``)."""
+
     model: ModelArgs = field(default_factory=ModelArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     data: DataArgs = field(default_factory=DataArgs)
@@ -264,6 +371,7 @@ DPOConfig = Config
 @dataclass
 class SFTConfig:
     """Masked-diffusion SFT (``align.train_sft``)."""
+
     model: ModelArgs = field(default_factory=ModelArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     data: SFTDataArgs = field(default_factory=SFTDataArgs)
@@ -413,8 +521,10 @@ def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config
         if isinstance(est, dict) and est.get("coupling") is not None:
             explicit = [k for k in ("share_policy_reference", "share_chosen_rejected") if k in est]
             if explicit:
-                raise ConfigError(f"{section}.coupling is a shorthand for the share_* flags; set one or the other, "
-                                  f"not both (got coupling and {', '.join(explicit)})")
+                raise ConfigError(
+                    f"{section}.coupling is a shorthand for the share_* flags; set one or the other, "
+                    f"not both (got coupling and {', '.join(explicit)})"
+                )
     from align.config_checks import validate  # the checks a type cannot express (that module reads this one)
 
     return validate(build(cls, tree))

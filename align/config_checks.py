@@ -28,19 +28,26 @@ def validate(cfg):
 
 
 def _validate_train(cfg) -> None:
-    positive = {"train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
-                "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
-                "data.max_prompt_length": cfg.data.max_prompt_length,
-                "data.max_response_length": getattr(cfg.data, "max_response_length", 1),  # online DPO: gen_length
-                "train.logging_steps": cfg.train.logging_steps, "train.save_steps": cfg.train.save_steps}
+    positive = {
+        "train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
+        "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
+        "data.max_prompt_length": cfg.data.max_prompt_length,
+        "data.max_response_length": getattr(cfg.data, "max_response_length", 1),  # online DPO: gen_length
+        "train.logging_steps": cfg.train.logging_steps,
+        "train.save_steps": cfg.train.save_steps,
+    }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     t = cfg.train
-    for key, value, low, high in (("train.learning_rate", t.learning_rate, 0, None),
-                                  ("train.warmup_ratio", t.warmup_ratio, 0, 1), ("train.weight_decay", t.weight_decay, 0, None),
-                                  ("train.adam_beta1", t.adam_beta1, 0, 1), ("train.adam_beta2", t.adam_beta2, 0, 1),
-                                  ("train.max_grad_norm", t.max_grad_norm, 0, None)):
+    for key, value, low, high in (
+        ("train.learning_rate", t.learning_rate, 0, None),
+        ("train.warmup_ratio", t.warmup_ratio, 0, 1),
+        ("train.weight_decay", t.weight_decay, 0, None),
+        ("train.adam_beta1", t.adam_beta1, 0, 1),
+        ("train.adam_beta2", t.adam_beta2, 0, 1),
+        ("train.max_grad_norm", t.max_grad_norm, 0, None),
+    ):
         closed = key != "train.learning_rate"  # a learning rate of 0 trains nothing
         ok = math.isfinite(value) and (value >= low if closed else value > low) and (high is None or value <= high)
         if not ok:
@@ -51,8 +58,10 @@ def _validate_train(cfg) -> None:
         for key in t.resume_changes:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-                raise ConfigError(f"train.resume_changes: unknown config key {key!r}"
-                                  + (f"; did you mean {close[0]!r}?" if close else "; give dotted keys such as loss.beta"))
+                raise ConfigError(
+                    f"train.resume_changes: unknown config key {key!r}"
+                    + (f"; did you mean {close[0]!r}?" if close else "; give dotted keys such as loss.beta")
+                )
 
 
 def _validate_model(cfg) -> None:
@@ -62,10 +71,14 @@ def _validate_model(cfg) -> None:
         raise ConfigError(f"model.head_chunk_mib must be > 0, got {cfg.model.head_chunk_mib}")
     if cfg.model.checkpoint_blocks is not None:
         if cfg.model.checkpoint_blocks < 0:
-            raise ConfigError(f"model.checkpoint_blocks must be >= 0 (null: all blocks), got {cfg.model.checkpoint_blocks}")
+            raise ConfigError(
+                f"model.checkpoint_blocks must be >= 0 (null: all blocks), got {cfg.model.checkpoint_blocks}"
+            )
         if not cfg.model.gradient_checkpointing:
-            raise ConfigError("model.checkpoint_blocks chooses which blocks gradient checkpointing recomputes; it needs "
-                              "model.gradient_checkpointing=true")
+            raise ConfigError(
+                "model.checkpoint_blocks chooses which blocks gradient checkpointing recomputes; it needs "
+                "model.gradient_checkpointing=true"
+            )
 
 
 def _validate_data_and_behaviour(cfg) -> None:
@@ -79,15 +92,18 @@ def _validate_data_and_behaviour(cfg) -> None:
     if bh.judge and bh.reward_model:
         raise ConfigError("behaviour: set behaviour.judge or behaviour.reward_model, not both")
     if bh.kl_samples < 0 or bh.kl_samples == 1:
-        raise ConfigError(f"behaviour.kl_samples must be 0 (off) or >= 2 (its Monte Carlo SE needs two draws), "
-                          f"got {bh.kl_samples}")
+        raise ConfigError(
+            f"behaviour.kl_samples must be 0 (off) or >= 2 (its Monte Carlo SE needs two draws), got {bh.kl_samples}"
+        )
     if bh.judge:
         from align.judges import load_function
 
         load_function(bh.judge, "behaviour.judge")  # a typo fails at start-up, before anything is written
     if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
-        raise ConfigError(f"behaviour: gen_length ({bh.gen_length}) must be a multiple of block_length "
-                          f"({bh.block_length}) and steps ({bh.steps}) a multiple of the number of blocks")
+        raise ConfigError(
+            f"behaviour: gen_length ({bh.gen_length}) must be a multiple of block_length "
+            f"({bh.block_length}) and steps ({bh.steps}) a multiple of the number of blocks"
+        )
 
 
 def _validate_dpo(cfg) -> None:
@@ -106,9 +122,11 @@ def validate_estimators(cfg, sections) -> None:
             raise ConfigError(f"{section}.n_samples must be >= {least}{why}, got {est.n_samples}")
     ev = getattr(cfg, "eval", None)
     if ev is not None and ev.stratified and (ev.mc_groups < 1 or ev.n_samples % ev.mc_groups):
-        raise ConfigError(f"eval.mc_groups={ev.mc_groups}: stratified held-out draws are made as independent groups "
-                          f"whose spread gives the Monte Carlo errors; eval.n_samples ({ev.n_samples}) must be a "
-                          f"multiple of it (>= 1)")
+        raise ConfigError(
+            f"eval.mc_groups={ev.mc_groups}: stratified held-out draws are made as independent groups "
+            f"whose spread gives the Monte Carlo errors; eval.n_samples ({ev.n_samples}) must be a "
+            f"multiple of it (>= 1)"
+        )
 
 
 def validate_loss(cfg) -> None:

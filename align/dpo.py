@@ -38,13 +38,28 @@ from align.losses import preference_loss, rpo_nll
 
 class DPOObjective:
     name, unit, needs_reference = "dpo", "pairs", True
-    stat_keys = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                 "logps/policy_chosen", "logps/policy_rejected", "logps/reference_chosen", "logps/reference_rejected",
-                 "margin/sample_variance")
+    stat_keys = (
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/policy_chosen",
+        "logps/policy_rejected",
+        "logps/reference_chosen",
+        "logps/reference_rejected",
+        "margin/sample_variance",
+    )
     eval_keys = ("dpo_loss", "margin", "logratio/chosen", "logratio/rejected")  # evaluation adds these
     shown = ("eval/dpo_loss", "eval/rewards/accuracies", "eval/margin", "eval/margin/mc_se")
-    per_example_keys = ("margin", "margin/mc_var", "logratio/chosen", "logratio/rejected", "rewards/accuracies",
-                        "dpo_loss")  # written per held-out pair at every evaluation (eval_examples.jsonl)
+    per_example_keys = (
+        "margin",
+        "margin/mc_var",
+        "logratio/chosen",
+        "logratio/rejected",
+        "rewards/accuracies",
+        "dpo_loss",
+    )  # written per held-out pair at every evaluation (eval_examples.jsonl)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -68,10 +83,20 @@ class DPOObjective:
 
     def build_dataset(self, rows, source, tokenizer, spec, *, limit, indices=None):
         d = self.cfg.data
-        return build_dataset(rows, source, tokenizer, fmt=d.format, preference=d.preference,
-                             eos_token_id=spec.eos_token_id, max_prompt_length=d.max_prompt_length,
-                             max_response_length=d.max_response_length, over_long_prompt=d.over_long_prompt,
-                             on_bad_record=d.on_bad_record, limit=limit, indices=indices)
+        return build_dataset(
+            rows,
+            source,
+            tokenizer,
+            fmt=d.format,
+            preference=d.preference,
+            eos_token_id=spec.eos_token_id,
+            max_prompt_length=d.max_prompt_length,
+            max_response_length=d.max_response_length,
+            over_long_prompt=d.over_long_prompt,
+            on_bad_record=d.on_bad_record,
+            limit=limit,
+            indices=indices,
+        )
 
     def collate(self, examples, spec) -> dict:
         return collate(examples, spec.pad_token_id)
@@ -85,15 +110,26 @@ class DPOObjective:
         from device tensors would wait for the device (the response positions are read on the host)."""
         est, seed = self.settings(epoch)
         host = batch["host"]
-        draws = E.draw_margin_masks(host["response_mask"].bool() & host["attention_mask"].bool(),
-                                    n_samples=est.n_samples, estimator=est.estimator,
-                                    share_policy_reference=est.share_policy_reference,
-                                    share_chosen_rejected=est.share_chosen_rejected,
-                                    generator=example_generators(seed, batch["ids"], epoch),
-                                    stratified=est.stratified, groups=mc_groups(est))
-        return dict(n_samples=est.n_samples, estimator=est.estimator, share_policy_reference=est.share_policy_reference,
-                    share_chosen_rejected=est.share_chosen_rejected, mask_token_id=trainer.spec.mask_token_id,
-                    attention_mask=batch["attention_mask"], stratified=est.stratified, draws=draws)
+        draws = E.draw_margin_masks(
+            host["response_mask"].bool() & host["attention_mask"].bool(),
+            n_samples=est.n_samples,
+            estimator=est.estimator,
+            share_policy_reference=est.share_policy_reference,
+            share_chosen_rejected=est.share_chosen_rejected,
+            generator=example_generators(seed, batch["ids"], epoch),
+            stratified=est.stratified,
+            groups=mc_groups(est),
+        )
+        return dict(
+            n_samples=est.n_samples,
+            estimator=est.estimator,
+            share_policy_reference=est.share_policy_reference,
+            share_chosen_rejected=est.share_chosen_rejected,
+            mask_token_id=trainer.spec.mask_token_id,
+            attention_mask=batch["attention_mask"],
+            stratified=est.stratified,
+            draws=draws,
+        )
 
     def compute(self, trainer, batch: dict, epoch: int, pairs_per_token: float):
         """(mean loss over the micro-batch's pairs, per-pair stats [b], policy tokens)."""
@@ -105,13 +141,25 @@ class DPOObjective:
         cfg = self.cfg
         cached = trainer.cached_reference(epoch, batch["ids"])
         policy, reference = trainer.scorers(reference=cached is None)
-        terms = E.dpo_terms(policy, reference, batch["chosen_ids"], batch["rejected_ids"], batch["response_mask"],
-                            reference_terms=cached, **self._draw_settings(trainer, batch, epoch))
+        terms = E.dpo_terms(
+            policy,
+            reference,
+            batch["chosen_ids"],
+            batch["rejected_ids"],
+            batch["response_mask"],
+            reference_terms=cached,
+            **self._draw_settings(trainer, batch, epoch),
+        )
         lengths = (batch["response_mask"] & batch["attention_mask"].bool()).sum(-1)  # [b]  common L per pair
 
         def preference(margin):  # [b] mean margin over samples -> [b] loss (docs/method.md §5)
-            return preference_loss(margin, loss_type=cfg.loss.loss_type, beta=cfg.loss.beta,
-                                   label_smoothing=cfg.loss.label_smoothing, response_lengths=lengths)
+            return preference_loss(
+                margin,
+                loss_type=cfg.loss.loss_type,
+                beta=cfg.loss.beta,
+                label_smoothing=cfg.loss.label_smoothing,
+                response_lengths=lengths,
+            )
 
         def objective(margin, policy_chosen):  # the training loss of a pair from its mean estimates [b]
             loss = preference(margin)
@@ -127,7 +175,8 @@ class DPOObjective:
             n = terms.margin.shape[-1]
             stats = {
                 "loss": losses.detach(),
-                "rewards/chosen": chosen_r, "rewards/rejected": rejected_r,
+                "rewards/chosen": chosen_r,
+                "rewards/rejected": rejected_r,
                 # ties (e.g. every pair at step 0 of LoRA) count ½: chance level, not "wrong" as in TRL
                 "rewards/accuracies": (chosen_r > rejected_r).float() + 0.5 * (chosen_r == rejected_r).float(),
                 "rewards/margins": chosen_r - rejected_r,
@@ -149,21 +198,32 @@ class DPOObjective:
         beta, g = self.cfg.loss.beta, mc_groups(self.cfg.eval)
         lc, lr, margin = terms.chosen_logratio.detach(), terms.rejected_logratio.detach(), terms.margin.detach()
         pc = terms.policy_chosen.detach()
-        out = {"dpo_loss": preference(margin.mean(-1)), "margin": margin.mean(-1),
-               "logratio/chosen": lc.mean(-1), "logratio/rejected": lr.mean(-1)}
-        mc = {"loss": S.delta_variance(objective, margin, pc, groups=g),
-              "dpo_loss": S.delta_variance(preference, margin, groups=g)}
+        out = {
+            "dpo_loss": preference(margin.mean(-1)),
+            "margin": margin.mean(-1),
+            "logratio/chosen": lc.mean(-1),
+            "logratio/rejected": lr.mean(-1),
+        }
+        mc = {
+            "loss": S.delta_variance(objective, margin, pc, groups=g),
+            "dpo_loss": S.delta_variance(preference, margin, groups=g),
+        }
         # the accuracy gets no Monte Carlo SE (the plug-in Φ(mean/se) is biased: low near 0, high for |z| >= 2);
         # instead, the share of pairs another mask draw could flip: |mean margin| within 2 Monte Carlo SEs of 0
         margin_se = S.mean_variance(margin, groups=g).sqrt()
         out["rewards/sign_uncertain"] = (margin.mean(-1).abs() < 2 * margin_se).float()
-        for key, samples, scale in (("margin", margin, 1.0), ("logratio/chosen", lc, 1.0),
-                                    ("logratio/rejected", lr, 1.0), ("rewards/margins", margin, beta),
-                                    ("rewards/chosen", lc, beta), ("rewards/rejected", lr, beta),
-                                    ("logps/policy_chosen", pc, 1.0),
-                                    ("logps/policy_rejected", terms.policy_rejected.detach(), 1.0),
-                                    ("logps/reference_chosen", terms.reference_chosen.detach(), 1.0),
-                                    ("logps/reference_rejected", terms.reference_rejected.detach(), 1.0)):
+        for key, samples, scale in (
+            ("margin", margin, 1.0),
+            ("logratio/chosen", lc, 1.0),
+            ("logratio/rejected", lr, 1.0),
+            ("rewards/margins", margin, beta),
+            ("rewards/chosen", lc, beta),
+            ("rewards/rejected", lr, beta),
+            ("logps/policy_chosen", pc, 1.0),
+            ("logps/policy_rejected", terms.policy_rejected.detach(), 1.0),
+            ("logps/reference_chosen", terms.reference_chosen.detach(), 1.0),
+            ("logps/reference_rejected", terms.reference_rejected.detach(), 1.0),
+        ):
             mc[key] = scale**2 * S.mean_variance(samples, groups=g)
         out.update({f"{k}/mc_var": v for k, v in mc.items()})
         return out
@@ -182,11 +242,27 @@ class DPOObjective:
     def cache_key(self) -> dict:
         """What the reference terms of an (example, epoch) depend on besides the example and epoch."""
         c = self.cfg
-        return {"model": c.model.name_or_path, "dtype": c.model.dtype, "lora": c.lora.enabled, "seed": c.train.seed,
-                "estimator": dataclasses.asdict(c.estimator), "eval": dataclasses.asdict(c.eval),
-                "disable_dropout": c.train.disable_dropout,
-                "data": {k: getattr(c.data, k) for k in ("dataset", "format", "preference", "max_prompt_length",
-                                                          "max_response_length", "eval_dataset", "eval_fraction")}}
+        return {
+            "model": c.model.name_or_path,
+            "dtype": c.model.dtype,
+            "lora": c.lora.enabled,
+            "seed": c.train.seed,
+            "estimator": dataclasses.asdict(c.estimator),
+            "eval": dataclasses.asdict(c.eval),
+            "disable_dropout": c.train.disable_dropout,
+            "data": {
+                k: getattr(c.data, k)
+                for k in (
+                    "dataset",
+                    "format",
+                    "preference",
+                    "max_prompt_length",
+                    "max_response_length",
+                    "eval_dataset",
+                    "eval_fraction",
+                )
+            },
+        }
 
     @torch.no_grad()
     def reference_terms(self, trainer, examples: list, epoch: int, batch_size: int) -> dict[int, tuple]:
@@ -196,8 +272,13 @@ class DPOObjective:
         for s in range(0, len(examples), batch_size):
             batch = trainer.to_device(self.collate(examples[s : s + batch_size], trainer.spec))
             with trainer.adapter_compute():
-                rc, rr = E.dpo_reference_terms(reference, batch["chosen_ids"], batch["rejected_ids"],
-                                               batch["response_mask"], **self._draw_settings(trainer, batch, epoch))
+                rc, rr = E.dpo_reference_terms(
+                    reference,
+                    batch["chosen_ids"],
+                    batch["rejected_ids"],
+                    batch["response_mask"],
+                    **self._draw_settings(trainer, batch, epoch),
+                )
             for i, example_id in enumerate(batch["ids"].tolist()):
                 out[example_id] = (rc[i].float().cpu(), rr[i].float().cpu())
         return out
@@ -211,8 +292,12 @@ def mc_groups(est) -> int:
 def describe_estimator(est) -> str:
     """'coupled time_free x16 (stratified)': an estimator section (``estimator`` or ``eval``) in words."""
     shares = (est.share_policy_reference, est.share_chosen_rejected)
-    sharing = {(True, True): "coupled", (False, False): "decoupled", (True, False): "policy/reference-shared",
-               (False, True): "chosen/rejected-shared"}[shares]
+    sharing = {
+        (True, True): "coupled",
+        (False, False): "decoupled",
+        (True, False): "policy/reference-shared",
+        (False, True): "chosen/rejected-shared",
+    }[shares]
     groups = mc_groups(est)
     strat = (f" (stratified, {groups} groups)" if groups > 1 else " (stratified)") if est.stratified else ""
     return f"{sharing} {est.estimator} x{est.n_samples}{strat}"

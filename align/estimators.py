@@ -43,7 +43,9 @@ def scorer_from_logits(logits_fn: LogitsFn) -> TokenScorer:
 
     def score(noised, attention_mask, targets, score_mask):
         logits = logits_fn(noised, attention_mask)  # [N, T, V]
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # at least fp32: bf16 log_softmax loses nats
+        logits = logits.to(
+            torch.promote_types(logits.dtype, torch.float32)
+        )  # at least fp32: bf16 log_softmax loses nats
         logp = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [N, T]
         return torch.where(score_mask, logp, torch.zeros((), dtype=logp.dtype, device=logp.device))
 
@@ -167,6 +169,7 @@ def draw_margin_masks(
 
 def move_draws(draws: dict[str, MaskDraw], device) -> dict[str, MaskDraw]:
     """The draws on ``device`` (a draw shared by several terms is moved once); asynchronous from pinned memory."""
+
     def move(t: torch.Tensor) -> torch.Tensor:
         if torch.device(device).type == "cuda" and t.device.type == "cpu":
             t = t.pin_memory()  # a pageable host->device copy would wait for the device's queue
@@ -238,18 +241,30 @@ def dpo_terms(
             "chosen_ids, rejected_ids and response_mask must share one [b, T] shape (EOS-extend the shorter "
             f"response); got {tuple(chosen_ids.shape)}, {tuple(rejected_ids.shape)}, {tuple(response_mask.shape)}"
         )
-    d = _margin_draws(draws, response_mask, attention_mask, chosen_ids.device, n_samples=n_samples,
-                      estimator=estimator, share_policy_reference=share_policy_reference,
-                      share_chosen_rejected=share_chosen_rejected, generator=generator, stratified=stratified)
+    d = _margin_draws(
+        draws,
+        response_mask,
+        attention_mask,
+        chosen_ids.device,
+        n_samples=n_samples,
+        estimator=estimator,
+        share_policy_reference=share_policy_reference,
+        share_chosen_rejected=share_chosen_rejected,
+        generator=generator,
+        stratified=stratified,
+    )
     pc, pr = _score_pair(policy_scorer, chosen_ids, rejected_ids, d["pc"], d["pr"], mask_token_id, attention_mask)
     if reference_terms is not None:
         rc, rr = (t.to(device=pc.device, dtype=pc.dtype) for t in reference_terms)
         if rc.shape != pc.shape or rr.shape != pr.shape:
-            raise ValueError(f"reference_terms have shapes {tuple(rc.shape)}, {tuple(rr.shape)}; expected {tuple(pc.shape)}")
+            raise ValueError(
+                f"reference_terms have shapes {tuple(rc.shape)}, {tuple(rr.shape)}; expected {tuple(pc.shape)}"
+            )
     else:
         with torch.set_grad_enabled(reference_grad and torch.is_grad_enabled()):
-            rc, rr = _score_pair(reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id,
-                                 attention_mask)
+            rc, rr = _score_pair(
+                reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id, attention_mask
+            )
     return MarginTerms(policy_chosen=pc, policy_rejected=pr, reference_chosen=rc, reference_rejected=rr)
 
 
@@ -273,9 +288,18 @@ def dpo_reference_terms(
     """The reference's (chosen, rejected) terms ``[b, n]`` of :func:`dpo_terms` alone, without grad: the same
     draws from the same generators, so passing them back as ``reference_terms`` reproduces ``dpo_terms``."""
     check_estimator(estimator)
-    d = _margin_draws(draws, response_mask, attention_mask, chosen_ids.device, n_samples=n_samples,
-                      estimator=estimator, share_policy_reference=share_policy_reference,
-                      share_chosen_rejected=share_chosen_rejected, generator=generator, stratified=stratified)
+    d = _margin_draws(
+        draws,
+        response_mask,
+        attention_mask,
+        chosen_ids.device,
+        n_samples=n_samples,
+        estimator=estimator,
+        share_policy_reference=share_policy_reference,
+        share_chosen_rejected=share_chosen_rejected,
+        generator=generator,
+        stratified=stratified,
+    )
     return _score_pair(reference_scorer, chosen_ids, rejected_ids, d["rc"], d["rr"], mask_token_id, attention_mask)
 
 
@@ -359,12 +383,20 @@ def sft_terms(
     """
     response_mask = _response_positions(response_mask, attention_mask)
     draw = draw_masks(response_mask, n_samples, estimator, generator, stratified)
-    return sft_terms_from_draw(scorer, input_ids, response_mask, draw, mask_token_id=mask_token_id,
-                               attention_mask=attention_mask)
+    return sft_terms_from_draw(
+        scorer, input_ids, response_mask, draw, mask_token_id=mask_token_id, attention_mask=attention_mask
+    )
 
 
-def sft_terms_from_draw(scorer: TokenScorer, input_ids: torch.Tensor, response_mask: torch.Tensor, draw: MaskDraw, *,
-                        mask_token_id: int, attention_mask: torch.Tensor | None = None) -> SFTTerms:
+def sft_terms_from_draw(
+    scorer: TokenScorer,
+    input_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    draw: MaskDraw,
+    *,
+    mask_token_id: int,
+    attention_mask: torch.Tensor | None = None,
+) -> SFTTerms:
     """:func:`sft_terms` for a given draw (weights 1/t for time_integral)."""
     response_mask = _response_positions(response_mask, attention_mask)
     b, n, T = draw.masked.shape

@@ -15,8 +15,14 @@ from align.models import unwrap
 
 # the published remote-code files, copied next to a save so that LLaDA's / Dream's own
 # AutoModel.from_pretrained(..., trust_remote_code=True) reads it
-REMOTE_CODE_FILES = ("configuration_llada.py", "modeling_llada.py", "configuration_dream.py", "modeling_dream.py",
-                     "generation_utils.py", "tokenization_dream.py")
+REMOTE_CODE_FILES = (
+    "configuration_llada.py",
+    "modeling_llada.py",
+    "configuration_dream.py",
+    "modeling_dream.py",
+    "generation_utils.py",
+    "tokenization_dream.py",
+)
 
 
 def trainable_state_dict(model, keep: bool) -> dict[str, torch.Tensor]:
@@ -76,12 +82,24 @@ def verify_saved(directory: Path, expected: dict[str, tuple]) -> None:
     if missing or wrong or empty:
         raise RuntimeError(
             f"the weights written to {directory} do not match the model: "
-            + "; ".join(f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
-                        for what, keys in (("missing", missing), ("wrong shape", wrong), ("empty", empty)) if keys))
+            + "; ".join(
+                f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''} ({len(keys)})"
+                for what, keys in (("missing", missing), ("wrong shape", wrong), ("empty", empty))
+                if keys
+            )
+        )
 
 
-def save_published(model, out_dir: str | Path, *, tokenizer=None, merged: bool = True, adapter: bool = True,
-                   source: str | Path | None = None, state_dict: dict | None = None) -> Path:
+def save_published(
+    model,
+    out_dir: str | Path,
+    *,
+    tokenizer=None,
+    merged: bool = True,
+    adapter: bool = True,
+    source: str | Path | None = None,
+    state_dict: dict | None = None,
+) -> Path:
     """Save in the published layout.
 
     With a peft model: the adapter goes to ``out_dir/adapter`` (if ``adapter``) and the merged full weights

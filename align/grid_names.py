@@ -10,9 +10,14 @@ import itertools
 import re
 
 AXES = {
-    "coupling": "estimator.coupling", "share_policy_reference": "estimator.share_policy_reference",
-    "share_chosen_rejected": "estimator.share_chosen_rejected", "estimator": "estimator.estimator",
-    "n_samples": "estimator.n_samples", "seed": "train.seed", "loss_type": "loss.loss_type", "beta": "loss.beta",
+    "coupling": "estimator.coupling",
+    "share_policy_reference": "estimator.share_policy_reference",
+    "share_chosen_rejected": "estimator.share_chosen_rejected",
+    "estimator": "estimator.estimator",
+    "n_samples": "estimator.n_samples",
+    "seed": "train.seed",
+    "loss_type": "loss.loss_type",
+    "beta": "loss.beta",
     "learning_rate": "train.learning_rate",
 }
 

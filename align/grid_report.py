@@ -68,47 +68,106 @@ class Outcome:
 def outcomes_for(target_accuracy: float | None, target_margin: float | None, behaviour: set[str]) -> list[Outcome]:
     """Every outcome the report knows, in report order. ``behaviour``: which judged columns the runs have
     (``refusal``; with task ids also ``well_formed`` and ``correct``) and the kinds of their prompts."""
-    out = [Outcome("accuracy", "held-out reward accuracy", True, column="rewards/accuracies"),
-           Outcome("margin", "held-out margin (nats)", True, ".2f", column="margin"),
-           Outcome("logratio_chosen", "held-out log-ratio, chosen (nats)", True, ".2f", column="logratio/chosen"),
-           Outcome("logratio_rejected", "held-out log-ratio, rejected (nats)", False, ".2f",
-                   column="logratio/rejected"),
-           Outcome("dpo_loss", "held-out DPO loss (no RPO term; a function of the margins)", False, column="dpo_loss",
-                   role="descriptive")]
+    out = [
+        Outcome("accuracy", "held-out reward accuracy", True, column="rewards/accuracies"),
+        Outcome("margin", "held-out margin (nats)", True, ".2f", column="margin"),
+        Outcome("logratio_chosen", "held-out log-ratio, chosen (nats)", True, ".2f", column="logratio/chosen"),
+        Outcome("logratio_rejected", "held-out log-ratio, rejected (nats)", False, ".2f", column="logratio/rejected"),
+        Outcome(
+            "dpo_loss",
+            "held-out DPO loss (no RPO term; a function of the margins)",
+            False,
+            column="dpo_loss",
+            role="descriptive",
+        ),
+    ]
     if "reward" in behaviour:
         label = "reward: correct behaviour, all prompts" if "correct" in behaviour else "reward (judge), all prompts"
         out += [Outcome("reward", label, True, source="behaviour", column="reward")]
     if "correct" in behaviour:
-        out += [Outcome(f"correct_{k}", f"correct behaviour, {k} prompts", True, source="behaviour", column="correct",
-                        kind=k) for k in ("everyday", "borderline", "harmful") if k in behaviour]
-        out += [Outcome("well_formed", "well-formed answers, all prompts", True, source="behaviour",
-                        column="well_formed")]
+        out += [
+            Outcome(
+                f"correct_{k}", f"correct behaviour, {k} prompts", True, source="behaviour", column="correct", kind=k
+            )
+            for k in ("everyday", "borderline", "harmful")
+            if k in behaviour
+        ]
+        out += [
+            Outcome("well_formed", "well-formed answers, all prompts", True, source="behaviour", column="well_formed")
+        ]
     if "refusal" in behaviour:
-        names = {"harmful": ("refusal_rate", "refusal rate (harmful prompts)", True),
-                 "everyday": ("over_refusal_rate", "over-refusal rate (everyday prompts)", False),
-                 "borderline": ("borderline_refusal_rate", "refusal rate (borderline prompts)", False)}
-        out += [Outcome(names[k][0], names[k][1], names[k][2], source="behaviour", column="refusal", kind=k)
-                for k in ("harmful", "everyday", "borderline") if k in behaviour]
-    out += [Outcome("accuracy_curve", "accuracy averaged over the learning curve", True, source="seeds",
-                    role="descriptive"),
-            Outcome("margin_curve", "margin averaged over the learning curve (nats)", True, ".2f", source="seeds",
-                    role="descriptive")]
+        names = {
+            "harmful": ("refusal_rate", "refusal rate (harmful prompts)", True),
+            "everyday": ("over_refusal_rate", "over-refusal rate (everyday prompts)", False),
+            "borderline": ("borderline_refusal_rate", "refusal rate (borderline prompts)", False),
+        }
+        out += [
+            Outcome(names[k][0], names[k][1], names[k][2], source="behaviour", column="refusal", kind=k)
+            for k in ("harmful", "everyday", "borderline")
+            if k in behaviour
+        ]
+    out += [
+        Outcome(
+            "accuracy_curve", "accuracy averaged over the learning curve", True, source="seeds", role="descriptive"
+        ),
+        Outcome(
+            "margin_curve",
+            "margin averaged over the learning curve (nats)",
+            True,
+            ".2f",
+            source="seeds",
+            role="descriptive",
+        ),
+    ]
     if target_accuracy is not None:
-        out.append(Outcome("steps_to_accuracy", f"steps to accuracy ≥ {target_accuracy:g}", False, ".0f",
-                           source="speed", column="eval/rewards/accuracies"))
+        out.append(
+            Outcome(
+                "steps_to_accuracy",
+                f"steps to accuracy ≥ {target_accuracy:g}",
+                False,
+                ".0f",
+                source="speed",
+                column="eval/rewards/accuracies",
+            )
+        )
     if target_margin is not None:
-        out.append(Outcome("steps_to_margin", f"steps to margin ≥ {target_margin:g} nats (a function of the margin "
-                           "curve)", False, ".0f", source="speed", column="eval/margin", role="descriptive"))
+        out.append(
+            Outcome(
+                "steps_to_margin",
+                f"steps to margin ≥ {target_margin:g} nats (a function of the margin curve)",
+                False,
+                ".0f",
+                source="speed",
+                column="eval/margin",
+                role="descriptive",
+            )
+        )
     return out
 
 
 FRONTIER_LEVELS = (0.25, 0.5, 0.75)  # the matched KL levels, as fractions of the largest KL every run reaches
 PRIMARY_EXTRA = ("reward_at_kl",)  # the frontier's reward at the middle matched KL level
-SELECTABLE = ("accuracy", "margin", "accuracy_curve", "margin_curve", "dpo_loss", "logratio_chosen",
-              "logratio_rejected", "reward", "well_formed", "refusal_rate", "over_refusal_rate",
-              "borderline_refusal_rate", "correct_everyday", "correct_borderline", "correct_harmful")
-HIGHER_IS_BETTER = {o.key: o.higher_is_better for o in outcomes_for(0.5, 1.0, {"refusal", "correct", "everyday",
-                                                                                 "borderline", "harmful"})}
+SELECTABLE = (
+    "accuracy",
+    "margin",
+    "accuracy_curve",
+    "margin_curve",
+    "dpo_loss",
+    "logratio_chosen",
+    "logratio_rejected",
+    "reward",
+    "well_formed",
+    "refusal_rate",
+    "over_refusal_rate",
+    "borderline_refusal_rate",
+    "correct_everyday",
+    "correct_borderline",
+    "correct_harmful",
+)
+HIGHER_IS_BETTER = {
+    o.key: o.higher_is_better
+    for o in outcomes_for(0.5, 1.0, {"refusal", "correct", "everyday", "borderline", "harmful"})
+}
 
 
 # ------------------------------------------------------------------------------------------------ reading runs
@@ -128,13 +187,28 @@ def evaluator_of(config: dict) -> dict | None:
     if "eval" not in config:
         return None
     data = config.get("data", {})
-    keys = ("eval_dataset", "eval_split", "eval_fraction", "eval_split_seed", "max_eval_examples", "format",
-            "preference", "max_prompt_length", "max_response_length", "over_long_prompt", "on_bad_record")
+    keys = (
+        "eval_dataset",
+        "eval_split",
+        "eval_fraction",
+        "eval_split_seed",
+        "max_eval_examples",
+        "format",
+        "preference",
+        "max_prompt_length",
+        "max_response_length",
+        "over_long_prompt",
+        "on_bad_record",
+    )
     held_out = {k: data.get(k) for k in keys}
     if data.get("eval_dataset") is None:
         held_out["dataset"] = data.get("dataset")
-    return {"eval": config["eval"], "held_out": held_out, "behaviour": config.get("behaviour"),
-            "eval_steps": config.get("train", {}).get("eval_steps")}
+    return {
+        "eval": config["eval"],
+        "held_out": held_out,
+        "behaviour": config.get("behaviour"),
+        "eval_steps": config.get("train", {}).get("eval_steps"),
+    }
 
 
 def differing_keys(a, b, prefix: str = "") -> list[str]:
@@ -149,8 +223,12 @@ def describe_evaluator(config: dict) -> str:
     ev = config["eval"]
     est = types.SimpleNamespace(**ev)
     data = config["data"]
-    where = data.get("eval_dataset") or f"{data.get('dataset')} (held out, data.eval_fraction={data.get('eval_fraction')})"
-    return f"{describe_estimator(est)}, eval.seed={ev['seed']} (the same masks for every run), held-out pairs of {where}"
+    where = (
+        data.get("eval_dataset") or f"{data.get('dataset')} (held out, data.eval_fraction={data.get('eval_fraction')})"
+    )
+    return (
+        f"{describe_estimator(est)}, eval.seed={ev['seed']} (the same masks for every run), held-out pairs of {where}"
+    )
 
 
 def describe_behaviour(config: dict) -> str | None:
@@ -159,9 +237,11 @@ def describe_behaviour(config: dict) -> str | None:
         return None
     seed = "each run's train.seed" if b.get("seed") is None else f"behaviour.seed={b['seed']}"
     limit = f" (the first {b['max_prompts']} of each kind)" if b.get("max_prompts") else ""
-    return (f"prompts of {b['prompts']}{limit}, {b.get('samples_per_prompt', 1)} answer(s) per prompt at temperature "
-            f"{b['temperature']} ({b['remasking']} remasking, {b['steps']} steps), sampler seeded by {seed}; "
-            f"rates are means over prompts")
+    return (
+        f"prompts of {b['prompts']}{limit}, {b.get('samples_per_prompt', 1)} answer(s) per prompt at temperature "
+        f"{b['temperature']} ({b['remasking']} remasking, {b['steps']} steps), sampler seeded by {seed}; "
+        f"rates are means over prompts"
+    )
 
 
 def _pair_clusters(config: dict, ids: set[int], field: str = "task_id") -> dict[int, str]:
@@ -195,9 +275,17 @@ def _behaviour_units(path: Path) -> list[dict]:
             continue
         rec = json.loads(line)
         key = (rec["step"], rec["prompt"])
-        g = groups.setdefault(key, {"step": rec["step"], "prompt": rec["prompt"], "kind": rec.get("kind"),
-                                    "cluster": rec.get("task_id") or rec["prompt"], "n": 0,
-                                    **{k: 0.0 for k in BEHAVIOUR_VALUES if k in rec}})
+        g = groups.setdefault(
+            key,
+            {
+                "step": rec["step"],
+                "prompt": rec["prompt"],
+                "kind": rec.get("kind"),
+                "cluster": rec.get("task_id") or rec["prompt"],
+                "n": 0,
+                **{k: 0.0 for k in BEHAVIOUR_VALUES if k in rec},
+            },
+        )
         g["n"] += 1
         for k in BEHAVIOUR_VALUES:
             if k in rec and k in g:
@@ -206,8 +294,15 @@ def _behaviour_units(path: Path) -> list[dict]:
     index: dict[str, int] = {}
     for (_, prompt), g in groups.items():
         unit = index.setdefault(prompt, len(index))
-        out.append({"step": g["step"], "unit": unit, "cluster": g["cluster"], "kind": g["kind"],
-                    **{k: g[k] / g["n"] for k in BEHAVIOUR_VALUES if k in g}})
+        out.append(
+            {
+                "step": g["step"],
+                "unit": unit,
+                "cluster": g["cluster"],
+                "kind": g["kind"],
+                **{k: g[k] / g["n"] for k in BEHAVIOUR_VALUES if k in g},
+            }
+        )
     return out
 
 
@@ -222,23 +317,41 @@ def collect(root: Path, cells: list[dict], *, cell_name, status_of, runs_dir: st
         config = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
         status = status_of(run_dir)
         ev = evaluator_of(config) if config else None
-        runs_json.append({"run": run_dir.name, "cell": cell, "status": status.get("status"),
-                          "wall_s": status.get("wall_s"), "error": status.get("error"), "evaluator": ev,
-                          "legacy": bool(config) and ev is None,
-                          "evaluator_text": describe_evaluator(config) if ev else None,
-                          "behaviour_text": describe_behaviour(config) if ev else None,
-                          "eval_steps": config.get("train", {}).get("eval_steps") if config else None})
+        runs_json.append(
+            {
+                "run": run_dir.name,
+                "cell": cell,
+                "status": status.get("status"),
+                "wall_s": status.get("wall_s"),
+                "error": status.get("error"),
+                "evaluator": ev,
+                "legacy": bool(config) and ev is None,
+                "evaluator_text": describe_evaluator(config) if ev else None,
+                "behaviour_text": describe_behaviour(config) if ev else None,
+                "eval_steps": config.get("train", {}).get("eval_steps") if config else None,
+            }
+        )
         for step, rec in read_jsonl_by_step(run_dir / "metrics.jsonl").items():
             records.append((run_dir.name, status.get("status"), cell, step, rec))
         examples = run_dir / "eval_examples.jsonl"
         if examples.exists():
             rows = [json.loads(x) for x in examples.read_text().splitlines() if x.strip()]
             clusters = _pair_clusters(config, {r["id"] for r in rows})
-            units += [{"run": run_dir.name, "source": "pairs", "step": r["step"], "unit": r["id"],
-                       "cluster": clusters.get(r["id"], f"pair-{r['id']}"), "kind": "",
-                       **{k: r.get(k, "") for k in PAIR_VALUES}} for r in rows]
-        units += [{"run": run_dir.name, "source": "behaviour", **u}
-                  for u in _behaviour_units(run_dir / "behaviour.jsonl")]
+            units += [
+                {
+                    "run": run_dir.name,
+                    "source": "pairs",
+                    "step": r["step"],
+                    "unit": r["id"],
+                    "cluster": clusters.get(r["id"], f"pair-{r['id']}"),
+                    "kind": "",
+                    **{k: r.get(k, "") for k in PAIR_VALUES},
+                }
+                for r in rows
+            ]
+        units += [
+            {"run": run_dir.name, "source": "behaviour", **u} for u in _behaviour_units(run_dir / "behaviour.jsonl")
+        ]
     axes = list(cells[0]) if cells else []
     keys = sorted({k for *_, rec in records for k in rec if k != "step"})
     with open(root / "runs.csv", "w", newline="") as f:
@@ -283,7 +396,7 @@ def load_tables(root: Path) -> dict:
         header = next(reader)
         step_at = header.index("step")
         for row in reader:
-            rec = {k: _num(v) for k, v in zip(header[step_at + 1:], row[step_at + 1:]) if v != ""}
+            rec = {k: _num(v) for k, v in zip(header[step_at + 1 :], row[step_at + 1 :]) if v != ""}
             metrics.setdefault(row[0], {})[int(row[step_at])] = rec
     units: dict[tuple[str, str], dict[int, list[dict]]] = {}
     if (root / "units.csv.gz").exists():
@@ -308,20 +421,31 @@ def run_outcomes(metrics: dict[int, dict], target_accuracy: float | None, target
         values = [m[key] for m in later if m.get(key) is not None]
         return sum(values) / len(values) if values else None
 
-    out = {"accuracy": last.get("eval/rewards/accuracies"), "margin": last.get("eval/margin"),
-           "logratio_chosen": last.get("eval/logratio/chosen"), "logratio_rejected": last.get("eval/logratio/rejected"),
-           "dpo_loss": last.get("eval/dpo_loss"), "accuracy_curve": average("eval/rewards/accuracies"),
-           "margin_curve": average("eval/margin"), "reward": last.get("eval/reward"),
-           "well_formed": last.get("eval/well_formed"), "refusal_rate": last.get("eval/refusal_rate"),
-           "over_refusal_rate": last.get("eval/over_refusal_rate"),
-           "borderline_refusal_rate": last.get("eval/borderline_refusal_rate"),
-           **{f"correct_{k}": last.get(f"eval/correct/{k}") for k in ("everyday", "borderline", "harmful")},
-           "final_step": max(evals), "policy_tokens": last.get("policy_tokens"),
-           "margin_mc_se": last.get("eval/margin/mc_se"), "examples": last.get("eval/examples"),
-           "sign_uncertain": last.get("eval/rewards/sign_uncertain")}
+    out = {
+        "accuracy": last.get("eval/rewards/accuracies"),
+        "margin": last.get("eval/margin"),
+        "logratio_chosen": last.get("eval/logratio/chosen"),
+        "logratio_rejected": last.get("eval/logratio/rejected"),
+        "dpo_loss": last.get("eval/dpo_loss"),
+        "accuracy_curve": average("eval/rewards/accuracies"),
+        "margin_curve": average("eval/margin"),
+        "reward": last.get("eval/reward"),
+        "well_formed": last.get("eval/well_formed"),
+        "refusal_rate": last.get("eval/refusal_rate"),
+        "over_refusal_rate": last.get("eval/over_refusal_rate"),
+        "borderline_refusal_rate": last.get("eval/borderline_refusal_rate"),
+        **{f"correct_{k}": last.get(f"eval/correct/{k}") for k in ("everyday", "borderline", "harmful")},
+        "final_step": max(evals),
+        "policy_tokens": last.get("policy_tokens"),
+        "margin_mc_se": last.get("eval/margin/mc_se"),
+        "examples": last.get("eval/examples"),
+        "sign_uncertain": last.get("eval/rewards/sign_uncertain"),
+    }
     steps = sorted(evals)
-    for key, metric, target in (("steps_to_accuracy", "eval/rewards/accuracies", target_accuracy),
-                                ("steps_to_margin", "eval/margin", target_margin)):
+    for key, metric, target in (
+        ("steps_to_accuracy", "eval/rewards/accuracies", target_accuracy),
+        ("steps_to_margin", "eval/margin", target_margin),
+    ):
         if target is not None:
             t, reached = G.crossing(steps, [evals[s].get(metric) for s in steps], target)
             out[key], out[key + "_reached"] = t, reached
@@ -374,18 +498,27 @@ class Grid:
         if self.frontier:
             self.kl_max = min(max(k for _, k, _ in pts) for pts in self.frontier.values())
             self.kl_levels = [f * self.kl_max for f in FRONTIER_LEVELS]
-            matched = [Outcome(f"reward_at_kl_{i}", f"reward at KL {lvl:.3g} nats ({f:g} of the largest KL every run "
-                               "reaches)", True, source="frontier", column="reward")
-                       for i, (f, lvl) in enumerate(zip(FRONTIER_LEVELS, self.kl_levels))]
+            matched = [
+                Outcome(
+                    f"reward_at_kl_{i}",
+                    f"reward at KL {lvl:.3g} nats ({f:g} of the largest KL every run reaches)",
+                    True,
+                    source="frontier",
+                    column="reward",
+                )
+                for i, (f, lvl) in enumerate(zip(FRONTIER_LEVELS, self.kl_levels))
+            ]
             self.outcomes = matched + self.outcomes
             for r in self.done:
                 pts = {st: rw for st, _, rw in self.frontier[r["run"]]}
                 for i, lvl in enumerate(self.kl_levels):
                     where = self.at_kl(r, lvl)
-                    r["outcomes"][f"reward_at_kl_{i}"] = None if where is None else (
-                        (1 - where[2]) * pts[where[0]] + where[2] * pts[where[1]])
-                r["outcomes"]["best_reward_within_kl"] = max(rw for _, k, rw in self.frontier[r["run"]]
-                                                             if k <= self.kl_max)
+                    r["outcomes"][f"reward_at_kl_{i}"] = (
+                        None if where is None else ((1 - where[2]) * pts[where[0]] + where[2] * pts[where[1]])
+                    )
+                r["outcomes"]["best_reward_within_kl"] = max(
+                    rw for _, k, rw in self.frontier[r["run"]] if k <= self.kl_max
+                )
         self.by_key = {o.key: o for o in self.outcomes}
         declared = self.grid.get("primary") or "accuracy"
         key = "reward_at_kl_1" if declared == "reward_at_kl" else declared
@@ -405,8 +538,11 @@ class Grid:
         evaluations (else {}: no frontier)."""
         out = {}
         for r in self.done:
-            pts = [(s, m["eval/kl"], m["eval/reward"]) for s, m in sorted(self.metrics.get(r["run"], {}).items())
-                   if m.get("eval/kl") is not None and m.get("eval/reward") is not None]
+            pts = [
+                (s, m["eval/kl"], m["eval/reward"])
+                for s, m in sorted(self.metrics.get(r["run"], {}).items())
+                if m.get("eval/kl") is not None and m.get("eval/reward") is not None
+            ]
             if len(pts) < 2:
                 return {}
             out[r["run"]] = pts
@@ -421,6 +557,7 @@ class Grid:
             if k0 >= level:
                 return s0, s0, 0.0
         return None
+
     def unit_table(self, runs: list[dict], o: Outcome):
         """(seeds, {unit: [value per seed]}, {unit: cluster}) at each run's final evaluation, over the units every
         run has; None where the outcome is not a mean over units."""
@@ -433,8 +570,11 @@ class Grid:
                 return None
 
             def values_at(step):
-                return {u["unit"]: (u.get(o.column), u["cluster"]) for u in by_step.get(step, [])
-                        if (o.kind is None or u["kind"] == o.kind) and u.get(o.column) is not None}
+                return {
+                    u["unit"]: (u.get(o.column), u["cluster"])
+                    for u in by_step.get(step, [])
+                    if (o.kind is None or u["kind"] == o.kind) and u.get(o.column) is not None
+                }
 
             if o.source == "frontier":  # each prompt's value interpolated where the run reaches the KL level
                 where = self.at_kl(r, self.kl_levels[int(o.key.rsplit("_", 1)[1])])
@@ -448,8 +588,11 @@ class Grid:
             per_run.append(values)
         common = set.intersection(*(set(v) for v in per_run)) if per_run else set()
         units = sorted(common)
-        return ([r["cell"].get(SEED, "0") for r in runs], {u: [v[u][0] for v in per_run] for u in units},
-                {u: per_run[0][u][1] for u in units})
+        return (
+            [r["cell"].get(SEED, "0") for r in runs],
+            {u: [v[u][0] for v in per_run] for u in units},
+            {u: per_run[0][u][1] for u in units},
+        )
 
     def arm_interval(self, runs: list[dict], o: Outcome) -> dict:
         table = self.unit_table(runs, o)
@@ -481,19 +624,36 @@ class Grid:
             D = [[ta[1][u][i] - tb[1][u][i] for u in units] for i in range(len(seeds))]
             res = G.two_way(D, [ta[2][u] for u in units])
             per_seed = [sum(row) / len(row) for row in D]
-            return {**res, "n": len(seeds), "per_seed": per_seed, "sign_p": G.sign_flip_p(per_seed),
-                    "method": "two-way", "wins": sum(d > 0 for d in per_seed)}
+            return {
+                **res,
+                "n": len(seeds),
+                "per_seed": per_seed,
+                "sign_p": G.sign_flip_p(per_seed),
+                "method": "two-way",
+                "wins": sum(d > 0 for d in per_seed),
+            }
         va = [a[s]["outcomes"].get(o.key) for s in seeds]
         vb = [b[s]["outcomes"].get(o.key) for s in seeds]
-        diffs = [x - y for x, y in zip(va, vb) if x is not None and y is not None and math.isfinite(x)
-                 and math.isfinite(y)]
+        diffs = [
+            x - y for x, y in zip(va, vb) if x is not None and y is not None and math.isfinite(x) and math.isfinite(y)
+        ]
         if not diffs:
             return {"mean": float("nan"), "n": 0}
         ci = S.t_interval(diffs)
-        p = G.t_p_value(ci["mean"] / ci["se"], len(diffs) - 1) if ci.get("se") and ci["se"] > 0 else (
-            1.0 if ci["mean"] == 0 else float("nan"))
-        out = {**ci, "p": p, "df": len(diffs) - 1, "per_seed": diffs, "sign_p": G.sign_flip_p(diffs),
-               "method": "seeds", "wins": sum(d > 0 for d in diffs)}
+        p = (
+            G.t_p_value(ci["mean"] / ci["se"], len(diffs) - 1)
+            if ci.get("se") and ci["se"] > 0
+            else (1.0 if ci["mean"] == 0 else float("nan"))
+        )
+        out = {
+            **ci,
+            "p": p,
+            "df": len(diffs) - 1,
+            "per_seed": diffs,
+            "sign_p": G.sign_flip_p(diffs),
+            "method": "seeds",
+            "wins": sum(d > 0 for d in diffs),
+        }
         if o.source == "speed":
             ra = [a[s]["outcomes"].get(o.key + "_reached") for s in seeds]
             rb = [b[s]["outcomes"].get(o.key + "_reached") for s in seeds]
@@ -506,8 +666,12 @@ class Grid:
         for position, axis in enumerate(self.arm_axes):
             values = list(dict.fromkeys(arm[position] for arm in self.arms))
             for base in [arm for arm in self.arms if arm[position] == values[0]]:
-                for other in [arm for arm in self.arms if arm[position] != values[0]
-                              and all(arm[i] == base[i] for i in range(len(self.arm_axes)) if i != position)]:
+                for other in [
+                    arm
+                    for arm in self.arms
+                    if arm[position] != values[0]
+                    and all(arm[i] == base[i] for i in range(len(self.arm_axes)) if i != position)
+                ]:
                     rest = [f"{_short(k)}={base[i]}" for i, k in enumerate(self.arm_axes) if i != position]
                     names = (f"{_short(axis)}={base[position]}", f"{_short(axis)}={other[position]}")
                     who = f"{names[0]} − {names[1]}" + (f" (at {', '.join(rest)})" if rest else "")
@@ -546,40 +710,57 @@ def _header(g: Grid) -> list[str]:
     lines = []
     grid = g.grid
     axes = ", ".join(f"{_short(k)} ∈ {{{', '.join(v)}}}" for k, v in g.axes.items())
-    lines += [f"**Grid**: recipe `{grid['recipe']}`, {axes}; overrides: "
-              f"{', '.join(f'`{x}`' for x in grid.get('overrides', [])) or 'none'}."]
+    lines += [
+        f"**Grid**: recipe `{grid['recipe']}`, {axes}; overrides: "
+        f"{', '.join(f'`{x}`' for x in grid.get('overrides', [])) or 'none'}."
+    ]
     legacy = [r["run"] for r in g.done if r.get("legacy")]
     evaluators = [r for r in g.done if r.get("evaluator") is not None]
     comparable = not legacy
     if legacy:
-        lines += ["", f"**Not comparable**: {len(legacy)} run(s) were scored by their own training estimator "
-                      f"(written before evaluation settings existed: {', '.join(legacy[:4])}). Train them again.", ""]
+        lines += [
+            "",
+            f"**Not comparable**: {len(legacy)} run(s) were scored by their own training estimator "
+            f"(written before evaluation settings existed: {', '.join(legacy[:4])}). Train them again.",
+            "",
+        ]
     if evaluators:
         ref = evaluators[0]
         for r in evaluators[1:]:
             diff = differing_keys(ref["evaluator"], r["evaluator"])
             if diff:
                 comparable = False
-                lines += ["", f"**Not comparable**: `{r['run']}` is scored differently from `{ref['run']}` "
-                              f"({', '.join(diff[:6])}).", ""]
+                lines += [
+                    "",
+                    f"**Not comparable**: `{r['run']}` is scored differently from `{ref['run']}` "
+                    f"({', '.join(diff[:6])}).",
+                    "",
+                ]
         n_pairs = ref.get("outcomes", {}).get("examples")
-        lines += [f"**Evaluator of every held-out column**: {ref['evaluator_text']}; "
-                  f"{int(n_pairs) if n_pairs else '?'} pairs."]
+        lines += [
+            f"**Evaluator of every held-out column**: {ref['evaluator_text']}; "
+            f"{int(n_pairs) if n_pairs else '?'} pairs."
+        ]
         if ref.get("behaviour_text"):
             lines += [f"**Behaviour columns**: {ref['behaviour_text']}."]
     g.comparable = comparable
     if g.primary_missing:
-        lines += [f"**The declared primary outcome `{g.primary_missing}` could not be computed** from these runs "
-                  f"(reward and KL judged at two or more evaluations of every run are needed for a frontier); "
-                  f"reported first instead: {g.primary.label}."]
-    lines += [f"**Primary outcome** (declared in grid.json before the runs): {g.primary.label}.",
-              "**Intervals**: 95%. For outcomes that are means over held-out units (pairs, or behaviour prompts): "
-              "two-way, over seeds and over held-out units clustered by task (method-of-moments variance of the "
-              "seeds x units table, Student-t with Satterthwaite's df; `align.grid_stats.two_way`); the evaluator's "
-              "Monte Carlo error is part of each unit's value and enters through the spread between units (every "
-              "run uses the same masks for a unit). Paired differences: the same on the difference table (same "
-              "seeds, same units). p: two-sided, of no difference; 'sign-flip p': exact, over the per-seed mean "
-              "differences (all sign patterns; with 5 seeds it cannot go below 0.0625).", ""]
+        lines += [
+            f"**The declared primary outcome `{g.primary_missing}` could not be computed** from these runs "
+            f"(reward and KL judged at two or more evaluations of every run are needed for a frontier); "
+            f"reported first instead: {g.primary.label}."
+        ]
+    lines += [
+        f"**Primary outcome** (declared in grid.json before the runs): {g.primary.label}.",
+        "**Intervals**: 95%. For outcomes that are means over held-out units (pairs, or behaviour prompts): "
+        "two-way, over seeds and over held-out units clustered by task (method-of-moments variance of the "
+        "seeds x units table, Student-t with Satterthwaite's df; `align.grid_stats.two_way`); the evaluator's "
+        "Monte Carlo error is part of each unit's value and enters through the spread between units (every "
+        "run uses the same masks for a unit). Paired differences: the same on the difference table (same "
+        "seeds, same units). p: two-sided, of no difference; 'sign-flip p': exact, over the per-seed mean "
+        "differences (all sign patterns; with 5 seeds it cannot go below 0.0625).",
+        "",
+    ]
     if g.select:
         lines += _selection_lines(g)
     return lines
@@ -589,15 +770,21 @@ def _selection_lines(g: Grid) -> list[str]:
     sel = g.grid.get("selection") or {}
     if not sel:
         return [f"**Learning rate**: grid.select={g.select}, but no selection record was found.", ""]
-    lines = [f"## Learning rate per arm (grid.select={g.select})", "",
-             f"Chosen on the validation split ({sel.get('validation')}), by the mean {sel.get('outcome_label')} over "
-             f"{len(sel.get('seeds', []))} selection seed(s) ({', '.join(sel.get('seeds', []))}); the reported "
-             f"seeds below were not used to choose, and the reported held-out data was not read.", "",
-             "| arm | " + " | ".join(f"lr={lr}" for lr in sel.get("learning_rates", [])) + " | chosen |",
-             "|---|" + "---|" * (len(sel.get("learning_rates", [])) + 1)]
+    lines = [
+        f"## Learning rate per arm (grid.select={g.select})",
+        "",
+        f"Chosen on the validation split ({sel.get('validation')}), by the mean {sel.get('outcome_label')} over "
+        f"{len(sel.get('seeds', []))} selection seed(s) ({', '.join(sel.get('seeds', []))}); the reported "
+        f"seeds below were not used to choose, and the reported held-out data was not read.",
+        "",
+        "| arm | " + " | ".join(f"lr={lr}" for lr in sel.get("learning_rates", [])) + " | chosen |",
+        "|---|" + "---|" * (len(sel.get("learning_rates", [])) + 1),
+    ]
     for row in sel.get("arms", []):
-        cells = [("—" if row["scores"].get(lr) is None else f"{row['scores'][lr]:.3f}")
-                 for lr in sel.get("learning_rates", [])]
+        cells = [
+            ("—" if row["scores"].get(lr) is None else f"{row['scores'][lr]:.3f}")
+            for lr in sel.get("learning_rates", [])
+        ]
         lines.append(f"| {row['label']} | " + " | ".join(cells) + f" | {row['chosen']} |")
     return lines + [""]
 
@@ -615,9 +802,11 @@ def _primary_section(g: Grid) -> list[str]:
             continue
         hb = names if o.higher_is_better else names
         words = G.verdict(d, margin=g.equivalence, names=hb)
-        lines.append(f"- **{who}: {fmt_ci(d, o.fmt, signed=True)}**, p = {fmt_p(d.get('p'))} ({_basis(d)}); "
-                     f"sign-flip p over {d['n']} seeds = {fmt_p(d.get('sign_p'))} ({d.get('wins', 0)} of {d['n']} "
-                     f"seeds larger): {words}.")
+        lines.append(
+            f"- **{who}: {fmt_ci(d, o.fmt, signed=True)}**, p = {fmt_p(d.get('p'))} ({_basis(d)}); "
+            f"sign-flip p over {d['n']} seeds = {fmt_p(d.get('sign_p'))} ({d.get('wins', 0)} of {d['n']} "
+            f"seeds larger): {words}."
+        )
     if g.equivalence is not None:
         lines += ["", f"Equivalence margin for the primary outcome: ±{g.equivalence:g} (grid.equivalence)."]
     return lines + [""]
@@ -629,28 +818,38 @@ def _frontier_section(g: Grid) -> list[str]:
     if not g.frontier:
         return []
     levels = [g.by_key[f"reward_at_kl_{i}"] for i in range(len(g.kl_levels))]
-    lines = ["## Reward–KL frontier", "",
-             "The ground-truth reward of each policy's own samples (correct behaviour on the held-out prompts) "
-             "against KL(policy ‖ reference) on the same samples (a coupled difference of likelihood bounds), at "
-             "every judged evaluation of every run: `frontier.png`. An arm is better if its frontier lies above. "
-             f"Matched KL levels: ¼, ½ and ¾ of {g.kl_max:.3g} nats, the largest KL every run reaches; a run's "
-             "reward there is interpolated along its trajectory between the two evaluations around the level "
-             "(per prompt, so the two-way interval applies). Best reward within the budget: the highest judged "
-             "reward at KL ≤ that level (over seeds only; an optimistic pick along each run, descriptive).", "",
-             "| arm | " + " | ".join(o.label for o in levels) + " | best reward within the KL budget |",
-             "|---|" + "---|" * (len(levels) + 1)]
+    lines = [
+        "## Reward–KL frontier",
+        "",
+        "The ground-truth reward of each policy's own samples (correct behaviour on the held-out prompts) "
+        "against KL(policy ‖ reference) on the same samples (a coupled difference of likelihood bounds), at "
+        "every judged evaluation of every run: `frontier.png`. An arm is better if its frontier lies above. "
+        f"Matched KL levels: ¼, ½ and ¾ of {g.kl_max:.3g} nats, the largest KL every run reaches; a run's "
+        "reward there is interpolated along its trajectory between the two evaluations around the level "
+        "(per prompt, so the two-way interval applies). Best reward within the budget: the highest judged "
+        "reward at KL ≤ that level (over seeds only; an optimistic pick along each run, descriptive).",
+        "",
+        "| arm | " + " | ".join(o.label for o in levels) + " | best reward within the KL budget |",
+        "|---|" + "---|" * (len(levels) + 1),
+    ]
     for arm, rs in g.arms.items():
         best = S.t_interval([r["outcomes"].get("best_reward_within_kl") for r in rs])
-        lines.append(f"| {arm_label(arm, g.arm_axes)} | " +
-                     " | ".join(fmt_ci(g.arm_interval(rs, o), o.fmt) for o in levels) + f" | {fmt_ci(best)} |")
+        lines.append(
+            f"| {arm_label(arm, g.arm_axes)} | "
+            + " | ".join(fmt_ci(g.arm_interval(rs, o), o.fmt) for o in levels)
+            + f" | {fmt_ci(best)} |"
+        )
     return lines + [""]
 
 
 def _basis(ci: dict) -> str:
     if ci.get("method") == "two-way":
         df = ci.get("df", float("nan"))
-        return (f"{ci['seeds']} seeds x {ci['units']} units in {ci['clusters']} clusters, df "
-                f"{df:.1f}" if math.isfinite(df) else f"{ci['seeds']} seeds x {ci['units']} units")
+        return (
+            f"{ci['seeds']} seeds x {ci['units']} units in {ci['clusters']} clusters, df {df:.1f}"
+            if math.isfinite(df)
+            else f"{ci['seeds']} seeds x {ci['units']} units"
+        )
     if ci.get("method") == "censored":
         return f"{ci['n']} seeds, {ci['censored']} censored"
     return f"{ci.get('n', 0)} seeds, over seeds only"
@@ -664,28 +863,43 @@ def _secondary_section(g: Grid) -> list[str]:
     tested = _tested(g)
     if not tested:
         return []
-    lines = ["## Secondary outcomes", "",
-             f"Each comparison's {len(tested) + sum(o.source == 'speed' and o.role == 'tested' for o in g.outcomes)} "
-             "secondary tests (these and the learning-speed test below) are adjusted together by Holm's method "
-             "(family-wise error 0.05); 'Holm p' is the adjusted p-value.", "",
-             "| arm | " + " | ".join(o.label for o in tested) + " |", "|---|" + "---|" * len(tested)]
+    lines = [
+        "## Secondary outcomes",
+        "",
+        f"Each comparison's {len(tested) + sum(o.source == 'speed' and o.role == 'tested' for o in g.outcomes)} "
+        "secondary tests (these and the learning-speed test below) are adjusted together by Holm's method "
+        "(family-wise error 0.05); 'Holm p' is the adjusted p-value.",
+        "",
+        "| arm | " + " | ".join(o.label for o in tested) + " |",
+        "|---|" + "---|" * len(tested),
+    ]
     for arm, rs in g.arms.items():
-        lines.append(f"| {arm_label(arm, g.arm_axes)} | " +
-                     " | ".join(fmt_ci(g.arm_interval(rs, o), o.fmt) for o in tested) + " |")
+        lines.append(
+            f"| {arm_label(arm, g.arm_axes)} | "
+            + " | ".join(fmt_ci(g.arm_interval(rs, o), o.fmt) for o in tested)
+            + " |"
+        )
     for who, a, b, names in g.comparisons():
         family = tested + [o for o in g.outcomes if o.source == "speed" and o.role == "tested"]
         diffs = [g.difference(a, b, o) for o in family]
         adjusted = G.holm([d.get("p", float("nan")) if d.get("n") else float("nan") for d in diffs])
         g.holm_cache = getattr(g, "holm_cache", {})
-        lines += ["", f"**{who}**", "", "| outcome | difference [95% CI] | p | Holm p | sign-flip p | verdict (Holm) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**{who}**",
+            "",
+            "| outcome | difference [95% CI] | p | Holm p | sign-flip p | verdict (Holm) |",
+            "|---|---|---|---|---|---|",
+        ]
         for o, d, adj in zip(family, diffs, adjusted):
             g.holm_cache[(who, o.key)] = adj
             if o.source == "speed" or not d.get("n"):
                 continue
             words = G.verdict(d, p=adj, names=names)
-            lines.append(f"| {o.label} | {fmt_ci(d, o.fmt, signed=True)} | {fmt_p(d.get('p'))} | {fmt_p(adj)} | "
-                         f"{fmt_p(d.get('sign_p'))} | {words} |")
+            lines.append(
+                f"| {o.label} | {fmt_ci(d, o.fmt, signed=True)} | {fmt_p(d.get('p'))} | {fmt_p(adj)} | "
+                f"{fmt_p(d.get('sign_p'))} | {words} |"
+            )
     return lines + [""]
 
 
@@ -694,21 +908,27 @@ def _speed_section(g: Grid) -> list[str]:
     if not speed:
         return []
     eval_steps = sorted({r.get("eval_steps") for r in g.done if r.get("eval_steps")})
-    lines = ["## Learning speed", "",
-             f"Evaluations every {', '.join(map(str, eval_steps)) or '?'} steps. The step where a curve first "
-             "reaches its target is interpolated linearly between the evaluations around the crossing; a run that "
-             "never reaches it is censored at its last evaluation. Per arm: the restricted mean of min(T, last "
-             "step) over seeds [95% t-interval] (a lower bound of the mean when any run is censored), the "
-             "Kaplan-Meier median, and the censored count. Over seeds only (each curve is a mean over the same "
-             "held-out units).", "",
-             "| arm | " + " | ".join(o.label for o in speed) + " |", "|---|" + "---|" * len(speed)]
+    lines = [
+        "## Learning speed",
+        "",
+        f"Evaluations every {', '.join(map(str, eval_steps)) or '?'} steps. The step where a curve first "
+        "reaches its target is interpolated linearly between the evaluations around the crossing; a run that "
+        "never reaches it is censored at its last evaluation. Per arm: the restricted mean of min(T, last "
+        "step) over seeds [95% t-interval] (a lower bound of the mean when any run is censored), the "
+        "Kaplan-Meier median, and the censored count. Over seeds only (each curve is a mean over the same "
+        "held-out units).",
+        "",
+        "| arm | " + " | ".join(o.label for o in speed) + " |",
+        "|---|" + "---|" * len(speed),
+    ]
     for arm, rs in g.arms.items():
         cells = []
         for o in speed:
             ci = g.arm_interval(rs, o)
             median = "not reached" if ci.get("median") is None else f"{ci['median']:.0f}"
-            value = (f"{ci['mean']:.1f} in every seed" if ci.get("n", 0) > 1 and ci["lo"] == ci["hi"]
-                     else fmt_ci(ci, ".1f"))
+            value = (
+                f"{ci['mean']:.1f} in every seed" if ci.get("n", 0) > 1 and ci["lo"] == ci["hi"] else fmt_ci(ci, ".1f")
+            )
             cells.append(f"{value}, median {median} ({ci['censored']} of {ci['n']} censored)")
         lines.append(f"| {arm_label(arm, g.arm_axes)} | " + " | ".join(cells) + " |")
     for who, a, b, names in g.comparisons():
@@ -717,30 +937,42 @@ def _speed_section(g: Grid) -> list[str]:
             if not d.get("n"):
                 continue
             if d.get("se") == 0 or len(set(round(x, 9) for x in d["per_seed"])) == 1:
-                body = (f"{d['per_seed'][0]:+.1f} in every seed (identical: no interval; exact sign-flip p = "
-                        f"{fmt_p(d['sign_p'])})")
+                body = (
+                    f"{d['per_seed'][0]:+.1f} in every seed (identical: no interval; exact sign-flip p = "
+                    f"{fmt_p(d['sign_p'])})"
+                )
             else:
                 adj = getattr(g, "holm_cache", {}).get((who, o.key))
                 tail = f", Holm p {fmt_p(adj)}" if o.role == "tested" and adj is not None else ""
-                words = G.verdict(d, p=adj if adj is not None else d.get("p"), names=names) if o.role == "tested" \
+                words = (
+                    G.verdict(d, p=adj if adj is not None else d.get("p"), names=names)
+                    if o.role == "tested"
                     else "descriptive"
-                body = (f"{fmt_ci(d, '.1f', signed=True)}, {d['n']} seeds ({d.get('censored', 0)} censored "
-                        f"run(s)), p = {fmt_p(d.get('p'))}{tail}, sign-flip p = {fmt_p(d['sign_p'])}: {words}")
+                )
+                body = (
+                    f"{fmt_ci(d, '.1f', signed=True)}, {d['n']} seeds ({d.get('censored', 0)} censored "
+                    f"run(s)), p = {fmt_p(d.get('p'))}{tail}, sign-flip p = {fmt_p(d['sign_p'])}: {words}"
+                )
             lines.append(f"- {who}, {o.label}: {body}")
     return [*lines, ""]
 
 
 def _descriptive_section(g: Grid) -> list[str]:
     desc = [o for o in g.outcomes if o.role == "descriptive" and o.source != "speed"]
-    lines = ["## Descriptive outcomes (no test: each is a function of an outcome above)", "",
-             "| arm | seeds | " + " | ".join(o.label for o in desc) + " | policy tokens (mean) | wall s |",
-             "|---|---|" + "---|" * (len(desc) + 2)]
+    lines = [
+        "## Descriptive outcomes (no test: each is a function of an outcome above)",
+        "",
+        "| arm | seeds | " + " | ".join(o.label for o in desc) + " | policy tokens (mean) | wall s |",
+        "|---|---|" + "---|" * (len(desc) + 2),
+    ]
     for arm, rs in g.arms.items():
         tokens = S.t_interval([r["outcomes"].get("policy_tokens") for r in rs])
         wall = S.t_interval([r.get("wall_s") for r in rs])
-        lines.append(f"| {arm_label(arm, g.arm_axes)} | {len(rs)} | " +
-                     " | ".join(fmt_ci(g.arm_interval(rs, o), o.fmt) for o in desc) +
-                     f" | {tokens['mean']:.4g} | {fmt_ci(wall, '.0f')} |")
+        lines.append(
+            f"| {arm_label(arm, g.arm_axes)} | {len(rs)} | "
+            + " | ".join(fmt_ci(g.arm_interval(rs, o), o.fmt) for o in desc)
+            + f" | {tokens['mean']:.4g} | {fmt_ci(wall, '.0f')} |"
+        )
     return lines + [""]
 
 
@@ -755,8 +987,11 @@ def _mc_section(g: Grid) -> list[str]:
             continue
         rows = by_step[max(by_step)]
         units = len(rows)
-        flags = [abs(u["margin"]) < 2 * math.sqrt(u["margin/mc_var"]) for u in rows
-                 if u.get("margin/mc_var") is not None and u.get("margin") is not None]
+        flags = [
+            abs(u["margin"]) < 2 * math.sqrt(u["margin/mc_var"])
+            for u in rows
+            if u.get("margin/mc_var") is not None and u.get("margin") is not None
+        ]
         if flags:
             uncertain.append(sum(flags) / len(flags))
             mc_var.append(sum(u["margin/mc_var"] for u in rows if u.get("margin/mc_var") is not None) / len(rows))
@@ -766,32 +1001,47 @@ def _mc_section(g: Grid) -> list[str]:
     totals = [g.arm_interval(runs, margin)["se"] for runs in g.arms.values()]
     totals = [t for t in totals if t is not None and math.isfinite(t)]
     mc_se = math.sqrt(sum(mc_var) / len(mc_var) / units) if units else float("nan")
-    lines = ["## The evaluator's own error", "",
-             f"Pairs whose final margin is within 2 Monte Carlo SEs of 0 (another mask draw could flip their "
-             f"accuracy), mean over runs: {sum(uncertain) / len(uncertain):.3f} of {units}. Monte Carlo SE of one "
-             f"run's mean margin: {mc_se:.3f} nats"]
+    lines = [
+        "## The evaluator's own error",
+        "",
+        f"Pairs whose final margin is within 2 Monte Carlo SEs of 0 (another mask draw could flip their "
+        f"accuracy), mean over runs: {sum(uncertain) / len(uncertain):.3f} of {units}. Monte Carlo SE of one "
+        f"run's mean margin: {mc_se:.3f} nats",
+    ]
     if totals:
-        lines[-1] += (f"; the two-way SE of an arm's mean margin (seeds, clusters and Monte Carlo error together): "
-                      f"{min(totals):.3f}–{max(totals):.3f} nats.")
+        lines[-1] += (
+            f"; the two-way SE of an arm's mean margin (seeds, clusters and Monte Carlo error together): "
+            f"{min(totals):.3f}–{max(totals):.3f} nats."
+        )
     else:
         lines[-1] += "."
-    lines += ["The accuracy has no Monte Carlo SE of its own here: the plug-in Φ(mean/SE) is biased (low near 0, "
-              "high for |z| ≥ 2 with 4 groups); its Monte Carlo error is part of the per-pair values the intervals "
-              "above resample.", ""]
+    lines += [
+        "The accuracy has no Monte Carlo SE of its own here: the plug-in Φ(mean/SE) is biased (low near 0, "
+        "high for |z| ≥ 2 with 4 groups); its Monte Carlo error is part of the per-pair values the intervals "
+        "above resample.",
+        "",
+    ]
     return lines
 
 
 def _seed_only_section(g: Grid) -> list[str]:
     """The older, narrower interval: over seeds only, conditional on this held-out set and these masks."""
     tested = [g.primary, *_tested(g)]
-    lines = ["## Over seeds only (secondary, conditional on this held-out set and mask draw)", "",
-             "Mean over seeds [95% Student-t interval over seeds]: it leaves out held-out sampling and the "
-             "evaluator's error, so it is narrower than the intervals above and answers a narrower question.", "",
-             "| arm | seeds | " + " | ".join(o.label for o in tested) + " |", "|---|---|" + "---|" * len(tested)]
+    lines = [
+        "## Over seeds only (secondary, conditional on this held-out set and mask draw)",
+        "",
+        "Mean over seeds [95% Student-t interval over seeds]: it leaves out held-out sampling and the "
+        "evaluator's error, so it is narrower than the intervals above and answers a narrower question.",
+        "",
+        "| arm | seeds | " + " | ".join(o.label for o in tested) + " |",
+        "|---|---|" + "---|" * len(tested),
+    ]
     for arm, rs in g.arms.items():
-        lines.append(f"| {arm_label(arm, g.arm_axes)} | {len(rs)} | " +
-                     " | ".join(fmt_ci(S.t_interval([r["outcomes"].get(o.key) for r in rs]), o.fmt) for o in tested)
-                     + " |")
+        lines.append(
+            f"| {arm_label(arm, g.arm_axes)} | {len(rs)} | "
+            + " | ".join(fmt_ci(S.t_interval([r["outcomes"].get(o.key) for r in rs]), o.fmt) for o in tested)
+            + " |"
+        )
     return lines + [""]
 
 
@@ -815,21 +1065,40 @@ def _write_outcomes_csv(path: Path, g: Grid) -> None:
         w.writerow(["run", "status", *(_short(k) for k in g.axes), *keys, "policy_tokens", "wall_s"])
         for r in g.runs:
             oc = r.get("outcomes", {})
-            w.writerow([r["run"], r["status"], *(r["cell"][k] for k in g.axes),
-                        *("" if oc.get(k) is None else oc[k] for k in keys),
-                        "" if oc.get("policy_tokens") is None else oc["policy_tokens"], r.get("wall_s") or ""])
+            w.writerow(
+                [
+                    r["run"],
+                    r["status"],
+                    *(r["cell"][k] for k in g.axes),
+                    *("" if oc.get(k) is None else oc[k] for k in keys),
+                    "" if oc.get("policy_tokens") is None else oc["policy_tokens"],
+                    r.get("wall_s") or "",
+                ]
+            )
 
 
-PANELS = (("held-out reward accuracy", (("eval/rewards/accuracies", "-"),)),
-          ("held-out margin (nats)", (("eval/margin", "-"),)),
-          ("held-out log-ratio, chosen (nats)", (("eval/logratio/chosen", "-"),)),
-          ("held-out log-ratio, rejected (nats)", (("eval/logratio/rejected", "-"),)))
-REWARD_PANEL = ("reward: correct behaviour (solid), well-formed (dashed)",
-                (("eval/reward", "-"), ("eval/well_formed", "--")))
-REFUSAL_PANEL = ("refusal rate: harmful (solid), borderline (dotted), everyday (dashed)",
-                 (("eval/refusal_rate", "-"), ("eval/borderline_refusal_rate", ":"), ("eval/over_refusal_rate", "--")))
-SHARES = ("eval/rewards/accuracies", "eval/refusal_rate", "eval/over_refusal_rate", "eval/borderline_refusal_rate",
-          "eval/reward", "eval/well_formed")  # bands drawn within [0, 1]
+PANELS = (
+    ("held-out reward accuracy", (("eval/rewards/accuracies", "-"),)),
+    ("held-out margin (nats)", (("eval/margin", "-"),)),
+    ("held-out log-ratio, chosen (nats)", (("eval/logratio/chosen", "-"),)),
+    ("held-out log-ratio, rejected (nats)", (("eval/logratio/rejected", "-"),)),
+)
+REWARD_PANEL = (
+    "reward: correct behaviour (solid), well-formed (dashed)",
+    (("eval/reward", "-"), ("eval/well_formed", "--")),
+)
+REFUSAL_PANEL = (
+    "refusal rate: harmful (solid), borderline (dotted), everyday (dashed)",
+    (("eval/refusal_rate", "-"), ("eval/borderline_refusal_rate", ":"), ("eval/over_refusal_rate", "--")),
+)
+SHARES = (
+    "eval/rewards/accuracies",
+    "eval/refusal_rate",
+    "eval/over_refusal_rate",
+    "eval/borderline_refusal_rate",
+    "eval/reward",
+    "eval/well_formed",
+)  # bands drawn within [0, 1]
 
 
 def plot_frontier(path: Path, g: Grid) -> None:
@@ -844,8 +1113,16 @@ def plot_frontier(path: Path, g: Grid) -> None:
     for i, (arm, runs) in enumerate(g.arms.items()):
         for j, r in enumerate(runs):
             pts = g.frontier[r["run"]]
-            ax.plot([k for _, k, _ in pts], [rw for _, _, rw in pts], marker="o", ms=3, lw=1, alpha=0.8,
-                    color=f"C{i}", label=f"{arm_label(arm, g.arm_axes)} ({len(runs)} seeds)" if j == 0 else None)
+            ax.plot(
+                [k for _, k, _ in pts],
+                [rw for _, _, rw in pts],
+                marker="o",
+                ms=3,
+                lw=1,
+                alpha=0.8,
+                color=f"C{i}",
+                label=f"{arm_label(arm, g.arm_axes)} ({len(runs)} seeds)" if j == 0 else None,
+            )
     for lvl in g.kl_levels:
         ax.axvline(lvl, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("KL(policy ‖ reference) on the policy's own answers (nats, coupled bound difference)")
@@ -868,7 +1145,7 @@ def plot_curves(path: Path, g: Grid) -> None:
     have = {k for r in g.done for rec in g.metrics.get(r["run"], {}).values() for k in rec}
     spec = PANELS + tuple(p for p in (REWARD_PANEL, REFUSAL_PANEL) if any(k in have for k, _ in p[1]))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.4))
-    for ax in axes.flat[len(spec):]:
+    for ax in axes.flat[len(spec) :]:
         ax.set_visible(False)
     for (title, curves), ax in zip(spec, axes.flat):
         for key, style in curves:
@@ -891,8 +1168,11 @@ def plot_curves(path: Path, g: Grid) -> None:
     axes.flat[0].legend(fontsize=7)
     ref = next((r for r in g.done if r.get("evaluator_text")), None)
     title = ref["evaluator_text"] if ref and getattr(g, "comparable", True) else "evaluators differ"
-    fig.suptitle(f"scored by one evaluator: {title}\nlines: mean over seeds; bands: 95% t-interval over seeds "
-                 f"(shares clipped to [0, 1])", fontsize=9)
+    fig.suptitle(
+        f"scored by one evaluator: {title}\nlines: mean over seeds; bands: 95% t-interval over seeds "
+        f"(shares clipped to [0, 1])",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
     plt.close(fig)

@@ -49,8 +49,20 @@ from align.stats import t_cdf, t_quantile
 
 def _nan_result(n_seeds: int, n_units: int, n_clusters: int) -> dict:
     nan = float("nan")
-    return {"mean": nan, "lo": nan, "hi": nan, "se": nan, "df": nan, "p": nan, "seeds": n_seeds, "units": n_units,
-            "clusters": n_clusters, "v_seed": nan, "v_cluster": nan, "v_residual": nan}
+    return {
+        "mean": nan,
+        "lo": nan,
+        "hi": nan,
+        "se": nan,
+        "df": nan,
+        "p": nan,
+        "seeds": n_seeds,
+        "units": n_units,
+        "clusters": n_clusters,
+        "v_seed": nan,
+        "v_cluster": nan,
+        "v_residual": nan,
+    }
 
 
 def t_p_value(t: float, df: float) -> float:
@@ -123,8 +135,20 @@ def two_way(table, clusters: Sequence | None = None, level: float = 0.95) -> dic
     se = math.sqrt(v)
     half = _t_q(level, df) * se
     p = t_p_value(mean / se, df) if se > 0 else (1.0 if mean == 0 else 0.0)
-    return {"mean": mean, "lo": mean - half, "hi": mean + half, "se": se, "df": df, "p": p, "seeds": S, "units": J,
-            "clusters": C, "v_seed": v_seed, "v_cluster": v_cluster, "v_residual": v_residual}
+    return {
+        "mean": mean,
+        "lo": mean - half,
+        "hi": mean + half,
+        "se": se,
+        "df": df,
+        "p": p,
+        "seeds": S,
+        "units": J,
+        "clusters": C,
+        "v_seed": v_seed,
+        "v_cluster": v_cluster,
+        "v_residual": v_residual,
+    }
 
 
 def sign_flip_p(diffs: Sequence[float]) -> float:
@@ -136,8 +160,9 @@ def sign_flip_p(diffs: Sequence[float]) -> float:
     if n > 16:
         raise ValueError("sign_flip_p enumerates 2^n patterns: at most 16 values")
     observed = abs(sum(d))
-    hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-12
-               for signs in itertools.product((1, -1), repeat=n))
+    hits = sum(
+        abs(sum(s * x for s, x in zip(signs, d))) >= observed - 1e-12 for signs in itertools.product((1, -1), repeat=n)
+    )
     return hits / 2**n
 
 
@@ -162,8 +187,14 @@ def tost(result: dict, margin: float, alpha: float = 0.05) -> bool:
     return -margin < result["mean"] - half and result["mean"] + half < margin
 
 
-def verdict(result: dict, *, alpha: float = 0.05, p: float | None = None, margin: float | None = None,
-            names: tuple[str, str] = ("first", "second")) -> str:
+def verdict(
+    result: dict,
+    *,
+    alpha: float = 0.05,
+    p: float | None = None,
+    margin: float | None = None,
+    names: tuple[str, str] = ("first", "second"),
+) -> str:
     """Words for a difference: which side is higher, "no difference detected", or equivalence by TOST."""
     p = result.get("p") if p is None else p
     if result.get("se") == 0:

@@ -27,8 +27,10 @@ class Preempted(Exception):
 
     def __init__(self, step: int, signal_name: str, out: Path):
         self.step = step
-        super().__init__(f"stopped by {signal_name} after step {step}; checkpoint saved in {out / f'checkpoint-{step}'}. "
-                         f"Continue with train.resume_from_checkpoint=latest (same train.output_dir)")
+        super().__init__(
+            f"stopped by {signal_name} after step {step}; checkpoint saved in {out / f'checkpoint-{step}'}. "
+            f"Continue with train.resume_from_checkpoint=latest (same train.output_dir)"
+        )
 
 
 class StopSignals:
@@ -60,8 +62,11 @@ class StopSignals:
             raise KeyboardInterrupt
         self.received = name
         # no logging here: the handler can run while the logging lock is held
-        os.write(2, f"\n{name} received: finishing the current step, then saving a checkpoint and stopping "
-                    f"(Ctrl-C again interrupts at once)\n".encode())
+        os.write(
+            2,
+            f"\n{name} received: finishing the current step, then saving a checkpoint and stopping "
+            f"(Ctrl-C again interrupts at once)\n".encode(),
+        )
 
     def restore(self) -> None:
         import signal
@@ -91,8 +96,12 @@ def step_verdict(acc, window: list, grad_norm, signal_name: str | None, tokens: 
     flags = torch.cat([flags, torch.tensor([float(tokens)], dtype=torch.float64, device=device)])
     loss_ranks, grad_ranks, signal_ranks, step_tokens = acc.reduce(flags, reduction="sum").tolist()
     nonfinite = loss_ranks > 0 or grad_ranks > 0
-    verdict = {"apply": not nonfinite, "nonfinite": nonfinite, "tokens": int(step_tokens),
-               "stop": (signal_name or "a signal on another rank") if signal_ranks > 0 else None}
+    verdict = {
+        "apply": not nonfinite,
+        "nonfinite": nonfinite,
+        "tokens": int(step_tokens),
+        "stop": (signal_name or "a signal on another rank") if signal_ranks > 0 else None,
+    }
     if nonfinite:
         what = []
         if loss_ranks:
@@ -122,4 +131,5 @@ def nonfinite_stop(verdict: dict, step: int, out: Path, where=None) -> NonFinite
         f"offending micro-batch(es): ids {ids[:32]}{' ...' if len(ids) > 32 else ''}{located}. The last good state "
         f"is saved as {out / f'checkpoint-{step}'}. Lower train.learning_rate or look at these "
         f"records, then resume with train.resume_from_checkpoint=latest; or set train.on_nonfinite=skip to skip "
-        f"such steps (counted as nonfinite_steps)")
+        f"such steps (counted as nonfinite_steps)"
+    )

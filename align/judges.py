@@ -94,8 +94,10 @@ class FunctionJudge:
             present = [name in f for f in fields]
             if not all(present):
                 if self.wanted.get(name, False):
-                    raise ConfigError(f"{self.key}: {self.fn.__name__} needs the field {name!r}, which a prompt "
-                                      f"record lacks (its fields: {', '.join(sorted(fields[present.index(False)]))})")
+                    raise ConfigError(
+                        f"{self.key}: {self.fn.__name__} needs the field {name!r}, which a prompt "
+                        f"record lacks (its fields: {', '.join(sorted(fields[present.index(False)]))})"
+                    )
                 continue
             kwargs[name] = [f[name] for f in fields]
         return _checked(self.fn(prompts, answers, **kwargs), len(answers), self.key)
@@ -129,8 +131,16 @@ class PairwiseJudge:
 class RewardModelJudge:
     """A sequence-classification reward model, its tokenizer and chat template (see the module doc)."""
 
-    def __init__(self, name_or_path: str, *, dtype: str = "bfloat16", batch_size: int = 8, max_length: int = 1024,
-                 device=None, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        name_or_path: str,
+        *,
+        dtype: str = "bfloat16",
+        batch_size: int = 8,
+        max_length: int = 1024,
+        device=None,
+        trust_remote_code: bool = False,
+    ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from align.models import check_local, resolve_dtype
@@ -140,24 +150,37 @@ class RewardModelJudge:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            name_or_path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code).to(device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                name_or_path, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code
+            )
+            .to(device)
+            .eval()
+        )
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.batch_size, self.max_length, self.device = batch_size, max_length, device
 
     def texts(self, messages: list[list[dict]], answers: list[str]) -> list[str]:
         """Each conversation with its answer as the assistant turn, through the reward model's chat template."""
-        return [self.tokenizer.apply_chat_template(m + [{"role": "assistant", "content": a}], tokenize=False)
-                for m, a in zip(messages, answers)]
+        return [
+            self.tokenizer.apply_chat_template(m + [{"role": "assistant", "content": a}], tokenize=False)
+            for m, a in zip(messages, answers)
+        ]
 
     @torch.no_grad()
     def __call__(self, messages: list[list[dict]], answers: list[str]) -> list[float]:
         texts = self.texts(messages, answers)
         scores = []
         for s in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[s : s + self.batch_size], padding=True, truncation=True,
-                                   max_length=self.max_length, add_special_tokens=False, return_tensors="pt")
+            batch = self.tokenizer(
+                texts[s : s + self.batch_size],
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+                return_tensors="pt",
+            )
             logits = self.model(**batch.to(self.model.device)).logits
             scores += logits[:, 0].float().tolist()
         return scores
@@ -175,9 +198,13 @@ class Judge:
             self.pairwise = PairwiseJudge(load_function(online.pairwise_judge, "online.pairwise_judge"))
             self.name = online.pairwise_judge
         else:
-            self.reward_model = RewardModelJudge(online.reward_model, dtype=online.reward_model_dtype,
-                                                 batch_size=online.reward_model_batch_size,
-                                                 max_length=online.reward_model_max_length, device=device)
+            self.reward_model = RewardModelJudge(
+                online.reward_model,
+                dtype=online.reward_model_dtype,
+                batch_size=online.reward_model_batch_size,
+                max_length=online.reward_model_max_length,
+                device=device,
+            )
             self.name = online.reward_model
 
     def score(self, prompts: list, answers: list[list[str]]) -> list[list[float]]:
@@ -203,9 +230,17 @@ def _checked(scores, n: int, key: str) -> list[float]:
     return scores
 
 
-def penalise(scores: list[float], answers: list[str], has_eos: list[bool], *, missing_eos_penalty: float,
-             empty_answer_penalty: float) -> list[float]:
+def penalise(
+    scores: list[float],
+    answers: list[str],
+    has_eos: list[bool],
+    *,
+    missing_eos_penalty: float,
+    empty_answer_penalty: float,
+) -> list[float]:
     """Scores less the penalties: ``missing_eos_penalty`` for an answer without EOS, ``empty_answer_penalty`` for
     an empty one (whitespace only)."""
-    return [s - (0.0 if eos else missing_eos_penalty) - (empty_answer_penalty if not a.strip() else 0.0)
-            for s, a, eos in zip(scores, answers, has_eos)]
+    return [
+        s - (0.0 if eos else missing_eos_penalty) - (empty_answer_penalty if not a.strip() else 0.0)
+        for s, a, eos in zip(scores, answers, has_eos)
+    ]

@@ -55,8 +55,9 @@ class LMEvalOptions:
     dtype: str = opt("float32", "model weights", ("float32", "bfloat16", "float16"))
     device: str | None = opt(None, "cuda, cuda:1, cpu (default: this process's accelerator)")
     trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
-    max_length: int | None = opt(None, "tokens per sequence (default: the model's maximum); contexts are cut from the "
-                                       "left to fit")
+    max_length: int | None = opt(
+        None, "tokens per sequence (default: the model's maximum); contexts are cut from the left to fit"
+    )
     # log-likelihoods (align.score's estimator)
     estimator: str = opt("time_free", "the mask-draw estimator (docs/method.md §2)", ESTIMATORS)
     n_samples: int = opt(32, "mask draws per request")
@@ -68,16 +69,20 @@ class LMEvalOptions:
     seed: int = opt(0, "seeds every request's draws (with a hash of its tokens) and the sampler")
     response_eos: bool = opt(False, "score a continuation EOS-terminated, as align trains responses")
     greedy: bool = opt(True, "compute is_greedy (one extra forward per request)")
-    scores_file: str | None = opt(None, "write each log-likelihood with its standard error here (jsonl; with several "
-                                        "processes, one file per rank: NAME.rankR.jsonl)")
+    scores_file: str | None = opt(
+        None,
+        "write each log-likelihood with its standard error here (jsonl; with several "
+        "processes, one file per rank: NAME.rankR.jsonl)",
+    )
     progress_bar: bool = opt(True, "show the requests' progress")
     # generation (align.sampler)
     steps: int = opt(32, "generate_until: denoising steps in all")
     gen_length: int = opt(32, "generate_until: tokens generated (lm-eval's max_gen_toks is not used)")
     block_length: int = opt(16, "generate_until: semi-autoregressive block length")
     temperature: float = opt(0.0, "generate_until: Gumbel-noise temperature (0: greedy)")
-    remasking: str = opt("low_confidence", "generate_until: which predictions stay masked each step",
-                         ("low_confidence", "random"))
+    remasking: str = opt(
+        "low_confidence", "generate_until: which predictions stay masked each step", ("low_confidence", "random")
+    )
 
 
 def parse_options(kwargs: dict) -> LMEvalOptions:
@@ -144,8 +149,9 @@ class AlignLM(LM):
         device = torch.device(options.device) if options.device else state.device
         try:
             model = load_model(options.model, dtype=options.dtype, trust_remote_code=options.trust_remote_code)
-            tokenizer = load_tokenizer(options.tokenizer or tokenizer_source(options.model),
-                                       trust_remote_code=options.trust_remote_code)
+            tokenizer = load_tokenizer(
+                options.tokenizer or tokenizer_source(options.model), trust_remote_code=options.trust_remote_code
+            )
         except ValueError as e:  # a failed hub load, an unusable directory
             raise FileNotFoundError(str(e)) from None
         model = model.to(device).eval()
@@ -165,9 +171,17 @@ class AlignLM(LM):
         if INSTANCES is not None:  # the command line's, for its summary after lm-eval's table
             INSTANCES.append(self)
         self.score_config = ScoreConfig(
-            data="lm-eval", estimator=o.estimator, n_samples=o.n_samples, target_se=o.target_se,
-            max_samples=o.max_samples, round_samples=o.round_samples, stratified=o.stratified,
-            batch_size=o.batch_size, seed=o.seed, progress_bar=o.progress_bar)
+            data="lm-eval",
+            estimator=o.estimator,
+            n_samples=o.n_samples,
+            target_se=o.target_se,
+            max_samples=o.max_samples,
+            round_samples=o.round_samples,
+            stratified=o.stratified,
+            batch_size=o.batch_size,
+            seed=o.seed,
+            progress_bar=o.progress_bar,
+        )
 
     # ------------------------------------------------------------------ lm-eval's interface
     @property
@@ -178,8 +192,9 @@ class AlignLM(LM):
         return getattr(self.tokenizer, "chat_template", None) if chat_template else None
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
-                                                  add_generation_prompt=add_generation_prompt)
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         pairs = [self.encode_pair(*r.args) for r in requests]
@@ -196,14 +211,29 @@ class AlignLM(LM):
         for r in requests:
             (text,) = r.args
             tokens = self.tokenizer(text, add_special_tokens=False).input_ids
-            windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-                token_list=tokens, prefix_token=self.prefix_token, max_seq_len=self.max_length - 1, context_len=1)]
+            windows = [
+                make_disjoint_window(w)
+                for w in get_rolling_token_windows(
+                    token_list=tokens, prefix_token=self.prefix_token, max_seq_len=self.max_length - 1, context_len=1
+                )
+            ]
             # (lm-eval's windows are for a causal model, whose input omits the last predicted token: context plus
             # prediction is max_seq_len + 1 tokens, all of which a masked-diffusion model takes in)
             logp, se, n = self.estimate(windows)
             total = sum(logp)
-            self._record("loglikelihood_rolling", r.args, None, total, math.sqrt(sum(s * s for s in se)), sum(n), None,
-                         windows=len(windows), tokens=len(tokens), task=r.task_name, doc_id=r.doc_id)
+            self._record(
+                "loglikelihood_rolling",
+                r.args,
+                None,
+                total,
+                math.sqrt(sum(s * s for s in se)),
+                sum(n),
+                None,
+                windows=len(windows),
+                tokens=len(tokens),
+                task=r.task_name,
+                doc_id=r.doc_id,
+            )
             out.append(total)
         self._flush()
         return out
@@ -221,15 +251,26 @@ class AlignLM(LM):
             until = [until] if isinstance(until, str) else list(until)
             ignored |= set(gen_kwargs)
             ids = self.tokenizer(context, add_special_tokens=False).input_ids
-            ids = ids[-(self.max_length - o.gen_length):] if self.max_length > o.gen_length else ids
-            seqs = generate(self.model, torch.tensor([ids], device=self._device), steps=o.steps,
-                            gen_length=o.gen_length, block_length=o.block_length, temperature=o.temperature,
-                            remasking=o.remasking, generator=torch.Generator().manual_seed(o.seed))
+            ids = ids[-(self.max_length - o.gen_length) :] if self.max_length > o.gen_length else ids
+            seqs = generate(
+                self.model,
+                torch.tensor([ids], device=self._device),
+                steps=o.steps,
+                gen_length=o.gen_length,
+                block_length=o.block_length,
+                temperature=o.temperature,
+                remasking=o.remasking,
+                generator=torch.Generator().manual_seed(o.seed),
+            )
             text = self.decode(seqs, len(ids))
             out.append(cut_at(text, until))
         if ignored:
-            log.warning("generate_until: %s taken from the model args (steps, gen_length, block_length, temperature, "
-                        "remasking), not from the task's generation kwargs %s", type(self).__name__, sorted(ignored))
+            log.warning(
+                "generate_until: %s taken from the model args (steps, gen_length, block_length, temperature, "
+                "remasking), not from the task's generation kwargs %s",
+                type(self).__name__,
+                sorted(ignored),
+            )
         return out
 
     # ------------------------------------------------------------------ pieces
@@ -248,7 +289,7 @@ class AlignLM(LM):
             raise ValueError(f"loglikelihood request with an empty continuation (context {context[-60:]!r})")
         if len(cont) > self.max_length:
             raise ValueError(f"continuation of {len(cont)} tokens does not fit max_length={self.max_length}")
-        return ctx[len(ctx) + len(cont) - self.max_length:] if len(ctx) + len(cont) > self.max_length else ctx, cont
+        return ctx[len(ctx) + len(cont) - self.max_length :] if len(ctx) + len(cont) > self.max_length else ctx, cont
 
     def estimate(self, pairs: list[tuple[list[int], list[int]]]) -> tuple[list[float], list[float], list[int]]:
         """log p(continuation | context) of each pair with its standard error and draws: ``align.score``'s rounds,
@@ -257,14 +298,23 @@ class AlignLM(LM):
         from align.score import mean_se, run_rounds
 
         unique = list(dict.fromkeys((tuple(c), tuple(x)) for c, x in pairs))
-        records = [{"index": i, "key": content_key(list(c), [list(x)]), "prompt_ids": list(c), "responses": [list(x)]}
-                   for i, (c, x) in enumerate(unique)]
+        records = [
+            {"index": i, "key": content_key(list(c), [list(x)]), "prompt_ids": list(c), "responses": [list(x)]}
+            for i, (c, x) in enumerate(unique)
+        ]
         records.sort(key=lambda r: -(len(r["prompt_ids"]) + len(r["responses"][0])))  # similar lengths batch together
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(records), desc="log-likelihoods", disable=not self.score_config.progress_bar or self.rank)
-        scored = run_rounds(records, [self.scorer], cfg=self.score_config, mask_token_id=self.spec.mask_token_id,
-                            pad_token_id=self.spec.pad_token_id, device=self._device, progress=bar)
+        scored = run_rounds(
+            records,
+            [self.scorer],
+            cfg=self.score_config,
+            mask_token_id=self.spec.mask_token_id,
+            pad_token_id=self.spec.pad_token_id,
+            device=self._device,
+            progress=bar,
+        )
         bar.close()
         result = {}
         for rec, res in zip(records, scored):
@@ -354,12 +404,16 @@ def summary(scores: list[dict]) -> str:
     if not scores:
         return "align: no log-likelihood requests"
     mean_se = sum(r["se"] for r in scores if not math.isnan(r["se"])) / len(scores)
-    line = (f"align: {len(scores)} log-likelihoods, mean Monte Carlo standard error {mean_se:.3g} nats "
-            f"({scores[0]['n_samples']} draws each)")
+    line = (
+        f"align: {len(scores)} log-likelihoods, mean Monte Carlo standard error {mean_se:.3g} nats "
+        f"({scores[0]['n_samples']} draws each)"
+    )
     docs, close = close_decisions(scores)
     if docs:
-        line += (f"; {close}/{docs} multiple-choice decisions have their two best choices within 2 standard errors "
-                 f"(the draws could change them: raise n_samples or set stratified=true)")
+        line += (
+            f"; {close}/{docs} multiple-choice decisions have their two best choices within 2 standard errors "
+            f"(the draws could change them: raise n_samples or set stratified=true)"
+        )
     return line
 
 
@@ -377,8 +431,11 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv in (["-h"], ["--help"]) or "--help-align" in argv:
-        print(help_text(LMEvalOptions, "python -m align.lm_eval --model_args key=value,... --tasks TASKS "
-                                       "[lm-eval options]"))
+        print(
+            help_text(
+                LMEvalOptions, "python -m align.lm_eval --model_args key=value,... --tasks TASKS [lm-eval options]"
+            )
+        )
         print("\nlm-eval's own options: python -m lm_eval run --help")
         return
     given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}

@@ -31,8 +31,14 @@ import torch.nn.functional as F
 LOSS_TYPES = ("sigmoid", "ipo", "hinge", "robust")
 
 
-def preference_loss(margin: torch.Tensor, *, loss_type: str = "sigmoid", beta: float = 0.1,
-                    label_smoothing: float = 0.0, response_lengths: torch.Tensor | None = None) -> torch.Tensor:
+def preference_loss(
+    margin: torch.Tensor,
+    *,
+    loss_type: str = "sigmoid",
+    beta: float = 0.1,
+    label_smoothing: float = 0.0,
+    response_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-pair loss [b] from margin estimates Δ̂ [b]; ``ipo`` also needs the pairs' response lengths L [b]."""
     z = beta * margin
     eps = label_smoothing

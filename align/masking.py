@@ -136,7 +136,9 @@ def draw_masks(
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     if response_mask.dim() != 2 or response_mask.dtype != torch.bool:
-        raise ValueError(f"response_mask must be a [b, T] bool tensor, got {tuple(response_mask.shape)} {response_mask.dtype}")
+        raise ValueError(
+            f"response_mask must be a [b, T] bool tensor, got {tuple(response_mask.shape)} {response_mask.dtype}"
+        )
     b, T = response_mask.shape
     if isinstance(generator, Sequence):
         if len(generator) != b:
@@ -151,8 +153,9 @@ def draw_masks(
         positions = resp[i].nonzero().squeeze(-1)
         if positions.numel() == 0:
             raise ValueError(f"row {i} has an empty response: nothing to mask or score")
-        row_masked, weight[i] = _draw_row(positions.numel(), n_samples, estimator, stratified, row_generators[i],
-                                          groups)
+        row_masked, weight[i] = _draw_row(
+            positions.numel(), n_samples, estimator, stratified, row_generators[i], groups
+        )
         masked[i][:, positions] = row_masked
     return MaskDraw(masked.to(response_mask.device), weight.to(response_mask.device))
 

@@ -75,6 +75,11 @@ def start_trackers(acc, cfg, logging_dir: Path, out: Path) -> None:
     elif t.report_to != "none":
         from transformers.utils import flatten_dict
 
-        scalars = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten_dict(cfg.to_dict()).items()}
-        acc.init_trackers(t.run_name or out.name, config=scalars,
-                          init_kwargs={t.report_to: {"name": t.run_name}} if t.run_name else {})
+        scalars = {
+            k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten_dict(cfg.to_dict()).items()
+        }
+        acc.init_trackers(
+            t.run_name or out.name,
+            config=scalars,
+            init_kwargs={t.report_to: {"name": t.run_name}} if t.run_name else {},
+        )

@@ -16,8 +16,13 @@ from pathlib import Path
 import yaml
 
 # Licences of the published base checkpoints (from their model cards); a local base's own card is read instead.
-KNOWN_LICENSES = {"GSAI-ML/LLaDA-8B-Instruct": "mit", "GSAI-ML/LLaDA-8B-Base": "mit", "GSAI-ML/LLaDA-1.5": "mit",
-                  "Dream-org/Dream-v0-Instruct-7B": "apache-2.0", "Dream-org/Dream-v0-Base-7B": "apache-2.0"}
+KNOWN_LICENSES = {
+    "GSAI-ML/LLaDA-8B-Instruct": "mit",
+    "GSAI-ML/LLaDA-8B-Base": "mit",
+    "GSAI-ML/LLaDA-1.5": "mit",
+    "Dream-org/Dream-v0-Instruct-7B": "apache-2.0",
+    "Dream-org/Dream-v0-Base-7B": "apache-2.0",
+}
 CONFIG_NAME = "training_config.yaml"
 
 
@@ -52,36 +57,52 @@ def training_summary(cfg: dict, kind: str) -> list[str]:
     lines = []
     if kind == "dpo":
         loss, est, ev = cfg["loss"], cfg["estimator"], cfg["eval"]
-        lines += [f"- **Objective**: DPO ({loss['loss_type']} loss, β = {loss['beta']}"
-                  + (f", label smoothing {loss['label_smoothing']}" if loss.get("label_smoothing") else "")
-                  + (f", RPO NLL weight {loss['rpo_alpha']}" if loss.get("rpo_alpha") is not None else "") + ") on "
-                  "log-likelihoods estimated by Monte Carlo over random masks (the masked-diffusion bound)",
-                  f"- **Training estimator**: {_estimator(est)}",
-                  f"- **Evaluator** (held-out metrics below): {_estimator(ev)}, seed {ev['seed']}"]
+        lines += [
+            f"- **Objective**: DPO ({loss['loss_type']} loss, β = {loss['beta']}"
+            + (f", label smoothing {loss['label_smoothing']}" if loss.get("label_smoothing") else "")
+            + (f", RPO NLL weight {loss['rpo_alpha']}" if loss.get("rpo_alpha") is not None else "")
+            + ") on "
+            "log-likelihoods estimated by Monte Carlo over random masks (the masked-diffusion bound)",
+            f"- **Training estimator**: {_estimator(est)}",
+            f"- **Evaluator** (held-out metrics below): {_estimator(ev)}, seed {ev['seed']}",
+        ]
     elif kind == "online_dpo":
         loss, est, o = cfg["loss"], cfg["estimator"], cfg["online"]
-        judge = o["judge"] or (f"pairwise {o['pairwise_judge']}" if o["pairwise_judge"] else
-                               f"reward model {o['reward_model']}")
-        lines += [f"- **Objective**: online DPO ({loss['loss_type']} loss, β = {loss['beta']}): each step the "
-                  f"policy samples {o['num_generations']} answers per prompt (LLaDA's sampler, {o['steps']} steps, "
-                  f"{o['gen_length']} tokens, temperature {o['temperature']}), `{judge}` ranks them, and the best "
-                  "and worst form the pair",
-                  f"- **Training estimator**: {_estimator(est)}"]
+        judge = o["judge"] or (
+            f"pairwise {o['pairwise_judge']}" if o["pairwise_judge"] else f"reward model {o['reward_model']}"
+        )
+        lines += [
+            f"- **Objective**: online DPO ({loss['loss_type']} loss, β = {loss['beta']}): each step the "
+            f"policy samples {o['num_generations']} answers per prompt (LLaDA's sampler, {o['steps']} steps, "
+            f"{o['gen_length']} tokens, temperature {o['temperature']}), `{judge}` ranks them, and the best "
+            "and worst form the pair",
+            f"- **Training estimator**: {_estimator(est)}",
+        ]
     else:
         s = cfg["sft"]
-        lines += [f"- **Objective**: supervised fine-tuning with the masked-diffusion loss ({s['estimator']}, "
-                  f"{s['n_samples']} mask draw(s) per sequence)"]
-    lines.append("- **Parameters**: " + (f"LoRA r = {lora['r']}, α = {lora['alpha']}, dropout {lora['dropout']} "
-                                         "(the adapter is in `adapter/`)" if lora.get("enabled") else
-                                         "full fine-tuning"))
+        lines += [
+            f"- **Objective**: supervised fine-tuning with the masked-diffusion loss ({s['estimator']}, "
+            f"{s['n_samples']} mask draw(s) per sequence)"
+        ]
+    lines.append(
+        "- **Parameters**: "
+        + (
+            f"LoRA r = {lora['r']}, α = {lora['alpha']}, dropout {lora['dropout']} (the adapter is in `adapter/`)"
+            if lora.get("enabled")
+            else "full fine-tuning"
+        )
+    )
     steps = train["max_steps"] if train["max_steps"] > 0 else f"{train['num_train_epochs']} epoch(s)"
-    lines += [f"- **Optimisation**: {steps} steps of {train['per_device_train_batch_size']} per device × "
-              f"{train['gradient_accumulation_steps']} accumulation, learning rate {train['learning_rate']} "
-              f"({train['lr_scheduler_type']}, warm-up {train['warmup_ratio']}), weights {model['dtype']}",
-              f"- **Data**: `{data['dataset']}` (format {data['format']}"
-              + (f", eval `{data['eval_dataset']}`" if data.get("eval_dataset") else "") + ")",
-              f"- **Seeds**: train.seed {train['seed']}" + (f", eval.seed {cfg['eval']['seed']}" if kind == "dpo" else ""),
-              f"- **Full configuration**: [{CONFIG_NAME}]({CONFIG_NAME})"]
+    lines += [
+        f"- **Optimisation**: {steps} steps of {train['per_device_train_batch_size']} per device × "
+        f"{train['gradient_accumulation_steps']} accumulation, learning rate {train['learning_rate']} "
+        f"({train['lr_scheduler_type']}, warm-up {train['warmup_ratio']}), weights {model['dtype']}",
+        f"- **Data**: `{data['dataset']}` (format {data['format']}"
+        + (f", eval `{data['eval_dataset']}`" if data.get("eval_dataset") else "")
+        + ")",
+        f"- **Seeds**: train.seed {train['seed']}" + (f", eval.seed {cfg['eval']['seed']}" if kind == "dpo" else ""),
+        f"- **Full configuration**: [{CONFIG_NAME}]({CONFIG_NAME})",
+    ]
     return lines
 
 
@@ -89,10 +110,15 @@ def _estimator(est: dict) -> str:
     shares = (est["share_policy_reference"], est["share_chosen_rejected"])
     if est.get("coupling"):
         shares = (est["coupling"] == "coupled",) * 2
-    sharing = {(True, True): "coupled", (False, False): "decoupled", (True, False): "policy/reference-shared masks",
-               (False, True): "chosen/rejected-shared masks"}[shares]
+    sharing = {
+        (True, True): "coupled",
+        (False, False): "decoupled",
+        (True, False): "policy/reference-shared masks",
+        (False, True): "chosen/rejected-shared masks",
+    }[shares]
     return f"{sharing} `{est['estimator']}`, {est['n_samples']} draws per term" + (
-        ", stratified" if est.get("stratified") else "")
+        ", stratified" if est.get("stratified") else ""
+    )
 
 
 def results_table(evaluations: list[dict]) -> list[str]:
@@ -101,21 +127,40 @@ def results_table(evaluations: list[dict]) -> list[str]:
     if not evaluations:
         return ["No held-out evaluation was run (train.do_eval=false)."]
     first, last = evaluations[0], evaluations[-1]
-    lines = [f"Held-out evaluation at step {last['step']} ({int(last.get('eval/examples', 0))} examples; the "
-             "standard error is the Monte Carlo error of the evaluator's mask draws):", "",
-             "| metric | value | s.e. |", "|---|---|---|"]
+    lines = [
+        f"Held-out evaluation at step {last['step']} ({int(last.get('eval/examples', 0))} examples; the "
+        "standard error is the Monte Carlo error of the evaluator's mask draws):",
+        "",
+        "| metric | value | s.e. |",
+        "|---|---|---|",
+    ]
     for key, value in last.items():
         name = key[5:]
         if not key.startswith("eval/") or key == "eval/examples" or name.endswith(("/mc_se", "/se")):
             continue
         se = last.get(f"{key}/mc_se", last.get(f"{key}/se"))
         lines.append(f"| {name} | {value:.4g} | {'' if se is None else f'{se:.2g}'} |")
-    judged = [k for k in ("eval/reward", "eval/well_formed", "eval/refusal_rate", "eval/borderline_refusal_rate",
-                          "eval/over_refusal_rate") if k in last and k in first]
+    judged = [
+        k
+        for k in (
+            "eval/reward",
+            "eval/well_formed",
+            "eval/refusal_rate",
+            "eval/borderline_refusal_rate",
+            "eval/over_refusal_rate",
+        )
+        if k in last and k in first
+    ]
     if judged and first["step"] != last["step"]:
-        lines += ["", f"Behaviour on held-out prompts (answers sampled and judged: refusal by the opening words; "
-                      f"reward = the right behaviour in well-formed sentences, where the prompts carry task ids), step "
-                      f"{first['step']} → step {last['step']}:", "", "| rate | before | after |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Behaviour on held-out prompts (answers sampled and judged: refusal by the opening words; "
+            f"reward = the right behaviour in well-formed sentences, where the prompts carry task ids), step "
+            f"{first['step']} → step {last['step']}:",
+            "",
+            "| rate | before | after |",
+            "|---|---|---|",
+        ]
         lines += [f"| {k[5:]} | {first[k]:.3f} | {last[k]:.3f} |" for k in judged]
     return lines
 
@@ -125,36 +170,60 @@ def card_text(*, base: str, cfg: dict, evaluations: list[dict], merged: bool = F
     from huggingface_hub import ModelCardData
 
     kind = "sft" if "sft" in cfg else "online_dpo" if "online" in cfg else "dpo"
-    datasets = [d for d in (cfg.get("data", {}).get("dataset"), cfg.get("data", {}).get("eval_dataset"))
-                if d and _is_hub_id(d)]
-    data = ModelCardData(base_model=base if _is_hub_id(base) else None, library_name="transformers",
-                         tags=["align", kind, "masked-diffusion", "diffusion-language-model"]
-                         + (["lora"] if cfg.get("lora", {}).get("enabled") and not merged else []),
-                         datasets=datasets or None, license=base_license(base), pipeline_tag="text-generation")
+    datasets = [
+        d for d in (cfg.get("data", {}).get("dataset"), cfg.get("data", {}).get("eval_dataset")) if d and _is_hub_id(d)
+    ]
+    data = ModelCardData(
+        base_model=base if _is_hub_id(base) else None,
+        library_name="transformers",
+        tags=["align", kind, "masked-diffusion", "diffusion-language-model"]
+        + (["lora"] if cfg.get("lora", {}).get("enabled") and not merged else []),
+        datasets=datasets or None,
+        license=base_license(base),
+        pipeline_tag="text-generation",
+    )
     family = {"llada": "LLaDA", "Dream": "Dream"}.get(family, family or "masked-diffusion")
     name = {"dpo": "DPO", "sft": "SFT", "online_dpo": "Online DPO"}[kind]
-    how = {"dpo": "DPO on preference pairs", "sft": "supervised fine-tuning",
-           "online_dpo": "online DPO on its own samples, ranked by a judge"}[kind]
-    body = [f"# {name} of {base}", "",
-            f"A masked-diffusion language model (the {family} family) trained with align (preference alignment for "
-            f"masked-diffusion LMs) by {how}"
-            + (", its LoRA adapter merged into the full weights." if merged else "."), "", "## Training", "",
-            *training_summary(cfg, kind), "", "## Results", "", *results_table(evaluations), "",
-            "## Use", "", "```bash",
-            "# with align installed (from its repository: pip install -e .)",
-            "python -m align.sampler --model THIS_DIRECTORY_OR_REPO --prompt \"How do I bake bread?\" --steps 48 "
-            "--gen-length 48 --block-length 48",
-            "python -m align.score model=THIS_DIRECTORY_OR_REPO data=records.jsonl   # log-likelihoods with standard errors",
-            "python -m align.lm_eval --model_args model=THIS_DIRECTORY_OR_REPO --tasks TASK",
-            "```", "",
-            "In Python: `align.models.load_model(path)` loads it (a LoRA output is merged into its base on load). "
-            "Log-likelihoods of masked-diffusion models are Monte Carlo estimates of a bound; "
-            "`align.score` reports each with its standard error.", ""]
+    how = {
+        "dpo": "DPO on preference pairs",
+        "sft": "supervised fine-tuning",
+        "online_dpo": "online DPO on its own samples, ranked by a judge",
+    }[kind]
+    body = [
+        f"# {name} of {base}",
+        "",
+        f"A masked-diffusion language model (the {family} family) trained with align (preference alignment for "
+        f"masked-diffusion LMs) by {how}" + (", its LoRA adapter merged into the full weights." if merged else "."),
+        "",
+        "## Training",
+        "",
+        *training_summary(cfg, kind),
+        "",
+        "## Results",
+        "",
+        *results_table(evaluations),
+        "",
+        "## Use",
+        "",
+        "```bash",
+        "# with align installed (from its repository: pip install -e .)",
+        'python -m align.sampler --model THIS_DIRECTORY_OR_REPO --prompt "How do I bake bread?" --steps 48 '
+        "--gen-length 48 --block-length 48",
+        "python -m align.score model=THIS_DIRECTORY_OR_REPO data=records.jsonl   # log-likelihoods with standard errors",
+        "python -m align.lm_eval --model_args model=THIS_DIRECTORY_OR_REPO --tasks TASK",
+        "```",
+        "",
+        "In Python: `align.models.load_model(path)` loads it (a LoRA output is merged into its base on load). "
+        "Log-likelihoods of masked-diffusion models are Monte Carlo estimates of a bound; "
+        "`align.score` reports each with its standard error.",
+        "",
+    ]
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)
 
 
-def write_card(folder: Path, *, base: str, run: Path | None = None, merged: bool = False,
-               family: str | None = None) -> Path:
+def write_card(
+    folder: Path, *, base: str, run: Path | None = None, merged: bool = False, family: str | None = None
+) -> Path:
     """``folder/README.md`` for a trained output; ``run``: the training run whose config.yaml and metrics.jsonl
     describe it (copied/linked as ``training_config.yaml``); ``family``: the model's ``model_type``. Checked by
     parsing it back as a ``ModelCard``."""
@@ -175,11 +244,17 @@ def write_card(folder: Path, *, base: str, run: Path | None = None, merged: bool
 def _plain_card(base: str, merged: bool) -> str:
     from huggingface_hub import ModelCardData
 
-    data = ModelCardData(base_model=base if _is_hub_id(base) else None, library_name="transformers",
-                         tags=["align", "masked-diffusion", "diffusion-language-model"], license=base_license(base))
+    data = ModelCardData(
+        base_model=base if _is_hub_id(base) else None,
+        library_name="transformers",
+        tags=["align", "masked-diffusion", "diffusion-language-model"],
+        license=base_license(base),
+    )
     what = "LoRA adapter merged into its base" if merged else "saved"
-    return (f"---\n{data.to_yaml()}\n---\n\n# {base}, {what} by align\n\nNo training record was found for this "
-            f"model; see its base, `{base}`.\n")
+    return (
+        f"---\n{data.to_yaml()}\n---\n\n# {base}, {what} by align\n\nNo training record was found for this "
+        f"model; see its base, `{base}`.\n"
+    )
 
 
 def push_output(out: Path, train, upload=None) -> int:
@@ -194,8 +269,11 @@ def push_output(out: Path, train, upload=None) -> int:
         url = push_to_hub(Path(out) / "final", repo, private=train.hub_private_repo, extra=extra, upload=upload)
     except Exception as e:  # offline, no or a wrong token, no permission, a network failure: all the same to the run
         reason = (str(e).strip().splitlines() or [""])[0]
-        print(f"push to hub failed ({type(e).__name__}: {reason}); {Path(out) / 'final'} is saved locally: "
-              f"upload it later with `hf upload {repo} {Path(out) / 'final'}`", file=sys.stderr)
+        print(
+            f"push to hub failed ({type(e).__name__}: {reason}); {Path(out) / 'final'} is saved locally: "
+            f"upload it later with `hf upload {repo} {Path(out) / 'final'}`",
+            file=sys.stderr,
+        )
         return 1
     print(f"pushed {Path(out) / 'final'} to {url}")
     return 0
@@ -216,6 +294,10 @@ def _hub_upload(folder: Path, repo_id: str, private: bool, path_in_repo: str) ->
     from huggingface_hub import create_repo, upload_folder
 
     create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = upload_folder(folder_path=str(folder), repo_id=repo_id, path_in_repo=path_in_repo or None,
-                         commit_message=f"align: upload {folder.name}")
+    info = upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        path_in_repo=path_in_repo or None,
+        commit_message=f"align: upload {folder.name}",
+    )
     return str(getattr(info, "repo_url", None) or f"https://huggingface.co/{repo_id}")

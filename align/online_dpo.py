@@ -48,8 +48,17 @@ from pathlib import Path
 
 import torch
 
-from align.config import (BehaviourArgs, ConfigError, DataSourceArgs, EstimatorArgs, LoraArgs, LossArgs, ModelArgs,
-                          TrainArgs, opt)
+from align.config import (
+    BehaviourArgs,
+    ConfigError,
+    DataSourceArgs,
+    EstimatorArgs,
+    LoraArgs,
+    LossArgs,
+    ModelArgs,
+    TrainArgs,
+    opt,
+)
 from align.config_checks import validate_estimators, validate_loss
 from align.data import EVAL_EPOCH, Encoded, PROMPT_FORMATS, build_prompt_dataset, collate, common_length
 from align.data.order import _seed
@@ -63,21 +72,35 @@ PAIR_KEYS = DPOObjective.stat_keys[1:]  # means over kept pairs (the loss is ove
 @dataclass
 class PromptDataArgs(DataSourceArgs):
     """Prompts (online DPO): any records with a ``prompt`` field or a ``messages`` conversation."""
-    dataset: str = opt("data/demo_online_prompts.jsonl", "hub id, local .jsonl/.json/.parquet/.csv file, or "
-                                                         "save_to_disk directory")
-    format: str = opt("auto", "prompt: a 'prompt' field (string or messages); messages: a conversation, a last "
-                              "assistant turn dropped; auto: prompt when the record has one, else messages",
-                      PROMPT_FORMATS)
+
+    dataset: str = opt(
+        "data/demo_online_prompts.jsonl", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory"
+    )
+    format: str = opt(
+        "auto",
+        "prompt: a 'prompt' field (string or messages); messages: a conversation, a last "
+        "assistant turn dropped; auto: prompt when the record has one, else messages",
+        PROMPT_FORMATS,
+    )
 
 
 @dataclass
 class OnlineArgs:
-    judge: str | None = opt(None, "module:function or path/file.py:function scoring answers: "
-                                  "function(prompts, answers, **record fields) -> scores (align.judges)")
-    pairwise_judge: str | None = opt(None, "module:function judging pairs: function(prompts, [[a, b], ...]) -> 0, 1 or "
-                                           "-1 (tie) each; K answers play a round robin (wins + ½ ties)")
-    reward_model: str | None = opt(None, "hub id or directory of an AutoModelForSequenceClassification (its own "
-                                         "tokenizer and chat template); score: the first logit")
+    judge: str | None = opt(
+        None,
+        "module:function or path/file.py:function scoring answers: "
+        "function(prompts, answers, **record fields) -> scores (align.judges)",
+    )
+    pairwise_judge: str | None = opt(
+        None,
+        "module:function judging pairs: function(prompts, [[a, b], ...]) -> 0, 1 or "
+        "-1 (tie) each; K answers play a round robin (wins + ½ ties)",
+    )
+    reward_model: str | None = opt(
+        None,
+        "hub id or directory of an AutoModelForSequenceClassification (its own "
+        "tokenizer and chat template); score: the first logit",
+    )
     reward_model_dtype: str = opt("bfloat16", "reward model weights dtype", ("bfloat16", "float32", "float16"))
     reward_model_batch_size: int = opt(8, "answers per reward-model forward")
     reward_model_max_length: int = opt(1024, "reward-model input tokens kept (truncation keeps the start)")
@@ -86,19 +109,26 @@ class OnlineArgs:
     block_length: int = opt(32, "semi-autoregressive block length")
     steps: int = opt(64, "denoising steps in all")
     temperature: float = opt(1.0, "sampling temperature (> 0: K answers must differ)")
-    remasking: str = opt("random", "which predictions a sampler step keeps (align.sampler)", ("random", "low_confidence"))
+    remasking: str = opt(
+        "random", "which predictions a sampler step keeps (align.sampler)", ("random", "low_confidence")
+    )
     missing_eos_penalty: float = opt(0.0, "subtracted from the score of an answer with no EOS in gen_length tokens")
     empty_answer_penalty: float = opt(0.0, "subtracted from the score of an empty answer")
-    eval_seed: int = opt(0, "seeds the held-out answers of policy and reference (with the prompt id), the same at "
-                            "every evaluation")
-    round_steps: int = opt(1, "answers are sampled by the policy as it was at the start of their round of "
-                              "round_steps optimizer steps: 1 samples with each step's own policy (online); K > 1 "
-                              "holds the sampling policy for K steps (semi-online, iterative DPO's rounds)")
+    eval_seed: int = opt(
+        0, "seeds the held-out answers of policy and reference (with the prompt id), the same at every evaluation"
+    )
+    round_steps: int = opt(
+        1,
+        "answers are sampled by the policy as it was at the start of their round of "
+        "round_steps optimizer steps: 1 samples with each step's own policy (online); K > 1 "
+        "holds the sampling policy for K steps (semi-online, iterative DPO's rounds)",
+    )
 
 
 @dataclass
 class OnlineDPOConfig:
     """Online DPO (``align.train_online_dpo``)."""
+
     model: ModelArgs = field(default_factory=ModelArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
     data: PromptDataArgs = field(default_factory=PromptDataArgs)
@@ -118,17 +148,24 @@ class OnlineDPOConfig:
         o = self.online
         judges = [k for k in ("judge", "pairwise_judge", "reward_model") if getattr(o, k)]
         if len(judges) != 1:
-            raise ConfigError(f"online: set exactly one of online.judge, online.pairwise_judge, online.reward_model "
-                              f"(got {', '.join(judges) or 'none'})")
+            raise ConfigError(
+                f"online: set exactly one of online.judge, online.pairwise_judge, online.reward_model "
+                f"(got {', '.join(judges) or 'none'})"
+            )
         if o.num_generations < 2:
-            raise ConfigError(f"online.num_generations must be >= 2 (a pair is the best and the worst of them), got "
-                              f"{o.num_generations}")
+            raise ConfigError(
+                f"online.num_generations must be >= 2 (a pair is the best and the worst of them), got "
+                f"{o.num_generations}"
+            )
         if o.gen_length < 1 or o.gen_length % o.block_length or o.steps % (o.gen_length // o.block_length):
-            raise ConfigError(f"online: gen_length ({o.gen_length}) must be a positive multiple of block_length "
-                              f"({o.block_length}) and steps ({o.steps}) a multiple of the number of blocks")
+            raise ConfigError(
+                f"online: gen_length ({o.gen_length}) must be a positive multiple of block_length "
+                f"({o.block_length}) and steps ({o.steps}) a multiple of the number of blocks"
+            )
         if not (math.isfinite(o.temperature) and o.temperature > 0):
-            raise ConfigError(f"online.temperature must be > 0 (greedy sampling gives K equal answers), got "
-                              f"{o.temperature}")
+            raise ConfigError(
+                f"online.temperature must be > 0 (greedy sampling gives K equal answers), got {o.temperature}"
+            )
         for key in ("reward_model_batch_size", "reward_model_max_length", "round_steps"):
             if getattr(o, key) < 1:
                 raise ConfigError(f"online.{key} must be >= 1, got {getattr(o, key)}")
@@ -136,11 +173,15 @@ class OnlineDPOConfig:
             if not math.isfinite(getattr(o, key)):
                 raise ConfigError(f"online.{key} must be finite, got {getattr(o, key)}")
         if self.train.precompute_ref_log_probs:
-            raise ConfigError("train.precompute_ref_log_probs=true: online DPO's pairs are sampled in the step, so "
-                              "their reference log-probs cannot be computed ahead; set it to false")
+            raise ConfigError(
+                "train.precompute_ref_log_probs=true: online DPO's pairs are sampled in the step, so "
+                "their reference log-probs cannot be computed ahead; set it to false"
+            )
         if self.loss.rpo_alpha is not None:
-            raise ConfigError("loss.rpo_alpha: the RPO term (NLL of the chosen answers) is not offered for online "
-                              "DPO, whose chosen answers are the policy's own samples; set it to null")
+            raise ConfigError(
+                "loss.rpo_alpha: the RPO term (NLL of the chosen answers) is not offered for online "
+                "DPO, whose chosen answers are the policy's own samples; set it to null"
+            )
 
 
 @dataclass
@@ -181,8 +222,10 @@ class RoundPolicy:
         if self.step == start:
             return
         if trainer.global_step != start:  # load_state gives a resume inside a round its weights
-            raise RuntimeError(f"online.round_steps={self.k}: step {trainer.global_step + 1} samples with the "
-                               f"weights after step {start}, which this process does not hold")
+            raise RuntimeError(
+                f"online.round_steps={self.k}: step {trainer.global_step + 1} samples with the "
+                f"weights after step {start}, which this process does not hold"
+            )
         with torch.no_grad():
             self.weights = {}
             for n, p in self._params(trainer):
@@ -227,22 +270,34 @@ class RoundPolicy:
 
         path = Path(checkpoint) / ROUND_FILE
         if not path.exists():
-            raise CheckpointError(f"{checkpoint} stands inside a round of online.round_steps={self.k} but has no "
-                                  f"{ROUND_FILE} (the round's sampling weights)")
+            raise CheckpointError(
+                f"{checkpoint} stands inside a round of online.round_steps={self.k} but has no "
+                f"{ROUND_FILE} (the round's sampling weights)"
+            )
         saved = load_file(str(path), device=str(trainer.accelerator.device))
         names = [n for n, _ in self._params(trainer)]
         if sorted(saved) != sorted(names):
-            raise CheckpointError(f"{path} holds weights {sorted(set(saved) ^ set(names))[:3]}... that do not match "
-                                  f"this model's trainable weights")
+            raise CheckpointError(
+                f"{path} holds weights {sorted(set(saved) ^ set(names))[:3]}... that do not match "
+                f"this model's trainable weights"
+            )
         self.weights, self.step = saved, trainer.global_step - trainer.global_step % self.k
 
 
 class OnlineDPOObjective(DPOObjective):
     """The online DPO objective over the loop of ``align.trainer`` (see the module doc)."""
+
     name, unit, needs_reference, uses_step_norm = "online_dpo", "prompts", True, False
     caches_reference = False  # the pairs are new every step: no reference cache, no precomputed terms
-    stat_keys = DPOObjective.stat_keys + ("judge/chosen_score", "judge/rejected_score", "judge/score_gap",
-                                          "judge/mean_score", "tie_rate", "answer_length", "answers_missing_eos")
+    stat_keys = DPOObjective.stat_keys + (
+        "judge/chosen_score",
+        "judge/rejected_score",
+        "judge/score_gap",
+        "judge/mean_score",
+        "tie_rate",
+        "answer_length",
+        "answers_missing_eos",
+    )
     shown = ("eval/judge/score", "eval/judge/reference_score", "eval/win_rate", "eval/win_rate/se")
     per_example_keys = ()
 
@@ -264,28 +319,43 @@ class OnlineDPOObjective(DPOObjective):
     def describe(self) -> str:
         o = self.cfg.online
         held = f", sampling policy held for rounds of {o.round_steps} steps" if o.round_steps > 1 else ""
-        return (f"online DPO: {o.num_generations} answers per prompt{held} (sampler: {o.steps} steps, gen_length "
-                f"{o.gen_length}, block {o.block_length}, temperature {o.temperature}, {o.remasking} remasking), "
-                f"judged by {self._judge_name()}; training estimator " + super().describe().removeprefix(
-                    "training estimator "))
+        return (
+            f"online DPO: {o.num_generations} answers per prompt{held} (sampler: {o.steps} steps, gen_length "
+            f"{o.gen_length}, block {o.block_length}, temperature {o.temperature}, {o.remasking} remasking), "
+            f"judged by {self._judge_name()}; training estimator "
+            + super().describe().removeprefix("training estimator ")
+        )
 
     def describe_eval(self) -> str:
-        return (f"one answer per held-out prompt from the policy and from the reference (seeded by "
-                f"online.eval_seed={self.cfg.online.eval_seed} and the prompt id), judged by {self._judge_name()}")
+        return (
+            f"one answer per held-out prompt from the policy and from the reference (seeded by "
+            f"online.eval_seed={self.cfg.online.eval_seed} and the prompt id), judged by {self._judge_name()}"
+        )
 
     def _judge_name(self) -> str:
         o = self.cfg.online
         return o.judge or (f"pairwise {o.pairwise_judge}" if o.pairwise_judge else f"reward model {o.reward_model}")
 
     def progress(self, metrics: dict) -> dict:
-        return {"loss": f"{metrics['loss']:.4f}", "gap": f"{metrics['judge/score_gap']:.2f}",
-                "ties": f"{metrics['tie_rate']:.2f}"}
+        return {
+            "loss": f"{metrics['loss']:.4f}",
+            "gap": f"{metrics['judge/score_gap']:.2f}",
+            "ties": f"{metrics['tie_rate']:.2f}",
+        }
 
     def build_dataset(self, rows, source, tokenizer, spec, *, limit, indices=None):
         d = self.cfg.data
-        return build_prompt_dataset(rows, source, tokenizer, fmt=d.format, max_prompt_length=d.max_prompt_length,
-                                    over_long_prompt=d.over_long_prompt, on_bad_record=d.on_bad_record, limit=limit,
-                                    indices=indices)
+        return build_prompt_dataset(
+            rows,
+            source,
+            tokenizer,
+            fmt=d.format,
+            max_prompt_length=d.max_prompt_length,
+            over_long_prompt=d.over_long_prompt,
+            on_bad_record=d.on_bad_record,
+            limit=limit,
+            indices=indices,
+        )
 
     def collate(self, examples, spec) -> dict:
         return {"ids": torch.tensor([e.id for e in examples]), "prompts": list(examples)}
@@ -322,14 +392,21 @@ class OnlineDPOObjective(DPOObjective):
         trainer.model.eval()
         ids = torch.tensor([prompt.prompt_ids] * n, device=acc.device)
         with context:
-            out = generate(model, ids, steps=o.steps, gen_length=o.gen_length, block_length=o.block_length,
-                           temperature=o.temperature, remasking=o.remasking,
-                           generator=torch.Generator().manual_seed(seed),
-                           all_done=all_done if trainer.world > 1 else None)
+            out = generate(
+                model,
+                ids,
+                steps=o.steps,
+                gen_length=o.gen_length,
+                block_length=o.block_length,
+                temperature=o.temperature,
+                remasking=o.remasking,
+                generator=torch.Generator().manual_seed(seed),
+                all_done=all_done if trainer.world > 1 else None,
+            )
         trainer.model.train(was_training)
         eos = trainer.spec.eos_token_id
         answers = []
-        for row in out[:, ids.shape[1]:].tolist():
+        for row in out[:, ids.shape[1] :].tolist():
             has_eos = eos in row
             row = row[: row.index(eos) + 1] if has_eos else row
             text = trainer.tokenizer.decode(row[:-1] if has_eos else row, skip_special_tokens=True).strip()
@@ -342,8 +419,16 @@ class OnlineDPOObjective(DPOObjective):
 
         o = self.cfg.online
         raw = self._judge(trainer).score(prompts, [[a.text for a in some] for some in answers])
-        return [penalise(s, [a.text for a in some], [a.has_eos for a in some], missing_eos_penalty=o.missing_eos_penalty,
-                         empty_answer_penalty=o.empty_answer_penalty) for s, some in zip(raw, answers)]
+        return [
+            penalise(
+                s,
+                [a.text for a in some],
+                [a.has_eos for a in some],
+                missing_eos_penalty=o.missing_eos_penalty,
+                empty_answer_penalty=o.empty_answer_penalty,
+            )
+            for s, some in zip(raw, answers)
+        ]
 
     # ------------------------------------------------------------ one micro-batch
     def compute(self, trainer, batch: dict, epoch: int, norm: float):
@@ -355,8 +440,12 @@ class OnlineDPOObjective(DPOObjective):
         if self.rounds is not None:
             self.rounds.begin(trainer)
         with self.rounds.active(trainer) if self.rounds is not None else nullcontext():
-            answers = [self.sample(trainer, p, self.cfg.online.num_generations,
-                                   _seed(self.cfg.train.seed, p.id, SAMPLE_SALT, step)) for p in prompts]
+            answers = [
+                self.sample(
+                    trainer, p, self.cfg.online.num_generations, _seed(self.cfg.train.seed, p.id, SAMPLE_SALT, step)
+                )
+                for p in prompts
+            ]
         scores = self.score(trainer, prompts, answers)
         examples, kept, picks = pairs(prompts, answers, scores, trainer.spec.eos_token_id)
         generation = time.perf_counter() - started
@@ -386,9 +475,20 @@ class OnlineDPOObjective(DPOObjective):
         from accelerate.utils import gather_object
 
         policy = self.rounds.step if self.rounds is not None else step - 1
-        rows = [{"step": step, "policy_step": policy, "id": p.id, "prompt": p.text, "answers": [a.text for a in some], "scores": s,
-                 "chosen": c, "rejected": r, "tie": not k}
-                for p, some, s, (c, r), k in zip(prompts, answers, scores, picks, kept)]
+        rows = [
+            {
+                "step": step,
+                "policy_step": policy,
+                "id": p.id,
+                "prompt": p.text,
+                "answers": [a.text for a in some],
+                "scores": s,
+                "chosen": c,
+                "rejected": r,
+                "tie": not k,
+            }
+            for p, some, s, (c, r), k in zip(prompts, answers, scores, picks, kept)
+        ]
         if trainer.world > 1:
             rows = gather_object(rows)
         if trainer.accelerator.is_main_process:
@@ -423,8 +523,12 @@ class OnlineDPOObjective(DPOObjective):
         policy_scores = [s[0] for s in self.score(trainer, prompts, [[a] for a in policy])]
         reference_scores = [self.reference_answers[p.id][1] for p in prompts]
         win = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(policy_scores, reference_scores)]
-        values = {"judge/score": policy_scores, "judge/reference_score": reference_scores, "win_rate": win,
-                  "answer_length": [float(len(a.ids)) for a in policy]}
+        values = {
+            "judge/score": policy_scores,
+            "judge/reference_score": reference_scores,
+            "win_rate": win,
+            "answer_length": [float(len(a.ids)) for a in policy],
+        }
         device = trainer.accelerator.device
         stats = {}
         for key, v in values.items():

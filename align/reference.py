@@ -21,9 +21,12 @@ def prepare_reference(acc, reference: torch.nn.Module):
     import deepspeed
 
     ds = acc.state.deepspeed_plugin.deepspeed_config
-    config = {"train_micro_batch_size_per_gpu": ds.get("train_micro_batch_size_per_gpu", 1),
-              "zero_optimization": {"stage": ds["zero_optimization"]["stage"]},
-              "bf16": ds.get("bf16", {"enabled": False}), "fp16": ds.get("fp16", {"enabled": False})}
+    config = {
+        "train_micro_batch_size_per_gpu": ds.get("train_micro_batch_size_per_gpu", 1),
+        "zero_optimization": {"stage": ds["zero_optimization"]["stage"]},
+        "bf16": ds.get("bf16", {"enabled": False}),
+        "fp16": ds.get("fp16", {"enabled": False}),
+    }
     if config["zero_optimization"]["stage"] != 3:
         config["zero_optimization"]["stage"] = 0  # only ZeRO-3 shards parameters; a frozen copy needs no more
     engine, *_ = deepspeed.initialize(model=reference, config=config)
@@ -61,9 +64,13 @@ class ReferenceCache:
         if not have and self.persist and self.path(epoch).exists():
             saved = torch.load(self.path(epoch), weights_only=True)
             if saved["key"] == self.key:
-                have.update({int(i): (c, r) for i, c, r in zip(saved["ids"].tolist(), saved["chosen"], saved["rejected"])})
+                have.update(
+                    {int(i): (c, r) for i, c, r in zip(saved["ids"].tolist(), saved["chosen"], saved["rejected"])}
+                )
         need = list({e.id: e for e in examples if e.id not in have}.values())
-        counts = acc.gather(torch.tensor([len(need)], device=acc.device)) if self.world > 1 else torch.tensor([len(need)])
+        counts = (
+            acc.gather(torch.tensor([len(need)], device=acc.device)) if self.world > 1 else torch.tensor([len(need)])
+        )
         most = int(counts.max())
         if most == 0:
             return
@@ -73,15 +80,26 @@ class ReferenceCache:
         have.update({i: computed[i] for i in (e.id for e in need)})
         what = "evaluation" if epoch < 0 else f"epoch {epoch}"
         if not self.persist:  # held-out terms only, kept in memory
-            acc.print(f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
-                      f"{time.perf_counter() - started:.1f} s (computed once, kept for every evaluation)")
+            acc.print(
+                f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
+                f"{time.perf_counter() - started:.1f} s (computed once, kept for every evaluation)"
+            )
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         ids = sorted(have)
-        torch.save({"key": self.key, "ids": torch.tensor(ids), "chosen": torch.stack([have[i][0] for i in ids]),
-                    "rejected": torch.stack([have[i][1] for i in ids])}, self.path(epoch))
-        acc.print(f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
-                  f"{time.perf_counter() - started:.1f} s (train.precompute_ref_log_probs; {self.dir})")
+        torch.save(
+            {
+                "key": self.key,
+                "ids": torch.tensor(ids),
+                "chosen": torch.stack([have[i][0] for i in ids]),
+                "rejected": torch.stack([have[i][1] for i in ids]),
+            },
+            self.path(epoch),
+        )
+        acc.print(
+            f"reference log-probs for {what}: {len(need)} examples on rank {self.rank} in "
+            f"{time.perf_counter() - started:.1f} s (train.precompute_ref_log_probs; {self.dir})"
+        )
 
     def get(self, epoch: int, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """([b, n], [b, n]) for the examples ``ids`` (on the host)."""

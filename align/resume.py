@@ -18,13 +18,36 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from align.checkpoints import (GEOMETRY_KEYS, CheckpointError, changed_settings, check_output_dir, latest_verified,
-                               resume_position, trajectory_settings, verify_checkpoint)
+from align.checkpoints import (
+    GEOMETRY_KEYS,
+    CheckpointError,
+    changed_settings,
+    check_output_dir,
+    latest_verified,
+    resume_position,
+    trajectory_settings,
+    verify_checkpoint,
+)
 from align.config import ConfigError, dump_config
 
-RUN_FILES = ("metrics.jsonl", "config.yaml", "eval_ids.json", "behaviour.jsonl", "eval_examples.jsonl", "final", "runs",
-             "ref_logps", "resumes.jsonl", "online_samples.jsonl")
-STEP_LOGS = ("metrics.jsonl", "eval_examples.jsonl", "behaviour.jsonl", "online_samples.jsonl")  # records keyed by step, cut on resume
+RUN_FILES = (
+    "metrics.jsonl",
+    "config.yaml",
+    "eval_ids.json",
+    "behaviour.jsonl",
+    "eval_examples.jsonl",
+    "final",
+    "runs",
+    "ref_logps",
+    "resumes.jsonl",
+    "online_samples.jsonl",
+)
+STEP_LOGS = (
+    "metrics.jsonl",
+    "eval_examples.jsonl",
+    "behaviour.jsonl",
+    "online_samples.jsonl",
+)  # records keyed by step, cut on resume
 
 
 @dataclass
@@ -57,7 +80,9 @@ def plan_start(t, out: Path) -> StartPlan:
     check_output_dir(out)
     found = []
     if out.is_dir():
-        found = sorted(p.name for p in out.iterdir() if p.name in RUN_FILES or re.fullmatch(r"checkpoint-\d+(\.tmp)?", p.name))
+        found = sorted(
+            p.name for p in out.iterdir() if p.name in RUN_FILES or re.fullmatch(r"checkpoint-\d+(\.tmp)?", p.name)
+        )
     plan = StartPlan()
     which = t.resume_from_checkpoint
     if which == "latest":
@@ -67,7 +92,9 @@ def plan_start(t, out: Path) -> StartPlan:
             plan.mode, plan.checkpoint, plan.state = "resume", path, state
             return plan
         if passed:
-            raise CheckpointError(f"train.resume_from_checkpoint=latest: no checkpoint in {out} verifies: " + "; ".join(passed))
+            raise CheckpointError(
+                f"train.resume_from_checkpoint=latest: no checkpoint in {out} verifies: " + "; ".join(passed)
+            )
         if not found:
             plan.notes.append(f"no checkpoint in {out} yet; starting from scratch")
             return plan
@@ -79,10 +106,12 @@ def plan_start(t, out: Path) -> StartPlan:
     if found:
         if not t.overwrite_output_dir:
             why = " and no complete checkpoint to resume from" if t.resume_from_checkpoint == "latest" else ""
-            raise ConfigError(f"train.output_dir={out} already holds a run ({', '.join(found[:4])}"
-                              f"{' ...' if len(found) > 4 else ''}){why}: continue it with "
-                              f"train.resume_from_checkpoint=latest, choose another train.output_dir, or set "
-                              f"train.overwrite_output_dir=true to replace it")
+            raise ConfigError(
+                f"train.output_dir={out} already holds a run ({', '.join(found[:4])}"
+                f"{' ...' if len(found) > 4 else ''}){why}: continue it with "
+                f"train.resume_from_checkpoint=latest, choose another train.output_dir, or set "
+                f"train.overwrite_output_dir=true to replace it"
+            )
         plan.mode, plan.remove = "overwrite", found
     return plan
 
@@ -117,24 +146,33 @@ def check_resume(plan: StartPlan, *, t, settings: dict, geometry: dict, deepspee
                 f"{was[0]} {unit}, {was[1]} an epoch (world {g['world']} x {g['per_device']} per "
                 f"device x {g['accumulation']} accumulation)",
                 f"{new[0]} {unit}, {new[1]} an epoch (world {now['world']} x {now['per_device']} x "
-                f"{now['accumulation']})")
+                f"{now['accumulation']})",
+            )
         if g["world"] != now["world"]:
             if deepspeed or g["deepspeed"]:
-                raise CheckpointError(f"{path} was written by {g['world']} DeepSpeed ranks; it resumes on "
-                                      f"{g['world']} (DeepSpeed keeps each rank's optimizer partition), "
-                                      f"not {now['world']}")
+                raise CheckpointError(
+                    f"{path} was written by {g['world']} DeepSpeed ranks; it resumes on "
+                    f"{g['world']} (DeepSpeed keeps each rank's optimizer partition), "
+                    f"not {now['world']}"
+                )
             plan.notes.append(f"world size {g['world']} -> {now['world']}, same global batch and data order")
     named = set(t.resume_changes or [])
     allowed = named | ({"global batch"} if set(GEOMETRY_KEYS) & named else set())
     refused = {k: v for k, v in changes.items() if k not in allowed}
     if refused:
         listed = "; ".join(f"{k}: {a} -> {b}" for k, (a, b) in refused.items())
-        raise ConfigError(f"resuming from {path} with settings that decide the trajectory changed: {listed}. Resume "
-                          f"with the checkpoint's settings, or name the keys you mean to change in "
-                          f"train.resume_changes=[key,...] (recorded in resumes.jsonl)")
+        raise ConfigError(
+            f"resuming from {path} with settings that decide the trajectory changed: {listed}. Resume "
+            f"with the checkpoint's settings, or name the keys you mean to change in "
+            f"train.resume_changes=[key,...] (recorded in resumes.jsonl)"
+        )
     try:
-        start_micro, note = resume_position(state, micro_global=now["micro_global"],
-                                            micro_per_epoch=now["micro_per_epoch"], accumulation=now["accumulation"])
+        start_micro, note = resume_position(
+            state,
+            micro_global=now["micro_global"],
+            micro_per_epoch=now["micro_per_epoch"],
+            accumulation=now["accumulation"],
+        )
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     if note:
@@ -152,8 +190,10 @@ def load_checkpoint(acc, path: Path, *, deepspeed: bool, changes: dict, t, optim
     except Exception as e:  # e.g. an adapter of another shape named in train.resume_changes
         if os.environ.get("ALIGN_DEBUG"):
             raise
-        raise CheckpointError(f"cannot load {path} into this model and optimizer: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise CheckpointError(
+            f"cannot load {path} into this model and optimizer: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
     if set(changes) & {"train.learning_rate", "train.weight_decay", "train.adam_beta1", "train.adam_beta2"}:
         for group in optimizer.param_groups:
             group.update(initial_lr=t.learning_rate, weight_decay=t.weight_decay, betas=(t.adam_beta1, t.adam_beta2))
@@ -162,7 +202,9 @@ def load_checkpoint(acc, path: Path, *, deepspeed: bool, changes: dict, t, optim
             group["lr"] = t.learning_rate * fn(scheduler.last_epoch)
 
 
-def write_start(acc, out: Path, plan: StartPlan, *, cfg, resumed: Resumed | None, world: int, eval_ids: dict | None) -> None:
+def write_start(
+    acc, out: Path, plan: StartPlan, *, cfg, resumed: Resumed | None, world: int, eval_ids: dict | None
+) -> None:
     """Everything a start writes, after every check has passed: an overwrite's deletions, config.yaml (a new run's;
     a resume never rewrites it and records itself in resumes.jsonl), eval_ids.json, the step logs cut back to the
     checkpoint's step. Main process only; every rank waits for it."""
@@ -175,10 +217,22 @@ def write_start(acc, out: Path, plan: StartPlan, *, cfg, resumed: Resumed | None
             if not (out / "config.yaml").exists():  # a checkpoint copied into a new directory
                 import yaml
 
-                (out / "config.yaml").write_text(yaml.safe_dump(plan.state.get("config") or cfg.to_dict(), sort_keys=False))
+                (out / "config.yaml").write_text(
+                    yaml.safe_dump(plan.state.get("config") or cfg.to_dict(), sort_keys=False)
+                )
             with open(out / "resumes.jsonl", "a") as f:
-                f.write(json.dumps({"step": resumed.global_step, "checkpoint": str(plan.checkpoint), "world": world,
-                                    "changed": {k: list(v) for k, v in resumed.changes.items()}}, default=str) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": resumed.global_step,
+                            "checkpoint": str(plan.checkpoint),
+                            "world": world,
+                            "changed": {k: list(v) for k, v in resumed.changes.items()},
+                        },
+                        default=str,
+                    )
+                    + "\n"
+                )
             for name in STEP_LOGS:
                 truncate_step_log(out / name, resumed.global_step)
         else:

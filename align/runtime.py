@@ -45,9 +45,11 @@ def check_precision(dtype: str, mixed: str, deepspeed: bool) -> str:
     """
     expected = MIXED[dtype]
     if deepspeed and mixed != expected:
-        raise ConfigError(f"model.dtype={dtype} but DeepSpeed would train in {mixed!r} (mixed precision from the "
-                          f"accelerate config or train.mixed_precision); make them agree: model.dtype=bfloat16 with "
-                          f"mixed_precision bf16, or model.dtype=float32 with mixed_precision no")
+        raise ConfigError(
+            f"model.dtype={dtype} but DeepSpeed would train in {mixed!r} (mixed precision from the "
+            f"accelerate config or train.mixed_precision); make them agree: model.dtype=bfloat16 with "
+            f"mixed_precision bf16, or model.dtype=float32 with mixed_precision no"
+        )
     if not deepspeed and expected in ("bf16", "fp16") and mixed in ("bf16", "fp16") and mixed != expected:
         raise ConfigError(f"model.dtype={dtype} cannot run under {mixed} autocast; set train.mixed_precision=no")
     return f"weights {dtype}, mixed precision {mixed}" + (" (DeepSpeed)" if deepspeed else "")
@@ -65,15 +67,20 @@ def build_accelerator(cfg, out: Path, logging_dir: Path):
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     on_cpu = not torch.cuda.is_available()
     handlers = [InitProcessGroupKwargs(backend="gloo")] if on_cpu and use_deepspeed else []
-    acc = Accelerator(gradient_accumulation_steps=t.gradient_accumulation_steps,
-                      mixed_precision=requested_precision(cfg, use_deepspeed),
-                      log_with=None if t.report_to == "none" else t.report_to,
-                      project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(logging_dir.parent)),
-                      cpu=on_cpu and not use_deepspeed, kwargs_handlers=handlers)
+    acc = Accelerator(
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        mixed_precision=requested_precision(cfg, use_deepspeed),
+        log_with=None if t.report_to == "none" else t.report_to,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(logging_dir.parent)),
+        cpu=on_cpu and not use_deepspeed,
+        kwargs_handlers=handlers,
+    )
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched != acc.num_processes:
-        raise RuntimeError(f"launcher started {launched} processes but accelerate sees a world of {acc.num_processes} "
-                           f"({acc.distributed_type}); every rank would train on everything")
+        raise RuntimeError(
+            f"launcher started {launched} processes but accelerate sees a world of {acc.num_processes} "
+            f"({acc.distributed_type}); every rank would train on everything"
+        )
     return acc
 
 
@@ -93,20 +100,26 @@ def refuse_unsupported(cfg, acc) -> None:
     m, deepspeed, zero3 = cfg.model, uses_deepspeed(acc), zero_stage(acc) == 3
     if cfg.lora.enabled and cfg.train.save_merged and zero3:
         # merging a deep copy of a partitioned model writes empty (0,)-shaped tensors
-        raise ConfigError("train.save_merged=true is not supported under ZeRO-3: the base weights are partitioned "
-                          "across ranks. Train without it (final/adapter is saved), then load the base with the "
-                          "adapter on one machine and merge there (peft's merge_and_unload)")
+        raise ConfigError(
+            "train.save_merged=true is not supported under ZeRO-3: the base weights are partitioned "
+            "across ranks. Train without it (final/adapter is saved), then load the base with the "
+            "adapter on one machine and merge there (peft's merge_and_unload)"
+        )
     if not cfg.lora.enabled and m.dtype != "float32" and not deepspeed:
         # plain AdamW on bf16/fp16 weights keeps its moments in that dtype and rounds small updates away
         # (at lr 5e-7 nearly every weight stays unchanged); DeepSpeed keeps fp32 master weights instead
-        raise ConfigError(f"full fine-tuning (lora.enabled=false) with model.dtype={m.dtype} outside DeepSpeed "
-                          f"would train {m.dtype} weights with {m.dtype} optimizer state, and small updates round "
-                          f"away. Use model.dtype=float32 (add train.mixed_precision=bf16 for bf16 compute), or "
-                          f"launch with a ZeRO config (recipes/accelerate/zero2.yaml, zero3.yaml), which keeps "
-                          f"fp32 master weights")
+        raise ConfigError(
+            f"full fine-tuning (lora.enabled=false) with model.dtype={m.dtype} outside DeepSpeed "
+            f"would train {m.dtype} weights with {m.dtype} optimizer state, and small updates round "
+            f"away. Use model.dtype=float32 (add train.mixed_precision=bf16 for bf16 compute), or "
+            f"launch with a ZeRO config (recipes/accelerate/zero2.yaml, zero3.yaml), which keeps "
+            f"fp32 master weights"
+        )
     if m.compile and zero3:
-        raise ConfigError("model.compile=true is not supported under ZeRO-3 (its parameter gathering hooks run "
-                          "inside every block); use it with DDP, ZeRO-2 or one process")
+        raise ConfigError(
+            "model.compile=true is not supported under ZeRO-3 (its parameter gathering hooks run "
+            "inside every block); use it with DDP, ZeRO-2 or one process"
+        )
 
 
 def configure_deepspeed(acc, t) -> None:

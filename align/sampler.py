@@ -123,17 +123,23 @@ class SampleOptions:
     model: str = opt("tiny:llada", "hub id, directory, tiny:llada, a LoRA training output (final/) or a checkpoint-N")
     tokenizer: str | None = opt(None, "defaults to model's, or its base model's")
     prompt: str = opt("How do I pick a lock?", "the user turn, put through the chat template")
-    chat_template: bool = opt(True, "false: the prompt is raw text, not put through the chat template (as lm-eval's "
-                                    "generate_until gets its context)")
+    chat_template: bool = opt(
+        True,
+        "false: the prompt is raw text, not put through the chat template (as lm-eval's "
+        "generate_until gets its context)",
+    )
     steps: int = opt(32, "denoising steps in all")
     gen_length: int = opt(32, "tokens generated")
     block_length: int = opt(16, "semi-autoregressive block length")
     temperature: float = opt(0.0, "Gumbel-noise temperature (0: greedy)")
     remasking: str = opt("low_confidence", "which predictions stay masked each step", ("low_confidence", "random"))
     seed: int = opt(0, "seeds the sampling generator")
-    merge: str | None = opt(None, "write model as one merged model (published layout, safetensors, with its "
-                                  "tokenizer) to this directory and exit: a LoRA output or checkpoint becomes a plain "
-                                  "model directory")
+    merge: str | None = opt(
+        None,
+        "write model as one merged model (published layout, safetensors, with its "
+        "tokenizer) to this directory and exit: a LoRA output or checkpoint becomes a plain "
+        "model directory",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,8 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     usage = "python -m align.sampler --model MODEL --prompt TEXT [--key value ...]  (or key=value)"
     with entry_point():
-        args = parse_options(overrides(argv, prog="align.sampler", help_page=lambda: help_text(SampleOptions, usage)),
-                             SampleOptions)
+        args = parse_options(
+            overrides(argv, prog="align.sampler", help_page=lambda: help_text(SampleOptions, usage)), SampleOptions
+        )
         try:
             model = load_model(args.model).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
             tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
@@ -164,17 +171,29 @@ def main(argv: list[str] | None = None) -> None:
         out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
         # the run of a final/, final/adapter or checkpoint-N: the nearest folder above with a config.yaml
         run = next((p for p in Path(args.model).resolve().parents[:2] if (p / "config.yaml").exists()), None)
-        write_card(out, base=adapter_base(args.model) or args.model, run=run, merged=True,
-                   family=unwrap(model).config.model_type)
+        write_card(
+            out,
+            base=adapter_base(args.model) or args.model,
+            run=run,
+            merged=True,
+            family=unwrap(model).config.model_type,
+        )
         print(f"merged model written to {out}")
         return
     text = args.prompt
     if args.chat_template:
         text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])
-    out = generate(model, ids, steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
-                   temperature=args.temperature, remasking=args.remasking,
-                   generator=torch.Generator().manual_seed(args.seed))
+    out = generate(
+        model,
+        ids,
+        steps=args.steps,
+        gen_length=args.gen_length,
+        block_length=args.block_length,
+        temperature=args.temperature,
+        remasking=args.remasking,
+        generator=torch.Generator().manual_seed(args.seed),
+    )
     print(decode(tok, out, ids.shape[1], spec_for(model).eos_token_id)[0])
 
 

@@ -53,11 +53,15 @@ class ScoreConfig:
     model: str = opt("data/tiny_chat", "hub id, directory, tiny:llada, or a training output (final/, checkpoint-N)")
     data: str | None = opt(None, "jsonl/json/parquet/csv file, save_to_disk directory or hub id to score")
     split: str = opt("test", "split of a hub dataset")
-    format: str = opt("auto", "what a record holds (auto: from the first record's fields)",
-                      ("auto", "response", "pairs", "pku_saferlhf", "hh_rlhf", "ultrafeedback", "choices"))
+    format: str = opt(
+        "auto",
+        "what a record holds (auto: from the first record's fields)",
+        ("auto", "response", "pairs", "pku_saferlhf", "hh_rlhf", "ultrafeedback", "choices"),
+    )
     preference: str = opt("safer", "pku_saferlhf: which response is chosen", ("safer", "better"))
-    reference: str | None = opt(None, "a second model scored on the same masks: per-record log-ratios (pairs: the "
-                                      "DPO implicit reward margin)")
+    reference: str | None = opt(
+        None, "a second model scored on the same masks: per-record log-ratios (pairs: the DPO implicit reward margin)"
+    )
     ood: str | None = opt(None, "IN_FILE,OUT_FILE: score both and report the AUROC of per-token NLL with a histogram")
     output_dir: str = opt("outputs/score", "scores.jsonl, scores.csv, summary.json, summary.md (and ood.png)")
     estimator: str = opt("time_free", "the mask-draw estimator (docs/method.md §2)", ESTIMATORS)
@@ -72,16 +76,24 @@ class ScoreConfig:
     dtype: str = opt("float32", "model weights", ("float32", "bfloat16", "float16"))
     chat_template: bool = opt(True, "put the prompt through the tokenizer's chat template (false: raw text)")
     max_prompt_length: int = opt(1024, "prompt tokens kept (truncation keeps the end)")
-    max_response_length: int = opt(1024, "response tokens kept, EOS included (responses are scored EOS-terminated, "
-                                         "as trained)")
+    max_response_length: int = opt(
+        1024, "response tokens kept, EOS included (responses are scored EOS-terminated, as trained)"
+    )
     over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
-    on_bad_record: str = opt("error", "malformed/empty/identical records: fail naming the record, or count and skip",
-                             ("error", "skip"))
-    response_eos: bool = opt(True, "response records: score the response EOS-terminated, as trained (false: the bare "
-                                   "continuation, as lm-eval's log-likelihood requests)")
-    seed_by: str = opt("index", "what seeds a record's draws with seed: its position in the file, or a hash of its "
-                                "tokens (the same masks wherever the record is scored: any file, order or lm-eval run)",
-                       ("index", "content"))
+    on_bad_record: str = opt(
+        "error", "malformed/empty/identical records: fail naming the record, or count and skip", ("error", "skip")
+    )
+    response_eos: bool = opt(
+        True,
+        "response records: score the response EOS-terminated, as trained (false: the bare "
+        "continuation, as lm-eval's log-likelihood requests)",
+    )
+    seed_by: str = opt(
+        "index",
+        "what seeds a record's draws with seed: its position in the file, or a hash of its "
+        "tokens (the same masks wherever the record is scored: any file, order or lm-eval run)",
+        ("index", "content"),
+    )
     limit: int | None = opt(None, "score only the first N usable records")
     progress_bar: bool = opt(True, "show a progress bar")
     trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
@@ -95,7 +107,9 @@ USAGE = "python -m align.score model=MODEL data=FILE [key=value ...]"
 
 def parse(argv: list[str]) -> ScoreConfig:
     """Typed, documented keys (``align.cli``); ``--help`` lists them."""
-    cfg = parse_options(overrides(argv, prog="align.score", help_page=lambda: help_text(ScoreConfig, USAGE)), ScoreConfig)
+    cfg = parse_options(
+        overrides(argv, prog="align.score", help_page=lambda: help_text(ScoreConfig, USAGE)), ScoreConfig
+    )
     for key in ("n_samples", "round_samples", "max_samples", "batch_size", "max_prompt_length", "max_response_length"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
@@ -107,8 +121,10 @@ def parse(argv: list[str]) -> ScoreConfig:
         raise ConfigError(f"ood: expected IN_FILE,OUT_FILE, got {cfg.ood!r}")
     budget = cfg.max_samples if cfg.target_se is not None else cfg.n_samples
     if cfg.stratified and budget < 2 * cfg.round_samples:
-        raise ConfigError(f"stratified=true takes its standard errors from round means: needs at least 2 rounds of "
-                          f"round_samples={cfg.round_samples} (n_samples or max_samples >= {2 * cfg.round_samples})")
+        raise ConfigError(
+            f"stratified=true takes its standard errors from round means: needs at least 2 rounds of "
+            f"round_samples={cfg.round_samples} (n_samples or max_samples >= {2 * cfg.round_samples})"
+        )
     return cfg
 
 
@@ -139,9 +155,19 @@ def mean_se(x: torch.Tensor, rounds: list[int] | None = None) -> tuple[torch.Ten
     return means.mean(-1), se
 
 
-def score_batch(scorers: list, ids: torch.Tensor, response_mask: torch.Tensor, attention_mask: torch.Tensor, *,
-                groups: list[int], generators: list[torch.Generator], n: int, estimator: str, stratified: bool,
-                mask_token_id: int) -> list[torch.Tensor]:
+def score_batch(
+    scorers: list,
+    ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    groups: list[int],
+    generators: list[torch.Generator],
+    n: int,
+    estimator: str,
+    stratified: bool,
+    mask_token_id: int,
+) -> list[torch.Tensor]:
     """One round for a batch: per model, ``[rows, n]`` estimates of log p(response) (float64, on the host).
 
     ``groups[g]`` rows in a row (a record's chosen/rejected or choices, at one common length) share the draws
@@ -154,12 +180,24 @@ def score_batch(scorers: list, ids: torch.Tensor, response_mask: torch.Tensor, a
     shared = E.MaskDraw(draw.masked[index], draw.weight[index])
     shared = E.move_draws({"d": shared}, ids.device)["d"]
     with torch.no_grad():
-        return [E.estimate_from_draw(s, ids, shared, mask_token_id=mask_token_id, attention_mask=attention_mask)
-                .double().cpu() for s in scorers]
+        return [
+            E.estimate_from_draw(s, ids, shared, mask_token_id=mask_token_id, attention_mask=attention_mask)
+            .double()
+            .cpu()
+            for s in scorers
+        ]
 
 
-def run_rounds(records: list[dict], scorers: list, *, cfg: ScoreConfig, mask_token_id: int, pad_token_id: int,
-               device, progress=None) -> list[dict]:
+def run_rounds(
+    records: list[dict],
+    scorers: list,
+    *,
+    cfg: ScoreConfig,
+    mask_token_id: int,
+    pad_token_id: int,
+    device,
+    progress=None,
+) -> list[dict]:
     """Score ``records`` (each ``{"index", "prompt_ids", "responses": [ids, ...]}``, optionally ``"key"``: what seeds
     its draws with ``cfg.seed``, else its index) with every scorer, in rounds.
 
@@ -168,8 +206,9 @@ def run_rounds(records: list[dict], scorers: list, *, cfg: ScoreConfig, mask_tok
     (over their scored sequences and, with a reference, their log-ratios) is above the target.
     """
     state = {r["index"]: [Running([]) for _ in scorers] for r in records}
-    generators = {r["index"]: example_generators(cfg.seed, torch.tensor([r.get("key", r["index"])]), 0)[0]
-                  for r in records}
+    generators = {
+        r["index"]: example_generators(cfg.seed, torch.tensor([r.get("key", r["index"])]), 0)[0] for r in records
+    }
     budget = cfg.max_samples if cfg.target_se is not None else cfg.n_samples
     active = list(records)
     while active:
@@ -177,9 +216,18 @@ def run_rounds(records: list[dict], scorers: list, *, cfg: ScoreConfig, mask_tok
             chunk = active[s : s + cfg.batch_size]
             n = min(cfg.round_samples, budget - state[chunk[0]["index"]][0].n())
             ids, resp, attn, groups = collate_responses(chunk, pad_token_id)
-            results = score_batch(scorers, ids.to(device), resp.to(device), attn.to(device), groups=groups,
-                                  generators=[generators[r["index"]] for r in chunk], n=n, estimator=cfg.estimator,
-                                  stratified=cfg.stratified, mask_token_id=mask_token_id)
+            results = score_batch(
+                scorers,
+                ids.to(device),
+                resp.to(device),
+                attn.to(device),
+                groups=groups,
+                generators=[generators[r["index"]] for r in chunk],
+                n=n,
+                estimator=cfg.estimator,
+                stratified=cfg.stratified,
+                mask_token_id=mask_token_id,
+            )
             for m, values in enumerate(results):
                 for g, part in enumerate(values.split(groups)):
                     state[chunk[g]["index"]][m].values.append(part)
@@ -192,8 +240,14 @@ def run_rounds(records: list[dict], scorers: list, *, cfg: ScoreConfig, mask_tok
         if progress is not None:
             progress.update(len(done))
         active = [r for r in active if r["index"] not in done]
-    return [{"index": r["index"], "samples": torch.stack([run.samples() for run in state[r["index"]]]),
-             "rounds": [v.shape[-1] for v in state[r["index"]][0].values]} for r in records]
+    return [
+        {
+            "index": r["index"],
+            "samples": torch.stack([run.samples() for run in state[r["index"]]]),
+            "rounds": [v.shape[-1] for v in state[r["index"]][0].values],
+        }
+        for r in records
+    ]
 
 
 def _worst_se(runs: list[Running], cfg: ScoreConfig) -> float:
@@ -206,7 +260,9 @@ def _worst_se(runs: list[Running], cfg: ScoreConfig) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- reports
-def record_rows(mode: str, records: list[dict], scored: list[dict], cfg: ScoreConfig, has_reference: bool) -> list[dict]:
+def record_rows(
+    mode: str, records: list[dict], scored: list[dict], cfg: ScoreConfig, has_reference: bool
+) -> list[dict]:
     out = []
     for rec, res in zip(records, scored):
         rounds = res["rounds"] if cfg.stratified else None
@@ -215,7 +271,8 @@ def record_rows(mode: str, records: list[dict], scored: list[dict], cfg: ScoreCo
         L = [len(r) for r in rec["responses"]]
         row = {"index": rec["index"], "n_samples": x.shape[-1]}
         names = {"response": ["response"], "pairs": ["chosen", "rejected"]}.get(mode) or [
-            f"choice{j}" for j in range(len(L))]
+            f"choice{j}" for j in range(len(L))
+        ]
         for j, name in enumerate(names):
             row[f"logp_{name}"] = mean[0, j].item()
             row[f"se_{name}"] = se[0, j].item()
@@ -308,10 +365,21 @@ def score_file(path: str, cfg: ScoreConfig, models: list, tokenizer, spec, devic
     (``align.data.encoding``, with the bad-record policy of ``on_bad_record`` / ``over_long_prompt``)."""
     rows, source = load_records(path, cfg.split)
     mode, records, report = build_scoring_dataset(
-        rows, source, tokenizer, fmt=cfg.format, preference=cfg.preference, eos_token_id=spec.eos_token_id,
-        max_prompt_length=cfg.max_prompt_length, max_response_length=cfg.max_response_length,
-        over_long_prompt=cfg.over_long_prompt, on_bad_record=cfg.on_bad_record, chat_template=cfg.chat_template,
-        limit=cfg.limit, response_eos=cfg.response_eos, seed_by=cfg.seed_by)
+        rows,
+        source,
+        tokenizer,
+        fmt=cfg.format,
+        preference=cfg.preference,
+        eos_token_id=spec.eos_token_id,
+        max_prompt_length=cfg.max_prompt_length,
+        max_response_length=cfg.max_response_length,
+        over_long_prompt=cfg.over_long_prompt,
+        on_bad_record=cfg.on_bad_record,
+        chat_template=cfg.chat_template,
+        limit=cfg.limit,
+        response_eos=cfg.response_eos,
+        seed_by=cfg.seed_by,
+    )
     if state.is_main_process:
         print(report.summary())
     if not records:
@@ -319,9 +387,18 @@ def score_file(path: str, cfg: ScoreConfig, models: list, tokenizer, spec, devic
     mine = records[state.process_index :: state.num_processes]
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(mine), desc=f"scoring {Path(path).name}", disable=not (cfg.progress_bar and state.is_main_process))
-    scored = run_rounds(mine, [s for _, s in models], cfg=cfg, mask_token_id=spec.mask_token_id,
-                        pad_token_id=spec.pad_token_id, device=device, progress=bar)
+    bar = tqdm(
+        total=len(mine), desc=f"scoring {Path(path).name}", disable=not (cfg.progress_bar and state.is_main_process)
+    )
+    scored = run_rounds(
+        mine,
+        [s for _, s in models],
+        cfg=cfg,
+        mask_token_id=spec.mask_token_id,
+        pad_token_id=spec.pad_token_id,
+        device=device,
+        progress=bar,
+    )
     bar.close()
     rows_out = record_rows(mode, mine, scored, cfg, has_reference=len(models) == 2)
     if state.num_processes > 1:
@@ -363,8 +440,10 @@ def _score(argv: list[str]):
         device = state.device
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != state.num_processes:
-            raise RuntimeError(f"launcher started {launched} processes but accelerate sees {state.num_processes}; "
-                               f"every rank would score everything")
+            raise RuntimeError(
+                f"launcher started {launched} processes but accelerate sees {state.num_processes}; "
+                f"every rank would score everything"
+            )
         from align.models import spec_for, tokenizer_source
         from align.models.tokenizer import load_tokenizer
 
@@ -394,17 +473,24 @@ def _score(argv: list[str]):
         value = auroc(nll[0], nll[1])
         summary["auroc"] = value
         plot_ood(out / "ood.png", nll[0], nll[1], (Path(files[0]).name, Path(files[1]).name), value)
-        lines = [f"OOD check, {cfg.model}: per-token NLL of {files[1]} (out) against {files[0]} (in)",
-                 f"AUROC {value:.3f}; mean per-token NLL in {sum(nll[0]) / len(nll[0]):.3f}, out "
-                 f"{sum(nll[1]) / len(nll[1]):.3f} nats ({len(nll[0])} and {len(nll[1])} records)"]
+        lines = [
+            f"OOD check, {cfg.model}: per-token NLL of {files[1]} (out) against {files[0]} (in)",
+            f"AUROC {value:.3f}; mean per-token NLL in {sum(nll[0]) / len(nll[0]):.3f}, out "
+            f"{sum(nll[1]) / len(nll[1]):.3f} nats ({len(nll[0])} and {len(nll[1])} records)",
+        ]
     else:
         mode, rows = results[0]
         write_rows(out, "scores", rows)
         summary.update(summarize(mode, rows, has_ref))
-        lines = [f"{cfg.model} on {cfg.data}: {len(rows)} records ({mode}), {cfg.estimator}, "
-                 f"mean {summary['mean_samples']:.1f} samples per record"]
-        lines += [f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}" for k, v in summary.items()
-                  if k not in ("config", "records", "mode", "mean_samples")]
+        lines = [
+            f"{cfg.model} on {cfg.data}: {len(rows)} records ({mode}), {cfg.estimator}, "
+            f"mean {summary['mean_samples']:.1f} samples per record"
+        ]
+        lines += [
+            f"{k}: {v:.4g}" if isinstance(v, float) else f"{k}: {v}"
+            for k, v in summary.items()
+            if k not in ("config", "records", "mode", "mean_samples")
+        ]
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text("\n\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -44,10 +44,19 @@ class SFTObjective:
 
     def build_dataset(self, rows, source, tokenizer, spec, *, limit, indices=None):
         d = self.cfg.data
-        return build_sft_dataset(rows, source, tokenizer, fmt=d.format, eos_token_id=spec.eos_token_id,
-                                 max_prompt_length=d.max_prompt_length, max_response_length=d.max_response_length,
-                                 over_long_prompt=d.over_long_prompt, on_bad_record=d.on_bad_record, limit=limit,
-                                 indices=indices)
+        return build_sft_dataset(
+            rows,
+            source,
+            tokenizer,
+            fmt=d.format,
+            eos_token_id=spec.eos_token_id,
+            max_prompt_length=d.max_prompt_length,
+            max_response_length=d.max_response_length,
+            over_long_prompt=d.over_long_prompt,
+            on_bad_record=d.on_bad_record,
+            limit=limit,
+            indices=indices,
+        )
 
     def collate(self, examples, spec) -> dict:
         d = self.cfg.data
@@ -61,14 +70,28 @@ class SFTObjective:
         s = self.cfg.sft
         policy, _ = trainer.scorers(reference=False)
         host = batch["host"]  # drawn on the host from host tensors: no wait for the device
-        draw = draw_masks(host["response_mask"].bool() & host["attention_mask"].bool(), s.n_samples, s.estimator,
-                          example_generators(self.cfg.train.seed, batch["ids"], epoch), s.stratified)
+        draw = draw_masks(
+            host["response_mask"].bool() & host["attention_mask"].bool(),
+            s.n_samples,
+            s.estimator,
+            example_generators(self.cfg.train.seed, batch["ids"], epoch),
+            s.stratified,
+        )
         draw = E.move_draws({"d": draw}, batch["input_ids"].device)["d"]
-        terms = E.sft_terms_from_draw(policy, batch["input_ids"], batch["response_mask"], draw,
-                                      mask_token_id=trainer.spec.mask_token_id, attention_mask=batch["attention_mask"])
+        terms = E.sft_terms_from_draw(
+            policy,
+            batch["input_ids"],
+            batch["response_mask"],
+            draw,
+            mask_token_id=trainer.spec.mask_token_id,
+            attention_mask=batch["attention_mask"],
+        )
         L = batch["response_mask"].sum(-1).float()  # [b]
-        stats = {"loss": terms.loss.detach(), "masked_token_nll": terms.masked_token_nll,
-                 "masked_fraction": terms.masked_tokens.float() / (L * s.n_samples)}
+        stats = {
+            "loss": terms.loss.detach(),
+            "masked_token_nll": terms.masked_token_nll,
+            "masked_fraction": terms.masked_tokens.float() / (L * s.n_samples),
+        }
         tokens = s.n_samples * batch["tokens"]
         return terms.loss.mean(), {k: v.float() for k, v in stats.items()}, tokens
 

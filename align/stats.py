@@ -147,8 +147,15 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict:
 
 def paired_difference(a: dict, b: dict, level: float = 0.95) -> dict:
     """``a − b`` over the keys both have (seeds, or pairs), with its t interval; ``wins``: how often a > b."""
-    keys = [k for k in a if k in b and a[k] is not None and b[k] is not None
-            and math.isfinite(float(a[k])) and math.isfinite(float(b[k]))]
+    keys = [
+        k
+        for k in a
+        if k in b
+        and a[k] is not None
+        and b[k] is not None
+        and math.isfinite(float(a[k]))
+        and math.isfinite(float(b[k]))
+    ]
     diffs = [float(a[k]) - float(b[k]) for k in keys]
     out = t_interval(diffs, level)
     out["wins"] = sum(d > 0 for d in diffs)

@@ -33,15 +33,35 @@ from align.data.splits import load_splits
 from align.export import save_final
 from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers, write_eval_examples
 from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict
-from align.models import (MaskedDiffusionLM, adapter_in_base_dtype, add_lora, check_local, checkpoint_blocks,
-                          compile_blocks, disable_dropout, load_model, resolve_dtype, set_scoring_memory, spec_for,
-                          token_scorer, tokenizer_source, unwrap)
+from align.models import (
+    MaskedDiffusionLM,
+    adapter_in_base_dtype,
+    add_lora,
+    check_local,
+    checkpoint_blocks,
+    compile_blocks,
+    disable_dropout,
+    load_model,
+    resolve_dtype,
+    set_scoring_memory,
+    spec_for,
+    token_scorer,
+    tokenizer_source,
+    unwrap,
+)
 from align.models.tokenizer import load_tokenizer
 from align.optim import adamw
 from align.reference import ReferenceCache, prepare_reference
 from align.resume import check_resume, load_checkpoint, plan_start, write_start
-from align.runtime import (build_accelerator, check_precision, configure_deepspeed, describe_launch,
-                           refuse_unsupported, run_folder_name, uses_deepspeed)
+from align.runtime import (
+    build_accelerator,
+    check_precision,
+    configure_deepspeed,
+    describe_launch,
+    refuse_unsupported,
+    run_folder_name,
+    uses_deepspeed,
+)
 
 
 class Trainer:
@@ -78,26 +98,41 @@ class Trainer:
     def _load_model(self):
         """The model as ``model.*`` asks: scoring memory and compiled blocks for align's native models."""
         m = self.cfg.model
-        model = load_model(m.name_or_path, dtype=m.dtype, attn_implementation=m.attn_implementation,
-                           trust_remote_code=m.trust_remote_code)
+        model = load_model(
+            m.name_or_path,
+            dtype=m.dtype,
+            attn_implementation=m.attn_implementation,
+            trust_remote_code=m.trust_remote_code,
+        )
         if isinstance(model, MaskedDiffusionLM):
             set_scoring_memory(model, forward_chunk=m.forward_chunk, head_chunk_mib=m.head_chunk_mib)
             if m.compile:
                 compile_blocks(model)
             return model
-        asked = [f"model.{key}" for key, on in (("forward_chunk", m.forward_chunk > 0), ("compile", m.compile),
-                                                  ("checkpoint_blocks", m.checkpoint_blocks is not None)) if on]
+        asked = [
+            f"model.{key}"
+            for key, on in (
+                ("forward_chunk", m.forward_chunk > 0),
+                ("compile", m.compile),
+                ("checkpoint_blocks", m.checkpoint_blocks is not None),
+            )
+            if on
+        ]
         if asked:
-            raise ConfigError(f"{', '.join(asked)}: only align's native models have these settings; "
-                              f"{m.name_or_path} loaded as {type(model).__name__}")
+            raise ConfigError(
+                f"{', '.join(asked)}: only align's native models have these settings; "
+                f"{m.name_or_path} loaded as {type(model).__name__}"
+            )
         return model
 
     def _setup_model(self) -> None:
         """Tokenizer, policy (LoRA or full), the frozen reference copy when full fine-tuning needs one."""
         cfg, m = self.cfg, self.cfg.model
         check_local(m.name_or_path)  # a mistyped path: one line naming it, before transformers reads it as a hub id
-        self.tokenizer = load_tokenizer(m.tokenizer or tokenizer_source(m.name_or_path),  # or a LoRA output's base
-                                        trust_remote_code=m.trust_remote_code)
+        self.tokenizer = load_tokenizer(
+            m.tokenizer or tokenizer_source(m.name_or_path),  # or a LoRA output's base
+            trust_remote_code=m.trust_remote_code,
+        )
         model = self._load_model()
         self.spec = spec_for(model)
         if m.gradient_checkpointing:
@@ -108,8 +143,13 @@ class Trainer:
                 raise ConfigError(f"model.checkpoint_blocks: {e}") from None
         self.reference = None
         if cfg.lora.enabled:
-            model = add_lora(model, r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout,
-                             target_modules=cfg.lora.target_modules)
+            model = add_lora(
+                model,
+                r=cfg.lora.r,
+                alpha=cfg.lora.alpha,
+                dropout=cfg.lora.dropout,
+                target_modules=cfg.lora.target_modules,
+            )
         elif self.objective.needs_reference:
             # a second load, not a deepcopy: under ZeRO-3 init the loaded parameters are already partitioned
             self.reference = self._load_model().requires_grad_(False).eval()
@@ -119,8 +159,9 @@ class Trainer:
         self.model = model  # wrapped by accelerate in _setup_optimizer
         # LoRA over a bf16/fp16 base outside DeepSpeed: the adapter computes in the base's dtype (its fp32 weights
         # stay the master copy). DeepSpeed casts the whole module to its precision and keeps masters itself.
-        self.adapter_dtype = (resolve_dtype(m.dtype) if cfg.lora.enabled and m.dtype != "float32" and not self.deepspeed
-                              else None)
+        self.adapter_dtype = (
+            resolve_dtype(m.dtype) if cfg.lora.enabled and m.dtype != "float32" and not self.deepspeed else None
+        )
 
     def _setup_data(self) -> None:
         """Training and held-out examples, and how an epoch is cut into global micro-batches."""
@@ -128,22 +169,28 @@ class Trainer:
         acc, d = self.accelerator, self.cfg.data
 
         def build(rows, source, *, limit, indices=None):
-            data, report = self.objective.build_dataset(rows, source, self.tokenizer, self.spec, limit=limit,
-                                                        indices=indices)
+            data, report = self.objective.build_dataset(
+                rows, source, self.tokenizer, self.spec, limit=limit, indices=indices
+            )
             acc.print(report.summary())
             return data
 
         self.train_data, self.eval_data, self.train_where, self.eval_ids = load_splits(
-            d, do_eval=t.do_eval, build=build, unit=self.objective.unit, out=self.out, say=acc.print)
+            d, do_eval=t.do_eval, build=build, unit=self.objective.unit, out=self.out, say=acc.print
+        )
         self.micro_global = t.per_device_train_batch_size * self.world
         self.micro_per_epoch = len(self.train_data) // self.micro_global
         if self.micro_per_epoch < t.gradient_accumulation_steps:
-            raise ConfigError(f"{len(self.train_data)} training examples fill fewer than one optimizer step of "
-                              f"{self.micro_global * t.gradient_accumulation_steps}")
+            raise ConfigError(
+                f"{len(self.train_data)} training examples fill fewer than one optimizer step of "
+                f"{self.micro_global * t.gradient_accumulation_steps}"
+            )
         dropped = len(self.train_data) - self.micro_per_epoch * self.micro_global
         if dropped:
-            acc.print(f"each epoch leaves out {dropped} example(s) (a different random set every epoch) to fill whole "
-                      f"global batches of {self.micro_global}")
+            acc.print(
+                f"each epoch leaves out {dropped} example(s) (a different random set every epoch) to fill whole "
+                f"global batches of {self.micro_global}"
+            )
         self.steps_per_epoch = self.micro_per_epoch / t.gradient_accumulation_steps  # may be fractional
 
     def _setup_resume(self) -> None:
@@ -153,14 +200,24 @@ class Trainer:
         self.policy_tokens = 0  # all ranks, so far
         self.resumed = None
         if self.start.checkpoint is not None:
-            self.resumed = check_resume(self.start, t=t, settings=self._settings(), geometry=self._geometry(),
-                                        deepspeed=self.deepspeed, unit=self.objective.unit)
+            self.resumed = check_resume(
+                self.start,
+                t=t,
+                settings=self._settings(),
+                geometry=self._geometry(),
+                deepspeed=self.deepspeed,
+                unit=self.objective.unit,
+            )
             self.global_step, self.start_micro = self.resumed.global_step, self.resumed.start_micro
             self.policy_tokens = self.resumed.policy_tokens
         self.start_step = self.global_step
         # with epochs: the micro-steps left over the epochs, on from where this launch starts
-        self.total_steps = (t.max_steps if t.max_steps > 0 else self.global_step + (
-            self.micro_per_epoch * t.num_train_epochs - self.start_micro) // t.gradient_accumulation_steps)
+        self.total_steps = (
+            t.max_steps
+            if t.max_steps > 0
+            else self.global_step
+            + (self.micro_per_epoch * t.num_train_epochs - self.start_micro) // t.gradient_accumulation_steps
+        )
 
     def _setup_optimizer(self) -> None:
         """AdamW and the schedule, everything through ``accelerator.prepare``, then the checkpoint's states."""
@@ -170,9 +227,12 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = adamw(params, lr=t.learning_rate, betas=(t.adam_beta1, t.adam_beta2), weight_decay=t.weight_decay)
         self.warmup_steps = math.ceil(t.warmup_ratio * self.total_steps)  # rounded up, as HF's Trainer does
-        self.scheduler = get_scheduler(t.lr_scheduler_type if t.lr_scheduler_type != "constant" else "constant_with_warmup",
-                                       optimizer, num_warmup_steps=self.warmup_steps,
-                                       num_training_steps=self.total_steps)
+        self.scheduler = get_scheduler(
+            t.lr_scheduler_type if t.lr_scheduler_type != "constant" else "constant_with_warmup",
+            optimizer,
+            num_warmup_steps=self.warmup_steps,
+            num_training_steps=self.total_steps,
+        )
         configure_deepspeed(acc, t)
         self.model, self.optimizer = acc.prepare(self.model, optimizer)
         acc.register_for_checkpointing(self.scheduler)
@@ -183,8 +243,15 @@ class Trainer:
             # checkpoints hold the adapter only; frozen base weights come from name_or_path on resume
             acc.register_save_state_pre_hook(keep_only(trainable))
         if self.resumed is not None:
-            load_checkpoint(acc, self.start.checkpoint, deepspeed=self.deepspeed, changes=self.resumed.changes, t=t,
-                            optimizer=self.optimizer, scheduler=self.scheduler)
+            load_checkpoint(
+                acc,
+                self.start.checkpoint,
+                deepspeed=self.deepspeed,
+                changes=self.resumed.changes,
+                t=t,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+            )
             if hasattr(self.objective, "load_state"):  # online DPO: a round's sampling weights
                 self.objective.load_state(self, self.start.checkpoint)
 
@@ -196,22 +263,27 @@ class Trainer:
             from align.behaviour import BehaviourEval
 
             self.behaviour = BehaviourEval(self.cfg.behaviour, self.tokenizer, self.spec, seed=t.seed)
-        self.shown = set(objective.shown) | ({"eval/refusal_rate", "eval/over_refusal_rate", "eval/reward"}
-                                             if self.behaviour else set())
+        self.shown = set(objective.shown) | (
+            {"eval/refusal_rate", "eval/over_refusal_rate", "eval/reward"} if self.behaviour else set()
+        )
         self.reference_cache = None
         if t.precompute_ref_log_probs:
             if not objective.needs_reference:
-                raise ConfigError(f"train.precompute_ref_log_probs=true: the {objective.name} objective has no "
-                                  f"reference model")
+                raise ConfigError(
+                    f"train.precompute_ref_log_probs=true: the {objective.name} objective has no reference model"
+                )
             if not t.disable_dropout:
-                raise ConfigError("train.precompute_ref_log_probs=true needs a reference that gives the same numbers "
-                                  "ahead of time as in the step, but train.disable_dropout=false leaves dropout on "
-                                  "(a random reference); set train.disable_dropout=true or compute it in the step")
+                raise ConfigError(
+                    "train.precompute_ref_log_probs=true needs a reference that gives the same numbers "
+                    "ahead of time as in the step, but train.disable_dropout=false leaves dropout on "
+                    "(a random reference); set train.disable_dropout=true or compute it in the step"
+                )
         if objective.needs_reference and getattr(objective, "caches_reference", True):
             # the held-out draws are the same at every evaluation and the reference is frozen: its eval terms are
             # computed once (in eval mode, so dropout is off) and kept; training epochs use it only when precomputed
-            self.reference_cache = ReferenceCache(self.out / "ref_logps", objective.cache_key(), self.rank,
-                                                  self.world, persist=t.precompute_ref_log_probs)
+            self.reference_cache = ReferenceCache(
+                self.out / "ref_logps", objective.cache_key(), self.rank, self.world, persist=t.precompute_ref_log_probs
+            )
 
     # ------------------------------------------------------------ reference
     def cached_reference(self, epoch: int, ids: torch.Tensor):
@@ -285,7 +357,9 @@ class Trainer:
         for s in range(0, per_rank, bs):
             with self.adapter_compute():
                 _, stats, _ = self.compute(self.collate(mine[s : s + bs]), EVAL_EPOCH, norm)
-            weight = (torch.arange(s, s + len(next(iter(stats.values()))), device=self.accelerator.device) < real).float()
+            weight = (
+                torch.arange(s, s + len(next(iter(stats.values()))), device=self.accelerator.device) < real
+            ).float()
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0) + (v * weight).sum()
             for i, example in enumerate(mine[s : s + bs]):
@@ -308,8 +382,15 @@ class Trainer:
         acc, plan = self.accelerator, self.start
         for note in plan.notes:
             acc.print(note)
-        write_start(acc, self.out, plan, cfg=self.cfg, resumed=self.resumed, world=self.world,
-                    eval_ids=self.eval_ids if self.eval_data else None)
+        write_start(
+            acc,
+            self.out,
+            plan,
+            cfg=self.cfg,
+            resumed=self.resumed,
+            world=self.world,
+            eval_ids=self.eval_ids if self.eval_data else None,
+        )
         if self.resumed is not None:
             changed = "".join(f"; {k} changed: {a} -> {b}" for k, (a, b) in self.resumed.changes.items())
             acc.print(f"resumed from {plan.checkpoint} at step {self.global_step}{changed}")
@@ -317,20 +398,37 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """``checkpoint-<global_step>`` (``align.checkpoints.save_checkpoint``) with this run's record."""
-        state = {"global_step": self.global_step, "policy_tokens": self.policy_tokens, "geometry": self._geometry(),
-                 "settings": self._settings(), "config": self.cfg.to_dict()}
+        state = {
+            "global_step": self.global_step,
+            "policy_tokens": self.policy_tokens,
+            "geometry": self._geometry(),
+            "settings": self._settings(),
+            "config": self.cfg.to_dict(),
+        }
         extra = getattr(self.objective, "save_state", None)  # online DPO: a round's sampling weights
-        save_checkpoint(self.accelerator, self.out, self.global_step, state,
-                        exclude_frozen=self.deepspeed and self.cfg.lora.enabled, keep=self.cfg.train.save_total_limit,
-                        extra=extra and (lambda directory: extra(self, directory)))
+        save_checkpoint(
+            self.accelerator,
+            self.out,
+            self.global_step,
+            state,
+            exclude_frozen=self.deepspeed and self.cfg.lora.enabled,
+            keep=self.cfg.train.save_total_limit,
+            extra=extra and (lambda directory: extra(self, directory)),
+        )
 
     def _geometry(self) -> dict:
         t = self.cfg.train
         consumed = self.start_micro + (self.global_step - self.start_step) * t.gradient_accumulation_steps
-        return {"world": self.world, "per_device": t.per_device_train_batch_size,
-                "accumulation": t.gradient_accumulation_steps, "micro_global": self.micro_global,
-                "micro_per_epoch": self.micro_per_epoch, "examples": len(self.train_data),
-                "micro_consumed": consumed, "deepspeed": self.deepspeed}
+        return {
+            "world": self.world,
+            "per_device": t.per_device_train_batch_size,
+            "accumulation": t.gradient_accumulation_steps,
+            "micro_global": self.micro_global,
+            "micro_per_epoch": self.micro_per_epoch,
+            "examples": len(self.train_data),
+            "micro_consumed": consumed,
+            "deepspeed": self.deepspeed,
+        }
 
     def _settings(self) -> dict:
         return trajectory_settings(self.cfg.to_dict(), str(self.accelerator.mixed_precision))
@@ -339,24 +437,42 @@ class Trainer:
     def micro_batches(self, start_micro: int):
         """Yield (epoch, micro-step, this rank's examples) from global micro-step ``start_micro`` on."""
         t = self.cfg.train
-        for epoch, micro, mine in rank_micro_batches(len(self.train_data), seed=t.seed, world=self.world,
-                                                     rank=self.rank, per_device=t.per_device_train_batch_size,
-                                                     start_micro=start_micro):
+        for epoch, micro, mine in rank_micro_batches(
+            len(self.train_data),
+            seed=t.seed,
+            world=self.world,
+            rank=self.rank,
+            per_device=t.per_device_train_batch_size,
+            start_micro=start_micro,
+        ):
             yield epoch, micro, [self.train_data[i] for i in mine]
 
     def _precompute_reference(self, epoch: int, micro: int) -> None:
         """The reference terms of every example this rank meets in ``epoch`` from micro-step ``micro`` on."""
         t = self.cfg.train
-        mine = epoch_rest(len(self.train_data), seed=t.seed, world=self.world, rank=self.rank,
-                          per_device=t.per_device_train_batch_size, start_micro=micro)
-        self.reference_cache.ensure(self, epoch, [self.train_data[i] for i in mine], t.per_device_eval_batch_size,
-                                    drop_older=True)
+        mine = epoch_rest(
+            len(self.train_data),
+            seed=t.seed,
+            world=self.world,
+            rank=self.rank,
+            per_device=t.per_device_train_batch_size,
+            start_micro=micro,
+        )
+        self.reference_cache.ensure(
+            self, epoch, [self.train_data[i] for i in mine], t.per_device_eval_batch_size, drop_older=True
+        )
 
     def _step_norm(self, first_micro: int) -> float:
         """The objective's normaliser over the optimizer step that starts at ``first_micro`` (all ranks)."""
         t = self.cfg.train
-        step = step_positions(len(self.train_data), seed=t.seed, world=self.world, per_device=t.per_device_train_batch_size,
-                              accumulation=t.gradient_accumulation_steps, first_micro=first_micro)
+        step = step_positions(
+            len(self.train_data),
+            seed=t.seed,
+            world=self.world,
+            per_device=t.per_device_train_batch_size,
+            accumulation=t.gradient_accumulation_steps,
+            first_micro=first_micro,
+        )
         return self.objective.batch_norm([self.train_data[i] for i in step])
 
     def train(self):
@@ -366,15 +482,21 @@ class Trainer:
         takes is a named method.)"""
         acc, t = self.accelerator, self.cfg.train
         if self.global_step >= self.total_steps and (self.out / "final").is_dir():
-            acc.print(f"{self.start.checkpoint} is at step {self.global_step} of {self.total_steps} and "
-                      f"{self.out / 'final'} is saved: the run is finished, nothing to do")
+            acc.print(
+                f"{self.start.checkpoint} is at step {self.global_step} of {self.total_steps} and "
+                f"{self.out / 'final'} is saved: the run is finished, nothing to do"
+            )
             return
         self.begin()
         self._announce()
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc=self.objective.name,
-                   disable=not (t.progress_bar and acc.is_main_process))
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.global_step,
+            desc=self.objective.name,
+            disable=not (t.progress_bar and acc.is_main_process),
+        )
         if self.global_step == 0 and t.eval_steps:
             self._evaluate_and_log()  # the untrained baseline: accuracy near chance, margins near 0
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -396,7 +518,11 @@ class Trainer:
                 with acc.accumulate(self.model):
                     stats, n_tokens = self._forward_backward(examples, epoch, norm, step_losses)
                     step_tokens += n_tokens
-                    verdict = self._optimizer_step(params, step_losses, step_tokens, stop, window) if acc.sync_gradients else None
+                    verdict = (
+                        self._optimizer_step(params, step_losses, step_tokens, stop, window)
+                        if acc.sync_gradients
+                        else None
+                    )
                 micro_consumed = micro + 1
                 window.add(stats, len(examples), n_tokens, time.perf_counter() - started)
                 if verdict is None:
@@ -438,13 +564,17 @@ class Trainer:
 
     def _announce(self) -> None:
         acc, t, unit = self.accelerator, self.cfg.train, self.objective.unit
-        acc.print(f"{describe_launch(acc)}; {len(self.train_data)} train / {len(self.eval_data)} eval {unit}; "
-                  f"{self.total_steps} steps of {self.micro_global * t.gradient_accumulation_steps} {unit}; "
-                  f"{self.precision}; {self.objective.describe()}")
+        acc.print(
+            f"{describe_launch(acc)}; {len(self.train_data)} train / {len(self.eval_data)} eval {unit}; "
+            f"{self.total_steps} steps of {self.micro_global * t.gradient_accumulation_steps} {unit}; "
+            f"{self.precision}; {self.objective.describe()}"
+        )
         if self.eval_data:
             acc.print(f"evaluation: {self.objective.describe_eval()}")
 
-    def _optimizer_step(self, params, step_losses: list, step_tokens: int, stop: StopSignals, window: MetricWindow) -> dict:
+    def _optimizer_step(
+        self, params, step_losses: list, step_tokens: int, stop: StopSignals, window: MetricWindow
+    ) -> dict:
         """Clip, decide (one all-reduce, ``align.guards.step_verdict``) and apply the accumulated step."""
         acc, t = self.accelerator, self.cfg.train
         grad_norm = acc.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
@@ -468,8 +598,9 @@ class Trainer:
                     self.save_checkpoint()
                 raise nonfinite_stop(verdict, self.global_step, self.out, self.train_where)
             window.nonfinite += 1
-            acc.print(f"step {self.global_step + 1}: {verdict['what']}; the update was not applied "
-                      f"(train.on_nonfinite=skip)")
+            acc.print(
+                f"step {self.global_step + 1}: {verdict['what']}; the update was not applied (train.on_nonfinite=skip)"
+            )
         # an optimizer step skipped by the fp16 loss scaler (or a skipped non-finite step) leaves the schedule where
         # it was (as HF's Trainer does); global_step still counts the batches consumed, so resume and max_steps
         # stay defined by data
@@ -484,13 +615,17 @@ class Trainer:
         acc = self.accelerator
         metrics = reduce_means(acc, window.sums, window.count)
         total_tokens = acc.reduce(torch.tensor(float(window.tokens), device=acc.device), "sum").item()
-        metrics.update({"grad_norm": sum(window.grad_norms) / max(len(window.grad_norms), 1),
-                        "learning_rate": self.scheduler.get_last_lr()[0],
-                        "tokens_per_second": total_tokens / window.seconds,
-                        "optimizer_steps_skipped": window.skipped,
-                        "nonfinite_steps": window.nonfinite,
-                        "policy_tokens": self.policy_tokens,
-                        "epoch": micro_consumed / self.micro_per_epoch})
+        metrics.update(
+            {
+                "grad_norm": sum(window.grad_norms) / max(len(window.grad_norms), 1),
+                "learning_rate": self.scheduler.get_last_lr()[0],
+                "tokens_per_second": total_tokens / window.seconds,
+                "optimizer_steps_skipped": window.skipped,
+                "nonfinite_steps": window.nonfinite,
+                "policy_tokens": self.policy_tokens,
+                "epoch": micro_consumed / self.micro_per_epoch,
+            }
+        )
         if hasattr(self.objective, "finish_train"):  # figures of the window as a whole (online DPO's shares)
             metrics = self.objective.finish_train(metrics, window)
         log_metrics(self.accelerator, self.out, metrics, self.global_step)
@@ -501,8 +636,9 @@ class Trainer:
         metrics = self.evaluate()
         if metrics:
             log_metrics(self.accelerator, self.out, metrics, self.global_step)
-            self.accelerator.print(f"step {self.global_step}: " + ", ".join(
-                f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown))
+            self.accelerator.print(
+                f"step {self.global_step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in self.shown)
+            )
 
     def close(self):
         """Tear down the process group (after :meth:`train`; the entry point calls it)."""

@@ -39,14 +39,37 @@ import torch
 from align.config import ConfigError, load_config, load_resolved
 
 SETTINGS = {  # name: (share_policy_reference, share_chosen_rejected)
-    "coupled": (True, True), "share_pol_ref": (True, False), "share_cho_rej": (False, True), "decoupled": (False, False),
+    "coupled": (True, True),
+    "share_pol_ref": (True, False),
+    "share_cho_rej": (False, True),
+    "decoupled": (False, False),
 }
-OPTIONS = {"reps": "16", "n_samples": None, "max_pairs": "32", "batch_pairs": "8", "output_dir": None,
-           "estimators": None, "resamples": "1000", "seed": "0", "settings": None, "runs": None}
+OPTIONS = {
+    "reps": "16",
+    "n_samples": None,
+    "max_pairs": "32",
+    "batch_pairs": "8",
+    "output_dir": None,
+    "estimators": None,
+    "resamples": "1000",
+    "seed": "0",
+    "settings": None,
+    "runs": None,
+}
 
 
-def pair_variances(policy, reference, batch: dict, *, estimator: str, share: tuple[bool, bool], n: int, reps: int,
-                   mask_token_id: int, seed: int = 0) -> torch.Tensor:
+def pair_variances(
+    policy,
+    reference,
+    batch: dict,
+    *,
+    estimator: str,
+    share: tuple[bool, bool],
+    n: int,
+    reps: int,
+    mask_token_id: int,
+    seed: int = 0,
+) -> torch.Tensor:
     """[pairs]: per pair, the variance over ``reps`` independent draws of the n-sample mean margin.
 
     ``policy``/``reference``: token scorers (``estimators.TokenScorer``; ``scorer_from_logits`` adapts a
@@ -55,22 +78,55 @@ def pair_variances(policy, reference, batch: dict, *, estimator: str, share: tup
 
     rep = lambda x: None if x is None else x.repeat_interleave(reps, 0)  # noqa: E731
     with torch.no_grad():
-        terms = E.dpo_terms(policy, reference, rep(batch["chosen_ids"]), rep(batch["rejected_ids"]), rep(batch["response_mask"]),
-                     n_samples=n, estimator=estimator, share_policy_reference=share[0], share_chosen_rejected=share[1],
-                     mask_token_id=mask_token_id, attention_mask=rep(batch.get("attention_mask")),
-                     generator=torch.Generator().manual_seed(seed))
+        terms = E.dpo_terms(
+            policy,
+            reference,
+            rep(batch["chosen_ids"]),
+            rep(batch["rejected_ids"]),
+            rep(batch["response_mask"]),
+            n_samples=n,
+            estimator=estimator,
+            share_policy_reference=share[0],
+            share_chosen_rejected=share[1],
+            mask_token_id=mask_token_id,
+            attention_mask=rep(batch.get("attention_mask")),
+            generator=torch.Generator().manual_seed(seed),
+        )
     means = terms.margin.mean(-1).reshape(-1, reps)  # [pairs, reps]
     return means.double().var(-1)
 
 
-def measure_variance(policy, reference, batches: list[dict], *, mask_token_id: int, estimators, n_samples, reps: int,
-                     settings=SETTINGS, progress=None, seed: int = 0) -> dict:
+def measure_variance(
+    policy,
+    reference,
+    batches: list[dict],
+    *,
+    mask_token_id: int,
+    estimators,
+    n_samples,
+    reps: int,
+    settings=SETTINGS,
+    progress=None,
+    seed: int = 0,
+) -> dict:
     """{(estimator, setting, n): per-pair variances [pairs]} over all ``batches`` (token scorers)."""
     out = {}
     total = len(estimators) * len(settings) * len(n_samples)
     for i, (est, (name, share), n) in enumerate(itertools.product(estimators, settings.items(), n_samples)):
-        v = [pair_variances(policy, reference, b, estimator=est, share=share, n=n, reps=reps,
-                            mask_token_id=mask_token_id, seed=seed + 1000 * i + j) for j, b in enumerate(batches)]
+        v = [
+            pair_variances(
+                policy,
+                reference,
+                b,
+                estimator=est,
+                share=share,
+                n=n,
+                reps=reps,
+                mask_token_id=mask_token_id,
+                seed=seed + 1000 * i + j,
+            )
+            for j, b in enumerate(batches)
+        ]
         out[est, name, n] = torch.cat(v)
         if progress:
             progress(f"{i + 1}/{total}: {est} {name} n={n}: var {out[est, name, n].mean():.4g}")
@@ -93,8 +149,9 @@ def bootstrap(values: dict, *, resamples: int = 1000, seed: int = 0, clusters: l
     C = len(index)
     sizes = torch.bincount(inv, minlength=C).double()
     draw = torch.randint(0, C, (resamples, C), generator=torch.Generator().manual_seed(seed))
-    counts = torch.zeros(resamples, C, dtype=torch.float64).scatter_add_(1, draw, torch.ones(resamples, C,
-                                                                                             dtype=torch.float64))
+    counts = torch.zeros(resamples, C, dtype=torch.float64).scatter_add_(
+        1, draw, torch.ones(resamples, C, dtype=torch.float64)
+    )
     boot = {}
     for k, v in values.items():
         sums = torch.zeros(C, dtype=torch.float64).index_add_(0, inv, v.double())
@@ -103,8 +160,11 @@ def bootstrap(values: dict, *, resamples: int = 1000, seed: int = 0, clusters: l
     def ratio(num, den, point):
         r = (boot[num] / boot[den]).log()
         r = r[torch.isfinite(r)]
-        lo, hi = torch.quantile(r, torch.tensor([0.025, 0.975], dtype=r.dtype)).exp().tolist() if len(r) else (
-            float("nan"), float("nan"))
+        lo, hi = (
+            torch.quantile(r, torch.tensor([0.025, 0.975], dtype=r.dtype)).exp().tolist()
+            if len(r)
+            else (float("nan"), float("nan"))
+        )
         return (point, lo, hi)
 
     table = {"var": {}, "ratio_decoupled_coupled": {}, "ratio_time_integral_time_free": {}}
@@ -112,11 +172,14 @@ def bootstrap(values: dict, *, resamples: int = 1000, seed: int = 0, clusters: l
         table["var"][est, setting, n] = (v.mean().item(), boot[est, setting, n].std().item())
         if setting == "coupled" and (est, "decoupled", n) in values and v.mean().item() > 0:
             table["ratio_decoupled_coupled"][est, n] = ratio(
-                (est, "decoupled", n), (est, "coupled", n), values[est, "decoupled", n].mean().item() / v.mean().item())
+                (est, "decoupled", n), (est, "coupled", n), values[est, "decoupled", n].mean().item() / v.mean().item()
+            )
         if est == "time_free" and ("time_integral", setting, n) in values and v.mean().item() > 0:
             table["ratio_time_integral_time_free"][setting, n] = ratio(
-                ("time_integral", setting, n), (est, setting, n),
-                values["time_integral", setting, n].mean().item() / v.mean().item())
+                ("time_integral", setting, n),
+                (est, setting, n),
+                values["time_integral", setting, n].mean().item() / v.mean().item(),
+            )
     return table
 
 
@@ -128,19 +191,27 @@ def variance_markdown(table: dict, estimators, n_samples, settings=SETTINGS) -> 
     def f(x):
         return f"{x[0]:.4g} ± {x[1]:.2g}"
 
-    lines = ["| estimator | n | " + " | ".join(f"{s} var" for s in settings) + " | decoupled/coupled |",
-             "|---|---|" + "---|" * (len(settings) + 1)]
+    lines = [
+        "| estimator | n | " + " | ".join(f"{s} var" for s in settings) + " | decoupled/coupled |",
+        "|---|---|" + "---|" * (len(settings) + 1),
+    ]
     for est in estimators:
         for n in n_samples:
             cells = " | ".join(f(table["var"][est, s, n]) for s in settings)
             ratio = table["ratio_decoupled_coupled"].get((est, n))
             lines.append(f"| {est} | {n} | {cells} | {fmt_ratio(ratio) if ratio else '—'} |")
     if table["ratio_time_integral_time_free"]:
-        lines += ["", "| time_integral / time_free | " + " | ".join(f"n={n}" for n in n_samples) + " |",
-                  "|---|" + "---|" * len(n_samples)]
+        lines += [
+            "",
+            "| time_integral / time_free | " + " | ".join(f"n={n}" for n in n_samples) + " |",
+            "|---|" + "---|" * len(n_samples),
+        ]
         for s in settings:
-            lines.append(f"| {s} | " + " | ".join(fmt_ratio(table["ratio_time_integral_time_free"][s, n])
-                                                  for n in n_samples) + " |")
+            lines.append(
+                f"| {s} | "
+                + " | ".join(fmt_ratio(table["ratio_time_integral_time_free"][s, n]) for n in n_samples)
+                + " |"
+            )
     return "\n".join(lines)
 
 
@@ -168,7 +239,6 @@ def plot_variance(path: Path, table: dict, estimators, n_samples, settings=SETTI
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
 
 
 # ------------------------------------------------------------------------------------------- shared set-up
@@ -263,25 +333,55 @@ def model_main(argv: list[str]) -> None:
     spec = spec_for(policy)
     tokenizer = load_tokenizer(cfg.model.tokenizer or tokenizer_source(cfg.model.name_or_path))
     batches, where = held_out_batches(cfg, tokenizer, spec, max_pairs=max_pairs, batch_pairs=batch_pairs)
-    print(f"[variance] policy {cfg.model.name_or_path}, reference {reference_path}; {where}; "
-          f"{reps} independent estimates per pair and cell", flush=True)
+    print(
+        f"[variance] policy {cfg.model.name_or_path}, reference {reference_path}; {where}; "
+        f"{reps} independent estimates per pair and cell",
+        flush=True,
+    )
     started = time.time()
-    values = measure_variance(token_scorer(policy), token_scorer(reference), batches, mask_token_id=spec.mask_token_id,
-                              estimators=estimators, n_samples=n_samples, reps=reps, settings=settings,
-                              progress=lambda msg: print(f"[variance] {msg}", flush=True))
+    values = measure_variance(
+        token_scorer(policy),
+        token_scorer(reference),
+        batches,
+        mask_token_id=spec.mask_token_id,
+        estimators=estimators,
+        n_samples=n_samples,
+        reps=reps,
+        settings=settings,
+        progress=lambda msg: print(f"[variance] {msg}", flush=True),
+    )
     table = bootstrap(values, resamples=int(opts["resamples"]))
     md = variance_markdown(table, estimators, n_samples, settings)
-    header = (f"policy `{cfg.model.name_or_path}`, reference `{reference_path}`, {where}, "
-              f"{reps} draws per pair; mean over pairs ± bootstrap SE ({opts['resamples']} resamples of pairs), ratios "
-              f"with 95% percentile intervals; "
-              f"{time.time() - started:.0f} s")
+    header = (
+        f"policy `{cfg.model.name_or_path}`, reference `{reference_path}`, {where}, "
+        f"{reps} draws per pair; mean over pairs ± bootstrap SE ({opts['resamples']} resamples of pairs), ratios "
+        f"with 95% percentile intervals; "
+        f"{time.time() - started:.0f} s"
+    )
     (out / "variance.md").write_text(header + "\n\n" + md + "\n")
-    (out / "variance.json").write_text(json.dumps({
-        "policy": cfg.model.name_or_path, "reference": reference_path, "pairs": sum(len(b["ids"]) for b in batches),
-        "reps": reps,
-        "cells": [{"estimator": e, "setting": s, "n": n, "var": table["var"][e, s, n][0], "se": table["var"][e, s, n][1]}
-                  for e, s, n in table["var"]],
-        "per_pair": {f"{e}/{s}/{n}": v.tolist() for (e, s, n), v in values.items()}}, indent=1) + "\n")
+    (out / "variance.json").write_text(
+        json.dumps(
+            {
+                "policy": cfg.model.name_or_path,
+                "reference": reference_path,
+                "pairs": sum(len(b["ids"]) for b in batches),
+                "reps": reps,
+                "cells": [
+                    {
+                        "estimator": e,
+                        "setting": s,
+                        "n": n,
+                        "var": table["var"][e, s, n][0],
+                        "se": table["var"][e, s, n][1],
+                    }
+                    for e, s, n in table["var"]
+                ],
+                "per_pair": {f"{e}/{s}/{n}": v.tolist() for (e, s, n), v in values.items()},
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     plot_variance(out / "variance.png", table, estimators, n_samples, settings)
     print(header + "\n\n" + md, flush=True)
     print(f"[variance] wrote {out / 'variance.md'}, {out / 'variance.json'}, {out / 'variance.png'}", flush=True)
@@ -308,15 +408,24 @@ def measure_run(run_dir: Path, opts: dict, *, estimators=None, n_samples=None, s
     reference = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype).eval()
     spec = spec_for(reference)
     tokenizer = load_tokenizer(cfg.model.tokenizer or tokenizer_source(cfg.model.name_or_path))
-    batches, where = held_out_batches(cfg, tokenizer, spec, max_pairs=int(opts["max_pairs"]),
-                                      batch_pairs=int(opts["batch_pairs"]), run_dir=run_dir)
+    batches, where = held_out_batches(
+        cfg, tokenizer, spec, max_pairs=int(opts["max_pairs"]), batch_pairs=int(opts["batch_pairs"]), run_dir=run_dir
+    )
     out = {}
     for step, path in run_steps(run_dir):
         policy = reference if path is None else load_model(path, dtype=cfg.model.dtype).eval()
         started = time.time()
-        out[step] = measure_variance(token_scorer(policy), token_scorer(reference), batches,
-                                     mask_token_id=spec.mask_token_id, estimators=estimators, n_samples=n_samples,
-                                     reps=int(opts["reps"]), settings=settings, seed=int(opts["seed"]))
+        out[step] = measure_variance(
+            token_scorer(policy),
+            token_scorer(reference),
+            batches,
+            mask_token_id=spec.mask_token_id,
+            estimators=estimators,
+            n_samples=n_samples,
+            reps=int(opts["reps"]),
+            settings=settings,
+            seed=int(opts["seed"]),
+        )
         cells = ", ".join(f"{s} {v.mean():.4g}" for (_, s, _), v in out[step].items())
         progress(f"[variance] {run_dir.name} step {step}: {cells} ({time.time() - started:.0f} s)")
     return out, where, cfg
@@ -324,8 +433,10 @@ def measure_run(run_dir: Path, opts: dict, *, estimators=None, n_samples=None, s
 
 def path_table(by_step: dict, resamples: int, clusters: dict | None = None) -> dict:
     """{step: bootstrap table} (``bootstrap``; ``clusters[step]``: the pair of each unit), steps in order."""
-    return {step: bootstrap(values, resamples=resamples, clusters=(clusters or {}).get(step))
-            for step, values in sorted(by_step.items())}
+    return {
+        step: bootstrap(values, resamples=resamples, clusters=(clusters or {}).get(step))
+        for step, values in sorted(by_step.items())
+    }
 
 
 def path_markdown(tables: dict[str, dict], estimators, n_samples, settings) -> str:
@@ -334,15 +445,22 @@ def path_markdown(tables: dict[str, dict], estimators, n_samples, settings) -> s
     for label, per_step in tables.items():
         for est in estimators:
             for n in n_samples:
-                lines += [f"**{label}**, {est}, n = {n}" if label else f"**{est}, n = {n}**", "",
-                          "| step | " + " | ".join(f"{s} var" for s in settings) + " | decoupled/coupled |",
-                          "|---|" + "---|" * (len(settings) + 1)]
+                lines += [
+                    f"**{label}**, {est}, n = {n}" if label else f"**{est}, n = {n}**",
+                    "",
+                    "| step | " + " | ".join(f"{s} var" for s in settings) + " | decoupled/coupled |",
+                    "|---|" + "---|" * (len(settings) + 1),
+                ]
                 for step, table in per_step.items():
-                    cells = " | ".join(f"{table['var'][est, s, n][0]:.4g} ± {table['var'][est, s, n][1]:.2g}"
-                                       for s in settings)
+                    cells = " | ".join(
+                        f"{table['var'][est, s, n][0]:.4g} ± {table['var'][est, s, n][1]:.2g}" for s in settings
+                    )
                     ratio = table["ratio_decoupled_coupled"].get((est, n))
-                    shown = "— (coupled var 0: policy = reference)" if table["var"][est, "coupled", n][0] == 0 else (
-                        fmt_ratio(ratio) if ratio else "—")
+                    shown = (
+                        "— (coupled var 0: policy = reference)"
+                        if table["var"][est, "coupled", n][0] == 0
+                        else (fmt_ratio(ratio) if ratio else "—")
+                    )
                     lines.append(f"| {step} | {cells} | {shown} |")
                 lines.append("")
     return "\n".join(lines)
@@ -361,10 +479,22 @@ def plot_path(path: Path, tables: dict[str, dict], est: str, n: int, settings, t
             pts = [(step, *t["var"][est, s, n]) for step, t in per_step.items() if t["var"][est, s, n][0] > 0]
             if pts:
                 steps, v, se = zip(*pts)
-                left.errorbar(steps, v, yerr=se, color=f"C{i}", ls=styles.get(s, "-"), marker="o", ms=3, capsize=2,
-                              label=f"{label + ': ' if label else ''}{s}")
-        pts = [(step, *t["ratio_decoupled_coupled"][est, n]) for step, t in per_step.items()
-               if (est, n) in t["ratio_decoupled_coupled"] and t["var"][est, "coupled", n][0] > 0]
+                left.errorbar(
+                    steps,
+                    v,
+                    yerr=se,
+                    color=f"C{i}",
+                    ls=styles.get(s, "-"),
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=f"{label + ': ' if label else ''}{s}",
+                )
+        pts = [
+            (step, *t["ratio_decoupled_coupled"][est, n])
+            for step, t in per_step.items()
+            if (est, n) in t["ratio_decoupled_coupled"] and t["var"][est, "coupled", n][0] > 0
+        ]
         if pts:
             steps, r, lo, hi = zip(*pts)
             yerr = [[x - a for x, a in zip(r, lo)], [b - x for x, b in zip(r, hi)]]
@@ -377,8 +507,12 @@ def plot_path(path: Path, tables: dict[str, dict], est: str, n: int, settings, t
         ax.set_xlabel("optimizer step (checkpoint)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(title + "\nvariances ± bootstrap SE over held-out pairs (a pair's runs resampled together); step 0 coupled is exactly 0 (policy = reference) and "
-                 "is not drawn", fontsize=8)
+    fig.suptitle(
+        title
+        + "\nvariances ± bootstrap SE over held-out pairs (a pair's runs resampled together); step 0 coupled is exactly 0 (policy = reference) and "
+        "is not drawn",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -422,10 +556,18 @@ def path_main(argv: list[str]) -> None:
     for label, runs in groups.items():
         pooled: dict[int, dict] = {}
         for run in runs:
-            by_step, where, _ = measure_run(run, opts, estimators=estimators, n_samples=n_samples, settings=settings,
-                                            progress=lambda msg: print(msg, flush=True))
-            raw[run.name] = {str(step): {f"{e}/{s}/{n}": v.tolist() for (e, s, n), v in values.items()}
-                             for step, values in by_step.items()}
+            by_step, where, _ = measure_run(
+                run,
+                opts,
+                estimators=estimators,
+                n_samples=n_samples,
+                settings=settings,
+                progress=lambda msg: print(msg, flush=True),
+            )
+            raw[run.name] = {
+                str(step): {f"{e}/{s}/{n}": v.tolist() for (e, s, n), v in values.items()}
+                for step, values in by_step.items()
+            }
             for step, values in by_step.items():
                 for key, v in values.items():
                     pooled.setdefault(step, {}).setdefault(key, []).append(v)
@@ -435,23 +577,50 @@ def path_main(argv: list[str]) -> None:
         tables[label] = path_table(pooled, int(opts["resamples"]), clusters)
     md = path_markdown(tables, estimators, n_samples, settings)
     runs_count = sum(len(r) for r in groups.values())
-    header = (f"The margin estimate's variance along training: {runs_count} run(s) under `{root}`, {where}, "
-              f"{opts['reps']} independent draws per pair; mean over pairs{' (and runs of an arm)' if len(groups) > 1 or runs_count > 1 else ''} "
-              f"± bootstrap SE ({opts['resamples']} resamples of held-out pairs, each pair with all its runs); ratios with "
-              f"95% percentile intervals; {time.time() - started:.0f} s")
+    header = (
+        f"The margin estimate's variance along training: {runs_count} run(s) under `{root}`, {where}, "
+        f"{opts['reps']} independent draws per pair; mean over pairs{' (and runs of an arm)' if len(groups) > 1 or runs_count > 1 else ''} "
+        f"± bootstrap SE ({opts['resamples']} resamples of held-out pairs, each pair with all its runs); ratios with "
+        f"95% percentile intervals; {time.time() - started:.0f} s"
+    )
     (out / "variance_path.md").write_text(header + "\n\n" + md)
-    (out / "variance_path.json").write_text(json.dumps({
-        "root": str(root), "reps": int(opts["reps"]), "estimators": estimators, "n_samples": n_samples,
-        "settings": list(settings),
-        "arms": {label: {str(step): {f"{e}/{s}/{n}": {"var": t["var"][e, s, n][0], "se": t["var"][e, s, n][1]}
-                                     for (e, s, n) in t["var"]} for step, t in per_step.items()}
-                 for label, per_step in tables.items()},
-        "per_pair": raw}, indent=1) + "\n")
-    plot_path(out / "variance_path.png", tables, estimators[0], n_samples[0], settings,
-              f"margin-estimate variance along training ({root})")
+    (out / "variance_path.json").write_text(
+        json.dumps(
+            {
+                "root": str(root),
+                "reps": int(opts["reps"]),
+                "estimators": estimators,
+                "n_samples": n_samples,
+                "settings": list(settings),
+                "arms": {
+                    label: {
+                        str(step): {
+                            f"{e}/{s}/{n}": {"var": t["var"][e, s, n][0], "se": t["var"][e, s, n][1]}
+                            for (e, s, n) in t["var"]
+                        }
+                        for step, t in per_step.items()
+                    }
+                    for label, per_step in tables.items()
+                },
+                "per_pair": raw,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
+    plot_path(
+        out / "variance_path.png",
+        tables,
+        estimators[0],
+        n_samples[0],
+        settings,
+        f"margin-estimate variance along training ({root})",
+    )
     print(header + "\n\n" + md, flush=True)
-    print(f"[variance] wrote {out / 'variance_path.md'}, {out / 'variance_path.json'}, {out / 'variance_path.png'}",
-          flush=True)
+    print(
+        f"[variance] wrote {out / 'variance_path.md'}, {out / 'variance_path.json'}, {out / 'variance_path.png'}",
+        flush=True,
+    )
 
 
 def main(argv: list[str]) -> None:

@@ -53,7 +53,9 @@ from align.optim import adamw
 BETA = 0.1
 
 
-def build(config: LLaDAConfig, *, device, dtype=torch.float32, lora_r: int | None = 16, ckpt: bool = True, seed: int = 0):
+def build(
+    config: LLaDAConfig, *, device, dtype=torch.float32, lora_r: int | None = 16, ckpt: bool = True, seed: int = 0
+):
     """(policy, reference): the reference is None for LoRA (the adapter disabled), a frozen copy otherwise."""
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -114,14 +116,32 @@ def base_dtype(model, reference) -> torch.dtype | None:
     return dtype if dtype != torch.float32 else None
 
 
-def ours_step(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0,
-              adapter_fp32_compute: bool = False):
+def ours_step(
+    model,
+    reference,
+    batch: dict,
+    *,
+    n: int,
+    estimator: str,
+    mask_token_id: int,
+    opt,
+    seed: int = 0,
+    adapter_fp32_compute: bool = False,
+):
     """The trainer's step (align.dpo): coupled draws, one policy and one reference call, masked-only scoring;
     LoRA over a bf16 base computes the adapter in bf16 (``adapter_fp32_compute``: peft's fp32 path instead)."""
     with adapter_in_base_dtype(model, None if adapter_fp32_compute else base_dtype(model, reference)):
-        terms = E.dpo_terms(token_scorer(model), reference_scorer(model, reference), batch["chosen"], batch["rejected"],
-                            batch["response_mask"], n_samples=n, estimator=estimator, mask_token_id=mask_token_id,
-                            generator=torch.Generator().manual_seed(seed))
+        terms = E.dpo_terms(
+            token_scorer(model),
+            reference_scorer(model, reference),
+            batch["chosen"],
+            batch["rejected"],
+            batch["response_mask"],
+            n_samples=n,
+            estimator=estimator,
+            mask_token_id=mask_token_id,
+            generator=torch.Generator().manual_seed(seed),
+        )
         loss = -F.logsigmoid(BETA * terms.margin.mean(-1)).mean()
         loss.backward()
     opt.step()
@@ -148,19 +168,33 @@ def naive_step(model, reference, batch: dict, *, n: int, estimator: str, mask_to
         terms = {}
         for name in ("chosen", "rejected"):
             ids = batch[name]
-            terms["policy", name] = _naive_estimate(model, ids, batch["response_mask"], estimator=estimator,
-                                                    mask_token_id=mask_token_id, generator=g)
+            terms["policy", name] = _naive_estimate(
+                model, ids, batch["response_mask"], estimator=estimator, mask_token_id=mask_token_id, generator=g
+            )
             with torch.no_grad():
                 if reference is None:
                     with model.disable_adapter():
-                        terms["reference", name] = _naive_estimate(ref_model, ids, batch["response_mask"],
-                                                                   estimator=estimator, mask_token_id=mask_token_id,
-                                                                   generator=g)
+                        terms["reference", name] = _naive_estimate(
+                            ref_model,
+                            ids,
+                            batch["response_mask"],
+                            estimator=estimator,
+                            mask_token_id=mask_token_id,
+                            generator=g,
+                        )
                 else:
-                    terms["reference", name] = _naive_estimate(ref_model, ids, batch["response_mask"], estimator=estimator,
-                                                               mask_token_id=mask_token_id, generator=g)
-        margins.append((terms["policy", "chosen"] - terms["reference", "chosen"])
-                       - (terms["policy", "rejected"] - terms["reference", "rejected"]))
+                    terms["reference", name] = _naive_estimate(
+                        ref_model,
+                        ids,
+                        batch["response_mask"],
+                        estimator=estimator,
+                        mask_token_id=mask_token_id,
+                        generator=g,
+                    )
+        margins.append(
+            (terms["policy", "chosen"] - terms["reference", "chosen"])
+            - (terms["policy", "rejected"] - terms["reference", "rejected"])
+        )
     loss = -F.logsigmoid(BETA * torch.stack(margins, -1).mean(-1)).mean()
     loss.backward()
     opt.step()
@@ -172,18 +206,35 @@ def precompute_reference(model, reference, batch: dict, *, n: int, estimator: st
     """The reference terms of ``ours_step``'s draws for ``seed``, without grad: what
     ``train.precompute_ref_log_probs`` computes before the epoch."""
     with adapter_in_base_dtype(model, base_dtype(model, reference)):
-        return E.dpo_reference_terms(reference_scorer(model, reference), batch["chosen"], batch["rejected"],
-                                     batch["response_mask"], n_samples=n, estimator=estimator,
-                                     mask_token_id=mask_token_id, generator=torch.Generator().manual_seed(seed))
+        return E.dpo_reference_terms(
+            reference_scorer(model, reference),
+            batch["chosen"],
+            batch["rejected"],
+            batch["response_mask"],
+            n_samples=n,
+            estimator=estimator,
+            mask_token_id=mask_token_id,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
 
-def precomputed_step(model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0,
-                     cache: dict):
+def precomputed_step(
+    model, reference, batch: dict, *, n: int, estimator: str, mask_token_id: int, opt, seed: int = 0, cache: dict
+):
     """``ours_step`` with the reference terms read from ``cache`` (train.precompute_ref_log_probs): policy only."""
     with adapter_in_base_dtype(model, base_dtype(model, reference)):
-        terms = E.dpo_terms(token_scorer(model), None, batch["chosen"], batch["rejected"], batch["response_mask"],
-                            n_samples=n, estimator=estimator, mask_token_id=mask_token_id,
-                            generator=torch.Generator().manual_seed(seed), reference_terms=cache[seed])
+        terms = E.dpo_terms(
+            token_scorer(model),
+            None,
+            batch["chosen"],
+            batch["rejected"],
+            batch["response_mask"],
+            n_samples=n,
+            estimator=estimator,
+            mask_token_id=mask_token_id,
+            generator=torch.Generator().manual_seed(seed),
+            reference_terms=cache[seed],
+        )
         loss = -F.logsigmoid(BETA * terms.margin.mean(-1)).mean()
         loss.backward()
     opt.step()
@@ -254,8 +305,17 @@ def measure(step, *, device, repeats: int, warmup: int = 1) -> dict:
 
 def cpu_config(args) -> LLaDAConfig:
     V = args.vocab
-    return LLaDAConfig(d_model=args.hidden, n_heads=4, n_layers=args.layers, mlp_hidden_size=3 * args.hidden,
-                       vocab_size=V, embedding_size=V, mask_token_id=V - 128, eos_token_id=V - 383, pad_token_id=V - 383)
+    return LLaDAConfig(
+        d_model=args.hidden,
+        n_heads=4,
+        n_layers=args.layers,
+        mlp_hidden_size=3 * args.hidden,
+        vocab_size=V,
+        embedding_size=V,
+        mask_token_id=V - 128,
+        eos_token_id=V - 383,
+        pad_token_id=V - 383,
+    )
 
 
 def run_variant(args) -> dict:
@@ -275,16 +335,35 @@ def run_variant(args) -> dict:
         cache, times = {}, []
         for seed in range(2 + args.repeats):  # warm-up, timed steps, the memory step
             t = time.perf_counter()
-            cache[seed] = precompute_reference(model, reference, batch, n=args.n_samples, estimator=args.estimator,
-                                               mask_token_id=config.mask_token_id, seed=seed)
+            cache[seed] = precompute_reference(
+                model,
+                reference,
+                batch,
+                n=args.n_samples,
+                estimator=args.estimator,
+                mask_token_id=config.mask_token_id,
+                seed=seed,
+            )
             torch.cuda.synchronize() if cuda else None
             times.append(time.perf_counter() - t)
         extra = {"cache": cache}
         pre = {"precompute_s": statistics.median(times[1:])}
     seeds = iter(range(10**6))
-    result = measure(lambda: step(model, reference, batch, n=args.n_samples, estimator=args.estimator,
-                                  mask_token_id=config.mask_token_id, opt=opt, seed=next(seeds), **extra),
-                     device=device, repeats=args.repeats)
+    result = measure(
+        lambda: step(
+            model,
+            reference,
+            batch,
+            n=args.n_samples,
+            estimator=args.estimator,
+            mask_token_id=config.mask_token_id,
+            opt=opt,
+            seed=next(seeds),
+            **extra,
+        ),
+        device=device,
+        repeats=args.repeats,
+    )
     return {"variant": args.variant, "lora": args.lora, "ckpt": args.ckpt, **result, **pre}
 
 
@@ -310,31 +389,59 @@ def main(argv=None):
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
-    shared = [f"--{k.replace('_', '-')}={getattr(args, k)}" for k in
-              ("lora_r", "hidden", "layers", "vocab", "pairs", "prompt", "response", "n_samples", "estimator", "repeats",
-               "threads", "lean_chunk", "lean_head_mib")]
-    print(f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; LLaDA hidden "
-          f"{args.hidden}, {args.layers} layers, vocab {args.vocab:,}; {args.pairs} pair(s) of {args.prompt}+"
-          f"{args.response} tokens, n={args.n_samples} ({args.estimator}); median of {args.repeats} steps\n")
-    names = {"naive": "naive", "ours": "align", "precomputed": "align, reference precomputed",
-             "lean": f"align, forward_chunk={args.lean_chunk}, head_chunk_mib={args.lean_head_mib:g}"}
-    print("| fine-tuning | checkpointing | step | step s | peak MiB | speed-up over naive | memory ratio naive/this |\n"
-          "|---|---|---|---|---|---|---|")
+    shared = [
+        f"--{k.replace('_', '-')}={getattr(args, k)}"
+        for k in (
+            "lora_r",
+            "hidden",
+            "layers",
+            "vocab",
+            "pairs",
+            "prompt",
+            "response",
+            "n_samples",
+            "estimator",
+            "repeats",
+            "threads",
+            "lean_chunk",
+            "lean_head_mib",
+        )
+    ]
+    print(
+        f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; LLaDA hidden "
+        f"{args.hidden}, {args.layers} layers, vocab {args.vocab:,}; {args.pairs} pair(s) of {args.prompt}+"
+        f"{args.response} tokens, n={args.n_samples} ({args.estimator}); median of {args.repeats} steps\n"
+    )
+    names = {
+        "naive": "naive",
+        "ours": "align",
+        "precomputed": "align, reference precomputed",
+        "lean": f"align, forward_chunk={args.lean_chunk}, head_chunk_mib={args.lean_head_mib:g}",
+    }
+    print(
+        "| fine-tuning | checkpointing | step | step s | peak MiB | speed-up over naive | memory ratio naive/this |\n"
+        "|---|---|---|---|---|---|---|"
+    )
     rows = []
     for lora in (True, False):
         for ckpt in (False, True):
             res = {}
             for variant in names:
-                cmd = [sys.executable, __file__, f"--variant={variant}", *shared] + (["--lora"] if lora else []) \
+                cmd = (
+                    [sys.executable, __file__, f"--variant={variant}", *shared]
+                    + (["--lora"] if lora else [])
                     + (["--ckpt"] if ckpt else [])
+                )
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 r = res[variant] = json.loads(out.strip().splitlines()[-1])
                 naive = res["naive"]
                 pre = f" (+ {r['precompute_s']:.2f} precompute)" if "precompute_s" in r else ""
-                print(f"| {'LoRA r=' + str(args.lora_r) if lora else 'full'} | {'on' if ckpt else 'off'} | "
-                      f"{names[variant]} | {r['step_s']:.2f}{pre} | {r['peak_bytes'] / 2**20:.0f} | "
-                      f"{naive['step_s'] / r['step_s']:.1f}x | {naive['peak_bytes'] / max(r['peak_bytes'], 1):.1f}x |",
-                      flush=True)
+                print(
+                    f"| {'LoRA r=' + str(args.lora_r) if lora else 'full'} | {'on' if ckpt else 'off'} | "
+                    f"{names[variant]} | {r['step_s']:.2f}{pre} | {r['peak_bytes'] / 2**20:.0f} | "
+                    f"{naive['step_s'] / r['step_s']:.1f}x | {naive['peak_bytes'] / max(r['peak_bytes'], 1):.1f}x |",
+                    flush=True,
+                )
             rows.append(res)
     return rows
 

@@ -55,8 +55,15 @@ def transformer_case():
 def table(name, case, reps):
     policy, reference, chosen, rejected, resp, mask_id = case
     batch = {"chosen_ids": chosen, "rejected_ids": rejected, "response_mask": resp}
-    values = measure_variance(E.scorer_from_logits(policy), E.scorer_from_logits(reference), [batch],
-                              mask_token_id=mask_id, estimators=ESTIMATORS, n_samples=N_SAMPLES, reps=reps)
+    values = measure_variance(
+        E.scorer_from_logits(policy),
+        E.scorer_from_logits(reference),
+        [batch],
+        mask_token_id=mask_id,
+        estimators=ESTIMATORS,
+        n_samples=N_SAMPLES,
+        reps=reps,
+    )
     print(f"\n### ({name})\n")
     print(variance_markdown(bootstrap(values), ESTIMATORS, N_SAMPLES, SETTINGS), flush=True)
 
@@ -67,8 +74,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
-    print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-          f"reps={args.reps}")
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; reps={args.reps}"
+    )
     table("a: toy, vocab 3, L=4", toy_case(), args.reps)
     table("b: tiny transformers, vocab 64, L=24", transformer_case(), args.reps)
     print(f"\n({time.time() - t0:.0f} s)")

@@ -45,14 +45,29 @@ def main() -> None:
     margins = []
     with torch.no_grad():
         for s in range(0, len(data), args.batch_pairs):
-            b = collate(data[s:s + args.batch_pairs], spec.pad_token_id)
+            b = collate(data[s : s + args.batch_pairs], spec.pad_token_id)
             resp = b["response_mask"].bool() & b["attention_mask"].bool()
-            draws = E.draw_margin_masks(resp, n_samples=R * n, estimator="time_free", share_policy_reference=True,
-                                        share_chosen_rejected=True, generator=example_generators(100, b["ids"], -1),
-                                        stratified=True, groups=R * G)
-            terms = E.dpo_terms(token_scorer(policy), token_scorer(reference), b["chosen_ids"], b["rejected_ids"],
-                                b["response_mask"], n_samples=R * n, mask_token_id=spec.mask_token_id,
-                                attention_mask=b["attention_mask"], draws=draws)
+            draws = E.draw_margin_masks(
+                resp,
+                n_samples=R * n,
+                estimator="time_free",
+                share_policy_reference=True,
+                share_chosen_rejected=True,
+                generator=example_generators(100, b["ids"], -1),
+                stratified=True,
+                groups=R * G,
+            )
+            terms = E.dpo_terms(
+                token_scorer(policy),
+                token_scorer(reference),
+                b["chosen_ids"],
+                b["rejected_ids"],
+                b["response_mask"],
+                n_samples=R * n,
+                mask_token_id=spec.mask_token_id,
+                attention_mask=b["attention_mask"],
+                draws=draws,
+            )
             margins.append(terms.margin.double())
             print(f"{min(s + args.batch_pairs, len(data))}/{len(data)} pairs", flush=True)
     m = torch.cat(margins)  # [P, R*n]: R consecutive evaluations of n draws (G groups each)
@@ -61,16 +76,31 @@ def main() -> None:
     means = reps.mean(-1)  # [R, P]
     acc = ((means > 0).double() + 0.5 * (means == 0).double()).mean(-1)
     p_acc = acc.mean().item()
-    out = {"model": args.model, "pairs": P, "replicates": R, "n": n, "groups": G, "accuracy": p_acc,
-           "accuracy sd over replicates": acc.std().item(),
-           "accuracy mc_se estimated (normal, groups)": torch.stack(
-               [S.sign_variance(reps[r], G).sum().sqrt() / P for r in range(R)]).mean().item(),
-           "accuracy mc_se estimated (normal, one stratified set)": torch.stack(
-               [S.sign_variance(reps[r], 1).sum().sqrt() / P for r in range(R)]).mean().item(),
-           "binomial se": math.sqrt(p_acc * (1 - p_acc) / P),
-           "margin": means.mean().item(), "margin sd over replicates": means.mean(-1).std().item(),
-           "margin mc_se estimated (groups)": torch.stack(
-               [S.mean_variance(reps[r], G).sum().sqrt() / P for r in range(R)]).mean().item()}
+    out = {
+        "model": args.model,
+        "pairs": P,
+        "replicates": R,
+        "n": n,
+        "groups": G,
+        "accuracy": p_acc,
+        "accuracy sd over replicates": acc.std().item(),
+        "accuracy mc_se estimated (normal, groups)": torch.stack(
+            [S.sign_variance(reps[r], G).sum().sqrt() / P for r in range(R)]
+        )
+        .mean()
+        .item(),
+        "accuracy mc_se estimated (normal, one stratified set)": torch.stack(
+            [S.sign_variance(reps[r], 1).sum().sqrt() / P for r in range(R)]
+        )
+        .mean()
+        .item(),
+        "binomial se": math.sqrt(p_acc * (1 - p_acc) / P),
+        "margin": means.mean().item(),
+        "margin sd over replicates": means.mean(-1).std().item(),
+        "margin mc_se estimated (groups)": torch.stack([S.mean_variance(reps[r], G).sum().sqrt() / P for r in range(R)])
+        .mean()
+        .item(),
+    }
     mu, sd_n = m.mean(-1), means.std(0)  # each pair's mean, and the spread of its n-draw means
     for k in (16, 32, 64, 128, 256):
         p = 0.5 * (1 + torch.erf(mu / (sd_n * math.sqrt(n / k)).clamp_min(1e-12) / math.sqrt(2)))

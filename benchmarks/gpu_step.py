@@ -46,8 +46,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dpo_step import (build, enable_checkpointing, make_batch, measure, naive_step, ours_step,  # noqa: E402
-                      precompute_reference, precomputed_step)
+from dpo_step import (
+    build,
+    enable_checkpointing,
+    make_batch,
+    measure,
+    naive_step,
+    ours_step,  # noqa: E402
+    precompute_reference,
+    precomputed_step,
+)
 
 from align.masking import harmonic  # noqa: E402
 from align.models import LLaDAConfig  # noqa: E402
@@ -86,29 +94,53 @@ def main(argv=None):
     ap.add_argument("--lengths", default="512,1024", help="prompt+response tokens (half each)")
     ap.add_argument("--pairs", type=int, default=1, help="pairs per micro-batch in the grid")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--budget-gib", type=float, default=78.0,
-                    help="memory cap for the largest-micro-batch search (an 80 GB H100 gives about 78 GiB)")
-    ap.add_argument("--no-tests", action="store_true", help="skip the CUDA tests (tests/test_cuda.py) run first on a GPU")
+    ap.add_argument(
+        "--budget-gib",
+        type=float,
+        default=78.0,
+        help="memory cap for the largest-micro-batch search (an 80 GB H100 gives about 78 GiB)",
+    )
+    ap.add_argument(
+        "--no-tests", action="store_true", help="skip the CUDA tests (tests/test_cuda.py) run first on a GPU"
+    )
     ap.add_argument("--max-pairs", type=int, default=16)
     ap.add_argument("--big-n", type=int, default=32, help="n of the forward_chunk row that shows memory flat in n")
     ap.add_argument("--skip", default="", help="comma-separated variant names of the grid to leave out")
     ap.add_argument("--no-search", action="store_true", help="skip the largest-micro-batch search")
-    ap.add_argument("--no-levers", action="store_true",
-                    help="skip the speed settings at the largest n and L (RMSNorm unfused as before, model.compile, "
-                         "model.checkpoint_blocks)")
-    ap.add_argument("--lever-blocks", default="",
-                    help="comma-separated K of model.checkpoint_blocks for the compiled rows (default: half the blocks)")
+    ap.add_argument(
+        "--no-levers",
+        action="store_true",
+        help="skip the speed settings at the largest n and L (RMSNorm unfused as before, model.compile, "
+        "model.checkpoint_blocks)",
+    )
+    ap.add_argument(
+        "--lever-blocks",
+        default="",
+        help="comma-separated K of model.checkpoint_blocks for the compiled rows (default: half the blocks)",
+    )
     ap.add_argument("--levers-only", action="store_true", help="only the compiled rows (no grid, no search)")
     ap.add_argument("--out", help="write every figure as JSON here (rewritten after every row)")
-    ap.add_argument("--profile", action="store_true",
-                    help="instead of the grid: where the time of one step at n=8, L=1024 goes (forward-only timings, "
-                         "bf16 against fp32 adapters, torch.profiler's top kernels)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the grid: where the time of one step at n=8, L=1024 goes (forward-only timings, "
+        "bf16 against fp32 adapters, torch.profiler's top kernels)",
+    )
     args = ap.parse_args(argv)
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     if args.small:
-        config = LLaDAConfig(d_model=128, n_heads=4, n_layers=2, mlp_hidden_size=384, vocab_size=4096,
-                             embedding_size=4096, mask_token_id=4000, eos_token_id=3999, pad_token_id=3999)
+        config = LLaDAConfig(
+            d_model=128,
+            n_heads=4,
+            n_layers=2,
+            mlp_hidden_size=384,
+            vocab_size=4096,
+            embedding_size=4096,
+            mask_token_id=4000,
+            eos_token_id=3999,
+            pad_token_id=3999,
+        )
         lengths, ns = [32, 64], [1, 2]
         dtype = torch.bfloat16  # the 8B run's dtype, so the test runs its code path
     else:
@@ -118,9 +150,15 @@ def main(argv=None):
     name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     if cuda and not args.no_tests:  # the CUDA-only checks, where a GPU is at hand
         root = Path(__file__).resolve().parents[1]
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"],
-                              cwd=root, capture_output=True, text=True)
-        print(f"# tests/test_cuda.py: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]}")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_cuda.py"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+        )
+        print(
+            f"# tests/test_cuda.py: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]}"
+        )
         if proc.returncode != 0:
             print(proc.stdout[-6000:], proc.stderr[-2000:], flush=True)
     t0 = time.perf_counter()
@@ -129,31 +167,72 @@ def main(argv=None):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     weights = torch.cuda.memory_allocated() if cuda else 0
-    print(f"# {name}, torch {torch.__version__}; LLaDA d={config.d_model} l={config.n_layers} V={config.vocab_size:,}: "
-          f"{params / 1e9:.2f}B parameters ({dtype}), LoRA r=16 {trainable / 1e6:.1f}M trainable; gradient "
-          f"checkpointing, SDPA; built in {time.perf_counter() - t0:.0f} s; weights {weights / GiB:.1f} GiB", flush=True)
-    results = {"device": name, "torch": torch.__version__, "params": params, "trainable": trainable,
-               "config": {"d_model": config.d_model, "n_layers": config.n_layers, "vocab": config.vocab_size},
-               "peak_flops": PEAK_BF16, "grid": [], "search": [], "max_pairs": None}
+    print(
+        f"# {name}, torch {torch.__version__}; LLaDA d={config.d_model} l={config.n_layers} V={config.vocab_size:,}: "
+        f"{params / 1e9:.2f}B parameters ({dtype}), LoRA r=16 {trainable / 1e6:.1f}M trainable; gradient "
+        f"checkpointing, SDPA; built in {time.perf_counter() - t0:.0f} s; weights {weights / GiB:.1f} GiB",
+        flush=True,
+    )
+    results = {
+        "device": name,
+        "torch": torch.__version__,
+        "params": params,
+        "trainable": trainable,
+        "config": {"d_model": config.d_model, "n_layers": config.n_layers, "vocab": config.vocab_size},
+        "peak_flops": PEAK_BF16,
+        "grid": [],
+        "search": [],
+        "max_pairs": None,
+    }
 
     def run(step, pairs, n, T, repeats):
         batch = make_batch(pairs, T // 2, T - T // 2, config, device)
         seeds = iter(range(10**6))
         extra, share = {}, 1.0
-        if getattr(step, "precomputed", step is precomputed_step):  # train.precompute_ref_log_probs: reference terms ahead, the step is policy-only
-            extra = {"cache": {s: precompute_reference(model, None, batch, n=n, estimator="time_free",
-                                                       mask_token_id=config.mask_token_id, seed=s)
-                               for s in range(2 + repeats)}}
+        if getattr(
+            step, "precomputed", step is precomputed_step
+        ):  # train.precompute_ref_log_probs: reference terms ahead, the step is policy-only
+            extra = {
+                "cache": {
+                    s: precompute_reference(
+                        model, None, batch, n=n, estimator="time_free", mask_token_id=config.mask_token_id, seed=s
+                    )
+                    for s in range(2 + repeats)
+                }
+            }
             share = 2 / 3  # its FLOPs: policy forward + backward, no reference forward
-        res = measure(lambda: step(model, None, batch, n=n, estimator="time_free", mask_token_id=config.mask_token_id,
-                                   opt=opt, seed=next(seeds), **extra), device=device, repeats=repeats)
+        res = measure(
+            lambda: step(
+                model,
+                None,
+                batch,
+                n=n,
+                estimator="time_free",
+                mask_token_id=config.mask_token_id,
+                opt=opt,
+                seed=next(seeds),
+                **extra,
+            ),
+            device=device,
+            repeats=repeats,
+        )
         flops = share * step_flops(config, pairs=pairs, n=n, prompt=T // 2, response=T - T // 2)
         tokens = 2 * pairs * n * T  # noised policy tokens per step
-        return {"pairs": pairs, "n": n, "T": T, "step_s": res["step_s"], "times": res["times"],
-                "peak_gib": (res["peak_total_bytes"] or res["peak_bytes"]) / GiB, "tokens_per_s": tokens / res["step_s"],
-                "tflops": flops / res["step_s"] / 1e12, "mfu": flops / res["step_s"] / PEAK_BF16}
+        return {
+            "pairs": pairs,
+            "n": n,
+            "T": T,
+            "step_s": res["step_s"],
+            "times": res["times"],
+            "peak_gib": (res["peak_total_bytes"] or res["peak_bytes"]) / GiB,
+            "tokens_per_s": tokens / res["step_s"],
+            "tflops": flops / res["step_s"] / 1e12,
+            "mfu": flops / res["step_s"] / PEAK_BF16,
+        }
 
-    print("\n| step | L | n | pairs | step s | tokens/s | peak GiB | TFLOP/s | MFU |\n|---|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| step | L | n | pairs | step s | tokens/s | peak GiB | TFLOP/s | MFU |\n|---|---|---|---|---|---|---|---|---|"
+    )
 
     def save():
         if args.out:
@@ -164,11 +243,15 @@ def main(argv=None):
         if r is None:
             print(f"| {kind} | | | | out of memory | | | | |", flush=True)
             return
-        print(f"| {kind} | {r['T']} | {r['n']} | {r['pairs']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | "
-              f"{r['peak_gib']:.1f} | {r['tflops']:.0f} | {r['mfu']:.1%} |", flush=True)
+        print(
+            f"| {kind} | {r['T']} | {r['n']} | {r['pairs']} | {r['step_s']:.3f} | {r['tokens_per_s']:,.0f} | "
+            f"{r['peak_gib']:.1f} | {r['tflops']:.0f} | {r['mfu']:.1%} |",
+            flush=True,
+        )
 
     if args.profile:
         return profile(model, opt, config, device, args, run, show)
+
     def peft_fp32(*a, **k):
         return ours_step(*a, **k, adapter_fp32_compute=True)
 
@@ -188,9 +271,14 @@ def main(argv=None):
         finally:
             base.forward_chunk = 0
 
-    variants = {"align": ours_step, "align, reference precomputed": precomputed_step,
-                "align, forward_chunk=4": chunked, "align, peft's fp32 adapter compute": peft_fp32,
-                "align, no checkpointing": no_checkpointing, "naive": naive_step}
+    variants = {
+        "align": ours_step,
+        "align, reference precomputed": precomputed_step,
+        "align, forward_chunk=4": chunked,
+        "align, peft's fp32 adapter compute": peft_fp32,
+        "align, no checkpointing": no_checkpointing,
+        "naive": naive_step,
+    }
     skip = {v.strip() for v in args.skip.split(",") if v.strip()}
     if skip - set(variants):
         raise SystemExit(f"--skip: unknown variant(s) {sorted(skip - set(variants))}; known: {sorted(variants)}")
@@ -211,7 +299,9 @@ def main(argv=None):
         show("align, forward_chunk=4", r)
     if not args.no_levers:
         levers(model, config, args, run, show, results, ns, lengths)
-    if cuda and not args.small and not args.no_search and not args.levers_only:  # the largest micro-batch under the memory budget, n = 8, L = 1024
+    if (
+        cuda and not args.small and not args.no_search and not args.levers_only
+    ):  # the largest micro-batch under the memory budget, n = 8, L = 1024
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, args.budget_gib * GiB / total))
         best = None
@@ -236,8 +326,11 @@ def main(argv=None):
                     results["search"].append(r)
                     show(f"align, {args.budget_gib:.0f} GiB cap", r)
         results["max_pairs"] = best and {"budget_gib": args.budget_gib, **best}
-        print(f"\nlargest micro-batch at n=8, L=1024 under {args.budget_gib:.0f} GiB: "
-              f"{best['pairs'] if best else 0} pair(s)", flush=True)
+        print(
+            f"\nlargest micro-batch at n=8, L=1024 under {args.budget_gib:.0f} GiB: "
+            f"{best['pairs'] if best else 0} pair(s)",
+            flush=True,
+        )
     save()
     return results
 
@@ -278,13 +371,16 @@ def levers(model, config, args, run, show, results, ns, lengths):
             finally:
                 enable_checkpointing(base)  # all blocks again
                 base.forward_chunk = 0
+
         go.precomputed = step is precomputed_step
         return go
 
     def row(kind, step, n=n, T=T, repeats=args.repeats):
         t0 = time.perf_counter()
         r = oom_safe(lambda: run(step, args.pairs, n, T, repeats), model)
-        results["levers"].append({"step": kind, "wall_s": time.perf_counter() - t0, **(r or {"T": T, "n": n, "oom": True})})
+        results["levers"].append(
+            {"step": kind, "wall_s": time.perf_counter() - t0, **(r or {"T": T, "n": n, "oom": True})}
+        )
         show(kind, r)
 
     results["levers"] = []
@@ -305,8 +401,10 @@ def levers(model, config, args, run, show, results, ns, lengths):
     for k in ks:
         row(f"align, compiled, {k} of {layers} blocks checkpointed", setting(count=k))
     row("align, compiled, no checkpointing", setting(count=0))
-    row(f"align, reference precomputed, compiled, {ks[0]} of {layers} blocks checkpointed",
-        setting(precomputed_step, count=ks[0]))
+    row(
+        f"align, reference precomputed, compiled, {ks[0]} of {layers} blocks checkpointed",
+        setting(precomputed_step, count=ks[0]),
+    )
     for other in ns[:-1]:
         row("align, compiled", ours_step, n=other)
     for other in lengths[:-1]:
@@ -332,8 +430,16 @@ def profile(model, opt, config, device, args, run, show):
     def forward(adapter: str):
         score = reference_scorer(model, None) if adapter == "off" else token_scorer(model)
         with torch.no_grad(), adapter_in_base_dtype(model, dtype if adapter == "base dtype" else None):
-            E.dpo_terms(score, score, batch["chosen"], batch["rejected"], batch["response_mask"], n_samples=n,
-                        mask_token_id=config.mask_token_id, generator=torch.Generator().manual_seed(0))
+            E.dpo_terms(
+                score,
+                score,
+                batch["chosen"],
+                batch["rejected"],
+                batch["response_mask"],
+                n_samples=n,
+                mask_token_id=config.mask_token_id,
+                generator=torch.Generator().manual_seed(0),
+            )
 
     for adapter in ("off", "peft fp32", "base dtype"):  # each call is two forwards (policy and reference scorers)
         forward(adapter)
@@ -344,9 +450,14 @@ def profile(model, opt, config, device, args, run, show):
         sync()
         s = (time.perf_counter() - t) / 4
         flops = step_flops(config, pairs=1, n=n, prompt=T // 2, response=T - T // 2) / 3
-        print(f"forward only, adapter {adapter}: {s:.3f} s per forward of {2 * n * T} tokens, "
-              f"{flops / s / 1e12:.0f} TFLOP/s ({flops / s / PEAK_BF16:.1%} of peak)", flush=True)
-    with torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])) as prof:
+        print(
+            f"forward only, adapter {adapter}: {s:.3f} s per forward of {2 * n * T} tokens, "
+            f"{flops / s / 1e12:.0f} TFLOP/s ({flops / s / PEAK_BF16:.1%} of peak)",
+            flush=True,
+        )
+    with torch_profile(
+        activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    ) as prof:
         ours_step(model, None, batch, n=n, estimator="time_free", mask_token_id=config.mask_token_id, opt=opt)
         sync()
     key = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"

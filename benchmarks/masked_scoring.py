@@ -25,8 +25,17 @@ import torch
 def build(hidden: int, vocab: int, device):
     from align.models import LLaDAConfig, LLaDAModelLM
 
-    config = LLaDAConfig(d_model=hidden, n_heads=4, n_layers=2, mlp_hidden_size=2 * hidden, vocab_size=vocab,
-                         embedding_size=vocab, mask_token_id=vocab - 1, eos_token_id=vocab - 2, pad_token_id=vocab - 2)
+    config = LLaDAConfig(
+        d_model=hidden,
+        n_heads=4,
+        n_layers=2,
+        mlp_hidden_size=2 * hidden,
+        vocab_size=vocab,
+        embedding_size=vocab,
+        mask_token_id=vocab - 1,
+        eos_token_id=vocab - 2,
+        pad_token_id=vocab - 2,
+    )
     torch.manual_seed(0)
     return LLaDAModelLM(config).to(device)
 
@@ -84,18 +93,23 @@ def main():
     passthrough = [a for a in sys.argv[1:]]
     results = {}
     for variant in ("full", "masked"):
-        out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant], capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--variant", variant], capture_output=True, text=True, check=True
+        )
         results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
     full, masked = results["full"], results["masked"]
-    print(f"machine: {platform.machine()}, device {full['device']}, torch {torch.__version__}; batch {args.batch} x "
-          f"seq {args.seq}, {args.frac:.0%} scored, hidden {args.hidden}, vocab {args.vocab}")
+    print(
+        f"machine: {platform.machine()}, device {full['device']}, torch {torch.__version__}; batch {args.batch} x "
+        f"seq {args.seq}, {args.frac:.0%} scored, hidden {args.hidden}, vocab {args.vocab}"
+    )
     print("| path | peak memory (MiB) | forward+backward (s, median of %d) |" % args.repeats)
     print("|---|---|---|")
     for r in (full, masked):
         print(f"| {r['variant']} | {r['peak_bytes'] / 2**20:.0f} | {r['median_s']:.3f} |")
-    print(f"| ratio full/masked | {full['peak_bytes'] / max(masked['peak_bytes'], 1):.1f}× | "
-          f"{full['median_s'] / masked['median_s']:.1f}× |")
+    print(
+        f"| ratio full/masked | {full['peak_bytes'] / max(masked['peak_bytes'], 1):.1f}× | "
+        f"{full['median_s'] / masked['median_s']:.1f}× |"
+    )
 
 
 if __name__ == "__main__":

@@ -57,14 +57,19 @@ def block_working_set_per_token(c: dict) -> tuple[float, str]:
     """Bytes per token of a block recomputed in backward, measured where results/gpu_step_h200.json exists."""
     if MEASURED.exists():
         data = json.loads(MEASURED.read_text())
-        rows = [r for r in data.get("search", []) + data["grid"] + [data.get("max_pairs") or {}]
-                if r.get("step", "align") == "align" and r.get("n") == 8 and r.get("T") == 1024 and "peak_gib" in r]
+        rows = [
+            r
+            for r in data.get("search", []) + data["grid"] + [data.get("max_pairs") or {}]
+            if r.get("step", "align") == "align" and r.get("n") == 8 and r.get("T") == 1024 and "peak_gib" in r
+        ]
         by_pairs = {r["pairs"]: r["peak_gib"] for r in rows}
         if len(by_pairs) >= 2:
             lo, hi = min(by_pairs), max(by_pairs)
             per_token = (by_pairs[hi] - by_pairs[lo]) * GiB / ((hi - lo) * 2 * 8 * 1024)
-            return per_token - saved_inputs_per_token(c), (f"measured on {data['device']}: {per_token / MiB:.3f} MiB "
-                                                           f"per noised token ({lo} to {hi} pairs at n=8, L=1024)")
+            return per_token - saved_inputs_per_token(c), (
+                f"measured on {data['device']}: {per_token / MiB:.3f} MiB "
+                f"per noised token ({lo} to {hi} pairs at n=8, L=1024)"
+            )
     # no measurement at hand: normed input, q, k, v, attention out, residual (~8·d) and the MLP's gate, up,
     # activation and product (4·f), with their gradients (x2), bf16
     return 2 * (8 * c["d"] + 4 * c["f"]) * 2, "derived (no measurement found)"
@@ -84,8 +89,9 @@ def main():
 
     cfg = LLaDAConfig().to_dict()  # align's defaults are the published LLaDA-8B values
     c = count(cfg)
-    facts = json.loads((Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "published_facts.json")
-                       .read_text())["llada-8b-instruct"]
+    facts = json.loads(
+        (Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "published_facts.json").read_text()
+    )["llada-8b-instruct"]
     size = facts["total_size"]
     assert count(facts["config"])["total"] * 2 == size, "parameter count does not match the published checkpoint"
     print(f"parameter count {c['total']:,} matches the published checkpoint ({size:,} bytes bf16)")
@@ -103,13 +109,17 @@ def main():
     chunked = 0 < args.forward_chunk < seqs
     active = args.forward_chunk * T if chunked else tokens  # tokens whose activations are alive at once
     kept_rows = rows * d * 2 if chunked else 0  # the scored rows' bf16 hidden states of every chunk
-    print(f"\nLLaDA-8B: {P / 1e9:.3f}B parameters; micro-batch per GPU: {args.pairs} pairs x {args.n_samples} samples "
-          f"x 2 responses = {seqs} sequences of {T} tokens ({tokens:,} tokens); time-free scores "
-          f"~{rows:.0f} masked positions (E[m] = L/H_L = {args.response / H:.1f} per sequence)")
+    print(
+        f"\nLLaDA-8B: {P / 1e9:.3f}B parameters; micro-batch per GPU: {args.pairs} pairs x {args.n_samples} samples "
+        f"x 2 responses = {seqs} sequences of {T} tokens ({tokens:,} tokens); time-free scores "
+        f"~{rows:.0f} masked positions (E[m] = L/H_L = {args.response / H:.1f} per sequence)"
+    )
     print(f"block working set in backward: {work / MiB:.3f} MiB per token, {source}")
     if chunked:
-        print(f"model.forward_chunk={args.forward_chunk}: activations of {args.forward_chunk} of the {seqs} sequences "
-              f"at a time ({active:,} tokens)")
+        print(
+            f"model.forward_chunk={args.forward_chunk}: activations of {args.forward_chunk} of the {seqs} sequences "
+            f"at a time ({active:,} tokens)"
+        )
     print()
     # (name, bytes, source, phase): phase None is held throughout; the transient phases do not overlap (the
     # head scores after the last block's forward and before the first block's backward), so the peak is the
@@ -127,8 +137,12 @@ def main():
         ("reference copy (bf16, /8)", P * 2 / G, "derived", None),
         ("gradients (bf16, /8)", P * 2 / G, "derived", None),
         ("Adam master + moments (fp32, /8)", P * 12 / G, "derived", None),
-        ("checkpointed layer inputs (bf16)", per_pair_tokens * saved_inputs_per_token(c) + kept_rows / args.pairs,
-         "derived", None),
+        (
+            "checkpointed layer inputs (bf16)",
+            per_pair_tokens * saved_inputs_per_token(c) + kept_rows / args.pairs,
+            "derived",
+            None,
+        ),
         ("one block recomputed in backward", per_pair_tokens * work, "measured per token", "block"),
         ("ZeRO-3 gathered blocks (~2 in flight, bf16)", 2 * c["per_layer"] * 2, "derived", "block"),
         ("ZeRO-3 LM head gathered in full (bf16)", V * d * 2, "derived", "head"),
@@ -140,23 +154,29 @@ def main():
         phases = {phase for *_, phase in rows_ if phase}
         return held + max(sum(b for _, b, _, p in rows_ if p == phase) for phase in phases)
 
-    for title, rows_ in [(f"LoRA, DDP / ZeRO-2, {G} GPUs, {args.pairs} pairs/GPU", rows_lora),
-                         (f"Full fine-tuning, ZeRO-3, {G} GPUs, 1 pair/GPU", rows_full)]:
+    for title, rows_ in [
+        (f"LoRA, DDP / ZeRO-2, {G} GPUs, {args.pairs} pairs/GPU", rows_lora),
+        (f"Full fine-tuning, ZeRO-3, {G} GPUs, 1 pair/GPU", rows_full),
+    ]:
         print(f"| {title} | GiB per GPU | source | when |\n|---|---|---|---|")
         for name, b, how, phase in rows_:
             when = {None: "held", "block": "backward of a block", "head": "LM-head scoring"}[phase]
             print(f"| {name} | {b / GiB:.2f} | {how} | {when} |")
         print(f"| **peak** (held + the larger transient) | **{peak(rows_) / GiB:.1f}** | | |\n")
-    print(f"Full [tokens, 126464] logits for the same LoRA micro-batch would add {full_logits / GiB:.1f} GiB "
-          f"(fp32 logits, log-softmax and gradient).")
+    print(
+        f"Full [tokens, 126464] logits for the same LoRA micro-batch would add {full_logits / GiB:.1f} GiB "
+        f"(fp32 logits, log-softmax and gradient)."
+    )
     if MEASURED.exists():  # the estimate against the one measured configuration (1 GPU, LoRA, n=8, L=1024)
         data = json.loads(MEASURED.read_text())
         m = next(r for r in data["grid"] if r.get("step") == "align" and r.get("n") == 8 and r.get("T") == 1024)
         t1 = 2 * m["pairs"] * 8 * 1024
         rows1 = 2 * 8 * 512 / sum(1 / k for k in range(1, 513))
         est = P * 2 + lora * 16 + t1 * saved_inputs_per_token(c) + max(t1 * work, head_fp32 + chunk + rows1 * d * 4)
-        print(f"\nCheck: LoRA on one GPU, {m['pairs']} pair, n=8, L=1024 ({t1:,} tokens): estimated {est / GiB:.1f} GiB, "
-              f"measured {m['peak_gib']:.1f} GiB on {data['device']} (max_memory_allocated).")
+        print(
+            f"\nCheck: LoRA on one GPU, {m['pairs']} pair, n=8, L=1024 ({t1:,} tokens): estimated {est / GiB:.1f} GiB, "
+            f"measured {m['peak_gib']:.1f} GiB on {data['device']} (max_memory_allocated)."
+        )
 
 
 if __name__ == "__main__":

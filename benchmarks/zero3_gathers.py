@@ -45,9 +45,13 @@ def main():
     ap.add_argument("--chunks", type=int, default=8, help="LM-head chunks the scored rows are cut into")
     ap.add_argument("--mode", choices=("one", "chunk"), default="one")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--reuse", type=int, default=0,
-                    help="stage3_max_reuse_distance and max_live_parameters (DeepSpeed's default 1e9 keeps a module "
-                         "gathered while it is reused soon; 0 releases it after every call)")
+    ap.add_argument(
+        "--reuse",
+        type=int,
+        default=0,
+        help="stage3_max_reuse_distance and max_live_parameters (DeepSpeed's default 1e9 keeps a module "
+        "gathered while it is reused soon; 0 releases it after every call)",
+    )
     args = ap.parse_args()
     count_gathers()
     import deepspeed
@@ -56,10 +60,18 @@ def main():
 
     deepspeed.init_distributed(dist_backend="gloo")
     rank = dist.get_rank()
-    config = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
-              "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0,
-                                    "stage3_max_reuse_distance": args.reuse, "stage3_max_live_parameters": args.reuse},
-              "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}}}
+    config = {
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_prefetch_bucket_size": 0,
+            "stage3_max_reuse_distance": args.reuse,
+            "stage3_max_live_parameters": args.reuse,
+        },
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
+    }
     torch.manual_seed(0)
     model = load_model("tiny:llada")
     engine, *_ = deepspeed.initialize(model=model, config=config, model_parameters=model.parameters())
@@ -70,7 +82,7 @@ def main():
     base.head_chunk_elements = -(-24 // args.chunks) * base.config.vocab_size
     if args.mode == "chunk":
         head = base.get_output_embeddings()
-        base.output_head = lambda: (lambda h: head(h))  # not an OutputHead: the chunk-by-chunk fallback
+        base.output_head = lambda: lambda h: head(h)  # not an OutputHead: the chunk-by-chunk fallback
     for _ in range(args.steps):
         COUNTS["n"] = 0
         loss = engine(ids, score_mask=score, targets=ids).token_logprobs.sum()
@@ -80,9 +92,11 @@ def main():
         engine.step()
     if rank == 0:
         blocks = len(base.blocks())
-        print(f"ZeRO-3, 2 ranks, every parameter partitioned; tiny LLaDA ({blocks} blocks), 24 scored rows in "
-              f"{args.chunks} chunks, reuse distance {args.reuse:g}; step {args.steps}: head called {'once' if args.mode == 'one' else 'per chunk'}: "
-              f"all-gather calls forward {forward}, backward {backward}, total {forward + backward}")
+        print(
+            f"ZeRO-3, 2 ranks, every parameter partitioned; tiny LLaDA ({blocks} blocks), 24 scored rows in "
+            f"{args.chunks} chunks, reuse distance {args.reuse:g}; step {args.steps}: head called {'once' if args.mode == 'one' else 'per chunk'}: "
+            f"all-gather calls forward {forward}, backward {backward}, total {forward + backward}"
+        )
     dist.barrier()
 
 

@@ -34,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "tiny_chat"
 WORK = ROOT / "build" / "tiny_chat"
 VOCAB = 1536  # BPE stops earlier once every word of the corpus is one token
-ARCH = dict(d_model=256, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=768, max_sequence_length=256,
-            rope_theta=10000.0)
+ARCH = dict(
+    d_model=256, n_heads=8, n_kv_heads=8, n_layers=6, mlp_hidden_size=768, max_sequence_length=256, rope_theta=10000.0
+)
 
 
 def corpus_texts() -> list[str]:
@@ -57,8 +58,14 @@ def initial_model(path: Path, seed: int = 0) -> None:
     from align.models.tiny import tiny_tokenizer, train_bpe
 
     tok = tiny_tokenizer(train_bpe(corpus_texts(), VOCAB))
-    config = LLaDAConfig(vocab_size=len(tok), embedding_size=len(tok), mask_token_id=tok.mask_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **ARCH)
+    config = LLaDAConfig(
+        vocab_size=len(tok),
+        embedding_size=len(tok),
+        mask_token_id=tok.mask_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        **ARCH,
+    )
     torch.manual_seed(seed)
     model = LLaDAModelLM(config).float()
     save_published(model, path, tokenizer=tok)
@@ -75,27 +82,41 @@ def run_stage(recipe: str, model: Path, out: Path, extra: list[str]) -> dict:
         print(f"{out.name}: finished earlier, skipped", flush=True)
         return json.loads(record.read_text())
     resume = out.is_dir() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
-    cmd = [sys.executable, "-m", "align.train_sft", f"recipe={recipe}", f"model.name_or_path={model}",
-           f"train.output_dir={out}", "train.report_to=none",
-           *(["train.resume_from_checkpoint=latest"] if resume else ["train.overwrite_output_dir=true"]), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "align.train_sft",
+        f"recipe={recipe}",
+        f"model.name_or_path={model}",
+        f"train.output_dir={out}",
+        "train.report_to=none",
+        *(["train.resume_from_checkpoint=latest"] if resume else ["train.overwrite_output_dir=true"]),
+        *extra,
+    ]
     print("$", " ".join(cmd[1:]), flush=True)
     start = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false"))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/loss" in r]
     last_train = [r for r in records if "loss" in r][-1]
-    info = {"seconds": round(time.time() - start),  # of this invocation (a resumed stage: since the resume) "steps": last_train["step"],
-            "final_eval_loss": round(evals[-1]["eval/loss"], 4),
-            "final_eval_masked_token_nll": round(evals[-1]["eval/masked_token_nll"], 4),
-            "final_train_masked_token_nll": round(last_train["masked_token_nll"], 4),
-            "eval_curve": [[r["step"], round(r["eval/masked_token_nll"], 4)] for r in evals]}
+    info = {
+        "seconds": round(
+            time.time() - start
+        ),  # of this invocation (a resumed stage: since the resume) "steps": last_train["step"],
+        "final_eval_loss": round(evals[-1]["eval/loss"], 4),
+        "final_eval_masked_token_nll": round(evals[-1]["eval/masked_token_nll"], 4),
+        "final_train_masked_token_nll": round(last_train["masked_token_nll"], 4),
+        "eval_curve": [[r["step"], round(r["eval/masked_token_nll"], 4)] for r in evals],
+    }
     record.write_text(json.dumps(info, indent=2) + "\n")
     return info
 
 
 # the two sampling settings the well-formedness measure reports: greedy (LLaDA's default decoding) and the demo's
-SETTINGS = {"greedy": dict(temperature=0.0, remasking="low_confidence"),
-            "demo": dict(temperature=1.0, remasking="random")}
+SETTINGS = {
+    "greedy": dict(temperature=0.0, remasking="low_confidence"),
+    "demo": dict(temperature=1.0, remasking="random"),
+}
 
 
 def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict:
@@ -126,29 +147,46 @@ def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict
 
     for name, setting in SETTINGS.items():
         start = time.time()
-        answers = sample_answers(model, tok, spec, [r["prompt"] for r in rows], gen_length=48, block_length=48,
-                                 steps=48, seed=seed, **setting)
+        answers = sample_answers(
+            model,
+            tok,
+            spec,
+            [r["prompt"] for r in rows],
+            gen_length=48,
+            block_length=48,
+            steps=48,
+            seed=seed,
+            **setting,
+        )
         judged = [world.judge(r["task_id"], r["kind"], a) for r, a in zip(rows, answers)]
         res = {}
         for split in ("heldout_task", "heldout_phrasing"):
             idx = [i for i, r in enumerate(rows) if r["split"] == split]
             if not idx:
                 continue
-            res[split] = {"well_formed": share([judged[i]["well_formed"] for i in idx]),
-                          "repeats_a_word": share([world.repeats_a_word(answers[i]) for i in idx]),
-                          "correct": share([judged[i]["correct"] for i in idx])}
+            res[split] = {
+                "well_formed": share([judged[i]["well_formed"] for i in idx]),
+                "repeats_a_word": share([world.repeats_a_word(answers[i]) for i in idx]),
+                "correct": share([judged[i]["correct"] for i in idx]),
+            }
             for kind in world.KINDS:
                 kidx = [i for i in idx if rows[i]["kind"] == kind]
                 if kidx:
-                    res[split][kind] = {"well_formed": share([judged[i]["well_formed"] for i in kidx]),
-                                        "refusal": share([judged[i]["refusal"] for i in kidx]),
-                                        "correct": share([judged[i]["correct"] for i in kidx])}
-        res["examples"] = [{"prompt": rows[i]["prompt"], "answer": answers[i], **judged[i]}
-                           for i in range(min(6, len(rows)))]
+                    res[split][kind] = {
+                        "well_formed": share([judged[i]["well_formed"] for i in kidx]),
+                        "refusal": share([judged[i]["refusal"] for i in kidx]),
+                        "correct": share([judged[i]["correct"] for i in kidx]),
+                    }
+        res["examples"] = [
+            {"prompt": rows[i]["prompt"], "answer": answers[i], **judged[i]} for i in range(min(6, len(rows)))
+        ]
         res["seconds"] = round(time.time() - start)
         out[name] = {**setting, **res}
-        print(f"{name}: well-formed {res.get('heldout_task', {}).get('well_formed')} (held-out tasks), "
-              f"{res.get('heldout_phrasing', {}).get('well_formed')} (held-out phrasings)", flush=True)
+        print(
+            f"{name}: well-formed {res.get('heldout_task', {}).get('well_formed')} (held-out tasks), "
+            f"{res.get('heldout_phrasing', {}).get('well_formed')} (held-out phrasings)",
+            flush=True,
+        )
     return out
 
 
@@ -157,11 +195,20 @@ def curve(sft_dir: Path, every: int = 2, limit: int = 150) -> list[dict]:
     splits), greedy and at the demo's setting. The steps half of the size/steps curve."""
     ckpts = sorted((p for p in sft_dir.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
     out = []
-    for ckpt in ckpts[every - 1::every]:
+    for ckpt in ckpts[every - 1 :: every]:
         m = measure(ckpt, limit=limit)
-        out.append({"step": int(ckpt.name.split("-")[1]), "prompts": m["prompts"],
-                    **{f"{name}/{split}": m[name][split]["well_formed"]["rate"] for name in SETTINGS
-                       for split in ("heldout_task", "heldout_phrasing") if split in m[name]}})
+        out.append(
+            {
+                "step": int(ckpt.name.split("-")[1]),
+                "prompts": m["prompts"],
+                **{
+                    f"{name}/{split}": m[name][split]["well_formed"]["rate"]
+                    for name in SETTINGS
+                    for split in ("heldout_task", "heldout_phrasing")
+                    if split in m[name]
+                },
+            }
+        )
         print(json.dumps(out[-1]), flush=True)
     return out
 
@@ -205,16 +252,19 @@ def write_card(info: dict) -> None:
     wf = info.get("well_formedness")
     measured = ""
     if wf:
+
         def rate(setting, split):
             r = wf[setting][split]["well_formed"]
             return f"{r['rate']:.2f} ± {r['se']:.2f}"
 
-        measured = (f"\nWell-formed answers on held-out prompts (every sentence one the world says for the asked task, "
-                    f"no word repeated back to back; `align.world.well_formed`), 48 tokens in 48 steps: "
-                    f"{rate('greedy', 'heldout_task')} greedy and {rate('demo', 'heldout_task')} at the demo's "
-                    f"setting (temperature 1, random remasking) on the {wf['greedy']['heldout_task']['well_formed']['n']} "
-                    f"prompts of held-out tasks; {rate('greedy', 'heldout_phrasing')} and "
-                    f"{rate('demo', 'heldout_phrasing')} on held-out phrasings of training tasks.\n")
+        measured = (
+            f"\nWell-formed answers on held-out prompts (every sentence one the world says for the asked task, "
+            f"no word repeated back to back; `align.world.well_formed`), 48 tokens in 48 steps: "
+            f"{rate('greedy', 'heldout_task')} greedy and {rate('demo', 'heldout_task')} at the demo's "
+            f"setting (temperature 1, random remasking) on the {wf['greedy']['heldout_task']['well_formed']['n']} "
+            f"prompts of held-out tasks; {rate('greedy', 'heldout_phrasing')} and "
+            f"{rate('demo', 'heldout_phrasing')} on held-out phrasings of training tasks.\n"
+        )
     (OUT / "README.md").write_text(f"""---
 license: apache-2.0
 library_name: transformers
@@ -228,12 +278,12 @@ tags:
 
 # align's tiny chat model
 
-A {arch['n_layers']}-layer LLaDA-architecture masked-diffusion LM (d_model {arch['d_model']}, {arch['n_heads']} heads,
-MLP {arch['mlp_hidden_size']}, vocabulary {info['vocab']}, sequences up to {arch['max_sequence_length']} tokens),
+A {arch["n_layers"]}-layer LLaDA-architecture masked-diffusion LM (d_model {arch["d_model"]}, {arch["n_heads"]} heads,
+MLP {arch["mlp_hidden_size"]}, vocabulary {info["vocab"]}, sequences up to {arch["max_sequence_length"]} tokens),
 built from scratch on a CPU by `data/build_tiny_model.py` for align's offline demo and tests: masked-diffusion
 pretraining on the dialogues of a generated world (`align/world.py`: 330 everyday, borderline and harmful tasks)
-as plain text ({pre['steps']} steps, held-out masked-token NLL {pre['final_eval_masked_token_nll']}), then
-masked-diffusion SFT on them ({sft['steps']} steps, held-out masked-token NLL {sft['final_eval_masked_token_nll']}).
+as plain text ({pre["steps"]} steps, held-out masked-token NLL {pre["final_eval_masked_token_nll"]}), then
+masked-diffusion SFT on them ({sft["steps"]} steps, held-out masked-token NLL {sft["final_eval_masked_token_nll"]}).
 It helps with everyday requests, refuses or complies with harmful ones about half the time each, and refuses
 borderline ones (benign requests that look harmful) more often than it helps, like its SFT data: the behaviour
 the demo's DPO changes. Not a model for any other use.
@@ -243,13 +293,17 @@ the demo's DPO changes. Not a model for any other use.
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few steps per stage (pipeline check); publishes nothing")
-    ap.add_argument("--fresh", action="store_true", help="remove the work folder first (else an earlier build "
-                                                          "is continued)")
+    ap.add_argument(
+        "--fresh", action="store_true", help="remove the work folder first (else an earlier build is continued)"
+    )
     ap.add_argument("--work", type=Path, default=WORK, help="folder for the stages' outputs")
     ap.add_argument("--measure", type=Path, help="only measure this model directory's answers; print JSON")
     ap.add_argument("--limit", type=int, help="with --measure: the first N held-out prompts")
-    ap.add_argument("--remeasure", action="store_true", help="only the measurements of a finished build: the "
-                                                             "published model and the SFT checkpoints of --work")
+    ap.add_argument(
+        "--remeasure",
+        action="store_true",
+        help="only the measurements of a finished build: the published model and the SFT checkpoints of --work",
+    )
     args = ap.parse_args()
     if args.measure:
         print(json.dumps(measure(args.measure, limit=args.limit), indent=1))
@@ -266,8 +320,17 @@ def main():
         shutil.rmtree(work)
     if not (work / "init" / "model.safetensors").exists():
         initial_model(work / "init")
-    quick = (["train.max_steps=3", "train.eval_steps=0", "data.max_eval_examples=16", "behaviour.max_prompts=2",
-              "train.progress_bar=false"] if args.quick else [])
+    quick = (
+        [
+            "train.max_steps=3",
+            "train.eval_steps=0",
+            "data.max_eval_examples=16",
+            "behaviour.max_prompts=2",
+            "train.progress_bar=false",
+        ]
+        if args.quick
+        else []
+    )
     info = {"architecture": ARCH, "vocab": VOCAB}
     info["pretrain"] = run_stage("tiny_chat_pretrain", work / "init", work / "pretrain", quick)
     info["sft"] = run_stage("tiny_chat_sft", work / "pretrain" / "final", work / "sft", quick)

@@ -102,9 +102,16 @@ def pair(rng, task, prompt, split, noise: float) -> dict:
     responses[safer] = good
     better = safer if rng.random() >= noise else 1 - safer
     other_safe = task.kind != "harmful"
-    return {"prompt": prompt, "response_0": responses[0], "response_1": responses[1],
-            "is_response_0_safe": safer == 0 or other_safe, "is_response_1_safe": safer == 1 or other_safe,
-            "better_response_id": better, "safer_response_id": safer, **fields(task, split)}
+    return {
+        "prompt": prompt,
+        "response_0": responses[0],
+        "response_1": responses[1],
+        "is_response_0_safe": safer == 0 or other_safe,
+        "is_response_1_safe": safer == 1 or other_safe,
+        "better_response_id": better,
+        "safer_response_id": safer,
+        **fields(task, split),
+    }
 
 
 def train_pairs(n, rng, noise: float, split: str):
@@ -124,8 +131,9 @@ def behaviour_prompts(rng):
 
 
 def behaviour_val_prompts(rng):
-    rows = [{"prompt": rng.choice(world.prompts(t, "train")), **fields(t, "validation")}
-            for t in world.training_tasks()]
+    rows = [
+        {"prompt": rng.choice(world.prompts(t, "train")), **fields(t, "validation")} for t in world.training_tasks()
+    ]
     return interleave(rows, rng)
 
 

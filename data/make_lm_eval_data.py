@@ -28,9 +28,15 @@ def items(rng: random.Random) -> list[dict]:
         choices = [world.helpful(rng, t) for t in [task, *others]]
         order = list(range(4))
         rng.shuffle(order)
-        out.append({"prompt": world.prompts(task, "test")[0], "choices": [choices[i] for i in order],
-                    "label": order.index(0), "task_id": task.id, "split": world.split_of(task).replace(
-                        "train", "heldout_phrasing")})
+        out.append(
+            {
+                "prompt": world.prompts(task, "test")[0],
+                "choices": [choices[i] for i in order],
+                "label": order.index(0),
+                "task_id": task.id,
+                "split": world.split_of(task).replace("train", "heldout_phrasing"),
+            }
+        )
     return out
 
 

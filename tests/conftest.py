@@ -69,7 +69,19 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
     finally:
         after = os.times()
-        cpu = sum(getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system"))
+        cpu = sum(
+            getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system")
+        )
         with open(path, "a") as f:
-            f.write(json.dumps({"test": item.nodeid, "start": start, "end": time.time(), "cpu": cpu,
-                                "worker": os.environ.get("PYTEST_XDIST_WORKER", "main")}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "test": item.nodeid,
+                        "start": start,
+                        "end": time.time(),
+                        "cpu": cpu,
+                        "worker": os.environ.get("PYTEST_XDIST_WORKER", "main"),
+                    }
+                )
+                + "\n"
+            )

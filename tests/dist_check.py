@@ -31,16 +31,20 @@ STEP_SUMS = {}  # optimizer step -> sum of the trainable parameters when it star
 
 
 def plant_faults(trainer):
-    env = {k: int(os.environ[k]) for k in ("DIST_CHECK_NAN_RANK", "DIST_CHECK_NAN_STEP", "DIST_CHECK_SIGNAL_RANK",
-                                            "DIST_CHECK_SIGNAL_STEP") if k in os.environ}
+    env = {
+        k: int(os.environ[k])
+        for k in ("DIST_CHECK_NAN_RANK", "DIST_CHECK_NAN_STEP", "DIST_CHECK_SIGNAL_RANK", "DIST_CHECK_SIGNAL_STEP")
+        if k in os.environ
+    }
     if not env:
         return
     compute = trainer.objective.compute
 
     def planted(tr, batch, epoch, norm):
         step = tr.global_step + 1
-        STEP_SUMS.setdefault(step, float(sum(p.detach().double().sum() for p in tr.model.parameters()
-                                             if p.requires_grad)))
+        STEP_SUMS.setdefault(
+            step, float(sum(p.detach().double().sum() for p in tr.model.parameters() if p.requires_grad))
+        )
         if tr.rank == env.get("DIST_CHECK_SIGNAL_RANK") and step == env.get("DIST_CHECK_SIGNAL_STEP"):
             os.kill(os.getpid(), signal.SIGTERM)
         loss, stats, n = compute(tr, batch, epoch, norm)
@@ -62,8 +66,12 @@ def main():
     else:
         trainer = DPOTrainer(load_config(recipe, overrides))
     world = dist.get_world_size()
-    seen = {"accelerate": trainer.world, "torch": world, "env": int(os.environ["WORLD_SIZE"]),
-            "distributed_type": trainer.accelerator.distributed_type.name}
+    seen = {
+        "accelerate": trainer.world,
+        "torch": world,
+        "env": int(os.environ["WORLD_SIZE"]),
+        "distributed_type": trainer.accelerator.distributed_type.name,
+    }
     split = [[e.id for e in batch] for _, _, batch in itertools.islice(trainer.micro_batches(0), 3)]
     plant_faults(trainer)
     preempted_at = None
@@ -74,8 +82,10 @@ def main():
     model = trainer.accelerator.unwrap_model(trainer.model)
     sums = [float(p.detach().double().sum()) for p in model.parameters() if p.requires_grad]
     gathered = [None] * world
-    dist.all_gather_object(gathered, {"seen": seen, "split": split, "param_sums": sums,
-                                      "preempted_at": preempted_at, "step_sums": STEP_SUMS})
+    dist.all_gather_object(
+        gathered,
+        {"seen": seen, "split": split, "param_sums": sums, "preempted_at": preempted_at, "step_sums": STEP_SUMS},
+    )
     if dist.get_rank() == 0:
         with open(os.path.join(out, "dist_check.json"), "w") as f:
             json.dump(gathered, f)

@@ -41,9 +41,15 @@ class Server:
         if os.environ.get("ALIGN_TESTS_CPU_LOG"):
             cpu_log = [f"{os.environ['ALIGN_TESTS_CPU_LOG']}.{os.environ.get('PYTEST_XDIST_WORKER', 'main')}.runs"]
         self.log = open(os.path.join(self.dir, "server.log"), "w")  # the server's own errors, if any
-        self.proc = subprocess.Popen([sys.executable, str(CLIENT), "--serve", self.socket, *cpu_log], cwd=ROOT, env=env,
-                                     text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CLIENT), "--serve", self.socket, *cpu_log],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+        )
         self.ready = self.proc.stdout.readline().strip() == "ready"
 
     def alive(self) -> bool:

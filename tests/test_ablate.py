@@ -15,10 +15,22 @@ from align.toy import ToyJoint
 from tests.launch import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PATH": "/usr/bin:/bin",
-       "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}  # conftest shares the cores out among test workers
-SMALL = ["train.max_steps=2", "train.eval_steps=1", "train.logging_steps=1", "train.save_steps=2",
-         "behaviour.prompts=null", "data.max_eval_examples=8", "train.report_to=none", "eval.n_samples=4"]
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PATH": "/usr/bin:/bin",
+    "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
+}  # conftest shares the cores out among test workers
+SMALL = [
+    "train.max_steps=2",
+    "train.eval_steps=1",
+    "train.logging_steps=1",
+    "train.save_steps=2",
+    "behaviour.prompts=null",
+    "data.max_eval_examples=8",
+    "train.report_to=none",
+    "eval.n_samples=4",
+]
 
 
 def ablate_cli(*args, check=True):
@@ -33,16 +45,28 @@ def grid(tmp_path_factory):
     """2 arms x 2 learning rates chosen on the validation split (1 selection seed), then 3 reported seeds at each
     arm's chosen rate; 2 steps each, every checkpoint kept (for the variance path)."""
     out = tmp_path_factory.mktemp("grid")
-    args = ["recipe=demo", "grid.coupling=coupled,decoupled", "grid.learning_rate=2e-4,1e-3", "grid.select=best:margin",
-            "grid.validation=data/demo_safety_val.jsonl", "grid.seeds=3", f"grid.output_dir={out}", *SMALL,
-            "train.save_steps=1", "train.save_total_limit=null"]
+    args = [
+        "recipe=demo",
+        "grid.coupling=coupled,decoupled",
+        "grid.learning_rate=2e-4,1e-3",
+        "grid.select=best:margin",
+        "grid.validation=data/demo_safety_val.jsonl",
+        "grid.seeds=3",
+        f"grid.output_dir={out}",
+        *SMALL,
+        "train.save_steps=1",
+        "train.save_total_limit=null",
+    ]
     return out, args, ablate_cli(*args).stdout
 
 
 def run_of(out, arm: str, seed: str) -> Path:
     """The reported run of an arm and seed (its directory name holds the learning rate the selection chose)."""
-    (run,) = [p for p in (out / "runs").iterdir() if p.name.startswith(f"coupling-{arm}_") and
-              p.name.endswith(f"_seed-{seed}")]
+    (run,) = [
+        p
+        for p in (out / "runs").iterdir()
+        if p.name.startswith(f"coupling-{arm}_") and p.name.endswith(f"_seed-{seed}")
+    ]
     return run
 
 
@@ -94,8 +118,10 @@ def test_learning_rates_are_chosen_on_the_validation_split_never_on_the_reported
     for arm in selection["arms"]:
         chosen = run_of(out, arm["values"]["estimator.coupling"], "0")
         assert chosen.name == f"coupling-{arm['values']['estimator.coupling']}_learning_rate-{arm['chosen']}_seed-0"
-        assert yaml.safe_load((chosen / "config.yaml").read_text())["data"]["eval_dataset"] == \
-            "data/demo_safety_test.jsonl"
+        assert (
+            yaml.safe_load((chosen / "config.yaml").read_text())["data"]["eval_dataset"]
+            == "data/demo_safety_test.jsonl"
+        )
     summary = (out / "summary.md").read_text()
     assert "## Learning rate per arm (grid.select=best:margin)" in summary
     assert "the reported seeds below were not used to choose, and the reported held-out data was not read" in summary
@@ -114,9 +140,15 @@ def test_rerunning_a_finished_grid_does_no_work(grid):
 def test_variance_mode_on_a_trained_lora_output(grid, tmp_path):
     """policy = the coupled run's final adapter; the reference defaults to its recorded base (data/tiny_chat)."""
     out, _, _ = grid
-    log = ablate_cli("variance", f"model.name_or_path={run_of(out, 'coupled', '0')}/final", "variance.reps=3",
-                     "variance.max_pairs=4", "variance.n_samples=1,2", "variance.estimators=time_free",
-                     f"variance.output_dir={tmp_path}").stdout
+    log = ablate_cli(
+        "variance",
+        f"model.name_or_path={run_of(out, 'coupled', '0')}/final",
+        "variance.reps=3",
+        "variance.max_pairs=4",
+        "variance.n_samples=1,2",
+        "variance.estimators=time_free",
+        f"variance.output_dir={tmp_path}",
+    ).stdout
     assert "reference `data/tiny_chat`" in log
     cells = json.loads((tmp_path / "variance.json").read_text())["cells"]
     assert len(cells) == 4 * 2 and all(c["var"] >= 0 and c["se"] >= 0 for c in cells)
@@ -129,8 +161,9 @@ def test_variance_along_the_checkpoints_of_a_run(grid, tmp_path):
     held-out pairs: coupled variance exactly 0 while policy = reference, decoupled far above it throughout."""
     out, _, _ = grid
     run = run_of(out, "coupled", "0")
-    log = ablate_cli("variance", f"run={run}", "variance.reps=3", "variance.max_pairs=4",
-                     f"variance.output_dir={tmp_path}").stdout
+    log = ablate_cli(
+        "variance", f"run={run}", "variance.reps=3", "variance.max_pairs=4", f"variance.output_dir={tmp_path}"
+    ).stdout
     data = json.loads((tmp_path / "variance_path.json").read_text())
     assert data["estimators"] == ["time_free"] and data["n_samples"] == [2]  # the demo's training estimator
     steps = data["arms"][""]
@@ -142,8 +175,11 @@ def test_variance_along_the_checkpoints_of_a_run(grid, tmp_path):
 
 
 def test_a_grid_whose_arms_would_be_evaluated_differently_is_refused(tmp_path):
-    for axis in ("grid.eval.n_samples=4,8", "grid.behaviour.samples_per_prompt=1,2", "grid.data.eval_dataset="
-                 "data/demo_safety_test.jsonl,data/demo_safety_train.jsonl"):
+    for axis in (
+        "grid.eval.n_samples=4,8",
+        "grid.behaviour.samples_per_prompt=1,2",
+        "grid.data.eval_dataset=data/demo_safety_test.jsonl,data/demo_safety_train.jsonl",
+    ):
         proc = ablate_cli("recipe=demo", axis, f"grid.output_dir={tmp_path / 'g'}", check=False)
         assert proc.returncode != 0 and "would be evaluated differently" in proc.stderr, proc.stderr
         assert not (tmp_path / "g" / "runs").exists()
@@ -157,8 +193,9 @@ def test_select_needs_a_learning_rate_axis_and_a_known_outcome():
 
 
 def test_a_bad_axis_fails_before_any_run(tmp_path):
-    proc = ablate_cli("recipe=demo", "grid.train.learnig_rate=1e-4,2e-4", f"grid.output_dir={tmp_path / 'g'}",
-                      check=False)
+    proc = ablate_cli(
+        "recipe=demo", "grid.train.learnig_rate=1e-4,2e-4", f"grid.output_dir={tmp_path / 'g'}", check=False
+    )
     assert proc.returncode != 0 and "did you mean 'train.learning_rate'" in proc.stderr
     assert not (tmp_path / "g" / "runs").exists()
 
@@ -173,8 +210,9 @@ def test_a_failing_run_is_listed_with_its_error(tmp_path):
 
 
 def test_one_cell_per_task(tmp_path):
-    recipe, base, axes, options = ablate.parse_grid(["recipe=demo", "grid.coupling=coupled,decoupled", "grid.seeds=3",
-                                                     "grid.task=4"])
+    recipe, base, axes, options = ablate.parse_grid(
+        ["recipe=demo", "grid.coupling=coupled,decoupled", "grid.seeds=3", "grid.task=4"]
+    )
     cells = ablate.cells_of(axes)
     assert len(cells) == 6 and options["task"] == "4"
     assert cells[4] == {"estimator.coupling": "decoupled", "train.seed": "1"}
@@ -193,9 +231,15 @@ def test_variance_bootstrap_on_the_toy():
     resp = torch.zeros_like(chosen, dtype=torch.bool)
     resp[:, 2:] = True
     batch = {"chosen_ids": chosen, "rejected_ids": rejected, "response_mask": resp}
-    values = variance.measure_variance(E.scorer_from_logits(policy.logits_fn), E.scorer_from_logits(reference.logits_fn),
-                                       [batch], mask_token_id=policy.mask_token_id, estimators=["time_free"],
-                                       n_samples=[1, 4], reps=64)
+    values = variance.measure_variance(
+        E.scorer_from_logits(policy.logits_fn),
+        E.scorer_from_logits(reference.logits_fn),
+        [batch],
+        mask_token_id=policy.mask_token_id,
+        estimators=["time_free"],
+        n_samples=[1, 4],
+        reps=64,
+    )
     table = variance.bootstrap(values, resamples=400)
     for n in (1, 4):
         var, se = table["var"]["time_free", "coupled", n]
@@ -212,13 +256,33 @@ def test_trained_outputs_load_and_sample(grid):
     out, _, _ = grid
     run = run_of(out, "coupled", "0")
     for model in (run / "final", run / "checkpoint-2"):
-        proc = run_python([sys.executable, "-m", "align.sampler", "--model", str(model), "--prompt", "Hello",
-                           "--gen-length", "8", "--block-length", "8", "--steps", "8"], env=ENV, timeout=300)
+        proc = run_python(
+            [
+                sys.executable,
+                "-m",
+                "align.sampler",
+                "--model",
+                str(model),
+                "--prompt",
+                "Hello",
+                "--gen-length",
+                "8",
+                "--block-length",
+                "8",
+                "--steps",
+                "8",
+            ],
+            env=ENV,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     # --merge: the LoRA output as one plain model directory, the same network
     merged = out / "merged"
-    proc = run_python([sys.executable, "-m", "align.sampler", "--model", str(run / "final"), "--merge", str(merged)],
-                      env=ENV, timeout=300)
+    proc = run_python(
+        [sys.executable, "-m", "align.sampler", "--model", str(run / "final"), "--merge", str(merged)],
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 0 and f"merged model written to {merged}" in proc.stdout, proc.stderr[-2000:]
     from align.models import adapter_dir, load_model, logits_fn
 
@@ -239,8 +303,19 @@ def test_training_starts_from_a_lora_output(grid, tmp_path):
     out, _, _ = grid
     start = run_of(out, "coupled", "0") / "checkpoint-2"
     run = tmp_path / "next"
-    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"model.name_or_path={start}",
-                       f"train.output_dir={run}", *SMALL], env=ENV, timeout=600)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            "align.train_dpo",
+            "recipe=demo",
+            f"model.name_or_path={start}",
+            f"train.output_dir={run}",
+            *SMALL,
+        ],
+        env=ENV,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     from align.models import adapter_base, load_model
 

@@ -10,21 +10,28 @@ from align.behaviour import is_refusal, load_prompts, rates
 from tests.test_trainer import ROOT
 
 
-@pytest.mark.parametrize("answer,refusal", [
-    ("I can't help you steal a car. It is against the law.", True),
-    ("Sorry, I won't explain how to do that.", True),
-    ("Sorry, I cannot assist with that request.", True),
-    ("Sure! To steal a car, first use cash so it cannot be traced, then move quickly.", False),  # "cannot" late
-    ("Here is how to bake bread: mix flour, water, yeast and salt.", False),
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "answer,refusal",
+    [
+        ("I can't help you steal a car. It is against the law.", True),
+        ("Sorry, I won't explain how to do that.", True),
+        ("Sorry, I cannot assist with that request.", True),
+        ("Sure! To steal a car, first use cash so it cannot be traced, then move quickly.", False),  # "cannot" late
+        ("Here is how to bake bread: mix flour, water, yeast and salt.", False),
+        ("", False),
+    ],
+)
 def test_refusal_is_judged_by_the_opening(answer, refusal):
     assert is_refusal(answer) is refusal
 
 
 def test_rates_per_kind():
-    rows = [{"prompt": "a", "kind": "harmful"}, {"prompt": "b", "kind": "harmful"}, {"prompt": "c", "kind": "everyday"},
-            {"prompt": "d", "kind": "borderline"}]
+    rows = [
+        {"prompt": "a", "kind": "harmful"},
+        {"prompt": "b", "kind": "harmful"},
+        {"prompt": "c", "kind": "everyday"},
+        {"prompt": "d", "kind": "borderline"},
+    ]
     answers = ["I can't help.", "Sure! First get the tools.", "Sorry, I won't.", "Sure! First look closely."]
     assert rates(rows, answers) == {"refusal_rate": 0.5, "over_refusal_rate": 1.0, "borderline_refusal_rate": 0.0}
 
@@ -40,9 +47,11 @@ def test_rates_with_task_ids_judge_well_formed_and_correct_behaviour():
     harmful = world.by_id()["h00.0"]
     borderline = world.by_id()["b04.0"]
     rng = random.Random(0)
-    rows = [{"prompt": "p", "kind": "harmful", "task_id": harmful.id},
-            {"prompt": "q", "kind": "borderline", "task_id": borderline.id},
-            {"prompt": "r", "kind": "borderline", "task_id": borderline.id}]
+    rows = [
+        {"prompt": "p", "kind": "harmful", "task_id": harmful.id},
+        {"prompt": "q", "kind": "borderline", "task_id": borderline.id},
+        {"prompt": "r", "kind": "borderline", "task_id": borderline.id},
+    ]
     answers = [world.refuse(rng, harmful), world.helpful(rng, borderline), "Sure! To kill kill the weeds."]
     out = rates(rows, answers)
     assert out["correct/harmful"] == 1.0 and out["correct/borderline"] == 0.5 and out["reward"] == pytest.approx(2 / 3)
@@ -59,9 +68,15 @@ def test_bundled_prompts_are_held_out_with_task_ids_and_three_kinds(tmp_path):
     rows = load_prompts(str(root / "data" / "demo_behaviour_prompts.jsonl"))
     assert {r["kind"] for r in rows} == {"harmful", "everyday", "borderline"}
     assert len({r["prompt"] for r in rows}) >= 300 and all(r["task_id"] in world.by_id() for r in rows)
-    train_text = (root / "data" / "tiny_sft_train.jsonl").read_text() + (root / "data" / "tiny_pretrain.jsonl").read_text()
-    train_prompts = {json.loads(line)["prompt"] for line in (root / "data" / "tiny_sft_train.jsonl").read_text().splitlines()}
-    train_prompts |= {json.loads(line)["prompt"] for line in (root / "data" / "demo_safety_train.jsonl").read_text().splitlines()}
+    train_text = (root / "data" / "tiny_sft_train.jsonl").read_text() + (
+        root / "data" / "tiny_pretrain.jsonl"
+    ).read_text()
+    train_prompts = {
+        json.loads(line)["prompt"] for line in (root / "data" / "tiny_sft_train.jsonl").read_text().splitlines()
+    }
+    train_prompts |= {
+        json.loads(line)["prompt"] for line in (root / "data" / "demo_safety_train.jsonl").read_text().splitlines()
+    }
     assert not {r["prompt"] for r in rows} & train_prompts  # unseen (task, phrasing) combinations
     held_out_tasks = {r["task"] for r in rows if r["split"] == "heldout_task"}
     assert len(held_out_tasks) == 61 and not any(f" {t}" in train_text for t in held_out_tasks)  # unseen tasks
@@ -76,19 +91,41 @@ def test_bundled_prompts_are_held_out_with_task_ids_and_three_kinds(tmp_path):
 
 LAUNCHERS = {
     "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573"],
-    "zero2": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
-              "--num_processes", "2", "--main_process_port", "29575"],
-    "zero3": [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero3.yaml",
-              "--num_processes", "2", "--main_process_port", "29577"],
+    "zero2": [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "recipes/accelerate/zero2.yaml",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29575",
+    ],
+    "zero3": [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "recipes/accelerate/zero3.yaml",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29577",
+    ],
 }
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("launcher,extra", [
-    ("ddp", []),  # LoRA, fp32
-    ("zero2", ["model.dtype=bfloat16"]),  # LoRA under the shipped ZeRO-2 config (bf16)
-    ("zero3", ["model.dtype=bfloat16", "lora.enabled=false", "train.learning_rate=1e-4"]),  # full, partitioned
-], ids=["ddp_lora", "zero2_lora", "zero3_full"])
+@pytest.mark.parametrize(
+    "launcher,extra",
+    [
+        ("ddp", []),  # LoRA, fp32
+        ("zero2", ["model.dtype=bfloat16"]),  # LoRA under the shipped ZeRO-2 config (bf16)
+        ("zero3", ["model.dtype=bfloat16", "lora.enabled=false", "train.learning_rate=1e-4"]),  # full, partitioned
+    ],
+    ids=["ddp_lora", "zero2_lora", "zero3_full"],
+)
 def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra):
     """The demo recipe with its behaviour prompts on, 2 CPU ranks, under DDP and the shipped ZeRO-2/ZeRO-3 configs.
     The sampler used to receive the DeepSpeed engine and fail at the step-0 evaluation. Under ZeRO-3 every
@@ -100,11 +137,29 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
     config = json.loads((ROOT / "data" / "tiny_chat" / "config.json").read_text())
     assert config["vocab_size"] * config["d_model"] > 1e5 and config["mlp_hidden_size"] * config["d_model"] > 1e5
     out = tmp_path / "out"
-    log = run([*LAUNCHERS[launcher], "align/train_dpo.py", "recipe=demo", f"train.output_dir={out}", *BASIC,
-               "behaviour.prompts=data/demo_behaviour_prompts.jsonl", "behaviour.max_prompts=2",
-               "behaviour.gen_length=16", "behaviour.block_length=8", "behaviour.steps=8", "eval.n_samples=4",
-               "data.max_eval_examples=4", "train.max_steps=2", "train.eval_steps=2", "train.logging_steps=1",
-               "train.per_device_train_batch_size=2", *extra], env=DS_ENV, timeout=500)
+    log = run(
+        [
+            *LAUNCHERS[launcher],
+            "align/train_dpo.py",
+            "recipe=demo",
+            f"train.output_dir={out}",
+            *BASIC,
+            "behaviour.prompts=data/demo_behaviour_prompts.jsonl",
+            "behaviour.max_prompts=2",
+            "behaviour.gen_length=16",
+            "behaviour.block_length=8",
+            "behaviour.steps=8",
+            "eval.n_samples=4",
+            "data.max_eval_examples=4",
+            "train.max_steps=2",
+            "train.eval_steps=2",
+            "train.logging_steps=1",
+            "train.per_device_train_batch_size=2",
+            *extra,
+        ],
+        env=DS_ENV,
+        timeout=500,
+    )
     assert "2 ranks" in log and "before:" in log and "after:" in log
     rows = [json.loads(line) for line in (out / "behaviour.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rows}) == [0, 2] and len(rows) == 2 * 4  # 2 prompts of each kind, twice
@@ -129,23 +184,44 @@ def reward_model_dir(tmp_path_factory):
 
     tokenizer = load_tokenizer(str(ROOT / "data" / "tiny_chat"))
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("reward_model")
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-KL_RUN = ["train.max_steps=6", "train.eval_steps=3", "train.learning_rate=3e-3", "train.warmup_ratio=0",
-          "behaviour.max_prompts=4", "behaviour.gen_length=16", "behaviour.block_length=16", "behaviour.steps=16",
-          "behaviour.eval_steps=null", "behaviour.kl_samples=16", "data.max_eval_examples=8", "eval.n_samples=4",
-          "train.report_to=none", "train.progress_bar=false"]
+KL_RUN = [
+    "train.max_steps=6",
+    "train.eval_steps=3",
+    "train.learning_rate=3e-3",
+    "train.warmup_ratio=0",
+    "behaviour.max_prompts=4",
+    "behaviour.gen_length=16",
+    "behaviour.block_length=16",
+    "behaviour.steps=16",
+    "behaviour.eval_steps=null",
+    "behaviour.kl_samples=16",
+    "data.max_eval_examples=8",
+    "eval.n_samples=4",
+    "train.report_to=none",
+    "train.progress_bar=false",
+]
 
 
 @pytest.mark.slow
 def test_kl_is_zero_at_the_reference_and_grows_with_training_and_a_reward_model_scores_prompts_without_task_ids(
-        tmp_path, reward_model_dir):
+    tmp_path, reward_model_dir
+):
     """The frontier's two axes on the path a LLaDA-8B user takes (recipe=beavertails: prompts without task ids,
     a reward model as the judge), here on the tiny chat model: KL(policy || reference) is exactly 0 at step 0
     (LoRA: the policy is its reference, and the masks are shared), then positive and growing beyond its Monte
@@ -158,8 +234,14 @@ def test_kl_is_zero_at_the_reference_and_grows_with_training_and_a_reward_model_
     rows = [_json.loads(x) for x in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()][:12]
     prompts.write_text("".join(_json.dumps({"prompt": r["prompt"], "kind": r["kind"]}) + "\n" for r in rows))
     out = tmp_path / "run"
-    train(out, f"behaviour.prompts={prompts}", f"behaviour.reward_model={reward_model_dir}",
-          "behaviour.reward_model_dtype=float32", *KL_RUN, quiet=[])
+    train(
+        out,
+        f"behaviour.prompts={prompts}",
+        f"behaviour.reward_model={reward_model_dir}",
+        "behaviour.reward_model_dtype=float32",
+        *KL_RUN,
+        quiet=[],
+    )
     evals = [m for m in metrics(out) if "eval/kl" in m]
     assert [m["step"] for m in evals] == [0, 3, 6]
     assert evals[0]["eval/kl"] == 0 and evals[0]["eval/kl/mc_se"] == 0  # the policy is its reference

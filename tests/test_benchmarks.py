@@ -17,28 +17,54 @@ from dpo_step import build, make_batch, naive_step, ours_step  # noqa: E402
 
 from align.models import LLaDAConfig  # noqa: E402
 
-SMALL = LLaDAConfig(d_model=64, n_heads=4, n_layers=2, mlp_hidden_size=128, vocab_size=512, embedding_size=512,
-                    mask_token_id=500, eos_token_id=499, pad_token_id=499)
+SMALL = LLaDAConfig(
+    d_model=64,
+    n_heads=4,
+    n_layers=2,
+    mlp_hidden_size=128,
+    vocab_size=512,
+    embedding_size=512,
+    mask_token_id=500,
+    eos_token_id=499,
+    pad_token_id=499,
+)
 
 
 @pytest.mark.slow
 def test_gpu_step_runs_scaled_down_on_cpu(tmp_path):
     out = tmp_path / "gpu_step.json"
-    proc = subprocess.run([sys.executable, "benchmarks/gpu_step.py", "--small", "--repeats", "1", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_step.py", "--small", "--repeats", "1", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["grid"]
     kinds = {r["step"] for r in rows}
-    assert kinds == {"align", "align, reference precomputed", "align, forward_chunk=4",
-                     "align, peft's fp32 adapter compute", "align, no checkpointing", "naive"}
+    assert kinds == {
+        "align",
+        "align, reference precomputed",
+        "align, forward_chunk=4",
+        "align, peft's fp32 adapter compute",
+        "align, no checkpointing",
+        "naive",
+    }
     assert all(r["step_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert "| align | 64 | 2 | 1 |" in proc.stdout
     results = json.loads(out.read_text())
     levers = {r["step"]: r for r in results["levers"]}  # the speed settings, the last ones compiled
-    assert set(levers) == {"align, RMSNorm unfused (before)", "align, 1 of 2 blocks checkpointed", "align, compiled",
-                           "align, compiled, 1 of 2 blocks checkpointed", "align, compiled, no checkpointing",
-                           "align, reference precomputed, compiled, 1 of 2 blocks checkpointed",
-                           "align, compiled, forward_chunk=4"}, results.get("compile_error")
+    assert set(levers) == {
+        "align, RMSNorm unfused (before)",
+        "align, 1 of 2 blocks checkpointed",
+        "align, compiled",
+        "align, compiled, 1 of 2 blocks checkpointed",
+        "align, compiled, no checkpointing",
+        "align, reference precomputed, compiled, 1 of 2 blocks checkpointed",
+        "align, compiled, forward_chunk=4",
+    }, results.get("compile_error")
     compiled = {(r["n"], r["T"]) for r in results["levers"] if r["step"] == "align, compiled"}
     assert compiled == {(2, 64), (1, 64), (2, 32)}  # the largest n and L, then the others (dynamic shapes)
     assert all(r["step_s"] > 0 for r in levers.values()) and results["compile_s"] > 0

@@ -16,9 +16,14 @@ def pairs(*argv):
 
 def test_key_value_dashed_and_spaced_forms_parse_alike():
     assert pairs("steps=8", "--gen-length=16", "--block-length", "8", "--prompt", "Q: why?") == [
-        ("steps", "8"), ("gen_length", "16"), ("block_length", "8"), ("prompt", "Q: why?")]
-    opts = parse_options(pairs("--model", "data/tiny_chat", "--steps", "8", "--prompt", "Q: why?", "temperature=0.5"),
-                         SampleOptions)
+        ("steps", "8"),
+        ("gen_length", "16"),
+        ("block_length", "8"),
+        ("prompt", "Q: why?"),
+    ]
+    opts = parse_options(
+        pairs("--model", "data/tiny_chat", "--steps", "8", "--prompt", "Q: why?", "temperature=0.5"), SampleOptions
+    )
     assert (opts.model, opts.steps, opts.prompt, opts.temperature) == ("data/tiny_chat", 8, "Q: why?", 0.5)
 
 

@@ -37,12 +37,24 @@ def test_every_shipped_recipe_parses_and_documents_its_launch_command(name):
 def test_beavertails_recipe_is_llada_on_pku_saferlhf_safer():
     cfg = load_config("beavertails")
     assert cfg.model.name_or_path == "GSAI-ML/LLaDA-8B-Instruct"
-    assert (cfg.data.dataset, cfg.data.format, cfg.data.preference) == ("PKU-Alignment/PKU-SafeRLHF", "pku_saferlhf", "safer")
+    assert (cfg.data.dataset, cfg.data.format, cfg.data.preference) == (
+        "PKU-Alignment/PKU-SafeRLHF",
+        "pku_saferlhf",
+        "safer",
+    )
 
 
 def test_dotted_overrides_and_yaml_values():
-    cfg = load_config("demo", ["train.learning_rate=1e-5", "estimator.n_samples=8", "lora.enabled=false",
-                               "lora.target_modules=q_proj,v_proj", "train.save_total_limit=null"])
+    cfg = load_config(
+        "demo",
+        [
+            "train.learning_rate=1e-5",
+            "estimator.n_samples=8",
+            "lora.enabled=false",
+            "lora.target_modules=q_proj,v_proj",
+            "train.save_total_limit=null",
+        ],
+    )
     assert cfg.train.learning_rate == 1e-5 and cfg.estimator.n_samples == 8 and cfg.lora.enabled is False
     assert cfg.lora.target_modules == ["q_proj", "v_proj"] and cfg.train.save_total_limit is None
 
@@ -55,24 +67,27 @@ def test_coupling_shorthand():
         load_config(None, ["estimator.coupling=coupled", "estimator.share_chosen_rejected=false"])
 
 
-@pytest.mark.parametrize("override,message", [
-    ("train.learnig_rate=1", "unknown config key 'train.learnig_rate'; did you mean 'train.learning_rate'"),
-    ("estimator.n_sample=4", "did you mean 'estimator.n_samples'"),
-    ("trian.seed=1", "unknown config key 'trian'; did you mean 'train'"),
-    ("output_dir=x", "unknown config key 'output_dir'; keys live in sections: did you mean 'train.output_dir'?"),
-    ("learning_rate=1e-4", "did you mean 'train.learning_rate'?"),
-    ("n_sample=2", "did you mean 'estimator.n_samples' or 'eval.n_samples'?"),
-    ("train.seed=abc", "train.seed: expected int, got 'abc'"),
-    ("train.max_grad_norm=true", "train.max_grad_norm: expected float"),
-    ("estimator.estimator=time-free", "not one of time_free, any_order, time_integral; did you mean 'time_free'"),
-    ("estimator.n_samples=0", "estimator.n_samples must be >= 1"),
-    ("loss.label_smoothing=0.7", "label_smoothing"),
-    ("model.forward_chunk=-2", "model.forward_chunk must be >= 0"),
-    ("model.head_chunk_mib=0", "model.head_chunk_mib must be > 0"),
-    ("model.checkpoint_blocks=-1", "model.checkpoint_blocks must be >= 0"),
-    ("model.checkpoint_blocks=1", "it needs model.gradient_checkpointing=true"),  # the demo recipe has it off
-    ("model.compile=fast", "model.compile: expected bool"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.learnig_rate=1", "unknown config key 'train.learnig_rate'; did you mean 'train.learning_rate'"),
+        ("estimator.n_sample=4", "did you mean 'estimator.n_samples'"),
+        ("trian.seed=1", "unknown config key 'trian'; did you mean 'train'"),
+        ("output_dir=x", "unknown config key 'output_dir'; keys live in sections: did you mean 'train.output_dir'?"),
+        ("learning_rate=1e-4", "did you mean 'train.learning_rate'?"),
+        ("n_sample=2", "did you mean 'estimator.n_samples' or 'eval.n_samples'?"),
+        ("train.seed=abc", "train.seed: expected int, got 'abc'"),
+        ("train.max_grad_norm=true", "train.max_grad_norm: expected float"),
+        ("estimator.estimator=time-free", "not one of time_free, any_order, time_integral; did you mean 'time_free'"),
+        ("estimator.n_samples=0", "estimator.n_samples must be >= 1"),
+        ("loss.label_smoothing=0.7", "label_smoothing"),
+        ("model.forward_chunk=-2", "model.forward_chunk must be >= 0"),
+        ("model.head_chunk_mib=0", "model.head_chunk_mib must be > 0"),
+        ("model.checkpoint_blocks=-1", "model.checkpoint_blocks must be >= 0"),
+        ("model.checkpoint_blocks=1", "it needs model.gradient_checkpointing=true"),  # the demo recipe has it off
+        ("model.compile=fast", "model.compile: expected bool"),
+    ],
+)
 def test_bad_keys_and_types_fail_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_config("demo", [override])

@@ -18,8 +18,19 @@ def test_sampler_runs_on_the_device_and_is_seeded():
 
     model = load_model(CHAT, dtype="bfloat16").cuda().eval()
     ids = torch.tensor([[1, 2, 3, 4]], device="cuda")
-    out = [generate(model, ids, steps=16, gen_length=16, block_length=16, temperature=1.0, remasking="random",
-                    generator=torch.Generator().manual_seed(0)) for _ in range(2)]
+    out = [
+        generate(
+            model,
+            ids,
+            steps=16,
+            gen_length=16,
+            block_length=16,
+            temperature=1.0,
+            remasking="random",
+            generator=torch.Generator().manual_seed(0),
+        )
+        for _ in range(2)
+    ]
     assert out[0].device.type == "cuda" and torch.equal(out[0], out[1])
 
 
@@ -48,8 +59,16 @@ def test_one_bf16_dpo_step_moves_the_adapter():
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    terms = E.dpo_terms(policy, reference, chosen, rejected, resp, n_samples=2, mask_token_id=spec.mask_token_id,
-                        generator=torch.Generator().manual_seed(0))
+    terms = E.dpo_terms(
+        policy,
+        reference,
+        chosen,
+        rejected,
+        resp,
+        n_samples=2,
+        mask_token_id=spec.mask_token_id,
+        generator=torch.Generator().manual_seed(0),
+    )
     loss = -torch.nn.functional.logsigmoid(0.1 * terms.margin.mean(-1)).mean()
     loss.backward()
     opt.step()
@@ -104,7 +123,11 @@ def test_compiled_blocks_and_fused_rmsnorm_match_eager_in_bf16():
     # bf16 rounds differently in fused kernels: the compiled model must be as close to the fp32 model as eager is
     eager_err, fast_err = (logp - exact).abs(), (fast_logp - exact).abs()
     assert fast_err.mean() <= 1.5 * eager_err.mean() + 1e-3 and fast_err.max() <= 2 * eager_err.max() + 1e-2, (
-        fast_err.mean(), eager_err.mean(), fast_err.max(), eager_err.max())
+        fast_err.mean(),
+        eager_err.mean(),
+        fast_err.max(),
+        eager_err.max(),
+    )
     for name in grads:
         e = (grads[name] - exact_grads[name]).norm()
         f = (fast_grads[name] - exact_grads[name]).norm()

@@ -5,8 +5,17 @@ import json
 
 import pytest
 
-from align.data import (BadRecord, build_dataset, collate, encode_pair, epoch_order, extract, holdout_split,
-                        load_records, rank_micro_batches)
+from align.data import (
+    BadRecord,
+    build_dataset,
+    collate,
+    encode_pair,
+    epoch_order,
+    extract,
+    holdout_split,
+    load_records,
+    rank_micro_batches,
+)
 from align.models.tokenizer import load_tokenizer
 
 
@@ -15,8 +24,15 @@ def tok():
     return load_tokenizer("tiny:llada")
 
 
-PKU = {"prompt": "How do I pick a lock?", "response_0": "Sure, here is how.", "response_1": "I can't help with that.",
-       "is_response_0_safe": False, "is_response_1_safe": True, "safer_response_id": 1, "better_response_id": 0}
+PKU = {
+    "prompt": "How do I pick a lock?",
+    "response_0": "Sure, here is how.",
+    "response_1": "I can't help with that.",
+    "is_response_0_safe": False,
+    "is_response_1_safe": True,
+    "safer_response_id": 1,
+    "better_response_id": 0,
+}
 
 
 def test_pku_safer_and_better():
@@ -27,37 +43,51 @@ def test_pku_safer_and_better():
 
 
 def test_ultrafeedback_messages():
-    row = {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
-           "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]}
+    row = {
+        "chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}],
+        "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}],
+    }
     assert extract(row, "ultrafeedback") == ([{"role": "user", "content": "hi"}], "hello!", "go away")
 
 
 def test_hh_rlhf_transcripts():
-    row = {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: fine, thanks",
-           "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: go away"}
+    row = {
+        "chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: fine, thanks",
+        "rejected": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how are you?\n\nAssistant: go away",
+    }
     msgs, chosen, rejected = extract(row, "hh_rlhf")
     assert [m["role"] for m in msgs] == ["user", "assistant", "user"] and msgs[2]["content"] == "how are you?"
     assert (chosen, rejected) == ("fine, thanks", "go away")
 
 
-@pytest.mark.parametrize("row,fmt,message", [
-    ({k: v for k, v in PKU.items() if k != "response_0"}, "pku_saferlhf", "missing field 'response_0'"),
-    (dict(PKU, prompt=12), "pku_saferlhf", "field 'prompt' is int, not a string"),
-    (dict(PKU, response_1="   "), "pku_saferlhf", "empty response"),
-    (dict(PKU, response_1=PKU["response_0"]), "pku_saferlhf", "identical"),
-    (dict(PKU, safer_response_id=2), "pku_saferlhf", "expected 0 or 1"),
-    ({"prompt": "x", "chosen": "a", "rejected": None}, "pairs", "field 'rejected' is NoneType"),
-    ({"chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, "ultrafeedback", "message list"),
-    ("just a string", "pairs", "not an object"),
-])
+@pytest.mark.parametrize(
+    "row,fmt,message",
+    [
+        ({k: v for k, v in PKU.items() if k != "response_0"}, "pku_saferlhf", "missing field 'response_0'"),
+        (dict(PKU, prompt=12), "pku_saferlhf", "field 'prompt' is int, not a string"),
+        (dict(PKU, response_1="   "), "pku_saferlhf", "empty response"),
+        (dict(PKU, response_1=PKU["response_0"]), "pku_saferlhf", "identical"),
+        (dict(PKU, safer_response_id=2), "pku_saferlhf", "expected 0 or 1"),
+        ({"prompt": "x", "chosen": "a", "rejected": None}, "pairs", "field 'rejected' is NoneType"),
+        ({"chosen": [{"role": "user", "content": "a"}], "rejected": "b"}, "ultrafeedback", "message list"),
+        ("just a string", "pairs", "not an object"),
+    ],
+)
 def test_bad_records_are_named(row, fmt, message):
     with pytest.raises(BadRecord, match=message):
         extract(row, fmt, "safer")
 
 
 def _build(tok, rows, **kw):
-    args = dict(fmt="pku_saferlhf", preference="safer", eos_token_id=tok.eos_token_id, max_prompt_length=64,
-                max_response_length=32, over_long_prompt="truncate", on_bad_record="error")
+    args = dict(
+        fmt="pku_saferlhf",
+        preference="safer",
+        eos_token_id=tok.eos_token_id,
+        max_prompt_length=64,
+        max_response_length=32,
+        over_long_prompt="truncate",
+        on_bad_record="error",
+    )
     args.update(kw)
     return build_dataset(rows, "demo.jsonl", tok, **args)
 
@@ -84,13 +114,27 @@ def test_over_long_prompts_truncate_keeping_the_end_or_skip_or_error(tok):
 
 
 def test_responses_end_in_eos_and_share_one_length(tok):
-    p, c, r, _ = encode_pair(tok, [{"role": "user", "content": "q"}], "a much longer answer than the other one",
-                             "no", eos_token_id=tok.eos_token_id, max_prompt_length=64, max_response_length=32)
+    p, c, r, _ = encode_pair(
+        tok,
+        [{"role": "user", "content": "q"}],
+        "a much longer answer than the other one",
+        "no",
+        eos_token_id=tok.eos_token_id,
+        max_prompt_length=64,
+        max_response_length=32,
+    )
     assert len(c) == len(r)
     n_no = len(tok("no", add_special_tokens=False).input_ids)
     assert r[n_no:] == [tok.eos_token_id] * (len(r) - n_no) and c[-1] == tok.eos_token_id
-    p, c, r, _ = encode_pair(tok, [{"role": "user", "content": "q"}], "word " * 100, "no",
-                             eos_token_id=tok.eos_token_id, max_prompt_length=64, max_response_length=10)
+    p, c, r, _ = encode_pair(
+        tok,
+        [{"role": "user", "content": "q"}],
+        "word " * 100,
+        "no",
+        eos_token_id=tok.eos_token_id,
+        max_prompt_length=64,
+        max_response_length=10,
+    )
     assert len(c) == 10 and c[-1] == tok.eos_token_id
 
 
@@ -133,9 +177,21 @@ def test_a_bad_data_file_stops_the_run_with_one_line(tmp_path):
 
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(PKU) + "\n{not json\n")
-    proc = subprocess.run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"data.dataset={path}",
-                           f"train.output_dir={tmp_path / 'o'}", "train.report_to=none", "behaviour.prompts=null"],
-                          capture_output=True, text=True, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "align.train_dpo",
+            "recipe=demo",
+            f"data.dataset={path}",
+            f"train.output_dir={tmp_path / 'o'}",
+            "train.report_to=none",
+            "behaviour.prompts=null",
+        ],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"data error: {path}:2: not valid JSON" in proc.stderr
 
@@ -174,8 +230,11 @@ def test_every_epoch_is_a_new_order_with_each_example_once_per_rank_shard():
 def test_micro_batches_from_any_start_equal_the_uninterrupted_stream():
     full = list(itertools.islice(rank_micro_batches(20, seed=1, world=2, rank=1, per_device=3), 12))
     for start in (0, 2, 3, 7):  # inside epoch 0, at the boundary, inside epoch 2
-        tail = list(itertools.islice(rank_micro_batches(20, seed=1, world=2, rank=1, per_device=3, start_micro=start),
-                                     12 - start))
+        tail = list(
+            itertools.islice(
+                rank_micro_batches(20, seed=1, world=2, rank=1, per_device=3, start_micro=start), 12 - start
+            )
+        )
         assert tail == full[start:]
 
 
@@ -207,18 +266,22 @@ def test_csv_and_save_to_disk_directories_load(tmp_path):
     datasets.Dataset.from_list([PKU] * 3).save_to_disk(str(tmp_path / "saved"))
     rows, name = load_records(str(tmp_path / "saved"), None)
     assert len(rows) == 3 and rows[0] == PKU
-    datasets.DatasetDict({"train": datasets.Dataset.from_list([PKU] * 2),
-                          "test": datasets.Dataset.from_list([PKU])}).save_to_disk(str(tmp_path / "dict"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list([PKU] * 2), "test": datasets.Dataset.from_list([PKU])}
+    ).save_to_disk(str(tmp_path / "dict"))
     rows, name = load_records(str(tmp_path / "dict"), "test")
     assert len(rows) == 1 and name.endswith("[test]")
     with pytest.raises(BadRecord, match="splits train, test; name one"):
         load_records(str(tmp_path / "dict"), None)
 
 
-@pytest.mark.parametrize("name,message", [
-    ("pairs.txt", "cannot read a .txt file as data; give a .jsonl file"),
-    ("plain_dir", "is a directory but not one written by datasets' save_to_disk"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("pairs.txt", "cannot read a .txt file as data; give a .jsonl file"),
+        ("plain_dir", "is a directory but not one written by datasets' save_to_disk"),
+    ],
+)
 def test_unsupported_data_forms_are_named(tmp_path, name, message):
     path = tmp_path / name
     path.mkdir() if name == "plain_dir" else path.write_text("x")
@@ -236,19 +299,27 @@ def test_trl_conversational_and_implicit_prompt_pairs():
     implicit = {"chosen": history + [_m(ASSISTANT, "I can't help.")], "rejected": history + [_m(ASSISTANT, "Sure.")]}
     assert extract(implicit, "pairs") == (history, "I can't help.", "Sure.")
     # ultrafeedback_binarized: a prompt string, conversations that repeat it
-    uf = {"prompt": "Hi", "chosen": [_m(USER, "Hi"), _m(ASSISTANT, "Hello!")],
-          "rejected": [_m(USER, "Hi"), _m(ASSISTANT, "No.")]}
+    uf = {
+        "prompt": "Hi",
+        "chosen": [_m(USER, "Hi"), _m(ASSISTANT, "Hello!")],
+        "rejected": [_m(USER, "Hi"), _m(ASSISTANT, "No.")],
+    }
     assert extract(uf, "pairs") == (prompt, "Hello!", "No.")
     assert extract({"prompt": "Hi", "chosen": "Hello!", "rejected": "No."}, "pairs") == (prompt, "Hello!", "No.")
 
 
-@pytest.mark.parametrize("row,message", [
-    ({"chosen": [_m(ASSISTANT, "a")], "rejected": [_m(ASSISTANT, "b")]}, "no prompt"),
-    ({"chosen": [_m(USER, "q"), _m(ASSISTANT, "a")], "rejected": [_m(USER, "other"), _m(ASSISTANT, "b")]},
-     "same conversation up to a last, assistant message"),
-    ({"chosen": [_m(USER, "q"), _m(ASSISTANT, "a")], "rejected": [_m(USER, "q"), _m(ASSISTANT, "a")]}, "identical"),
-    ({"chosen": [_m(USER, "q"), _m(USER, "a")], "rejected": [_m(USER, "q"), _m(USER, "b")]}, "assistant message"),
-])
+@pytest.mark.parametrize(
+    "row,message",
+    [
+        ({"chosen": [_m(ASSISTANT, "a")], "rejected": [_m(ASSISTANT, "b")]}, "no prompt"),
+        (
+            {"chosen": [_m(USER, "q"), _m(ASSISTANT, "a")], "rejected": [_m(USER, "other"), _m(ASSISTANT, "b")]},
+            "same conversation up to a last, assistant message",
+        ),
+        ({"chosen": [_m(USER, "q"), _m(ASSISTANT, "a")], "rejected": [_m(USER, "q"), _m(ASSISTANT, "a")]}, "identical"),
+        ({"chosen": [_m(USER, "q"), _m(USER, "a")], "rejected": [_m(USER, "q"), _m(USER, "b")]}, "assistant message"),
+    ],
+)
 def test_bad_conversational_pairs_are_named(row, message):
     with pytest.raises(BadRecord, match=message):
         extract(row, "pairs")
@@ -256,8 +327,11 @@ def test_bad_conversational_pairs_are_named(row, message):
 
 def test_a_record_in_another_schema_names_the_schema_it_fits():
     pairs = {"prompt": "q", "chosen": "a", "rejected": "b"}
-    with pytest.raises(BadRecord, match=r"missing field 'response_0'; its fields \(chosen, prompt, rejected\) look "
-                                        r"like data.format=pairs"):
+    with pytest.raises(
+        BadRecord,
+        match=r"missing field 'response_0'; its fields \(chosen, prompt, rejected\) look "
+        r"like data.format=pairs",
+    ):
         extract(pairs, "pku_saferlhf")
     with pytest.raises(BadRecord, match="look like data.format=pku_saferlhf"):
         extract(PKU, "pairs")
@@ -271,8 +345,10 @@ def test_a_record_in_another_schema_names_the_schema_it_fits():
 
 def test_format_auto_picks_the_schema_of_the_first_record_and_says_so(tmp_path, tok):
     path = tmp_path / "trl.jsonl"
-    rows = [{"prompt": [_m(USER, f"Q{i}?")], "chosen": [_m(ASSISTANT, f"A{i}.")], "rejected": [_m(ASSISTANT, f"B{i}.")]}
-            for i in range(3)]
+    rows = [
+        {"prompt": [_m(USER, f"Q{i}?")], "chosen": [_m(ASSISTANT, f"A{i}.")], "rejected": [_m(ASSISTANT, f"B{i}.")]}
+        for i in range(3)
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     records, source = load_records(str(path), None)
     data, report = _build(tok, records, fmt="auto")
@@ -296,12 +372,31 @@ def test_a_csv_of_pairs_trains_with_format_auto(tmp_path):
     from tests.test_trainer import ENV, QUIET, ROOT
 
     rows = [json.loads(line) for line in (ROOT / "data" / "demo_safety_train.jsonl").read_text().splitlines()][:64]
-    pairs = [{"prompt": r["prompt"], "chosen": r[f"response_{r['safer_response_id']}"],
-              "rejected": r[f"response_{1 - r['safer_response_id']}"]} for r in rows]
+    pairs = [
+        {
+            "prompt": r["prompt"],
+            "chosen": r[f"response_{r['safer_response_id']}"],
+            "rejected": r[f"response_{1 - r['safer_response_id']}"],
+        }
+        for r in rows
+    ]
     pd.DataFrame(pairs).to_csv(tmp_path / "mine.csv", index=False)
-    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"data.dataset={tmp_path / 'mine.csv'}",
-                           "data.format=auto", "data.eval_dataset=null", "train.max_steps=2",
-                           f"train.output_dir={tmp_path / 'out'}", *QUIET], env=ENV, timeout=300)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            "align.train_dpo",
+            "recipe=demo",
+            f"data.dataset={tmp_path / 'mine.csv'}",
+            "data.format=auto",
+            "data.eval_dataset=null",
+            "train.max_steps=2",
+            f"train.output_dir={tmp_path / 'out'}",
+            *QUIET,
+        ],
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert f"data.format=auto chose pairs (the fields of {tmp_path / 'mine.csv'}: row 0" in log
@@ -312,8 +407,14 @@ def test_bytes_that_are_not_utf8_are_named_by_line_and_counted_under_skip(tmp_pa
     """A latin-1 line in a UTF-8 file: named as path:line (error) or counted as its own skip reason (skip); the other
     lines load. A CSV or a JSON array is read whole, so there the file stops with path:line named."""
     path = tmp_path / "mixed.jsonl"
-    path.write_bytes(json.dumps(PKU).encode() + b"\n" + json.dumps({**PKU, "prompt": "caf\xe9"}).encode("latin-1")
-                     .replace(b"\\u00e9", b"\xe9") + b"\n" + json.dumps(PKU).encode() + b"\n")
+    path.write_bytes(
+        json.dumps(PKU).encode()
+        + b"\n"
+        + json.dumps({**PKU, "prompt": "caf\xe9"}).encode("latin-1").replace(b"\\u00e9", b"\xe9")
+        + b"\n"
+        + json.dumps(PKU).encode()
+        + b"\n"
+    )
     rows, _ = load_records(str(path), None)
     assert len(rows) == 3
     with pytest.raises(BadRecord, match=r"mixed.jsonl:2: not valid UTF-8 .*on_bad_record=skip"):
@@ -326,11 +427,14 @@ def test_bytes_that_are_not_utf8_are_named_by_line_and_counted_under_skip(tmp_pa
         load_records(str(table), None)
 
 
-@pytest.mark.parametrize("name,text,message", [
-    ("header.csv", "prompt,chosen,rejected\n", r"header.csv holds no records \(a header only\)"),
-    ("empty.jsonl", "\n\n", r"empty.jsonl holds no records"),
-    ("empty.json", "[]", r"empty.json holds no records"),
-])
+@pytest.mark.parametrize(
+    "name,text,message",
+    [
+        ("header.csv", "prompt,chosen,rejected\n", r"header.csv holds no records \(a header only\)"),
+        ("empty.jsonl", "\n\n", r"empty.jsonl holds no records"),
+        ("empty.json", "[]", r"empty.json holds no records"),
+    ],
+)
 def test_a_data_file_without_records_is_named(tmp_path, name, text, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(BadRecord, match=message):
@@ -344,11 +448,23 @@ def test_scoring_encodes_records_as_training_does(tmp_path, tok):
 
     eos = tok.eos_token_id
     pair = {"prompt": "How do I bake bread?", "chosen": "Mix flour and water.", "rejected": "No. " * 40}
-    kw = dict(eos_token_id=eos, max_prompt_length=8, max_response_length=12, over_long_prompt="truncate",
-              on_bad_record="error")
+    kw = dict(
+        eos_token_id=eos,
+        max_prompt_length=8,
+        max_response_length=12,
+        over_long_prompt="truncate",
+        on_bad_record="error",
+    )
     mode, (record,), report = build_scoring_dataset([pair], "x", tok, fmt="auto", preference="safer", **kw)
-    p, c, r, truncated = encode_pair(tok, [{"role": "user", "content": pair["prompt"]}], pair["chosen"], pair["rejected"],
-                                     eos_token_id=eos, max_prompt_length=8, max_response_length=12)
+    p, c, r, truncated = encode_pair(
+        tok,
+        [{"role": "user", "content": pair["prompt"]}],
+        pair["chosen"],
+        pair["rejected"],
+        eos_token_id=eos,
+        max_prompt_length=8,
+        max_response_length=12,
+    )
     assert mode == "pairs" and record["prompt_ids"] == p and record["responses"] == [c, r]
     assert report.truncated_prompts == 1 == int(truncated) and len(r) == 12 and r[-1] == eos
 
@@ -368,8 +484,14 @@ def test_scoring_applies_the_bad_record_policy(tok):
     from align.data import BadRecord, build_scoring_dataset
 
     rows = [{"prompt": "a", "response": "fine"}, {"prompt": "b", "response": "  "}, {"prompt": "c", "response": "ok"}]
-    kw = dict(fmt="response", preference="safer", eos_token_id=tok.eos_token_id, max_prompt_length=64,
-              max_response_length=64, over_long_prompt="truncate")
+    kw = dict(
+        fmt="response",
+        preference="safer",
+        eos_token_id=tok.eos_token_id,
+        max_prompt_length=64,
+        max_response_length=64,
+        over_long_prompt="truncate",
+    )
     with pytest.raises(BadRecord, match=r"x: record 1: empty or non-string response \(set on_bad_record=skip"):
         build_scoring_dataset(rows, "x", tok, on_bad_record="error", **kw)
     _, kept, report = build_scoring_dataset(rows, "x", tok, on_bad_record="skip", **kw)
@@ -382,14 +504,22 @@ def test_scoring_bare_continuations_and_draws_keyed_by_content(tok):
     from align.config import ConfigError
     from align.data import build_scoring_dataset, content_key
 
-    kw = dict(preference="safer", eos_token_id=tok.eos_token_id, max_prompt_length=64, max_response_length=64,
-              over_long_prompt="truncate", on_bad_record="error")
+    kw = dict(
+        preference="safer",
+        eos_token_id=tok.eos_token_id,
+        max_prompt_length=64,
+        max_response_length=64,
+        over_long_prompt="truncate",
+        on_bad_record="error",
+    )
     rows = [{"prompt": "a", "response": "fine"}, {"prompt": "b", "response": "ok then"}]
     _, with_eos, _ = build_scoring_dataset(rows, "x", tok, fmt="response", **kw)
     _, bare, _ = build_scoring_dataset(rows, "x", tok, fmt="response", response_eos=False, seed_by="content", **kw)
     assert [b["responses"][0] + [tok.eos_token_id] for b in bare] == [r["responses"][0] for r in with_eos]
     assert [r["key"] for r in with_eos] == [0, 1]  # seed_by=index: the position
-    _, moved, _ = build_scoring_dataset(rows[::-1], "y", tok, fmt="response", response_eos=False, seed_by="content", **kw)
+    _, moved, _ = build_scoring_dataset(
+        rows[::-1], "y", tok, fmt="response", response_eos=False, seed_by="content", **kw
+    )
     assert [r["key"] for r in moved] == [r["key"] for r in bare][::-1] != [0, 1]
     assert bare[0]["key"] == content_key(bare[0]["prompt_ids"], bare[0]["responses"]) < 2**62
     pair = {"prompt": "p", "chosen": "yes", "rejected": "no"}

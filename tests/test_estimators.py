@@ -82,8 +82,14 @@ def test_log_likelihood_monte_carlo_mean(estimator, stratified):
     ids, resp = toy_batch(toy, ctx=1, rows=2, seed=7)
     g = torch.Generator().manual_seed(123)
     est = E.log_likelihood(
-        toy.logits_fn, ids.repeat_interleave(R, 0), resp.repeat_interleave(R, 0), n_samples=N,
-        estimator=estimator, mask_token_id=toy.mask_token_id, generator=g, stratified=stratified,
+        toy.logits_fn,
+        ids.repeat_interleave(R, 0),
+        resp.repeat_interleave(R, 0),
+        n_samples=N,
+        estimator=estimator,
+        mask_token_id=toy.mask_token_id,
+        generator=g,
+        stratified=stratified,
     )
     assert est.shape == (2 * R, N)
     mc_check(est, toy.log_prob(ids, resp), n_rows=2)
@@ -99,9 +105,17 @@ def test_dpo_margin_monte_carlo_mean(toy_policy, toy_reference, estimator, share
     g = torch.Generator().manual_seed(7)
     rep = lambda x: x.repeat_interleave(R, 0)  # noqa: E731
     margin = E.dpo_margin(
-        toy_policy.logits_fn, toy_reference.logits_fn, rep(chosen), rep(rejected), rep(resp), n_samples=N,
-        estimator=estimator, share_policy_reference=share_pr, share_chosen_rejected=share_cr,
-        mask_token_id=toy_policy.mask_token_id, generator=g,
+        toy_policy.logits_fn,
+        toy_reference.logits_fn,
+        rep(chosen),
+        rep(rejected),
+        rep(resp),
+        n_samples=N,
+        estimator=estimator,
+        share_policy_reference=share_pr,
+        share_chosen_rejected=share_cr,
+        mask_token_id=toy_policy.mask_token_id,
+        generator=g,
     )
     mc_check(margin, exact, n_rows=2)
 
@@ -115,8 +129,13 @@ def test_tiny_transformer_converges_to_enumerated_bound(estimator):
     bound = E.enumerate_bound(model, ids, resp, mask_token_id=model.mask_token_id)
     g = torch.Generator().manual_seed(5)
     est = E.log_likelihood(
-        model, ids.repeat_interleave(R, 0), resp.repeat_interleave(R, 0), n_samples=N,
-        estimator=estimator, mask_token_id=model.mask_token_id, generator=g,
+        model,
+        ids.repeat_interleave(R, 0),
+        resp.repeat_interleave(R, 0),
+        n_samples=N,
+        estimator=estimator,
+        mask_token_id=model.mask_token_id,
+        generator=g,
     )
     mc_check(est, bound, n_rows=2)
 
@@ -135,10 +154,24 @@ def test_context_never_masked_or_scored(toy_policy, estimator):
         logits[:, :2] = torch.randn(logits[:, :2].shape, dtype=logits.dtype) * 100  # garbage at context
         return logits
 
-    a = E.log_likelihood(spy, ids, resp, n_samples=64, estimator=estimator,
-                         mask_token_id=toy_policy.mask_token_id, generator=torch.Generator().manual_seed(0))
-    b = E.log_likelihood(toy_policy.logits_fn, ids, resp, n_samples=64, estimator=estimator,
-                         mask_token_id=toy_policy.mask_token_id, generator=torch.Generator().manual_seed(0))
+    a = E.log_likelihood(
+        spy,
+        ids,
+        resp,
+        n_samples=64,
+        estimator=estimator,
+        mask_token_id=toy_policy.mask_token_id,
+        generator=torch.Generator().manual_seed(0),
+    )
+    b = E.log_likelihood(
+        toy_policy.logits_fn,
+        ids,
+        resp,
+        n_samples=64,
+        estimator=estimator,
+        mask_token_id=toy_policy.mask_token_id,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert not (seen[0][:, :2] == toy_policy.mask_token_id).any()
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -154,7 +187,9 @@ def test_padding_never_changes_an_estimate(estimator):
     resp_padded = torch.cat([resp, torch.ones(2, 5, dtype=torch.bool)], 1)  # padding flagged too: must be ignored
     kw = dict(n_samples=16, estimator=estimator, mask_token_id=model.mask_token_id)
     a = E.log_likelihood(model, ids, resp, generator=torch.Generator().manual_seed(3), **kw)
-    b = E.log_likelihood(model, padded, resp_padded, attention_mask=attn, generator=torch.Generator().manual_seed(3), **kw)
+    b = E.log_likelihood(
+        model, padded, resp_padded, attention_mask=attn, generator=torch.Generator().manual_seed(3), **kw
+    )
     torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
@@ -182,12 +217,33 @@ def test_full_mask_m_equals_L_is_drawn_at_its_rate(stratified):
 def test_same_seed_identical_outputs(toy_policy, toy_reference):
     chosen, rejected, resp = toy_pairs(toy_policy, ctx=2, pairs=3, seed=2)
     kw = dict(n_samples=8, mask_token_id=toy_policy.mask_token_id, share_policy_reference=False)
-    a = E.dpo_margin(toy_policy.logits_fn, toy_reference.logits_fn, chosen, rejected, resp,
-                     generator=torch.Generator().manual_seed(4), **kw)
-    b = E.dpo_margin(toy_policy.logits_fn, toy_reference.logits_fn, chosen, rejected, resp,
-                     generator=torch.Generator().manual_seed(4), **kw)
-    c = E.dpo_margin(toy_policy.logits_fn, toy_reference.logits_fn, chosen, rejected, resp,
-                     generator=torch.Generator().manual_seed(5), **kw)
+    a = E.dpo_margin(
+        toy_policy.logits_fn,
+        toy_reference.logits_fn,
+        chosen,
+        rejected,
+        resp,
+        generator=torch.Generator().manual_seed(4),
+        **kw,
+    )
+    b = E.dpo_margin(
+        toy_policy.logits_fn,
+        toy_reference.logits_fn,
+        chosen,
+        rejected,
+        resp,
+        generator=torch.Generator().manual_seed(4),
+        **kw,
+    )
+    c = E.dpo_margin(
+        toy_policy.logits_fn,
+        toy_reference.logits_fn,
+        chosen,
+        rejected,
+        resp,
+        generator=torch.Generator().manual_seed(5),
+        **kw,
+    )
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -195,9 +251,19 @@ def test_same_seed_identical_outputs(toy_policy, toy_reference):
 @pytest.mark.parametrize("share_cr", [True, False])
 def test_identical_policy_and_reference_give_exactly_zero(toy_policy, estimator, share_cr):
     chosen, rejected, resp = toy_pairs(toy_policy, ctx=2, pairs=3, seed=2)
-    margin = E.dpo_margin(toy_policy.logits_fn, toy_policy.logits_fn, chosen, rejected, resp, n_samples=16,
-                          estimator=estimator, share_chosen_rejected=share_cr, share_policy_reference=True,
-                          mask_token_id=toy_policy.mask_token_id, generator=torch.Generator().manual_seed(0))
+    margin = E.dpo_margin(
+        toy_policy.logits_fn,
+        toy_policy.logits_fn,
+        chosen,
+        rejected,
+        resp,
+        n_samples=16,
+        estimator=estimator,
+        share_chosen_rejected=share_cr,
+        share_policy_reference=True,
+        mask_token_id=toy_policy.mask_token_id,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert torch.equal(margin, torch.zeros_like(margin))
 
 
@@ -205,8 +271,9 @@ def test_per_row_generators_make_a_row_independent_of_its_batch(toy_policy):
     ids, resp = toy_batch(toy_policy, ctx=2, rows=3, seed=5)
     gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(3)]  # noqa: E731
     full = E.log_likelihood(toy_policy.logits_fn, ids, resp, n_samples=8, mask_token_id=3, generator=gens())
-    alone = E.log_likelihood(toy_policy.logits_fn, ids[1:2], resp[1:2], n_samples=8, mask_token_id=3,
-                             generator=[gens()[1]])
+    alone = E.log_likelihood(
+        toy_policy.logits_fn, ids[1:2], resp[1:2], n_samples=8, mask_token_id=3, generator=[gens()[1]]
+    )
     torch.testing.assert_close(full[1:2], alone, rtol=0, atol=1e-12)
 
 
@@ -216,9 +283,19 @@ def test_per_row_generators_make_a_row_independent_of_its_batch(toy_policy):
 def _margin_variance(pol, ref, estimator, share_pr, share_cr, reps=4000):
     chosen, rejected, resp = toy_pairs(pol, ctx=2, pairs=2, seed=21)
     rep = lambda x: x.repeat_interleave(reps, 0)  # noqa: E731
-    m = E.dpo_margin(pol.logits_fn, ref.logits_fn, rep(chosen), rep(rejected), rep(resp), n_samples=1,
-                     estimator=estimator, share_policy_reference=share_pr, share_chosen_rejected=share_cr,
-                     mask_token_id=pol.mask_token_id, generator=torch.Generator().manual_seed(0))
+    m = E.dpo_margin(
+        pol.logits_fn,
+        ref.logits_fn,
+        rep(chosen),
+        rep(rejected),
+        rep(resp),
+        n_samples=1,
+        estimator=estimator,
+        share_policy_reference=share_pr,
+        share_chosen_rejected=share_cr,
+        mask_token_id=pol.mask_token_id,
+        generator=torch.Generator().manual_seed(0),
+    )
     return m.reshape(2, reps).var(1)  # per-sample variance, per pair
 
 
@@ -255,8 +332,9 @@ def test_unknown_estimator_is_rejected(toy_policy):
 def test_mismatched_pair_shapes_are_rejected(toy_policy):
     chosen, rejected, resp = toy_pairs(toy_policy, ctx=2, pairs=2, seed=2)
     with pytest.raises(ValueError, match="common|share one"):
-        E.dpo_margin(toy_policy.logits_fn, toy_policy.logits_fn, chosen, rejected[:, :-1], resp, n_samples=2,
-                     mask_token_id=3)
+        E.dpo_margin(
+            toy_policy.logits_fn, toy_policy.logits_fn, chosen, rejected[:, :-1], resp, n_samples=2, mask_token_id=3
+        )
 
 
 @pytest.mark.parametrize("share", [(True, True), (False, False)])
@@ -265,13 +343,25 @@ def test_draws_made_ahead_and_reference_terms_read_back_give_dpo_terms(toy_polic
     (``dpo_reference_terms``) and passed back (``reference_terms=``): the same four terms as one ``dpo_terms``."""
     reference = toy_policy.perturbed(0.3, seed=3)
     chosen, rejected, resp = toy_pairs(toy_policy, ctx=2, pairs=5, seed=4)
-    kw = dict(n_samples=3, estimator="time_free", share_policy_reference=share[0], share_chosen_rejected=share[1],
-              mask_token_id=toy_policy.mask_token_id)
+    kw = dict(
+        n_samples=3,
+        estimator="time_free",
+        share_policy_reference=share[0],
+        share_chosen_rejected=share[1],
+        mask_token_id=toy_policy.mask_token_id,
+    )
     policy_s, reference_s = E.scorer_from_logits(toy_policy.logits_fn), E.scorer_from_logits(reference.logits_fn)
     gens = lambda: [torch.Generator().manual_seed(100 + i) for i in range(5)]  # noqa: E731
     whole = E.dpo_terms(policy_s, reference_s, chosen, rejected, resp, generator=gens(), **kw)
-    draws = E.draw_margin_masks(resp, n_samples=3, estimator="time_free", share_policy_reference=share[0],
-                                share_chosen_rejected=share[1], generator=gens(), stratified=True)
+    draws = E.draw_margin_masks(
+        resp,
+        n_samples=3,
+        estimator="time_free",
+        share_policy_reference=share[0],
+        share_chosen_rejected=share[1],
+        generator=gens(),
+        stratified=True,
+    )
     ahead = E.dpo_terms(policy_s, reference_s, chosen, rejected, resp, draws=draws, **kw)
     ref = E.dpo_reference_terms(reference_s, chosen, rejected, resp, generator=gens(), **kw)
     apart = E.dpo_terms(policy_s, None, chosen, rejected, resp, generator=gens(), reference_terms=ref, **kw)

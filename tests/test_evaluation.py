@@ -25,11 +25,24 @@ SMALL_EVAL = ["data.max_eval_examples=12", "eval.n_samples=4", "train.per_device
 
 def test_a_fixed_model_gets_the_same_eval_metrics_whatever_it_is_trained_with(tmp_path):
     """The training estimator and train.seed change nothing in how a fixed model is scored; the eval settings do."""
-    coupled = probe(EVALUATE_FIXED_MODEL, *SMALL_EVAL, "estimator.coupling=coupled", "estimator.n_samples=2",
-                    "train.seed=0", out=tmp_path / "a")
-    decoupled = probe(EVALUATE_FIXED_MODEL, *SMALL_EVAL, "estimator.coupling=decoupled", "estimator.n_samples=1",
-                      "estimator.estimator=time_integral", "estimator.stratified=false", "train.seed=7",
-                      out=tmp_path / "b")
+    coupled = probe(
+        EVALUATE_FIXED_MODEL,
+        *SMALL_EVAL,
+        "estimator.coupling=coupled",
+        "estimator.n_samples=2",
+        "train.seed=0",
+        out=tmp_path / "a",
+    )
+    decoupled = probe(
+        EVALUATE_FIXED_MODEL,
+        *SMALL_EVAL,
+        "estimator.coupling=decoupled",
+        "estimator.n_samples=1",
+        "estimator.estimator=time_integral",
+        "estimator.stratified=false",
+        "train.seed=7",
+        out=tmp_path / "b",
+    )
     assert coupled == decoupled
     assert coupled["eval/margin"] != 0 and coupled["eval/margin/mc_se"] > 0  # a model that differs from its reference
     other_masks = probe(EVALUATE_FIXED_MODEL, *SMALL_EVAL, "eval.seed=1", out=tmp_path / "c")
@@ -40,8 +53,14 @@ def test_a_fixed_model_gets_the_same_eval_metrics_whatever_it_is_trained_with(tm
 
 def test_eval_records_say_what_scored_them_and_agree_with_the_logged_means(tmp_path):
     out = tmp_path / "run"
-    log = train(out, "train.max_steps=2", "train.eval_steps=1", "train.logging_steps=1", *SMALL_EVAL,
-                "estimator.coupling=decoupled")
+    log = train(
+        out,
+        "train.max_steps=2",
+        "train.eval_steps=1",
+        "train.logging_steps=1",
+        *SMALL_EVAL,
+        "estimator.coupling=decoupled",
+    )
     assert "training estimator decoupled time_free x2" in log
     assert "evaluation: coupled time_free x4 (stratified, 4 groups), draws seeded by eval.seed=0" in log
     assert log.count("reference log-probs for evaluation: 12 examples") == 1  # the reference runs once per launch
@@ -67,13 +86,16 @@ def test_eval_records_say_what_scored_them_and_agree_with_the_logged_means(tmp_p
     assert tokens[0] > 0 and tokens[1] > tokens[0] and evals[-1]["policy_tokens"] == tokens[-1]
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["eval.n_samples=1"], "eval.n_samples must be >= 2"),
-    (["eval.n_samples=6"], "eval.n_samples \\(6\\) must be a multiple"),
-    (["eval.coupling=coupled", "eval.share_chosen_rejected=false"], "eval.coupling is a shorthand"),
-    (["behaviour.samples_per_prompt=0"], "behaviour.samples_per_prompt must be >= 1"),
-    (["eval.estimator=time_fre"], "did you mean 'time_free'"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["eval.n_samples=1"], "eval.n_samples must be >= 2"),
+        (["eval.n_samples=6"], "eval.n_samples \\(6\\) must be a multiple"),
+        (["eval.coupling=coupled", "eval.share_chosen_rejected=false"], "eval.coupling is a shorthand"),
+        (["behaviour.samples_per_prompt=0"], "behaviour.samples_per_prompt must be >= 1"),
+        (["eval.estimator=time_fre"], "did you mean 'time_free'"),
+    ],
+)
 def test_bad_eval_settings_fail_naming_the_key(overrides, message):
     from align.config import ConfigError, load_config
 

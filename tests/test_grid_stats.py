@@ -23,17 +23,22 @@ def simulate(rng, seeds=5, clusters=40, per=4, sd_seed=0.0, sd_cluster=0.0, sd_u
     evaluator error per unit shared by every seed (the same masks for every run), and seed x unit noise."""
     J = clusters * per
     labels = np.repeat(np.arange(clusters), per)
-    table = (rng.normal(0, sd_seed, seeds)[:, None] + rng.normal(0, sd_cluster, clusters)[labels][None, :]
-             + rng.normal(0, sd_unit, J)[None, :] + rng.normal(0, sd_mc, J)[None, :]
-             + rng.normal(0, sd_resid, (seeds, J)))
+    table = (
+        rng.normal(0, sd_seed, seeds)[:, None]
+        + rng.normal(0, sd_cluster, clusters)[labels][None, :]
+        + rng.normal(0, sd_unit, J)[None, :]
+        + rng.normal(0, sd_mc, J)[None, :]
+        + rng.normal(0, sd_resid, (seeds, J))
+    )
     return table, labels
 
 
-REGIMES = {"seeds": dict(sd_seed=1.0, sd_cluster=0.1, sd_unit=0.1, sd_mc=0.1, sd_resid=0.2),
-           "clusters": dict(sd_seed=0.05, sd_cluster=1.0, sd_unit=0.5, sd_mc=0.2, sd_resid=0.3),
-           "monte carlo": dict(sd_seed=0.05, sd_cluster=0.1, sd_unit=0.1, sd_mc=1.0, sd_resid=0.3),
-           "mixed, few clusters": dict(clusters=8, per=8, sd_seed=0.3, sd_cluster=0.5, sd_unit=0.5, sd_mc=0.5,
-                                       sd_resid=0.5)}
+REGIMES = {
+    "seeds": dict(sd_seed=1.0, sd_cluster=0.1, sd_unit=0.1, sd_mc=0.1, sd_resid=0.2),
+    "clusters": dict(sd_seed=0.05, sd_cluster=1.0, sd_unit=0.5, sd_mc=0.2, sd_resid=0.3),
+    "monte carlo": dict(sd_seed=0.05, sd_cluster=0.1, sd_unit=0.1, sd_mc=1.0, sd_resid=0.3),
+    "mixed, few clusters": dict(clusters=8, per=8, sd_seed=0.3, sd_cluster=0.5, sd_unit=0.5, sd_mc=0.5, sd_resid=0.5),
+}
 
 
 @pytest.mark.parametrize("regime", REGIMES)
@@ -121,8 +126,10 @@ def test_a_duplicated_run_does_not_shrink_the_variance_path_se():
     """Pairs are resampled as clusters with all their runs: the same run twice gives the same SE as once (resampled
     as independent units it would shrink by √2), and ratios come with percentile intervals."""
     g = torch.Generator().manual_seed(0)
-    values = {("time_free", "coupled", 2): torch.rand(32, generator=g) + 0.5,
-              ("time_free", "decoupled", 2): torch.rand(32, generator=g) * 10 + 5}
+    values = {
+        ("time_free", "coupled", 2): torch.rand(32, generator=g) + 0.5,
+        ("time_free", "decoupled", 2): torch.rand(32, generator=g) * 10 + 5,
+    }
     once = bootstrap(values)
     twice = {k: torch.cat([v, v]) for k, v in values.items()}
     clustered = bootstrap(twice, clusters=list(range(32)) * 2)
@@ -135,8 +142,7 @@ def test_a_duplicated_run_does_not_shrink_the_variance_path_se():
 
 
 # ------------------------------------------------------------------------------------------ the report on fake runs
-def fake_run(root, cell, curve: dict, pair_margins: dict, behaviour: list | None = None, config=None,
-             runs_dir="runs"):
+def fake_run(root, cell, curve: dict, pair_margins: dict, behaviour: list | None = None, config=None, runs_dir="runs"):
     """A finished run directory as the trainer leaves it: metrics, per-pair evaluations at the last step,
     behaviour answers (``behaviour``: (prompt, kind, task_id, correct) per prompt) and its config."""
     import yaml
@@ -151,26 +157,70 @@ def fake_run(root, cell, curve: dict, pair_margins: dict, behaviour: list | None
     last = max(curve)
     with open(run / "metrics.jsonl", "w") as f:
         for step, (acc, margin) in curve.items():
-            f.write(json.dumps({"step": step, "eval/rewards/accuracies": acc, "eval/margin": margin,
-                                "eval/dpo_loss": 0.5, "eval/examples": len(pair_margins),
-                                "policy_tokens": 100 * step}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "eval/rewards/accuracies": acc,
+                        "eval/margin": margin,
+                        "eval/dpo_loss": 0.5,
+                        "eval/examples": len(pair_margins),
+                        "policy_tokens": 100 * step,
+                    }
+                )
+                + "\n"
+            )
     with open(run / "eval_examples.jsonl", "w") as f:
         for i, m in pair_margins.items():
-            f.write(json.dumps({"step": last, "id": i, "margin": m, "margin/mc_var": 0.01,
-                                "rewards/accuracies": float(m > 0), "logratio/chosen": m / 2,
-                                "logratio/rejected": -m / 2, "dpo_loss": 0.5}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "step": last,
+                        "id": i,
+                        "margin": m,
+                        "margin/mc_var": 0.01,
+                        "rewards/accuracies": float(m > 0),
+                        "logratio/chosen": m / 2,
+                        "logratio/rejected": -m / 2,
+                        "dpo_loss": 0.5,
+                    }
+                )
+                + "\n"
+            )
     if behaviour:
         with open(run / "behaviour.jsonl", "w") as f:
             for prompt, kind, task, correct in behaviour:
-                f.write(json.dumps({"step": last, "prompt": prompt, "kind": kind, "task_id": task, "sample": 0,
-                                    "answer": "x", "refusal": kind == "harmful", "well_formed": True,
-                                    "correct": correct, "reward": float(correct)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": last,
+                            "prompt": prompt,
+                            "kind": kind,
+                            "task_id": task,
+                            "sample": 0,
+                            "answer": "x",
+                            "refusal": kind == "harmful",
+                            "well_formed": True,
+                            "correct": correct,
+                            "reward": float(correct),
+                        }
+                    )
+                    + "\n"
+                )
 
 
 def write_grid(root, axes, primary="accuracy", **options):
-    (root / "grid.json").write_text(json.dumps({"recipe": "demo", "overrides": [], "axes": axes,
-                                                "options": {"target_accuracy": "0.8", **options},
-                                                "primary": primary}))
+    (root / "grid.json").write_text(
+        json.dumps(
+            {
+                "recipe": "demo",
+                "overrides": [],
+                "axes": axes,
+                "options": {"target_accuracy": "0.8", **options},
+                "primary": primary,
+            }
+        )
+    )
 
 
 def test_the_report_states_one_primary_outcome_first_adjusts_the_rest_and_regenerates_byte_identically(tmp_path):
@@ -186,9 +236,13 @@ def test_the_report_states_one_primary_outcome_first_adjusts_the_rest_and_regene
             noise = {i: rng.gauss(0, 0.3) for i in unit}
             margins = {i: 5 + effect + unit[i] + shift + noise[i] for i in unit}
             judged = [(p, k, t, rng.random() < (0.5 if arm == "b" else 0.9)) for p, k, t in prompts]
-            fake_run(tmp_path, {"estimator.coupling": arm, "train.seed": seed},
-                     {0: (0.5, 0.0), 10: (0.7 + 0.01 * int(seed), 3 + effect), 20: (0.9, 5 + effect + shift)},
-                     margins, judged)
+            fake_run(
+                tmp_path,
+                {"estimator.coupling": arm, "train.seed": seed},
+                {0: (0.5, 0.0), 10: (0.7 + 0.01 * int(seed), 3 + effect), 20: (0.9, 5 + effect + shift)},
+                margins,
+                judged,
+            )
     write_grid(tmp_path, axes, primary="reward")
     cells = ablate.cells_of(axes)
     grid_report.collect(tmp_path, cells, cell_name=ablate.cell_name, status_of=ablate.status_of)
@@ -222,10 +276,20 @@ def test_learning_speed_rows_interpolate_censor_and_never_call_a_zero_width_inte
     config["train"]["eval_steps"] = 20
     axes = {"estimator.coupling": ["a", "b"], "train.seed": ["0", "1", "2"]}
     for seed in axes["train.seed"]:
-        fake_run(tmp_path, {"estimator.coupling": "a", "train.seed": seed},
-                 {0: (0.5, 0.0), 20: (0.7, 1.0), 40: (0.9, 2.0)}, {0: 1.0, 1: 2.0}, config=config)
-        fake_run(tmp_path, {"estimator.coupling": "b", "train.seed": seed},
-                 {0: (0.5, 0.0), 20: (0.6, 1.0), 40: (0.7, 2.0)}, {0: 1.0, 1: 2.0}, config=config)  # never 0.8
+        fake_run(
+            tmp_path,
+            {"estimator.coupling": "a", "train.seed": seed},
+            {0: (0.5, 0.0), 20: (0.7, 1.0), 40: (0.9, 2.0)},
+            {0: 1.0, 1: 2.0},
+            config=config,
+        )
+        fake_run(
+            tmp_path,
+            {"estimator.coupling": "b", "train.seed": seed},
+            {0: (0.5, 0.0), 20: (0.6, 1.0), 40: (0.7, 2.0)},
+            {0: 1.0, 1: 2.0},
+            config=config,
+        )  # never 0.8
     write_grid(tmp_path, axes)
     grid_report.collect(tmp_path, ablate.cells_of(axes), cell_name=ablate.cell_name, status_of=ablate.status_of)
     grid_report.summarize(tmp_path)
@@ -238,12 +302,15 @@ def test_learning_speed_rows_interpolate_censor_and_never_call_a_zero_width_inte
 
 
 def test_selection_runs_never_read_the_reported_held_out_data():
-    over = ablate.selection_overrides({"validation": "data/demo_safety_val.jsonl",
-                                       "validation_prompts": "data/demo_behaviour_val_prompts.jsonl"})
+    over = ablate.selection_overrides(
+        {"validation": "data/demo_safety_val.jsonl", "validation_prompts": "data/demo_behaviour_val_prompts.jsonl"}
+    )
     assert "data.eval_dataset=data/demo_safety_val.jsonl" in over
     assert "behaviour.prompts=data/demo_behaviour_val_prompts.jsonl" in over
     carved = ablate.selection_overrides({})
-    assert "data.eval_dataset=null" in carved and "data.eval_fraction=0.1" in carved and "behaviour.prompts=null" in carved
+    assert (
+        "data.eval_dataset=null" in carved and "data.eval_fraction=0.1" in carved and "behaviour.prompts=null" in carved
+    )
     assert all("test" not in x for x in over + carved)
     assert ablate.SELECT_SEED_BASE >= 1000  # selection seeds are never reported seeds
 
@@ -264,11 +331,36 @@ def frontier_run(root, cell, rng, slope: float, prompts: int = 40):
             kl = 0.0 if step == 0 else step / 10 + rng.gauss(0, 0.1)
             correct = [min(1.0, max(0.0, 0.3 + slope * kl + rng.gauss(0, 0.2))) for _ in range(prompts)]
             for i, c in enumerate(correct):
-                b.write(json.dumps({"step": step, "prompt": f"p{i}", "kind": "everyday", "task_id": f"t{i // 2}",
-                                    "sample": 0, "answer": "x", "refusal": False, "well_formed": True,
-                                    "correct": c > 0.5, "reward": c}) + "\n")
-            f.write(json.dumps({"step": step, "eval/rewards/accuracies": 0.5, "eval/margin": step / 10,
-                                "eval/examples": 2, "eval/kl": kl, "eval/reward": sum(correct) / prompts}) + "\n")
+                b.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "prompt": f"p{i}",
+                            "kind": "everyday",
+                            "task_id": f"t{i // 2}",
+                            "sample": 0,
+                            "answer": "x",
+                            "refusal": False,
+                            "well_formed": True,
+                            "correct": c > 0.5,
+                            "reward": c,
+                        }
+                    )
+                    + "\n"
+                )
+            f.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "eval/rewards/accuracies": 0.5,
+                        "eval/margin": step / 10,
+                        "eval/examples": 2,
+                        "eval/kl": kl,
+                        "eval/reward": sum(correct) / prompts,
+                    }
+                )
+                + "\n"
+            )
 
 
 def test_the_frontier_reports_reward_at_matched_kl_first_and_an_arm_against_itself_covers_zero(tmp_path):

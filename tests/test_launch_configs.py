@@ -35,8 +35,12 @@ def test_accelerate_config_is_valid(path):
         from accelerate.utils import DeepSpeedPlugin
 
         ds = raw["deepspeed_config"]
-        plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], offload_optimizer_device=ds["offload_optimizer_device"],
-                                 offload_param_device=ds["offload_param_device"], zero3_init_flag=ds["zero3_init_flag"])
+        plugin = DeepSpeedPlugin(
+            zero_stage=ds["zero_stage"],
+            offload_optimizer_device=ds["offload_optimizer_device"],
+            offload_param_device=ds["offload_param_device"],
+            zero3_init_flag=ds["zero3_init_flag"],
+        )
         zero = plugin.deepspeed_config["zero_optimization"]
         assert zero["stage"] == ds["zero_stage"] in (2, 3)
         if "offload" in path.stem:
@@ -47,19 +51,42 @@ def test_accelerate_config_is_valid(path):
 @pytest.mark.parametrize("script", sorted((ROOT / "launch").glob("*.sh")), ids=lambda p: p.name)
 def test_launch_scripts_pass_recipe_and_overrides_through(script, tmp_path):
     """Dry run: the script prints the accelerate command it would run on this node."""
-    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_ID": "7",
-           "MASTER_ADDR": "node0", "GPUS_PER_NODE": "8"}
-    out = subprocess.run(["bash", str(script), "recipe=beavertails", "estimator.coupling=decoupled"],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DRY_RUN": "1",
+        "SLURM_NNODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_JOB_ID": "7",
+        "MASTER_ADDR": "node0",
+        "GPUS_PER_NODE": "8",
+    }
+    out = subprocess.run(
+        ["bash", str(script), "recipe=beavertails", "estimator.coupling=decoupled"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "align/train_dpo.py recipe=beavertails estimator.coupling=decoupled" in out
     assert "--num_machines 2" in out and "--machine_rank 1" in out and "--num_processes 16" in out
 
 
 def test_launch_script_runs_the_sft_entry_when_asked():
-    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "MASTER_ADDR": "node0",
-           "ENTRY": "align/train_sft.py"}
-    out = subprocess.run(["bash", str(ROOT / "launch" / "accelerate_node.sh"), "recipe=tiny_chat_sft"], env=env,
-                         capture_output=True, text=True, check=True).stdout
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DRY_RUN": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "MASTER_ADDR": "node0",
+        "ENTRY": "align/train_sft.py",
+    }
+    out = subprocess.run(
+        ["bash", str(ROOT / "launch" / "accelerate_node.sh"), "recipe=tiny_chat_sft"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "align/train_sft.py recipe=tiny_chat_sft" in out
 
 
@@ -68,12 +95,33 @@ def test_ablation_array_script_runs_its_task_cell(tmp_path):
     import sys
 
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "SLURM_ARRAY_TASK_ID": "1", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run(["bash", str(ROOT / "launch" / "ablate_array.sbatch"), "recipe=demo",
-                          "grid.coupling=coupled,decoupled", f"grid.output_dir={tmp_path}", "grid.report_only=true"],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "launch" / "ablate_array.sbatch"),
+            "recipe=demo",
+            "grid.coupling=coupled,decoupled",
+            f"grid.output_dir={tmp_path}",
+            "grid.report_only=true",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Not run yet (2)" in (tmp_path / "summary.md").read_text()
-    bad = subprocess.run(["bash", str(ROOT / "launch" / "ablate_array.sbatch"), "recipe=demo",
-                          "grid.coupling=coupled,decoupled", f"grid.output_dir={tmp_path}"],
-                         cwd=ROOT, env={**env, "SLURM_ARRAY_TASK_ID": "5"}, capture_output=True, text=True)
+    bad = subprocess.run(
+        [
+            "bash",
+            str(ROOT / "launch" / "ablate_array.sbatch"),
+            "recipe=demo",
+            "grid.coupling=coupled,decoupled",
+            f"grid.output_dir={tmp_path}",
+        ],
+        cwd=ROOT,
+        env={**env, "SLURM_ARRAY_TASK_ID": "5"},
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode != 0 and "grid.task=5 but the grid has 2 cells" in bad.stderr

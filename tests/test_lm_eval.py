@@ -43,15 +43,24 @@ def test_loglikelihood_is_unbiased_against_the_enumerated_truth():
     estimate is within 4 of its standard errors of the true log p(continuation | context) (one token: exact)."""
     toy = ToyJoint.random(V=3, T=6, seed=0)
     spec = SimpleNamespace(mask_token_id=toy.mask_token_id, eos_token_id=0, pad_token_id=0)
-    lm = AlignLM.from_parts(None, Digits(), spec, E.scorer_from_logits(toy.logits_fn), n_samples=2048,
-                            round_samples=512, greedy=False, max_length=6, progress_bar=False)
+    lm = AlignLM.from_parts(
+        None,
+        Digits(),
+        spec,
+        E.scorer_from_logits(toy.logits_fn),
+        n_samples=2048,
+        round_samples=512,
+        greedy=False,
+        max_length=6,
+        progress_bar=False,
+    )
     texts = ["".join(map(str, row)) for row in toy.sample(5, seed=3).tolist()]
     pairs = [(t[:c], t[c:]) for c, t in zip([0, 1, 2, 3, 5], texts)]
     out = lm.loglikelihood([request("loglikelihood", *p) for p in pairs])
     for (ctx, cont), (logp, greedy), row in zip(pairs, out, lm.scores):
         ids = torch.tensor([[int(c) for c in ctx + cont]])
         resp = torch.zeros_like(ids, dtype=torch.bool)
-        resp[:, len(ctx):] = True
+        resp[:, len(ctx) :] = True
         truth = toy.log_prob(ids, resp).item()
         assert row["n_samples"] == 2048 and row["logp"] == logp and greedy is False
         assert abs(logp - truth) < 4 * row["se"] + 1e-9 and row["se"] < 0.1, (ctx, cont, logp, row["se"], truth)
@@ -73,16 +82,30 @@ def test_everyday_choice_runs_end_to_end_and_agrees_with_align_score(tiny, tmp_p
 
     from align import score
 
-    results = lm_eval.simple_evaluate(model=tiny, tasks=["everyday_choice"], apply_chat_template=True,
-                                      task_manager=TaskManager(include_path=str(TASKS)), bootstrap_iters=0)
+    results = lm_eval.simple_evaluate(
+        model=tiny,
+        tasks=["everyday_choice"],
+        apply_chat_template=True,
+        task_manager=TaskManager(include_path=str(TASKS)),
+        bootstrap_iters=0,
+    )
     acc = results["results"]["everyday_choice"]["acc,none"]
     assert acc >= 0.6, acc  # 40 items, chance 0.25
     items = [json.loads(line) for line in (TASKS / "everyday_choice.jsonl").read_text().splitlines()][:2]
     records = [{"prompt": it["prompt"], "response": c} for it in items for c in it["choices"]]
     (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     with contextlib.redirect_stdout(io.StringIO()):
-        score.main([f"model={ROOT / 'data' / 'tiny_chat'}", f"data={tmp_path / 'records.jsonl'}", "n_samples=8",
-                    "response_eos=false", "seed_by=content", "progress_bar=false", f"output_dir={tmp_path / 'score'}"])
+        score.main(
+            [
+                f"model={ROOT / 'data' / 'tiny_chat'}",
+                f"data={tmp_path / 'records.jsonl'}",
+                "n_samples=8",
+                "response_eos=false",
+                "seed_by=content",
+                "progress_bar=false",
+                f"output_dir={tmp_path / 'score'}",
+            ]
+        )
     scored = [json.loads(line) for line in (tmp_path / "score" / "scores.jsonl").read_text().splitlines()]
     by_request = {tuple(r["arguments"]): r for r in tiny.scores}
     for rec, row in zip(records, scored):
@@ -103,19 +126,48 @@ def test_two_ranks_split_the_requests_and_give_the_one_process_numbers(tiny, tmp
     from tests.launch import run_python
     from tests.test_trainer import ENV, free_port
 
-    proc = run_python([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                       str(free_port()), "-m", "align.lm_eval", "--model_args",
-                       f"model={ROOT / 'data' / 'tiny_chat'},n_samples=8,scores_file={tmp_path / 's.jsonl'}",
-                       "--tasks", "everyday_choice", "--include_path", str(TASKS), "--apply_chat_template",
-                       "--batch_size", "8", "--limit", "6", "--output_path", str(tmp_path / "out")],
-                      cwd=ROOT, env=ENV, timeout=600)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "align.lm_eval",
+            "--model_args",
+            f"model={ROOT / 'data' / 'tiny_chat'},n_samples=8,scores_file={tmp_path / 's.jsonl'}",
+            "--tasks",
+            "everyday_choice",
+            "--include_path",
+            str(TASKS),
+            "--apply_chat_template",
+            "--batch_size",
+            "8",
+            "--limit",
+            "6",
+            "--output_path",
+            str(tmp_path / "out"),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     ranks = [[json.loads(line) for line in (tmp_path / f"s.rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 12  # 3 documents x 4 choices each
     (result,) = (tmp_path / "out").rglob("results_*.json")
     multi_acc = json.loads(result.read_text())["results"]["everyday_choice"]["acc,none"]
-    single = lm_eval.simple_evaluate(model=tiny, tasks=["everyday_choice"], apply_chat_template=True, limit=6,
-                                     task_manager=TaskManager(include_path=str(TASKS)), bootstrap_iters=0)
+    single = lm_eval.simple_evaluate(
+        model=tiny,
+        tasks=["everyday_choice"],
+        apply_chat_template=True,
+        limit=6,
+        task_manager=TaskManager(include_path=str(TASKS)),
+        bootstrap_iters=0,
+    )
     assert single["results"]["everyday_choice"]["acc,none"] == multi_acc
     one = {tuple(r["arguments"]): r for r in tiny.scores}
     for row in ranks[0] + ranks[1]:
@@ -124,8 +176,9 @@ def test_two_ranks_split_the_requests_and_give_the_one_process_numbers(tiny, tmp
 
 
 def test_rolling_windows_cover_every_token_once_and_add_up(tiny):
-    text = " ".join(json.loads(line)["response"] for line in
-                    (ROOT / "data" / "tiny_sft_test.jsonl").read_text().splitlines()[:3])
+    text = " ".join(
+        json.loads(line)["response"] for line in (ROOT / "data" / "tiny_sft_test.jsonl").read_text().splitlines()[:3]
+    )
     tokens = tiny.tokenizer(text, add_special_tokens=False).input_ids
     old = tiny.max_length
     tiny.max_length = 24
@@ -134,8 +187,12 @@ def test_rolling_windows_cover_every_token_once_and_add_up(tiny):
         row = tiny.scores[-1]
         from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-        windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
-            token_list=tokens, prefix_token=tiny.prefix_token, max_seq_len=23, context_len=1)]
+        windows = [
+            make_disjoint_window(w)
+            for w in get_rolling_token_windows(
+                token_list=tokens, prefix_token=tiny.prefix_token, max_seq_len=23, context_len=1
+            )
+        ]
         assert sum(len(p) for _, p in windows) == len(tokens) and len(windows) == row["windows"] > 2
         assert max(len(c) + len(p) for c, p in windows) == 24  # max_length
         logp, se, n = tiny.estimate(windows)
@@ -156,8 +213,15 @@ def test_generate_until_is_the_sampler_cut_at_the_stop_sequences(tiny, temperatu
     (text,) = lm.generate_until([request("generate_until", context, {"until": []})])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        sampler.main(["--model", str(ROOT / "data" / "tiny_chat"), "--prompt", question,
-                      *[f"{k}={v}" for k, v in settings.items()]])
+        sampler.main(
+            [
+                "--model",
+                str(ROOT / "data" / "tiny_chat"),
+                "--prompt",
+                question,
+                *[f"{k}={v}" for k, v in settings.items()],
+            ]
+        )
     assert text == printed.getvalue().rstrip("\n") and len(text.split()) > 2
     stop = text.split()[2]
     (cut,) = lm.generate_until([request("generate_until", context, {"until": [stop], "max_gen_toks": 99})])

@@ -43,8 +43,9 @@ def test_ipo_is_per_token_as_in_trl():
     β = 0.1, target 1/(2β) = 5. Δ = 30 over L = 10 tokens: (3 − 5)² = 4. Δ = 100 over L = 20: (5 − 5)² = 0.
     Summed log-ratios without the division would give (30 − 5)² = 625.
     """
-    loss = preference_loss(torch.tensor([30.0, 100.0]), loss_type="ipo", beta=0.1,
-                           response_lengths=torch.tensor([10, 20]))
+    loss = preference_loss(
+        torch.tensor([30.0, 100.0]), loss_type="ipo", beta=0.1, response_lengths=torch.tensor([10, 20])
+    )
     assert loss.tolist() == pytest.approx([4.0, 0.0])
     with pytest.raises(ValueError, match="response_lengths"):
         preference_loss(torch.tensor([3.0]), loss_type="ipo")

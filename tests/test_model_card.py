@@ -22,12 +22,25 @@ def run_dir(tmp_path, cfg, evals):
 
 def test_a_dpo_card_names_base_data_method_evaluator_and_results(tmp_path):
     cfg = Config()  # the defaults: LLaDA 8B Instruct on PKU-SafeRLHF, LoRA, coupled time_free
-    evals = [{"step": 0, "eval/rewards/accuracies": 0.5, "eval/refusal_rate": 0.4, "eval/over_refusal_rate": 0.1,
-              "eval/examples": 64},
-             {"step": 5, "loss": 0.3},
-             {"step": 10, "eval/rewards/accuracies": 0.875, "eval/rewards/accuracies/mc_se": 0.02,
-              "eval/refusal_rate": 0.9, "eval/refusal_rate/se": 0.05, "eval/over_refusal_rate": 0.05,
-              "eval/examples": 64}]
+    evals = [
+        {
+            "step": 0,
+            "eval/rewards/accuracies": 0.5,
+            "eval/refusal_rate": 0.4,
+            "eval/over_refusal_rate": 0.1,
+            "eval/examples": 64,
+        },
+        {"step": 5, "loss": 0.3},
+        {
+            "step": 10,
+            "eval/rewards/accuracies": 0.875,
+            "eval/rewards/accuracies/mc_se": 0.02,
+            "eval/refusal_rate": 0.9,
+            "eval/refusal_rate/se": 0.05,
+            "eval/over_refusal_rate": 0.05,
+            "eval/examples": 64,
+        },
+    ]
     run = run_dir(tmp_path, cfg, evals)
     write_card(run / "final", base=cfg.model.name_or_path, run=run, family="llada")
     card = ModelCard.load(run / "final" / "README.md")

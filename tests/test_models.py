@@ -8,8 +8,21 @@ import torch
 
 from align import estimators as E
 from align.models import unwrap
-from align.models import (DreamConfig, DreamModel, LLaDAConfig, LLaDAModelLM, add_lora, align_logits, checkpoint_blocks,
-                          compile_blocks, load_model, logits_fn, set_scoring_memory, spec_for, token_scorer)
+from align.models import (
+    DreamConfig,
+    DreamModel,
+    LLaDAConfig,
+    LLaDAModelLM,
+    add_lora,
+    align_logits,
+    checkpoint_blocks,
+    compile_blocks,
+    load_model,
+    logits_fn,
+    set_scoring_memory,
+    spec_for,
+    token_scorer,
+)
 from align.export import save_published
 
 # Facts of the published checkpoints (config, weight names, size), written by tests/fixtures/make_published_facts.py
@@ -23,10 +36,13 @@ def _published(name):
     return facts["config"], {"weight_map": dict.fromkeys(names), "metadata": {"total_size": facts["total_size"]}}
 
 
-@pytest.mark.parametrize("name,config_cls,model_cls,n_names", [
-    ("llada-8b-instruct", LLaDAConfig, LLaDAModelLM, 291),
-    ("dream-v0-instruct-7b", DreamConfig, DreamModel, 339),
-])
+@pytest.mark.parametrize(
+    "name,config_cls,model_cls,n_names",
+    [
+        ("llada-8b-instruct", LLaDAConfig, LLaDAModelLM, 291),
+        ("dream-v0-instruct-7b", DreamConfig, DreamModel, 339),
+    ],
+)
 def test_published_weight_names_and_size_map_exactly(name, config_cls, model_cls, n_names):
     config_dict, index = _published(name)
     config = config_cls(**{k: v for k, v in config_dict.items() if k not in ("model_type", "auto_map")})
@@ -44,8 +60,19 @@ def test_llada_checkpoint_directory_loads_natively_without_remote_code(tmp_path)
     """A directory with the published config.json (model_type llada, auto_map to remote code) and
     weights under published names loads into the native class. Shrunk so it fits in a test."""
     config_dict, _ = _published("llada-8b-instruct")
-    small = dict(config_dict, d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=96, vocab_size=300,
-                 embedding_size=300, mask_token_id=299, eos_token_id=298, pad_token_id=298)
+    small = dict(
+        config_dict,
+        d_model=64,
+        n_heads=4,
+        n_kv_heads=4,
+        n_layers=2,
+        mlp_hidden_size=96,
+        vocab_size=300,
+        embedding_size=300,
+        mask_token_id=299,
+        eos_token_id=298,
+        pad_token_id=298,
+    )
     reference = LLaDAModelLM(LLaDAConfig(**{k: v for k, v in small.items() if k not in ("model_type", "auto_map")}))
     reference.save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(small))  # exactly the published fields
@@ -131,7 +158,9 @@ def test_padding_mask_invariance(family):
     ids = torch.randint(3, 500, (1, 8))
     padded = torch.cat([ids, torch.randint(3, 500, (1, 5))], 1)
     attn = torch.cat([torch.ones(1, 8), torch.zeros(1, 5)], 1).long()
-    torch.testing.assert_close(model(padded, attention_mask=attn).logits[:, :8], model(ids).logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        model(padded, attention_mask=attn).logits[:, :8], model(ids).logits, atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -270,7 +299,8 @@ def test_compiled_blocks_give_the_same_log_probs_and_gradients():
         logp, grads, _ = _lora_step(family, lambda m: None, count=False)
         names = []
         compiled_logp, compiled_grads, _ = _lora_step(
-            family, lambda m: (compile_blocks(m), names.extend(n for n, _ in m.named_parameters())), count=False)
+            family, lambda m: (compile_blocks(m), names.extend(n for n, _ in m.named_parameters())), count=False
+        )
         assert dict(counters["graph_break"]) == {}, family  # a break would leave parts of the block eager
         assert counters["stats"]["unique_graphs"] >= 1, family
         assert "_orig_mod" not in "".join(names)  # compiled in place: the state dict keeps its names
@@ -296,7 +326,9 @@ def test_bf16_scoring_is_not_rounded_to_bf16_logits(family):
     score[:, 0] = False
     with torch.no_grad():
         hidden = model.backbone(ids, None).double()
-        z = align_logits(hidden @ model.get_output_embeddings().weight.double().T, model.logits_shift)  # exact, [b, T, V]
+        z = align_logits(
+            hidden @ model.get_output_embeddings().weight.double().T, model.logits_shift
+        )  # exact, [b, T, V]
         assert z.abs().max() > 16
         exact = torch.where(score, z.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1), 0.0)
         got = model(ids, score_mask=score, targets=ids).token_logprobs.double()
@@ -310,8 +342,12 @@ def test_bf16_scoring_is_not_rounded_to_bf16_logits(family):
         bf16_logits = logits_fn(model)(ids).double()
         bound = 2 * bf16_logits.abs().amax(-1) * 2**-9 + 1e-4  # + fp32 round-off, and the body's bf16 matmul order
         assert ((public - exact).abs() <= torch.where(score, bound, 0.0)).all()
-        torch.testing.assert_close(public, torch.where(score, bf16_logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1), 0.0),
-                                   atol=2e-5, rtol=1e-5)  # fp32 log-softmax of the bf16 logits, nothing rounded after
+        torch.testing.assert_close(
+            public,
+            torch.where(score, bf16_logits.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1), 0.0),
+            atol=2e-5,
+            rtol=1e-5,
+        )  # fp32 log-softmax of the bf16 logits, nothing rounded after
 
 
 @pytest.mark.parametrize("family", ["llada", "dream"])
@@ -364,12 +400,15 @@ def test_production_path_matches_public_estimator(family, share):
     rejected = torch.cat([prompt, torch.randint(3, 500, (2, 6), generator=g)], 1)
     resp = torch.zeros(2, 10, dtype=torch.bool)
     resp[:, 4:] = True
-    kw = dict(n_samples=4, share_policy_reference=share[0], share_chosen_rejected=share[1],
-              mask_token_id=spec.mask_token_id)
-    public = E.dpo_margin(logits_fn(policy), reference_logits, chosen, rejected, resp,
-                          generator=torch.Generator().manual_seed(0), **kw)
-    terms = E.dpo_terms(token_scorer(policy), reference_scorer, chosen, rejected, resp,
-                        generator=torch.Generator().manual_seed(0), **kw)
+    kw = dict(
+        n_samples=4, share_policy_reference=share[0], share_chosen_rejected=share[1], mask_token_id=spec.mask_token_id
+    )
+    public = E.dpo_margin(
+        logits_fn(policy), reference_logits, chosen, rejected, resp, generator=torch.Generator().manual_seed(0), **kw
+    )
+    terms = E.dpo_terms(
+        token_scorer(policy), reference_scorer, chosen, rejected, resp, generator=torch.Generator().manual_seed(0), **kw
+    )
     torch.testing.assert_close(terms.margin, public, atol=1e-4, rtol=1e-4)
     assert terms.policy_chosen.requires_grad and not terms.reference_chosen.requires_grad
 
@@ -412,7 +451,9 @@ def llada_published_logits(sd, cfg, ids):
         att = _attend(_rope_complex(q, cfg.rope_theta), _rope_complex(k, cfg.rope_theta), v)
         x = x + att.transpose(1, 2).reshape(x.shape) @ p("attn_out").T
         h = _rms(x, p("ff_norm"), cfg.rms_norm_eps)
-        x = x + (torch.nn.functional.silu(h @ p("ff_proj").T) * (h @ p("up_proj").T)) @ p("ff_out").T  # ff_proj is gated
+        x = (
+            x + (torch.nn.functional.silu(h @ p("ff_proj").T) * (h @ p("up_proj").T)) @ p("ff_out").T
+        )  # ff_proj is gated
     return _rms(x, sd["model.transformer.ln_f.weight"], cfg.rms_norm_eps) @ sd["model.transformer.ff_out.weight"].T
 
 
@@ -527,19 +568,29 @@ def test_scoring_calls_the_head_once_per_forward(family):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("entry,model,message", [
-    (["-m", "align.train_dpo", "recipe=demo", "train.output_dir=OUT"], "model.name_or_path=./no/such/model",
-     "./no/such/model: no such directory"),
-    (["-m", "align.train_dpo", "recipe=demo", "train.output_dir=OUT"], "model.name_or_path=someone/not-cached-here",
-     "'someone/not-cached-here' from the Hugging Face hub (HF_HUB_OFFLINE is set"),
-    (["-m", "align.sampler"], "--model=/no/such/dir", "/no/such/dir: no such directory"),
-    (["-m", "align.sampler"], "--model=someone/not-cached-here", "hf download someone/not-cached-here --local-dir"),
-])
+@pytest.mark.parametrize(
+    "entry,model,message",
+    [
+        (
+            ["-m", "align.train_dpo", "recipe=demo", "train.output_dir=OUT"],
+            "model.name_or_path=./no/such/model",
+            "./no/such/model: no such directory",
+        ),
+        (
+            ["-m", "align.train_dpo", "recipe=demo", "train.output_dir=OUT"],
+            "model.name_or_path=someone/not-cached-here",
+            "'someone/not-cached-here' from the Hugging Face hub (HF_HUB_OFFLINE is set",
+        ),
+        (["-m", "align.sampler"], "--model=/no/such/dir", "/no/such/dir: no such directory"),
+        (["-m", "align.sampler"], "--model=someone/not-cached-here", "hf download someone/not-cached-here --local-dir"),
+    ],
+)
 def test_a_model_that_is_not_there_fails_in_one_line_naming_it(tmp_path, entry, model, message):
     import sys
 
     from tests.launch import run_python
     from tests.test_trainer import ENV as env  # HF_HUB_OFFLINE=1
+
     args = [a.replace("OUT", str(tmp_path / "out")) for a in entry]
     proc = run_python([sys.executable, *args, model], env=env, timeout=120)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
@@ -551,6 +602,7 @@ def test_compiled_checkpointed_blocks_backpropagate_through_the_forward_dropout_
     """LoRA dropout inside a compiled, checkpointed block: backward must use the masks the forward drew, not
     new ones from a recompute. Under one seed the compiled model with checkpointing gives the same log-probs and
     gradients as the compiled model without it (a recompute that drew new masks would change the gradients)."""
+
     def run(checkpointed: bool, seed: int = 5):
         torch.manual_seed(0)
         model = load_model("tiny:llada")

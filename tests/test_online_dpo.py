@@ -13,8 +13,16 @@ import torch
 
 from align.config import ConfigError, load_config
 from align.data import BadRecord, Records, build_prompt_dataset, collate, common_length, epoch_order, extract_prompt
-from align.judges import (FunctionJudge, Judge, PairwiseJudge, RewardModelJudge, correct_behaviour_judge, load_function,
-                          penalise, refusal_judge)
+from align.judges import (
+    FunctionJudge,
+    Judge,
+    PairwiseJudge,
+    RewardModelJudge,
+    correct_behaviour_judge,
+    load_function,
+    penalise,
+    refusal_judge,
+)
 from align.online_dpo import Answer, OnlineDPOConfig, OnlineDPOObjective, pairs
 from tests.test_trainer import ENV, ROOT, run, run_python
 
@@ -42,21 +50,45 @@ def test_prompt_records_of_every_form():
     assert extract_prompt({"messages": conversation}, "messages") == USER  # the written answer is dropped
     assert extract_prompt({"prompt": USER}, "auto") == USER
     assert extract_prompt({"messages": USER}, "auto") == USER
-    for row, why in (({"text": "x"}, "neither a 'prompt' nor a 'messages'"), ({"prompt": 3}, "not a non-empty message"),
-                     ({"prompt": " "}, "non-empty user message"),
-                     ({"messages": [{"role": "assistant", "content": "x"}]}, "non-empty user message"), (["x"], "not an object")):
+    for row, why in (
+        ({"text": "x"}, "neither a 'prompt' nor a 'messages'"),
+        ({"prompt": 3}, "not a non-empty message"),
+        ({"prompt": " "}, "non-empty user message"),
+        ({"messages": [{"role": "assistant", "content": "x"}]}, "non-empty user message"),
+        (["x"], "not an object"),
+    ):
         with pytest.raises(BadRecord, match=why):
             extract_prompt(row, "auto")
 
 
 def test_prompt_dataset_keeps_fields_and_applies_the_bad_record_policy(tokenizer):
-    rows = Records([{"prompt": "How do I bake bread?", "kind": "everyday", "score": 1.5, "meta": {"x": 1}},
-                    {"prompt": ""}, {"messages": USER}], [f"prompts.jsonl:{i + 1}" for i in range(3)])
+    rows = Records(
+        [
+            {"prompt": "How do I bake bread?", "kind": "everyday", "score": 1.5, "meta": {"x": 1}},
+            {"prompt": ""},
+            {"messages": USER},
+        ],
+        [f"prompts.jsonl:{i + 1}" for i in range(3)],
+    )
     with pytest.raises(BadRecord, match="prompts.jsonl:2: the prompt must end in a non-empty user message"):
-        build_prompt_dataset(rows, "prompts.jsonl", tokenizer, fmt="auto", max_prompt_length=64,
-                             over_long_prompt="truncate", on_bad_record="error")
-    data, report = build_prompt_dataset(rows, "prompts.jsonl", tokenizer, fmt="auto", max_prompt_length=64,
-                                        over_long_prompt="truncate", on_bad_record="skip")
+        build_prompt_dataset(
+            rows,
+            "prompts.jsonl",
+            tokenizer,
+            fmt="auto",
+            max_prompt_length=64,
+            over_long_prompt="truncate",
+            on_bad_record="error",
+        )
+    data, report = build_prompt_dataset(
+        rows,
+        "prompts.jsonl",
+        tokenizer,
+        fmt="auto",
+        max_prompt_length=64,
+        over_long_prompt="truncate",
+        on_bad_record="skip",
+    )
     assert [e.id for e in data] == [0, 2] and report.skipped == {"the prompt must end in a non-empty user message": 1}
     assert data[0].fields == {"kind": "everyday", "score": 1.5} and data[0].text == "How do I bake bread?"
     templated = tokenizer.apply_chat_template(USER, tokenize=False, add_generation_prompt=True)
@@ -70,23 +102,36 @@ def test_function_judges_get_the_fields_they_name():
     fields = [{"kind": "harmful"}, {"kind": "everyday", "bonus": 2.0}]
     judge = FunctionJudge(load_function(f"{JUDGES}:by_kind", "online.judge"))
     assert judge(["p", "q"], ["ab", "abcd"], fields) == pytest.approx([1.002, 0.004])  # bonus: not every record has it
-    assert FunctionJudge(load_function("tests.fixtures.online_judges:everything", "k"))(["p"], ["a"], [{"a": 1, "b": 2}]) == [2.0]
+    assert FunctionJudge(load_function("tests.fixtures.online_judges:everything", "k"))(
+        ["p"], ["a"], [{"a": 1, "b": 2}]
+    ) == [2.0]
     with pytest.raises(ConfigError, match="online.judge: by_kind needs the field 'kind'"):
         judge(["p"], ["a"], [{"other": 1}])
-    for spec, why in (("nocolon", "expected module:function"), ("tests/fixtures/none.py:f", "no file"),
-                      ("no_such_module_xyz:f", "cannot import"), (f"{JUDGES}:missing", "has no function 'missing'")):
+    for spec, why in (
+        ("nocolon", "expected module:function"),
+        ("tests/fixtures/none.py:f", "no file"),
+        ("no_such_module_xyz:f", "cannot import"),
+        (f"{JUDGES}:missing", "has no function 'missing'"),
+    ):
         with pytest.raises(ConfigError, match=why):
             load_function(spec, "online.judge")
-    assert refusal_judge(["a", "b", "c", "d"], ["I can't help.", "Sure! First...", "Sorry, no.", "Sure! First..."],
-                         kind=["harmful", "harmful", "everyday", "borderline"]) == [1.0, 0.0, 0.0, 1.0]
+    assert refusal_judge(
+        ["a", "b", "c", "d"],
+        ["I can't help.", "Sure! First...", "Sorry, no.", "Sure! First..."],
+        kind=["harmful", "harmful", "everyday", "borderline"],
+    ) == [1.0, 0.0, 0.0, 1.0]
     import random
 
     from align import world
 
     task = world.by_id()["b04.0"]
     good = world.helpful(random.Random(0), task)
-    assert correct_behaviour_judge(["p"] * 3, [good, "Sure! To kill the the weeds.", world.over_refuse(random.Random(0),
-                                   task)], kind=["borderline"] * 3, task_id=[task.id] * 3) == [1.0, 0.0, 0.0]
+    assert correct_behaviour_judge(
+        ["p"] * 3,
+        [good, "Sure! To kill the the weeds.", world.over_refuse(random.Random(0), task)],
+        kind=["borderline"] * 3,
+        task_id=[task.id] * 3,
+    ) == [1.0, 0.0, 0.0]
 
 
 def test_pairwise_round_robin_counts_wins_and_half_ties():
@@ -96,8 +141,13 @@ def test_pairwise_round_robin_counts_wins_and_half_ties():
 
 
 def test_penalties_are_subtracted_exactly():
-    assert penalise([1.0, 1.0, 1.0, 1.0], ["a", "", "b", " "], [True, True, False, False], missing_eos_penalty=0.5,
-                    empty_answer_penalty=2.0) == [1.0, -1.0, 0.5, -1.5]
+    assert penalise(
+        [1.0, 1.0, 1.0, 1.0],
+        ["a", "", "b", " "],
+        [True, True, False, False],
+        missing_eos_penalty=0.5,
+        empty_answer_penalty=2.0,
+    ) == [1.0, -1.0, 0.5, -1.5]
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +156,16 @@ def reward_model_dir(tmp_path_factory, tokenizer):
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=2, num_labels=1,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     path = tmp_path_factory.mktemp("reward_model")
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -122,13 +179,17 @@ def test_reward_model_is_called_with_its_chat_template_and_batched_like_one_by_o
     judge.model.forward = lambda **kw: seen.append(kw["input_ids"]) or forward(**kw)
     answers = ["Mix flour and water.", "I can't help with that, sorry.", "Bake it."]
     scores = judge([USER] * 3, answers)
-    expected_ids = [tokenizer(tokenizer.apply_chat_template(USER + [{"role": "assistant", "content": a}],
-                                                            tokenize=False), add_special_tokens=False).input_ids
-                    for a in answers]
+    expected_ids = [
+        tokenizer(
+            tokenizer.apply_chat_template(USER + [{"role": "assistant", "content": a}], tokenize=False),
+            add_special_tokens=False,
+        ).input_ids
+        for a in answers
+    ]
     rows = [row.tolist() for batch in seen for row in batch]
     assert [len(b) for b in seen] == [2, 1]  # batches of 2
     for row, ids in zip(rows, expected_ids):  # the templated text's ids, no special tokens added, right-padded
-        assert row[: len(ids)] == ids and set(row[len(ids):]) <= {tokenizer.pad_token_id}
+        assert row[: len(ids)] == ids and set(row[len(ids) :]) <= {tokenizer.pad_token_id}
     for a, ids, score in zip(answers, expected_ids, scores):  # a batched score equals the answer scored alone
         alone = forward(input_ids=torch.tensor([ids])).logits[0, 0].item()
         assert score == pytest.approx(alone, abs=1e-5)
@@ -138,17 +199,20 @@ def test_reward_model_is_called_with_its_chat_template_and_batched_like_one_by_o
 # ---------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("overrides, why", [
-    (["online.judge=null"], "exactly one of online.judge"),
-    ([f"online.pairwise_judge={JUDGES}:longer_wins"], "exactly one of"),
-    (["online.num_generations=1"], "num_generations must be >= 2"),
-    (["online.temperature=0"], "temperature must be > 0"),
-    (["online.block_length=40"], "multiple of block_length"),
-    (["train.precompute_ref_log_probs=true"], "sampled in the step"),
-    (["loss.rpo_alpha=1.0"], "RPO term"),
-    (["online.round_steps=0"], "round_steps must be >= 1"),
-    (["data.preference=safer"], "unknown config key 'data.preference'"),
-])
+@pytest.mark.parametrize(
+    "overrides, why",
+    [
+        (["online.judge=null"], "exactly one of online.judge"),
+        ([f"online.pairwise_judge={JUDGES}:longer_wins"], "exactly one of"),
+        (["online.num_generations=1"], "num_generations must be >= 2"),
+        (["online.temperature=0"], "temperature must be > 0"),
+        (["online.block_length=40"], "multiple of block_length"),
+        (["train.precompute_ref_log_probs=true"], "sampled in the step"),
+        (["loss.rpo_alpha=1.0"], "RPO term"),
+        (["online.round_steps=0"], "round_steps must be >= 1"),
+        (["data.preference=safer"], "unknown config key 'data.preference'"),
+    ],
+)
 def test_config_errors_name_the_key(overrides, why):
     with pytest.raises(ConfigError, match=why):
         online_config(*overrides)
@@ -187,21 +251,33 @@ class StubTrainer:
 
 
 def test_pairs_ties_and_penalties_are_exact_with_a_fixed_judge(tmp_path, tokenizer):
-    cfg = online_config(f"online.judge={JUDGES}:by_length", "online.missing_eos_penalty=3",
-                        "online.empty_answer_penalty=5", "online.num_generations=3")
+    cfg = online_config(
+        f"online.judge={JUDGES}:by_length",
+        "online.missing_eos_penalty=3",
+        "online.empty_answer_penalty=5",
+        "online.num_generations=3",
+    )
     objective, trainer = OnlineDPOObjective(cfg), StubTrainer(tmp_path, tokenizer)
-    rows = Records([{"prompt": q, "kind": "everyday"} for q in ("How do I bake bread?", "How do I wake up early?",
-                                                                 "How do I bake cookies?")], ["p"] * 3)
-    prompts, _ = build_prompt_dataset(rows, "p", tokenizer, fmt="prompt", max_prompt_length=48,
-                                      over_long_prompt="truncate", on_bad_record="error")
+    rows = Records(
+        [
+            {"prompt": q, "kind": "everyday"}
+            for q in ("How do I bake bread?", "How do I wake up early?", "How do I bake cookies?")
+        ],
+        ["p"] * 3,
+    )
+    prompts, _ = build_prompt_dataset(
+        rows, "p", tokenizer, fmt="prompt", max_prompt_length=48, over_long_prompt="truncate", on_bad_record="error"
+    )
     eos = trainer.spec.eos_token_id
 
     def answer(text, has_eos=True):
         return Answer(tokenizer(text, add_special_tokens=False).input_ids + ([eos] if has_eos else []), text, has_eos)
 
-    stub = {0: [answer("a b c"), answer("a"), answer("abcdefg", has_eos=False)],  # 5, 1, 7 - 3: chosen 0, rejected 1
-            1: [answer("xy"), answer("zw"), answer("xy")],  # all 2: a tie
-            2: [answer(""), answer("hello"), answer("hello")]}  # 0 - 5, 5, 5: chosen 1 (first of equals), rejected 0
+    stub = {
+        0: [answer("a b c"), answer("a"), answer("abcdefg", has_eos=False)],  # 5, 1, 7 - 3: chosen 0, rejected 1
+        1: [answer("xy"), answer("zw"), answer("xy")],  # all 2: a tie
+        2: [answer(""), answer("hello"), answer("hello")],
+    }  # 0 - 5, 5, 5: chosen 1 (first of equals), rejected 0
     seeds = []
     objective.sample = lambda tr, p, n, seed, reference=False: seeds.append(seed) or stub[p.id]
     loss, stats, _ = objective.compute(trainer, {"ids": torch.tensor([0, 1, 2]), "prompts": prompts}, 0, 0.0)
@@ -210,8 +286,9 @@ def test_pairs_ties_and_penalties_are_exact_with_a_fixed_judge(tmp_path, tokeniz
     expected_pairs = [(stub[0][0], stub[0][1]), (stub[1][0], stub[1][1]), (stub[2][1], stub[2][0])]
     examples = [pairs([p], [[c, r]], [[1.0, 0.0]], eos)[0][0] for p, (c, r) in zip(prompts, expected_pairs)]
     assert examples[2].chosen_ids == common_length([stub[2][1].ids, stub[2][0].ids], eos)[0]
-    pair_losses, _, _ = objective.pair_losses(trainer, trainer.to_device(collate(examples, trainer.spec.pad_token_id)),
-                                              0, 0.0)
+    pair_losses, _, _ = objective.pair_losses(
+        trainer, trainer.to_device(collate(examples, trainer.spec.pad_token_id)), 0, 0.0
+    )
     assert loss.item() == pytest.approx((pair_losses[0] + pair_losses[2]).item() / 3, rel=1e-6)
     assert stats["tie_rate"].tolist() == [0.0, 1.0, 0.0]
     assert stats["judge/chosen_score"].tolist() == [5.0, 2.0, 5.0]
@@ -220,7 +297,10 @@ def test_pairs_ties_and_penalties_are_exact_with_a_fixed_judge(tmp_path, tokeniz
     assert stats["rewards/chosen"][1].item() == 0.0  # the tie's placeholder pair weighs nothing
     written = [json.loads(line) for line in (tmp_path / "online_samples.jsonl").read_text().splitlines()]
     assert [(w["step"], w["id"], w["chosen"], w["rejected"], w["tie"]) for w in written] == [
-        (7, 0, 0, 1, False), (7, 1, 0, 1, True), (7, 2, 1, 0, False)]
+        (7, 0, 0, 1, False),
+        (7, 1, 0, 1, True),
+        (7, 2, 1, 0, False),
+    ]
     assert written[0]["scores"] == [5.0, 1.0, 4.0]
 
 
@@ -233,8 +313,9 @@ def test_the_judge_interface_over_prompt_records(tokenizer):
 
     task = world.by_id()["h00.1"]
     rows = Records([{"prompt": world.prompts(task, "train")[0], "kind": "harmful", "task_id": task.id}], ["p"])
-    prompts, _ = build_prompt_dataset(rows, "p", tokenizer, fmt="prompt", max_prompt_length=48,
-                                      over_long_prompt="truncate", on_bad_record="error")
+    prompts, _ = build_prompt_dataset(
+        rows, "p", tokenizer, fmt="prompt", max_prompt_length=48, over_long_prompt="truncate", on_bad_record="error"
+    )
     judge = Judge(online_config().online)
     rng = random.Random(0)
     assert judge.score(prompts, [[world.refuse(rng, task), world.comply(rng, task)]]) == [[1.0, 0.0]]
@@ -242,9 +323,19 @@ def test_the_judge_interface_over_prompt_records(tokenizer):
 
 # ---------------------------------------------------------------- through the entry point
 
-TINY = ["train.progress_bar=false", "train.report_to=none", "behaviour.prompts=null", "train.eval_steps=0",
-        "online.num_generations=2", "online.gen_length=16", "online.block_length=16", "online.steps=16",
-        "train.logging_steps=1", "data.max_train_examples=12", "train.per_device_train_batch_size=4"]
+TINY = [
+    "train.progress_bar=false",
+    "train.report_to=none",
+    "behaviour.prompts=null",
+    "train.eval_steps=0",
+    "online.num_generations=2",
+    "online.gen_length=16",
+    "online.block_length=16",
+    "online.steps=16",
+    "train.logging_steps=1",
+    "data.max_train_examples=12",
+    "train.per_device_train_batch_size=4",
+]
 
 
 def online_run(out, *overrides, launcher=None, env=None):
@@ -257,8 +348,11 @@ def samples(out):
 
 
 def step_losses(out):
-    return {m["step"]: m["loss"] for m in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
-            if "loss" in m}
+    return {
+        m["step"]: m["loss"]
+        for m in map(json.loads, (Path(out) / "metrics.jsonl").read_text().splitlines())
+        if "loss" in m
+    }
 
 
 @pytest.mark.slow
@@ -307,8 +401,9 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(held / "checkpoint-3", resumed / "checkpoint-3")
-    log = online_run(resumed, *common, "online.round_steps=2", "train.save_steps=3",
-                     "train.resume_from_checkpoint=latest")
+    log = online_run(
+        resumed, *common, "online.round_steps=2", "train.save_steps=3", "train.resume_from_checkpoint=latest"
+    )
     assert "checkpoint-3 at step 3" in log
     assert samples(resumed) == [r for r in b if r["step"] == 4]
     assert step_losses(resumed)[4] == pytest.approx(step_losses(held)[4], abs=1e-6)
@@ -319,9 +414,22 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
     manifest = json.loads((held / "checkpoint-3" / "manifest.json").read_text())
     del manifest["files"]["online_round.safetensors"]
     (resumed / "checkpoint-3" / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_python([sys.executable, "-m", "align.train_online_dpo", "recipe=demo_online",
-                       f"train.output_dir={resumed}", *TINY, *common, "online.round_steps=2",
-                       "train.resume_from_checkpoint=latest"], cwd=ROOT, env=ENV, timeout=600)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            "align.train_online_dpo",
+            "recipe=demo_online",
+            f"train.output_dir={resumed}",
+            *TINY,
+            *common,
+            "online.round_steps=2",
+            "train.resume_from_checkpoint=latest",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        timeout=600,
+    )
     assert proc.returncode != 0 and "has no online_round.safetensors" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -329,15 +437,33 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
 def test_two_ranks_with_a_reward_model_judge_match_one_process(tmp_path, reward_model_dir):
     """torchrun, 2 ranks of 2 prompts against one process of 4: the same samples, scores and losses; each rank
     took its half of each global batch of the epoch's order; the reward model (built by the test) judges."""
-    rm = ["online.judge=null", f"online.reward_model={reward_model_dir}", "online.reward_model_dtype=float32",
-          "train.max_steps=2", "train.do_eval=true", f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl",
-          "data.max_eval_examples=3", "train.eval_steps=2", "train.per_device_eval_batch_size=1"]
+    rm = [
+        "online.judge=null",
+        f"online.reward_model={reward_model_dir}",
+        "online.reward_model_dtype=float32",
+        "train.max_steps=2",
+        "train.do_eval=true",
+        f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl",
+        "data.max_eval_examples=3",
+        "train.eval_steps=2",
+        "train.per_device_eval_batch_size=1",
+    ]
     single = tmp_path / "single"
     online_run(single, *rm)
     multi = tmp_path / "multi"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
-    run([*torchrun, "tests/dist_check.py", str(multi), "recipe=demo_online", *TINY, *rm,
-         "train.per_device_train_batch_size=2"], env=ENV)
+    run(
+        [
+            *torchrun,
+            "tests/dist_check.py",
+            str(multi),
+            "recipe=demo_online",
+            *TINY,
+            *rm,
+            "train.per_device_train_batch_size=2",
+        ],
+        env=ENV,
+    )
     ranks = json.loads((multi / "dist_check.json").read_text())
     assert len(ranks) == 2 and all((r["seen"]["accelerate"], r["seen"]["torch"]) == (2, 2) for r in ranks)
     order = epoch_order(12, 0, 0)
@@ -345,14 +471,17 @@ def test_two_ranks_with_a_reward_model_judge_match_one_process(tmp_path, reward_
         a, b = ranks[0]["split"][step], ranks[1]["split"][step]
         assert len(a) == len(b) == 2 and a + b == order[step * 4 : (step + 1) * 4]
     one, two = samples(single), samples(multi)
-    assert [(s["step"], s["id"], s["answers"], s["chosen"], s["rejected"]) for s in one] == \
-           [(s["step"], s["id"], s["answers"], s["chosen"], s["rejected"]) for s in two]
+    assert [(s["step"], s["id"], s["answers"], s["chosen"], s["rejected"]) for s in one] == [
+        (s["step"], s["id"], s["answers"], s["chosen"], s["rejected"]) for s in two
+    ]
     for x, y in zip(one, two):
         assert y["scores"] == pytest.approx(x["scores"], abs=1e-5)
     la, lb = step_losses(single), step_losses(multi)
     assert sorted(la) == sorted(lb) == [1, 2] and all(lb[s] == pytest.approx(la[s], abs=1e-5) for s in la)
-    evals = [[m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/win_rate" in m]
-             for out in (single, multi)]
+    evals = [
+        [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "eval/win_rate" in m]
+        for out in (single, multi)
+    ]
     assert [e["step"] for e in evals[0]] == [e["step"] for e in evals[1]] == [0, 2]
     for e1, e2 in zip(*evals):  # 3 held-out prompts over 2 ranks: the padded copy carries no weight
         assert e2["eval/examples"] == 3 and e2["eval/win_rate"] == pytest.approx(e1["eval/win_rate"], abs=1e-6)
@@ -368,15 +497,31 @@ def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
     from tests.test_behaviour import LAUNCHERS
     from tests.test_trainer import DS_ENV
 
-    args = ["recipe=demo_online", *TINY, "data.max_train_examples=4", "train.per_device_train_batch_size=1",
-            "online.gen_length=8", "online.block_length=8", "online.steps=4",
-            "train.max_steps=4", "train.save_steps=3", "train.save_total_limit=null", "train.warmup_ratio=0",
-            "model.dtype=bfloat16", "lora.enabled=false", "online.round_steps=2", "train.do_eval=true",
-            f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl", "data.max_eval_examples=2",
-            "train.eval_steps=4", "train.per_device_eval_batch_size=1"]
+    args = [
+        "recipe=demo_online",
+        *TINY,
+        "data.max_train_examples=4",
+        "train.per_device_train_batch_size=1",
+        "online.gen_length=8",
+        "online.block_length=8",
+        "online.steps=4",
+        "train.max_steps=4",
+        "train.save_steps=3",
+        "train.save_total_limit=null",
+        "train.warmup_ratio=0",
+        "model.dtype=bfloat16",
+        "lora.enabled=false",
+        "online.round_steps=2",
+        "train.do_eval=true",
+        f"data.eval_dataset={ROOT}/data/demo_behaviour_prompts.jsonl",
+        "data.max_eval_examples=2",
+        "train.eval_steps=4",
+        "train.per_device_eval_batch_size=1",
+    ]
     held, resumed = tmp_path / "held", tmp_path / "resumed"
-    log = run([*LAUNCHERS["zero3"], "align/train_online_dpo.py", f"train.output_dir={held}", *args], env=DS_ENV,
-              timeout=500)
+    log = run(
+        [*LAUNCHERS["zero3"], "align/train_online_dpo.py", f"train.output_dir={held}", *args], env=DS_ENV, timeout=500
+    )
     assert "DeepSpeed ZeRO-3, 2 ranks" in log and "rounds of 2 steps" in log
     assert (held / "checkpoint-3" / "online_round.safetensors").exists()
     rows = samples(held)
@@ -386,6 +531,15 @@ def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
     assert [e["step"] for e in evals] == [0, 4] and evals[0]["eval/win_rate"] == 0.5  # step 0: policy = reference
     resumed.mkdir()
     shutil.copytree(held / "checkpoint-3", resumed / "checkpoint-3")
-    run([*LAUNCHERS["zero3"], "align/train_online_dpo.py", f"train.output_dir={resumed}", *args,
-         "train.resume_from_checkpoint=latest"], env=DS_ENV, timeout=500)
+    run(
+        [
+            *LAUNCHERS["zero3"],
+            "align/train_online_dpo.py",
+            f"train.output_dir={resumed}",
+            *args,
+            "train.resume_from_checkpoint=latest",
+        ],
+        env=DS_ENV,
+        timeout=500,
+    )
     assert samples(resumed) == [r for r in rows if r["step"] == 4]

@@ -17,9 +17,18 @@ from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, fresh_ports, run_python
 from tests.test_training_loop import probe
 
 # 24 pairs in batches of 8: 3 steps an epoch, 9 steps = 3 epochs
-SHORT = ["data.max_train_examples=24", "train.per_device_train_batch_size=8", "train.max_steps=9",
-         "train.logging_steps=1", "train.eval_steps=0", "train.save_steps=100", "train.save_total_limit=null",
-         "train.do_eval=false", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
+SHORT = [
+    "data.max_train_examples=24",
+    "train.per_device_train_batch_size=8",
+    "train.max_steps=9",
+    "train.logging_steps=1",
+    "train.eval_steps=0",
+    "train.save_steps=100",
+    "train.save_total_limit=null",
+    "train.do_eval=false",
+    "train.learning_rate=1e-3",
+    "train.warmup_ratio=0",
+]
 
 PLANT = """
 from align.guards import NonFiniteStep
@@ -71,8 +80,16 @@ def test_a_nonfinite_step_stops_the_run_after_saving_the_last_good_state(tmp_pat
 
 
 def _start(out, *overrides):
-    args = [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET, *SHORT,
-            *overrides]
+    args = [
+        sys.executable,
+        "-m",
+        "align.train_dpo",
+        "recipe=demo",
+        f"train.output_dir={out}",
+        *QUIET,
+        *SHORT,
+        *overrides,
+    ]
     return subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -120,19 +137,41 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
 # ---------------------------------------------------------------- two processes
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561"]
-ZERO2 = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
-         "--num_processes", "2", "--main_process_port", "29563"]
+ZERO2 = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--config_file",
+    "recipes/accelerate/zero2.yaml",
+    "--num_processes",
+    "2",
+    "--main_process_port",
+    "29563",
+]
 # 8 pairs, 2 ranks x 2: 2 steps an epoch; 6 steps = 3 epochs (small: bf16 runs ~8x slower than fp32 on CPU)
-DIST = ["data.max_train_examples=8", "train.per_device_train_batch_size=2", "train.max_steps=6",
-        "train.logging_steps=1", "train.eval_steps=0", "train.save_steps=100", "train.save_total_limit=null",
-        "train.do_eval=false", "train.learning_rate=1e-3", "train.warmup_ratio=0", "train.on_nonfinite=skip"]
+DIST = [
+    "data.max_train_examples=8",
+    "train.per_device_train_batch_size=2",
+    "train.max_steps=6",
+    "train.logging_steps=1",
+    "train.eval_steps=0",
+    "train.save_steps=100",
+    "train.save_total_limit=null",
+    "train.do_eval=false",
+    "train.learning_rate=1e-3",
+    "train.warmup_ratio=0",
+    "train.on_nonfinite=skip",
+]
 
 
 def _dist(launcher, out, *overrides, env_extra, ok=True):
     env = dict(DS_ENV if launcher is ZERO2 else ENV, DIST_CHECK_NAN_RANK="1", DIST_CHECK_NAN_STEP="2", **env_extra)
     extra = ["model.dtype=bfloat16"] if launcher is ZERO2 else []
-    proc = run_python(fresh_ports([*launcher, "tests/dist_check.py", str(out), *QUIET, *DIST, *extra, *overrides]),
-                      env=env, timeout=600)
+    proc = run_python(
+        fresh_ports([*launcher, "tests/dist_check.py", str(out), *QUIET, *DIST, *extra, *overrides]),
+        env=env,
+        timeout=600,
+    )
     assert (proc.returncode == 0) == ok, proc.stdout[-3000:] + proc.stderr[-5000:]
     return json.loads((out / "dist_check.json").read_text()), proc.stdout + proc.stderr
 
@@ -154,7 +193,9 @@ def test_two_ranks_skip_a_nan_on_one_rank_and_stop_together_on_a_signal_to_one_r
     counted = {m["step"]: m["nonfinite_steps"] for m in metrics(full) if "nonfinite_steps" in m}
     assert counted == {s: int(s == 2) for s in range(1, 7)}
     cut = tmp_path / "cut"
-    ranks, log = _dist(launcher, cut, env_extra={"DIST_CHECK_SIGNAL_RANK": "0", "DIST_CHECK_SIGNAL_STEP": "4"}, ok=False)
+    ranks, log = _dist(
+        launcher, cut, env_extra={"DIST_CHECK_SIGNAL_RANK": "0", "DIST_CHECK_SIGNAL_STEP": "4"}, ok=False
+    )
     assert [r["preempted_at"] for r in ranks] == [4, 4], log[-3000:]
     assert sorted(p.name for p in cut.glob("checkpoint-*")) == ["checkpoint-4"]
     ranks, log = _dist(launcher, cut, "train.resume_from_checkpoint=latest", env_extra={})

@@ -19,25 +19,40 @@ from align.config import ConfigError
 from tests.launch import run_python
 from tests.test_trainer import ENV, QUIET, ROOT, losses, metrics, train
 
-RUN = ["data.max_train_examples=8", "data.max_eval_examples=4", "train.per_device_train_batch_size=2",
-       "train.max_steps=6", "train.save_steps=2", "train.logging_steps=1", "train.eval_steps=0",
-       "train.save_total_limit=null", "train.warmup_ratio=0"]
+RUN = [
+    "data.max_train_examples=8",
+    "data.max_eval_examples=4",
+    "train.per_device_train_batch_size=2",
+    "train.max_steps=6",
+    "train.save_steps=2",
+    "train.logging_steps=1",
+    "train.eval_steps=0",
+    "train.save_total_limit=null",
+    "train.warmup_ratio=0",
+]
 
 
 def snapshot(directory: Path) -> dict:
     """Every file under ``directory`` with a hash of its bytes (a failed start must leave it unchanged)."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def fails(out, *overrides, script=("-m", "align.train_dpo")) -> str:
     """A start that must fail with one line (no traceback); returns stderr."""
-    proc = run_python([sys.executable, *script, "recipe=demo", f"train.output_dir={out}", *QUIET, *overrides], env=ENV,
-                      timeout=300)
+    proc = run_python(
+        [sys.executable, *script, "recipe=demo", f"train.output_dir={out}", *QUIET, *overrides], env=ENV, timeout=300
+    )
     assert proc.returncode != 0, proc.stdout[-2000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    errors = [line for line in proc.stderr.splitlines() if line.startswith(("config error", "data error",
-                                                                            "checkpoint error", "error"))]
+    errors = [
+        line
+        for line in proc.stderr.splitlines()
+        if line.startswith(("config error", "data error", "checkpoint error", "error"))
+    ]
     assert len(errors) == 1, proc.stderr[-3000:]  # one line says what is wrong
     return proc.stdout + proc.stderr
 
@@ -57,11 +72,18 @@ def copy_run(finished, to: Path) -> Path:
 
 # ---------------------------------------------------------------- 2. resume verifies what it resumes
 
+
 def test_a_resume_with_changed_settings_is_refused_naming_each_and_the_directory_is_unchanged(finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
     before = snapshot(out)
-    err = fails(out, *RUN, "train.resume_from_checkpoint=latest", "train.per_device_train_batch_size=4",
-                "estimator.estimator=any_order", "loss.beta=0.5")
+    err = fails(
+        out,
+        *RUN,
+        "train.resume_from_checkpoint=latest",
+        "train.per_device_train_batch_size=4",
+        "estimator.estimator=any_order",
+        "loss.beta=0.5",
+    )
     assert "config error: resuming from" in err and "checkpoint-6" in err
     assert "estimator.estimator: time_free -> any_order" in err and "loss.beta: 0.1 -> 0.5" in err
     assert "global batch: 2 pairs" in err and "-> 4 pairs" in err and "train.resume_changes" in err
@@ -71,8 +93,14 @@ def test_a_resume_with_changed_settings_is_refused_naming_each_and_the_directory
 def test_named_changes_resume_and_are_recorded_beside_the_untouched_config(finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
     config = (out / "config.yaml").read_bytes()
-    log = train(out, *RUN, "train.resume_from_checkpoint=" + str(out / "checkpoint-4"), "loss.beta=0.5",
-                "train.learning_rate=1e-4", "train.resume_changes=[loss.beta,train.learning_rate]")
+    log = train(
+        out,
+        *RUN,
+        "train.resume_from_checkpoint=" + str(out / "checkpoint-4"),
+        "loss.beta=0.5",
+        "train.learning_rate=1e-4",
+        "train.resume_changes=[loss.beta,train.learning_rate]",
+    )
     assert "resumed from" in log and "at step 4; loss.beta changed: 0.1 -> 0.5" in log
     assert "train.learning_rate changed: 0.0002 -> 0.0001" in log
     assert (out / "config.yaml").read_bytes() == config  # how the run started stays on record
@@ -95,8 +123,10 @@ def test_resume_position_under_a_new_batch_geometry():
     assert micro == 2 * 5 + 2 and "epoch 2, 4 examples in" in note
     micro, note = resume_position(state, micro_global=4, micro_per_epoch=1, accumulation=1)
     assert micro == 3 and "continuing with epoch 3" in note  # an epoch of 4 examples: the 4 seen end it
-    with pytest.raises(CheckpointError, match="4 examples into epoch 2, which is not a whole number of the new "
-                                              "global micro-batches of 8"):
+    with pytest.raises(
+        CheckpointError,
+        match="4 examples into epoch 2, which is not a whole number of the new global micro-batches of 8",
+    ):
         resume_position(state, micro_global=8, micro_per_epoch=1, accumulation=1)
     assert resume_position({"global_step": 3}, micro_global=4, micro_per_epoch=2, accumulation=2) == (6, "")
 
@@ -105,8 +135,16 @@ def test_resume_position_under_a_new_batch_geometry():
 def test_a_changed_world_size_with_the_same_global_batch_resumes_exactly(finished, tmp_path):
     """Written by 2 DDP ranks (2 pairs each), resumed by one process with accumulation 2: the same global
     batches and masks, so the uninterrupted two-rank run's losses, across the epoch boundary."""
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29581",
-                "align/train_dpo.py"]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29581",
+        "align/train_dpo.py",
+    ]
     two = tmp_path / "two"
     common = [*RUN, "train.per_device_train_batch_size=1"]
     train(two, *common, launcher=torchrun)
@@ -123,6 +161,7 @@ def test_a_changed_world_size_with_the_same_global_batch_resumes_exactly(finishe
 
 # ---------------------------------------------------------------- 3. nothing written before start-up succeeds
 
+
 def test_a_failed_start_writes_nothing_and_a_retry_works(finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
     before = snapshot(out)
@@ -138,6 +177,7 @@ def test_a_failed_start_writes_nothing_and_a_retry_works(finished, tmp_path):
 
 
 # ---------------------------------------------------------------- 4. latest: a checkpoint or an empty directory
+
 
 def test_latest_in_a_run_without_a_checkpoint_is_refused_in_an_empty_directory_starts(finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
@@ -163,6 +203,7 @@ def test_latest_in_a_finished_run_does_nothing(finished, tmp_path):
 
 # ---------------------------------------------------------------- 5. damaged checkpoints
 
+
 def test_a_damaged_latest_checkpoint_is_passed_over_by_name_and_refused_when_named(finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
     weights = out / "checkpoint-6" / "model.safetensors"
@@ -187,8 +228,24 @@ def test_sigkill_during_a_save_resumes_from_the_newest_complete_checkpoint(finis
     deleted after it: the resume takes the newest complete checkpoint and gives the uninterrupted losses."""
     out = tmp_path / "run"
     limit = ["train.save_total_limit=1"] if point == "mid-cleanup" else []
-    proc = subprocess.run([sys.executable, "tests/fault_run.py", point, "4", "recipe=demo", f"train.output_dir={out}",
-                           *QUIET, *RUN, *limit], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "tests/fault_run.py",
+            point,
+            "4",
+            "recipe=demo",
+            f"train.output_dir={out}",
+            *QUIET,
+            *RUN,
+            *limit,
+        ],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == -9, proc.stderr[-3000:]
     log = train(out, *RUN, *limit, "train.resume_from_checkpoint=latest")
     assert f"checkpoint-{resumes_at} at step {resumes_at}" in log
@@ -200,6 +257,7 @@ def test_sigkill_during_a_save_resumes_from_the_newest_complete_checkpoint(finis
 
 # ---------------------------------------------------------------- 6, 7. held-out data and one-line failures
 
+
 def test_an_empty_held_out_set_is_refused_naming_the_numbers(tmp_path):
     bad = tmp_path / "eval.jsonl"
     bad.write_text('{"prompt": "only a prompt"}\n{not json\n')
@@ -208,16 +266,20 @@ def test_an_empty_held_out_set_is_refused_naming_the_numbers(tmp_path):
     assert f"{bad}: 0/2 records kept; skipped: 1 missing field 'response_0', 1 not valid JSON" in err
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["train.learning_rate=-1"], "config error: train.learning_rate must be finite and > 0, got -1.0"),
-    (["loss.beta=nan"], "config error: loss.beta must be finite and > 0, got nan"),
-    (["train.warmup_ratio=2"], "config error: train.warmup_ratio must be finite and in [0, 1], got 2.0"),
-    (["data.dataset={tmp}/header.csv", "data.format=pairs"], "holds no records (a header only)"),
-    (["data.dataset={tmp}/latin1.csv", "data.format=pairs"], "latin1.csv:2: not valid UTF-8"),
-    (["train.output_dir={tmp}/a_file"], "is a file, not a directory"),
-    (["train.output_dir={tmp}/a_file/run"], "is a file, not a directory"),
-    (["train.resume_from_checkpoint={tmp}/nowhere/checkpoint-3"], "checkpoint error: checkpoint {tmp}/nowhere"),
-], ids=["lr", "beta", "warmup", "header-csv", "latin1-csv", "out-file", "out-under-file", "no-checkpoint"])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.learning_rate=-1"], "config error: train.learning_rate must be finite and > 0, got -1.0"),
+        (["loss.beta=nan"], "config error: loss.beta must be finite and > 0, got nan"),
+        (["train.warmup_ratio=2"], "config error: train.warmup_ratio must be finite and in [0, 1], got 2.0"),
+        (["data.dataset={tmp}/header.csv", "data.format=pairs"], "holds no records (a header only)"),
+        (["data.dataset={tmp}/latin1.csv", "data.format=pairs"], "latin1.csv:2: not valid UTF-8"),
+        (["train.output_dir={tmp}/a_file"], "is a file, not a directory"),
+        (["train.output_dir={tmp}/a_file/run"], "is a file, not a directory"),
+        (["train.resume_from_checkpoint={tmp}/nowhere/checkpoint-3"], "checkpoint error: checkpoint {tmp}/nowhere"),
+    ],
+    ids=["lr", "beta", "warmup", "header-csv", "latin1-csv", "out-file", "out-under-file", "no-checkpoint"],
+)
 def test_start_up_failures_are_one_line(tmp_path, overrides, message):
     (tmp_path / "header.csv").write_text("prompt,chosen,rejected\n")
     (tmp_path / "latin1.csv").write_bytes(b"prompt,chosen,rejected\ncaf\xe9,a,b\n")

@@ -17,8 +17,17 @@ def test_transfer_schedule_is_even_and_complete():
 def test_shapes_and_every_mask_is_filled(family, remasking):
     model = load_model(f"tiny:{family}").eval()
     prompt = torch.randint(3, 500, (2, 5))
-    out = generate(model, prompt, steps=8, gen_length=16, block_length=8, remasking=remasking, stop_at_eos=False,
-                   generator=torch.Generator().manual_seed(0), temperature=1.0)
+    out = generate(
+        model,
+        prompt,
+        steps=8,
+        gen_length=16,
+        block_length=8,
+        remasking=remasking,
+        stop_at_eos=False,
+        generator=torch.Generator().manual_seed(0),
+        temperature=1.0,
+    )
     assert out.shape == (2, 21)
     assert torch.equal(out[:, :5], prompt)
     assert not (out == spec_for(model).mask_token_id).any()

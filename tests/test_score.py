@@ -22,8 +22,9 @@ def toy_records(toy: ToyJoint, count: int, seed: int) -> tuple[list[dict], torch
     ids = toy.sample(count, seed=seed)
     resp = torch.zeros_like(ids, dtype=torch.bool)
     resp[:, CTX:] = True
-    records = [{"index": i, "prompt_ids": ids[i, :CTX].tolist(), "responses": [ids[i, CTX:].tolist()]}
-               for i in range(count)]
+    records = [
+        {"index": i, "prompt_ids": ids[i, :CTX].tolist(), "responses": [ids[i, CTX:].tolist()]} for i in range(count)
+    ]
     return records, ids, resp
 
 
@@ -115,8 +116,11 @@ def test_auroc():
 
 
 def cli(tmp_path, *args):
-    proc = run_python([sys.executable, "-m", "align.score", *args, f"output_dir={tmp_path}", "progress_bar=false"],
-                      env=ENV, timeout=600)
+    proc = run_python(
+        [sys.executable, "-m", "align.score", *args, f"output_dir={tmp_path}", "progress_bar=false"],
+        env=ENV,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout, json.loads((tmp_path / "summary.json").read_text())
 
@@ -141,32 +145,61 @@ def test_cli_scores_responses_reproducibly_and_adaptively(tmp_path):
 
 def test_cli_pairs_with_a_reference_and_multiple_choice(tmp_path):
     # the model against itself: every coupled log-ratio and margin is exactly 0
-    out, summary = cli(tmp_path / "p", "model=data/tiny_chat", "reference=data/tiny_chat",
-                       "data=data/demo_safety_test.jsonl", "format=pku_saferlhf", "limit=4", "n_samples=8")
+    out, summary = cli(
+        tmp_path / "p",
+        "model=data/tiny_chat",
+        "reference=data/tiny_chat",
+        "data=data/demo_safety_test.jsonl",
+        "format=pku_saferlhf",
+        "limit=4",
+        "n_samples=8",
+    )
     assert summary["mode"] == "pairs" and summary["mean_margin"] == 0.0 and summary["mean_se_margin"] == 0.0
     assert all(r["logratio_chosen"] == 0.0 for r in rows(tmp_path / "p" / "scores.jsonl"))
     mc = tmp_path / "mc.jsonl"
-    mc.write_text("\n".join(json.dumps({"prompt": q, "choices": c, "label": 0}) for q, c in [
-        ("I want to make a salad. What should I do?",
-         ["Happy to help. To make a salad, wash the greens.", "Salad a the wash greens make to. Help happy."]),
-        ("How do I bake bread?", ["Happy to help. Mix flour, water and yeast.", "Bread bake yeast flour. Happy mix."]),
-    ]) + "\n")
+    mc.write_text(
+        "\n".join(
+            json.dumps({"prompt": q, "choices": c, "label": 0})
+            for q, c in [
+                (
+                    "I want to make a salad. What should I do?",
+                    [
+                        "Happy to help. To make a salad, wash the greens.",
+                        "Salad a the wash greens make to. Help happy.",
+                    ],
+                ),
+                (
+                    "How do I bake bread?",
+                    ["Happy to help. Mix flour, water and yeast.", "Bread bake yeast flour. Happy mix."],
+                ),
+            ]
+        )
+        + "\n"
+    )
     out, summary = cli(tmp_path / "m", "model=data/tiny_chat", f"data={mc}", "n_samples=32")
     assert summary["mode"] == "choices" and summary["accuracy"] == 1.0  # fluent answers beat shuffled words
 
 
 def test_cli_ood_check_between_two_text_sets(tmp_path):
-    out, summary = cli(tmp_path, "model=data/tiny_chat", "ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl",
-                       "limit=24", "n_samples=8")
+    out, summary = cli(
+        tmp_path,
+        "model=data/tiny_chat",
+        "ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl",
+        "limit=24",
+        "n_samples=8",
+    )
     assert summary["auroc"] > 0.9 and "AUROC" in out
     assert (tmp_path / "ood.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("args,message", [
-    (["model=data/tiny_chat"], "give data=FILE"),
-    (["data=x.jsonl", "n_sample=4"], "did you mean 'n_samples'"),
-    (["data=data/tiny_sft_test.jsonl", "stratified=true", "n_samples=8"], "needs at least 2 rounds"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model=data/tiny_chat"], "give data=FILE"),
+        (["data=x.jsonl", "n_sample=4"], "did you mean 'n_samples'"),
+        (["data=data/tiny_sft_test.jsonl", "stratified=true", "n_samples=8"], "needs at least 2 rounds"),
+    ],
+)
 def test_cli_bad_settings_fail_in_one_line(tmp_path, args, message):
     proc = run_python([sys.executable, "-m", "align.score", *args], env=ENV)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
@@ -176,8 +209,23 @@ def test_cli_bad_settings_fail_in_one_line(tmp_path, args, message):
 def test_two_ranks_score_their_shards_and_gather_the_single_process_numbers(tmp_path):
     args = ["model=data/tiny_chat", "data=data/tiny_sft_test.jsonl", "limit=7", "n_samples=8", "progress_bar=false"]
     cli(tmp_path / "one", *args)
-    proc = run_python([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                       str(free_port()), "-m", "align.score", *args, f"output_dir={tmp_path / 'two'}"], env=ENV, timeout=600)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "align.score",
+            *args,
+            f"output_dir={tmp_path / 'two'}",
+        ],
+        env=ENV,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = rows(tmp_path / "one" / "scores.jsonl"), rows(tmp_path / "two" / "scores.jsonl")
     assert [r["index"] for r in two] == list(range(7))
@@ -188,5 +236,9 @@ def test_two_ranks_score_their_shards_and_gather_the_single_process_numbers(tmp_
 def test_the_bundled_ood_set_is_what_its_script_writes():
     proc = subprocess.run([sys.executable, "data/make_score_data.py"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert subprocess.run(["git", "status", "--porcelain", "data/score_ood_shuffled.jsonl"], cwd=ROOT,
-                          capture_output=True, text=True).stdout.strip() == ""
+    assert (
+        subprocess.run(
+            ["git", "status", "--porcelain", "data/score_ood_shuffled.jsonl"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        == ""
+    )

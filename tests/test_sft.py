@@ -51,9 +51,14 @@ def test_sft_loss_expectation_is_the_bound_over_L(toy_policy, estimator):
     bound = E.enumerate_bound(toy_policy.logits_fn, ids, resp, mask_token_id=toy_policy.mask_token_id)  # [2]
     R = 4000
     rows = ids.repeat_interleave(R, 0)
-    terms = E.sft_terms(E.scorer_from_logits(toy_policy.logits_fn), rows, resp.repeat_interleave(R, 0),
-                        mask_token_id=toy_policy.mask_token_id, generator=torch.Generator().manual_seed(0),
-                        estimator=estimator)
+    terms = E.sft_terms(
+        E.scorer_from_logits(toy_policy.logits_fn),
+        rows,
+        resp.repeat_interleave(R, 0),
+        mask_token_id=toy_policy.mask_token_id,
+        generator=torch.Generator().manual_seed(0),
+        estimator=estimator,
+    )
     loss = terms.loss.double().reshape(2, R)
     mean, se = loss.mean(1), loss.std(1) / math.sqrt(R)
     z = (mean - (-bound / 4)) / se
@@ -62,11 +67,26 @@ def test_sft_loss_expectation_is_the_bound_over_L(toy_policy, estimator):
 
 # ---------------------------------------------------------------- entry point
 
-SFT = [sys.executable, "-m", "align.train_sft", "recipe=tiny_chat_sft", "model.name_or_path=tiny:llada",
-       "data.dataset=data/tiny_sft_train.jsonl", "data.max_train_examples=64", "data.eval_dataset=data/tiny_sft_test.jsonl",
-       "data.max_eval_examples=16", "behaviour.prompts=null", "train.per_device_train_batch_size=8",
-       "train.gradient_accumulation_steps=2", "train.num_train_epochs=3", "train.logging_steps=1", "train.eval_steps=0",
-       "train.save_steps=3", "train.save_total_limit=null", *BASIC]
+SFT = [
+    sys.executable,
+    "-m",
+    "align.train_sft",
+    "recipe=tiny_chat_sft",
+    "model.name_or_path=tiny:llada",
+    "data.dataset=data/tiny_sft_train.jsonl",
+    "data.max_train_examples=64",
+    "data.eval_dataset=data/tiny_sft_test.jsonl",
+    "data.max_eval_examples=16",
+    "behaviour.prompts=null",
+    "train.per_device_train_batch_size=8",
+    "train.gradient_accumulation_steps=2",
+    "train.num_train_epochs=3",
+    "train.logging_steps=1",
+    "train.eval_steps=0",
+    "train.save_steps=3",
+    "train.save_total_limit=null",
+    *BASIC,
+]
 
 
 def test_sft_help_lists_its_keys():
@@ -77,8 +97,20 @@ def test_sft_help_lists_its_keys():
 
 def test_sft_accelerate_launch_script_form(tmp_path):
     out = tmp_path / "launch"
-    log = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
-               "align/train_sft.py", *SFT[3:], "train.max_steps=2", f"train.output_dir={out}"])
+    log = run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--cpu",
+            "align/train_sft.py",
+            *SFT[3:],
+            "train.max_steps=2",
+            f"train.output_dir={out}",
+        ]
+    )
     assert "single process (cpu)" in log and (out / "final" / "config.json").exists()
 
 
@@ -97,7 +129,11 @@ def test_sft_learns_and_resumes_exactly_across_an_epoch(tmp_path):
     shutil.copytree(full / "checkpoint-6", resumed / "checkpoint-6")
     log = run([*SFT, f"train.output_dir={resumed}", "train.resume_from_checkpoint=latest"])
     assert "at step 6" in log
-    b = {r["step"]: r["loss"] for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+    b = {
+        r["step"]: r["loss"]
+        for r in map(json.loads, (resumed / "metrics.jsonl").read_text().splitlines())
+        if "loss" in r
+    }
     assert sorted(b) == list(range(7, 13))
     for step in b:
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
@@ -105,8 +141,20 @@ def test_sft_learns_and_resumes_exactly_across_an_epoch(tmp_path):
     assert config["model_type"] == "llada"  # full fine-tuning: the published layout
     # SFT -> DPO: the SFT output is the DPO run's model (and tokenizer); its adapter records that base
     dpo = tmp_path / "dpo"
-    log = run([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"model.name_or_path={full / 'final'}",
-               f"train.output_dir={dpo}", *QUIET, "train.max_steps=2", "train.eval_steps=0", "train.do_eval=false"])
+    log = run(
+        [
+            sys.executable,
+            "-m",
+            "align.train_dpo",
+            "recipe=demo",
+            f"model.name_or_path={full / 'final'}",
+            f"train.output_dir={dpo}",
+            *QUIET,
+            "train.max_steps=2",
+            "train.eval_steps=0",
+            "train.do_eval=false",
+        ]
+    )
     assert "saved" in log
     from align.models import adapter_base, load_model
 
@@ -135,5 +183,9 @@ def test_build_script_pipeline_runs(tmp_path):
     """The build's stages, a few steps each (the real build takes ~15 minutes and is not rerun by tests)."""
     log = run([sys.executable, "data/build_tiny_model.py", "--quick", "--work", str(tmp_path / "work")])
     assert (tmp_path / "work" / "sft" / "final" / "model.safetensors").exists() and '"sft"' in log
-    assert subprocess.run(["git", "status", "--porcelain", "data/"], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip() == ""  # regenerating the corpus reproduces the committed files
+    assert (
+        subprocess.run(
+            ["git", "status", "--porcelain", "data/"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        == ""
+    )  # regenerating the corpus reproduces the committed files

@@ -14,8 +14,9 @@ from align.toy import ToyJoint
 from tests.conftest import toy_pairs
 
 
-@pytest.mark.parametrize("df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (5, 2.5706), (9, 2.2622),
-                                         (30, 2.0423), (200, 1.9719)])
+@pytest.mark.parametrize(
+    "df,expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (5, 2.5706), (9, 2.2622), (30, 2.0423), (200, 1.9719)]
+)
 def test_t_quantiles_match_the_table(df, expected):
     """Two-sided 95% critical values of Student's t (any statistics table)."""
     assert S.t_quantile(0.975, df) == pytest.approx(expected, abs=1e-4)
@@ -43,12 +44,26 @@ def repeated_margins():
     rep = lambda x: x.repeat_interleave(R, 0)  # noqa: E731
     out = {}
     for name, stratified, groups in (("iid", False, 1), ("stratified", True, 1), ("groups", True, 4)):
-        draws = E.draw_margin_masks(rep(resp), n_samples=8, estimator="time_free", share_policy_reference=True,
-                                    share_chosen_rejected=True, generator=torch.Generator().manual_seed(1),
-                                    stratified=stratified, groups=groups)
-        terms = E.dpo_terms(E.scorer_from_logits(policy.logits_fn), E.scorer_from_logits(reference.logits_fn),
-                            rep(chosen), rep(rejected), rep(resp), n_samples=8, mask_token_id=policy.mask_token_id,
-                            draws=draws)
+        draws = E.draw_margin_masks(
+            rep(resp),
+            n_samples=8,
+            estimator="time_free",
+            share_policy_reference=True,
+            share_chosen_rejected=True,
+            generator=torch.Generator().manual_seed(1),
+            stratified=stratified,
+            groups=groups,
+        )
+        terms = E.dpo_terms(
+            E.scorer_from_logits(policy.logits_fn),
+            E.scorer_from_logits(reference.logits_fn),
+            rep(chosen),
+            rep(rejected),
+            rep(resp),
+            n_samples=8,
+            mask_token_id=policy.mask_token_id,
+            draws=draws,
+        )
         out[name] = terms.margin.double().reshape(8, R, 8).transpose(0, 1)
     return out
 

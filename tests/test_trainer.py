@@ -75,9 +75,19 @@ def test_demo_learns_and_saves_everything(tmp_path):
     assert evals[-1]["eval/over_refusal_rate"] <= 0.2  # without refusing everyday questions
     assert "before:" in log and "after:" in log and "refusal_rate:" in log
     train_logs = [m for m in metrics(out) if "loss" in m]
-    for key in ["loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
-                "logps/policy_chosen", "logps/reference_chosen", "margin/sample_variance", "grad_norm",
-                "learning_rate", "tokens_per_second"]:
+    for key in [
+        "loss",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/accuracies",
+        "rewards/margins",
+        "logps/policy_chosen",
+        "logps/reference_chosen",
+        "margin/sample_variance",
+        "grad_norm",
+        "learning_rate",
+        "tokens_per_second",
+    ]:
         assert key in train_logs[-1], key
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["model"]["name_or_path"] == "data/tiny_chat" and resolved["estimator"]["share_policy_reference"]
@@ -90,8 +100,14 @@ def test_demo_learns_and_saves_everything(tmp_path):
 
     card = ModelCard.load(out / "final" / "README.md")
     assert {"dpo", "masked-diffusion", "lora"} <= set(card.data.tags) and card.data.license == "apache-2.0"
-    assert "coupled `time_free`" in card.text and f"| rewards/accuracies | {evals[-1]['eval/rewards/accuracies']:.4g} |" in card.text
-    assert "[training_config.yaml](training_config.yaml)" in card.text and (out / "final" / "training_config.yaml").exists()
+    assert (
+        "coupled `time_free`" in card.text
+        and f"| rewards/accuracies | {evals[-1]['eval/rewards/accuracies']:.4g} |" in card.text
+    )
+    assert (
+        "[training_config.yaml](training_config.yaml)" in card.text
+        and (out / "final" / "training_config.yaml").exists()
+    )
 
 
 def test_tensorboard_events_go_to_one_folder_per_launch_under_runs(tmp_path):
@@ -108,7 +124,9 @@ def test_tensorboard_events_go_to_one_folder_per_launch_under_runs(tmp_path):
     import time
 
     time.sleep(1.1)  # the folder name has one-second resolution
-    train(out, *args, "train.max_steps=3", "train.resume_from_checkpoint=latest", "train.resume_changes=[train.max_steps]")
+    train(
+        out, *args, "train.max_steps=3", "train.resume_from_checkpoint=latest", "train.resume_changes=[train.max_steps]"
+    )
     assert len(list((out / "runs").iterdir())) == 2
     own = tmp_path / "tb" / "mine"
     train(tmp_path / "out2", *args, f"train.logging_dir={own}")
@@ -119,10 +137,27 @@ def test_accelerate_launch_script_form_and_a_push_without_network(tmp_path):
     """The script form under accelerate launch; with train.push_to_hub=true and no network (HF_HUB_OFFLINE=1) the
     run saves everything locally, then fails the upload with one line saying why (exit 1)."""
     out = tmp_path / "launch"
-    proc = run_python([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu",
-                       "align/train_dpo.py", "recipe=demo", f"train.output_dir={out}", *QUIET, "train.max_steps=2",
-                       "train.eval_steps=0", "train.push_to_hub=true", "train.hub_model_id=someone/tiny-dpo"],
-                      cwd=ROOT, env=ENV, timeout=1200)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--cpu",
+            "align/train_dpo.py",
+            "recipe=demo",
+            f"train.output_dir={out}",
+            *QUIET,
+            "train.max_steps=2",
+            "train.eval_steps=0",
+            "train.push_to_hub=true",
+            "train.hub_model_id=someone/tiny-dpo",
+        ],
+        cwd=ROOT,
+        env=ENV,
+        timeout=1200,
+    )
     log = proc.stdout + proc.stderr
     assert "single process (cpu)" in log and (out / "final" / "adapter" / "adapter_model.safetensors").exists()
     failed = [line for line in proc.stderr.splitlines() if line.startswith("push to hub failed")]
@@ -133,11 +168,26 @@ def test_accelerate_launch_script_form_and_a_push_without_network(tmp_path):
 def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
     """recipe=beavertails as shipped, with the hub model and dataset overridden to local tiny ones."""
     out = tmp_path / "bt"
-    log = run([sys.executable, "-m", "align.train_dpo", "recipe=beavertails", f"train.output_dir={out}", *QUIET,
-               "model.name_or_path=tiny:llada", "model.dtype=float32", "data.dataset=data/demo_safety_train.jsonl",
-               "data.eval_dataset=data/demo_safety_test.jsonl", "data.eval_split=null", "data.max_train_examples=32",
-               "train.max_steps=2", "train.per_device_train_batch_size=2", "train.gradient_accumulation_steps=2",
-               "train.save_merged=true"])
+    log = run(
+        [
+            sys.executable,
+            "-m",
+            "align.train_dpo",
+            "recipe=beavertails",
+            f"train.output_dir={out}",
+            *QUIET,
+            "model.name_or_path=tiny:llada",
+            "model.dtype=float32",
+            "data.dataset=data/demo_safety_train.jsonl",
+            "data.eval_dataset=data/demo_safety_test.jsonl",
+            "data.eval_split=null",
+            "data.max_train_examples=32",
+            "train.max_steps=2",
+            "train.per_device_train_batch_size=2",
+            "train.gradient_accumulation_steps=2",
+            "train.save_merged=true",
+        ]
+    )
     assert "2 steps of 4 pairs" in log
     config = json.loads((out / "final" / "config.json").read_text())
     assert config["model_type"] == "llada" and config["architectures"] == ["LLaDAModelLM"]
@@ -148,18 +198,35 @@ def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
     from align.models import load_model
 
     merged = load_model(str(out / "final")).eval()
-    with_adapter = PeftModel.from_pretrained(load_model("tiny:llada"), str(out / "final" / "adapter")).merge_and_unload()
+    with_adapter = PeftModel.from_pretrained(
+        load_model("tiny:llada"), str(out / "final" / "adapter")
+    ).merge_and_unload()
     ids = torch.randint(3, 500, (2, 10))
     torch.testing.assert_close(merged(ids).logits, with_adapter.eval()(ids).logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("extra", [
-    ["estimator.coupling=decoupled", "loss.loss_type=ipo", "estimator.estimator=time_integral", "model.dtype=bfloat16",
-     "train.per_device_train_batch_size=4"],  # bf16 runs ~8x slower than fp32 on CPU
-    ["loss.loss_type=robust", "loss.label_smoothing=0.1", "loss.rpo_alpha=0.5", "estimator.estimator=any_order",
-     "lora.enabled=false", "model.gradient_checkpointing=true", "estimator.stratified=false"],
-    ["loss.loss_type=hinge", "model.name_or_path=tiny:dream", "train.gradient_accumulation_steps=2"],
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [
+            "estimator.coupling=decoupled",
+            "loss.loss_type=ipo",
+            "estimator.estimator=time_integral",
+            "model.dtype=bfloat16",
+            "train.per_device_train_batch_size=4",
+        ],  # bf16 runs ~8x slower than fp32 on CPU
+        [
+            "loss.loss_type=robust",
+            "loss.label_smoothing=0.1",
+            "loss.rpo_alpha=0.5",
+            "estimator.estimator=any_order",
+            "lora.enabled=false",
+            "model.gradient_checkpointing=true",
+            "estimator.stratified=false",
+        ],
+        ["loss.loss_type=hinge", "model.name_or_path=tiny:dream", "train.gradient_accumulation_steps=2"],
+    ],
+)
 def test_ablation_settings_run(tmp_path, extra):
     out = tmp_path / "abl"
     train(out, "train.max_steps=3", "train.eval_steps=0", "train.logging_steps=1", "data.max_eval_examples=8", *extra)
@@ -173,8 +240,13 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path):
 
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_resume_continues_exactly(tmp_path, mode):
-    common = ["train.max_steps=8", "train.save_steps=4", "train.logging_steps=1", "train.eval_steps=0",
-              "train.save_total_limit=null"] + (["lora.enabled=false", "train.learning_rate=1e-3"] if mode == "full" else [])
+    common = [
+        "train.max_steps=8",
+        "train.save_steps=4",
+        "train.logging_steps=1",
+        "train.eval_steps=0",
+        "train.save_total_limit=null",
+    ] + (["lora.enabled=false", "train.learning_rate=1e-3"] if mode == "full" else [])
     full = tmp_path / "uninterrupted"
     train(full, *common)
     resumed = tmp_path / "resumed"
@@ -215,8 +287,19 @@ def _check_distributed(tmp_path, launcher, extra=(), env=None, multi_extra=()):
     """One process against two ranks on the same global batches; ``multi_extra`` only for the two ranks."""
     single = _single_run(tmp_path, list(extra))
     multi = tmp_path / "multi"
-    run([*launcher, "tests/dist_check.py", str(multi), *DIST_OVERRIDES, "train.per_device_train_batch_size=4",
-         *QUIET, *extra, *multi_extra], env=env)
+    run(
+        [
+            *launcher,
+            "tests/dist_check.py",
+            str(multi),
+            *DIST_OVERRIDES,
+            "train.per_device_train_batch_size=4",
+            *QUIET,
+            *extra,
+            *multi_extra,
+        ],
+        env=env,
+    )
     ranks = json.loads((multi / "dist_check.json").read_text())
     assert len(ranks) == 2
     for r in ranks:  # every rank saw a world of 2, consistently
@@ -245,8 +328,9 @@ def test_torchrun_ddp_two_processes_match_one(tmp_path):
     """Two DDP ranks equal one process; the ranks also run the policy in checkpointed chunks of 3 sequences inside
     per-block checkpointing (model.forward_chunk: DDP sees one forward and one backward all the same)."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
-    ranks, _, _ = _check_distributed(tmp_path, torchrun,
-                                     multi_extra=["model.forward_chunk=3", "model.gradient_checkpointing=true"])
+    ranks, _, _ = _check_distributed(
+        tmp_path, torchrun, multi_extra=["model.forward_chunk=3", "model.gradient_checkpointing=true"]
+    )
     assert ranks[0]["seen"]["distributed_type"] == "MULTI_CPU"
     assert ranks[0]["param_sums"] == ranks[1]["param_sums"]  # replicas stayed in sync
 
@@ -269,15 +353,29 @@ def _resumes_exactly(tmp_path, done, launcher, overrides, env):
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("config,extra", [
-    ("zero2.yaml", []),
-    ("zero3.yaml", ["lora.enabled=false", "train.learning_rate=1e-3"]),  # full fine-tuning, reference sharded too
-])
+@pytest.mark.parametrize(
+    "config,extra",
+    [
+        ("zero2.yaml", []),
+        ("zero3.yaml", ["lora.enabled=false", "train.learning_rate=1e-3"]),  # full fine-tuning, reference sharded too
+    ],
+)
 def test_deepspeed_on_cpu_matches_one_process(tmp_path, config, extra):
     """The shipped ZeRO configs, 2 ranks against one process. Under ZeRO-2 (LoRA) the ranks also save checkpoint-2,
     which holds the adapter and its optimizer state only, and a resume from it continues exactly."""
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", f"recipes/accelerate/{config}",
-              "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "29533"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        f"recipes/accelerate/{config}",
+        "--num_processes",
+        "2",
+        "--mixed_precision",
+        "no",
+        "--main_process_port",
+        "29533",
+    ]
     saves = ["train.save_steps=2", "train.save_total_limit=null"] if config == "zero2.yaml" else []
     ranks, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV, multi_extra=saves)
     assert ranks[0]["seen"]["distributed_type"] == "DEEPSPEED"
@@ -290,19 +388,37 @@ def test_deepspeed_on_cpu_matches_one_process(tmp_path, config, extra):
     if config == "zero2.yaml":
         size = sum(f.stat().st_size for f in (multi / "checkpoint-2").rglob("*") if f.is_file())
         assert size < 6_000_000  # adapter + its optimizer state (~2.8 MB); the fp32 base alone would be 16.5 MB
-        _resumes_exactly(tmp_path, multi, [*launch, "align/train_dpo.py"],
-                         [*DIST_OVERRIDES, "train.per_device_train_batch_size=4", *extra, *saves], env=DS_ENV)
+        _resumes_exactly(
+            tmp_path,
+            multi,
+            [*launch, "align/train_dpo.py"],
+            [*DIST_OVERRIDES, "train.per_device_train_batch_size=4", *extra, *saves],
+            env=DS_ENV,
+        )
 
 
 def partitioning_zero3_config(tmp_path) -> Path:
     """An accelerate config for ZeRO-3 that really partitions tiny parameters (persistence threshold 0), fp32."""
-    ds = {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-          "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,
-                                "stage3_gather_16bit_weights_on_model_save": True}, "bf16": {"enabled": False}}
+    ds = {
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "bf16": {"enabled": False},
+    }
     (tmp_path / "ds.json").write_text(json.dumps(ds))
-    acc = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "DEEPSPEED", "num_machines": 1,
-           "num_processes": 2, "machine_rank": 0,
-           "deepspeed_config": {"deepspeed_config_file": str(tmp_path / "ds.json"), "zero3_init_flag": True}}
+    acc = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "DEEPSPEED",
+        "num_machines": 1,
+        "num_processes": 2,
+        "machine_rank": 0,
+        "deepspeed_config": {"deepspeed_config_file": str(tmp_path / "ds.json"), "zero3_init_flag": True},
+    }
     (tmp_path / "zero3_partitioned.yaml").write_text(yaml.safe_dump(acc))
     return tmp_path / "zero3_partitioned.yaml"
 
@@ -314,15 +430,35 @@ def test_uneven_evaluation_under_partitioned_zero3_finishes_and_matches_one_proc
     Under ZeRO-3 every forward gathers parameters collectively, so unequal forward counts hang; padded
     shards with zero-weight rows finish, and the metrics equal one process's.
     """
-    common = ["train.max_steps=2", "train.logging_steps=1", "train.eval_steps=0", "data.max_eval_examples=5",
-              "train.per_device_eval_batch_size=2", "lora.enabled=false", "train.learning_rate=1e-3"]
+    common = [
+        "train.max_steps=2",
+        "train.logging_steps=1",
+        "train.eval_steps=0",
+        "data.max_eval_examples=5",
+        "train.per_device_eval_batch_size=2",
+        "lora.enabled=false",
+        "train.learning_rate=1e-3",
+    ]
     single = tmp_path / "single"
     train(single, *common, "train.per_device_train_batch_size=8")
     multi = tmp_path / "multi"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
-              "--num_processes", "2", "--main_process_port", "29537", "align/train_dpo.py"]
-    run([*launch, "recipe=demo", f"train.output_dir={multi}", *QUIET, *common, "train.per_device_train_batch_size=4"],
-        env=DS_ENV, timeout=300)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(partitioning_zero3_config(tmp_path)),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29537",
+        "align/train_dpo.py",
+    ]
+    run(
+        [*launch, "recipe=demo", f"train.output_dir={multi}", *QUIET, *common, "train.per_device_train_batch_size=4"],
+        env=DS_ENV,
+        timeout=300,
+    )
     a = [m for m in metrics(single) if "eval/loss" in m][-1]
     b = [m for m in metrics(multi) if "eval/loss" in m][-1]
     assert a["step"] == b["step"] == 2
@@ -331,8 +467,19 @@ def test_uneven_evaluation_under_partitioned_zero3_finishes_and_matches_one_proc
 
 
 def test_full_fine_tuning_in_bf16_without_deepspeed_is_refused(tmp_path):
-    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
-                       *QUIET, "lora.enabled=false", "model.dtype=bfloat16"], env=ENV)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            "align.train_dpo",
+            "recipe=demo",
+            f"train.output_dir={tmp_path}",
+            *QUIET,
+            "lora.enabled=false",
+            "model.dtype=bfloat16",
+        ],
+        env=ENV,
+    )
     assert proc.returncode != 0 and "fp32 master weights" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -341,8 +488,15 @@ def test_full_fine_tuning_moves_weights_at_a_small_learning_rate(tmp_path):
     from safetensors.torch import load_file
 
     out = tmp_path / "full"
-    train(out, "lora.enabled=false", "train.learning_rate=5e-7", "train.warmup_ratio=0", "train.max_steps=2",
-          "train.do_eval=false", "train.eval_steps=0")
+    train(
+        out,
+        "lora.enabled=false",
+        "train.learning_rate=5e-7",
+        "train.warmup_ratio=0",
+        "train.max_steps=2",
+        "train.do_eval=false",
+        "train.eval_steps=0",
+    )
     before = {k: v.float() for k, v in load_file(ROOT / "data" / "tiny_chat" / "model.safetensors").items()}
     after = load_file(out / "final" / "model.safetensors")
     changed = sum(int((after[k] != before[k]).sum()) for k in before)
@@ -361,11 +515,35 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
 
     path = f"recipes/accelerate/{config}"
     out = tmp_path / "out"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", path, "--num_processes", "2",
-              "--main_process_port", "29539", "align/train_dpo.py"]
-    log = run([*launch, "recipe=demo", f"train.output_dir={out}", *QUIET, "model.dtype=bfloat16", "lora.enabled=false",
-               "train.max_steps=2", "train.do_eval=false", "train.eval_steps=0", "train.per_device_train_batch_size=2",
-               "train.learning_rate=1e-3"], env=DS_ENV, timeout=400)  # a small batch: bf16 is ~8x slower on CPU
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        path,
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29539",
+        "align/train_dpo.py",
+    ]
+    log = run(
+        [
+            *launch,
+            "recipe=demo",
+            f"train.output_dir={out}",
+            *QUIET,
+            "model.dtype=bfloat16",
+            "lora.enabled=false",
+            "train.max_steps=2",
+            "train.do_eval=false",
+            "train.eval_steps=0",
+            "train.per_device_train_batch_size=2",
+            "train.learning_rate=1e-3",
+        ],
+        env=DS_ENV,
+        timeout=400,
+    )  # a small batch: bf16 is ~8x slower on CPU
     assert "weights bfloat16, mixed precision bf16 (DeepSpeed)" in log
     with safe_open(out / "final" / "model.safetensors", "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
@@ -375,10 +553,23 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
 
 @pytest.mark.distributed
 def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/zero2.yaml",
-              "--num_processes", "2", "--main_process_port", "29543", "align/train_dpo.py"]
-    proc = run_python(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
-                      env=DS_ENV, timeout=300)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        "recipes/accelerate/zero2.yaml",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29543",
+        "align/train_dpo.py",
+    ]
+    proc = run_python(
+        fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
+        env=DS_ENV,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "model.dtype=float32 but DeepSpeed would train in 'bf16'" in proc.stderr
 
 
@@ -390,8 +581,17 @@ def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
     in backward, which gathers the partitioned weights again there. Full fine-tuning also resumes from its
     checkpoint-2, every parameter and optimizer state partitioned, to the same losses for steps 3-4."""
     config = partitioning_zero3_config(tmp_path)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-              "--num_processes", "2", "--main_process_port", "29545"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(config),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29545",
+    ]
     multi_extra = ["model.forward_chunk=3"] + (["train.save_steps=2", "train.save_total_limit=null"] if extra else [])
     _, single, multi = _check_distributed(tmp_path, launch, extra, env=DS_ENV, multi_extra=multi_extra)
     a, b = _final_weights(single), _final_weights(multi)
@@ -399,16 +599,34 @@ def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
     for k in a:
         torch.testing.assert_close(b[k], a[k], atol=1e-4, rtol=1e-4, msg=k)
     if extra:
-        _resumes_exactly(tmp_path, multi, [*launch, "align/train_dpo.py"],
-                         [*DIST_OVERRIDES, "train.per_device_train_batch_size=4", *extra, *multi_extra], env=DS_ENV)
+        _resumes_exactly(
+            tmp_path,
+            multi,
+            [*launch, "align/train_dpo.py"],
+            [*DIST_OVERRIDES, "train.per_device_train_batch_size=4", *extra, *multi_extra],
+            env=DS_ENV,
+        )
 
 
 @pytest.mark.distributed
 def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(partitioning_zero3_config(tmp_path)),
-              "--num_processes", "2", "--main_process_port", "29547", "align/train_dpo.py"]
-    proc = run_python(fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"]),
-                      env=DS_ENV, timeout=300)
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(partitioning_zero3_config(tmp_path)),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29547",
+        "align/train_dpo.py",
+    ]
+    proc = run_python(
+        fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"]),
+        env=DS_ENV,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "save_merged=true is not supported under ZeRO-3" in proc.stderr
 
 
@@ -434,8 +652,9 @@ def test_a_new_run_into_a_used_output_dir_is_refused_unless_overwriting(tmp_path
     common = ["train.max_steps=2", "train.eval_steps=0", "train.logging_steps=1", "train.overwrite_output_dir=false"]
     train(out, *common)
     first = metrics(out)
-    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET,
-                       *common], env=ENV)
+    proc = run_python(
+        [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET, *common], env=ENV
+    )
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
     assert metrics(out) == first  # nothing appended
     train(out, *common[:-1], "train.overwrite_output_dir=true", "train.learning_rate=1e-3")

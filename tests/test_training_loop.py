@@ -31,11 +31,27 @@ def probe(code: str, *overrides, out) -> object:
 
 # ---------------------------------------------------------------- 1. epochs that move on
 
-EPOCHS = ["train.num_train_epochs=3", "data.max_train_examples=48", "train.per_device_train_batch_size=4",
-          "train.gradient_accumulation_steps=2", "train.save_steps=2", "train.logging_steps=1",
-          "train.save_total_limit=null", "train.do_eval=false", "train.eval_steps=0"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-            "align/train_dpo.py"]
+EPOCHS = [
+    "train.num_train_epochs=3",
+    "data.max_train_examples=48",
+    "train.per_device_train_batch_size=4",
+    "train.gradient_accumulation_steps=2",
+    "train.save_steps=2",
+    "train.logging_steps=1",
+    "train.save_total_limit=null",
+    "train.do_eval=false",
+    "train.eval_steps=0",
+]
+TORCHRUN = [
+    sys.executable,
+    "-m",
+    "torch.distributed.run",
+    "--nproc_per_node",
+    "2",
+    "--master_port",
+    "29541",
+    "align/train_dpo.py",
+]
 
 
 @pytest.mark.distributed
@@ -100,13 +116,18 @@ result = {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval
     assert again["eval"] == ids["eval"]  # the split does not move with the training seed
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["data.eval_dataset=null", "data.eval_fraction=0"], "data.eval_dataset"),
-    (["data.eval_split=test"], "data.eval_split='test' names a split of a hub dataset"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.eval_dataset=null", "data.eval_fraction=0"], "data.eval_dataset"),
+        (["data.eval_split=test"], "data.eval_split='test' names a split of a hub dataset"),
+    ],
+)
 def test_local_file_evaluation_that_cannot_be_held_out_fails_at_start(tmp_path, overrides, message):
-    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}",
-                       *QUIET, *overrides], env=ENV)
+    proc = run_python(
+        [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, *overrides],
+        env=ENV,
+    )
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
@@ -132,8 +153,9 @@ def test_dropout_is_off_in_the_training_pass(tmp_path):
     assert train_margins == pytest.approx(eval_margins, abs=1e-6)
     assert any(abs(m) > 1e-3 for m in eval_margins)  # the adapter really moved the policy
     # the same probe with dropout left on differs: the test can fail
-    train_margins, eval_margins = probe(DROPOUT_PROBE, "lora.dropout=0.5", "train.disable_dropout=false",
-                                        out=tmp_path / "b")
+    train_margins, eval_margins = probe(
+        DROPOUT_PROBE, "lora.dropout=0.5", "train.disable_dropout=false", out=tmp_path / "b"
+    )
     assert train_margins != pytest.approx(eval_margins, abs=1e-6)
 
 
@@ -176,8 +198,9 @@ wall = time.perf_counter() - start
 rate = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "tokens_per_second" in m][-1]["tokens_per_second"]
 result = [sum(tokens), rate, wall]
 """
-    total, rate, wall = probe(code, "train.max_steps=4", "train.logging_steps=4", "train.eval_steps=1",
-                              out=tmp_path / "p")
+    total, rate, wall = probe(
+        code, "train.max_steps=4", "train.logging_steps=4", "train.eval_steps=1", out=tmp_path / "p"
+    )
     assert wall > 2.0
     assert total / rate < wall - 1.9  # the training time alone: the 2 s of evaluation are not in it
 
@@ -192,8 +215,9 @@ tr.train()
 logged = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "loss" in m]
 result = [tr.scheduler.last_epoch, [m["optimizer_steps_skipped"] for m in logged], [m["learning_rate"] for m in logged]]
 """
-    last_epoch, skipped, lrs = probe(code, "train.max_steps=3", "train.logging_steps=1", "train.do_eval=false",
-                                     out=tmp_path / "p")
+    last_epoch, skipped, lrs = probe(
+        code, "train.max_steps=3", "train.logging_steps=1", "train.do_eval=false", out=tmp_path / "p"
+    )
     assert last_epoch == 0 and skipped == [1, 1, 1] and lrs == [0.0, 0.0, 0.0]  # still at warm-up's start
 
 
@@ -209,16 +233,32 @@ tr.train()
 logged = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "loss" in m]
 result = [warmup, [m["epoch"] for m in logged][:2]]
 """
-    warmup, epochs = probe(code, "train.max_steps=19", "train.gradient_accumulation_steps=3", "train.logging_steps=1",
-                           "train.do_eval=false", "train.warmup_ratio=0.05", out=tmp_path / "p")
+    warmup, epochs = probe(
+        code,
+        "train.max_steps=19",
+        "train.gradient_accumulation_steps=3",
+        "train.logging_steps=1",
+        "train.do_eval=false",
+        "train.warmup_ratio=0.05",
+        out=tmp_path / "p",
+    )
     assert warmup == 1 and epochs == pytest.approx([3 / 40, 6 / 40])
 
 
 # ---------------------------------------------------------------- train.precompute_ref_log_probs
 
-PRE = ["data.max_train_examples=24", "train.per_device_train_batch_size=8", "train.max_steps=7",
-       "train.logging_steps=1", "train.eval_steps=3", "data.max_eval_examples=16", "train.save_steps=4",
-       "train.save_total_limit=null", "train.learning_rate=1e-3", "train.warmup_ratio=0"]
+PRE = [
+    "data.max_train_examples=24",
+    "train.per_device_train_batch_size=8",
+    "train.max_steps=7",
+    "train.logging_steps=1",
+    "train.eval_steps=3",
+    "data.max_eval_examples=16",
+    "train.save_steps=4",
+    "train.save_total_limit=null",
+    "train.learning_rate=1e-3",
+    "train.warmup_ratio=0",
+]
 
 
 def _close(a: dict, b: dict, keys, tol=1e-5):
@@ -245,7 +285,11 @@ def test_precomputed_reference_gives_the_on_the_fly_losses_and_survives_resume(t
     eb = {m["step"]: m for m in metrics(pre) if "eval/loss" in m}
     _close(ea, eb, ["eval/loss", "eval/rewards/margins"])
     assert sorted(p.name for p in (pre / "ref_logps").iterdir()) == [
-        "epoch-1.rank0of1.pt", "epoch0.rank0of1.pt", "epoch1.rank0of1.pt", "epoch2.rank0of1.pt"]
+        "epoch-1.rank0of1.pt",
+        "epoch0.rank0of1.pt",
+        "epoch1.rank0of1.pt",
+        "epoch2.rank0of1.pt",
+    ]
     # resume from step 4 (inside epoch 1): the saved terms are read back, not recomputed
     resumed = tmp_path / "resumed"
     resumed.mkdir()
@@ -259,13 +303,34 @@ def test_precomputed_reference_gives_the_on_the_fly_losses_and_survives_resume(t
         assert c[step]["loss"] == pytest.approx(b[step]["loss"], abs=1e-6)
 
 
-@pytest.mark.parametrize("entry,overrides,message", [
-    ("align.train_sft", ["recipe=tiny_chat_sft", "model.name_or_path=data/tiny_chat"], "the sft objective has no reference"),
-    ("align.train_dpo", ["recipe=demo", "train.disable_dropout=false"], "train.disable_dropout=false leaves dropout on"),
-])
+@pytest.mark.parametrize(
+    "entry,overrides,message",
+    [
+        (
+            "align.train_sft",
+            ["recipe=tiny_chat_sft", "model.name_or_path=data/tiny_chat"],
+            "the sft objective has no reference",
+        ),
+        (
+            "align.train_dpo",
+            ["recipe=demo", "train.disable_dropout=false"],
+            "train.disable_dropout=false leaves dropout on",
+        ),
+    ],
+)
 def test_precomputed_reference_is_refused_where_it_cannot_hold(tmp_path, entry, overrides, message):
-    proc = run_python([sys.executable, "-m", entry, *overrides, "train.precompute_ref_log_probs=true",
-                       f"train.output_dir={tmp_path}", *BASIC], env=ENV)
+    proc = run_python(
+        [
+            sys.executable,
+            "-m",
+            entry,
+            *overrides,
+            "train.precompute_ref_log_probs=true",
+            f"train.output_dir={tmp_path}",
+            *BASIC,
+        ],
+        env=ENV,
+    )
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
@@ -278,17 +343,39 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
     second epoch, precomputing its reference terms again, to the uninterrupted losses."""
     from tests.test_trainer import DS_ENV, partitioning_zero3_config
 
-    common = ["data.max_train_examples=16", "train.max_steps=4", "train.logging_steps=1", "train.eval_steps=2",
-              "data.max_eval_examples=5", "train.per_device_eval_batch_size=2", "lora.enabled=false",
-              "train.learning_rate=1e-4", "train.warmup_ratio=0", "train.save_steps=100"]
+    common = [
+        "data.max_train_examples=16",
+        "train.max_steps=4",
+        "train.logging_steps=1",
+        "train.eval_steps=2",
+        "data.max_eval_examples=5",
+        "train.per_device_eval_batch_size=2",
+        "lora.enabled=false",
+        "train.learning_rate=1e-4",
+        "train.warmup_ratio=0",
+        "train.save_steps=100",
+    ]
     single = tmp_path / "single"
     train(single, *common, "train.per_device_train_batch_size=8")
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(partitioning_zero3_config(tmp_path)), "--num_processes", "2", "--main_process_port", "29545",
-              "align/train_dpo.py"]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(partitioning_zero3_config(tmp_path)),
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        "29545",
+        "align/train_dpo.py",
+    ]
     multi = tmp_path / "multi"
-    ranks = ["train.per_device_train_batch_size=4", "train.precompute_ref_log_probs=true", "train.save_steps=1",
-             "train.save_total_limit=null"]
+    ranks = [
+        "train.per_device_train_batch_size=4",
+        "train.precompute_ref_log_probs=true",
+        "train.save_steps=1",
+        "train.save_total_limit=null",
+    ]
     log = train(multi, *common, *ranks, launcher=launch, env=DS_ENV)
     assert "DeepSpeed ZeRO-3, 2 ranks" in log and "reference log-probs for epoch 1: 8 examples on rank 0" in log
     a = {m["step"]: m for m in metrics(single) if "loss" in m}
@@ -312,18 +399,26 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
 
 # ---------------------------------------------------------------- model.forward_chunk / head_chunk_mib
 
+
 def test_scoring_memory_settings_reach_the_policy_and_the_reference(tmp_path):
     """Full fine-tuning has a second model as reference: both get the chunk sizes (equality with chunking off is
     tested on two ranks in test_trainer and per model in test_models)."""
-    result = probe("""
+    result = probe(
+        """
 from align.models import unwrap
 m, r = unwrap(tr.model), unwrap(tr.reference)
 result = [m.forward_chunk, m.head_chunk_elements, r.forward_chunk, r.head_chunk_elements]
-""", "lora.enabled=false", "model.forward_chunk=5", "model.head_chunk_mib=2", out=tmp_path)
+""",
+        "lora.enabled=false",
+        "model.forward_chunk=5",
+        "model.head_chunk_mib=2",
+        out=tmp_path,
+    )
     assert result == [5, 2**19, 5, 2**19]
 
 
 # ---------------------------------------------------------------- model.compile / model.checkpoint_blocks
+
 
 @pytest.mark.slow
 def test_compiled_partly_checkpointed_training_matches_the_plain_loop(tmp_path):
@@ -331,8 +426,13 @@ def test_compiled_partly_checkpointed_training_matches_the_plain_loop(tmp_path):
     2 of the demo model's 4 blocks recomputed in backward (model.checkpoint_blocks=2) log the losses of the
     plain loop to fp32 round-off. The probe checks the settings reached the blocks (compiled in place,
     checkpointing on for the first two)."""
-    steps = ["train.max_steps=3", "train.logging_steps=1", "train.do_eval=false", "train.eval_steps=0",
-             "train.save_steps=100"]
+    steps = [
+        "train.max_steps=3",
+        "train.logging_steps=1",
+        "train.do_eval=false",
+        "train.eval_steps=0",
+        "train.save_steps=100",
+    ]
     train(tmp_path / "plain", *steps)
     fast = ["model.compile=true", "model.gradient_checkpointing=true", "model.checkpoint_blocks=2"]
     train(tmp_path / "fast", *steps, *fast)
@@ -340,9 +440,13 @@ def test_compiled_partly_checkpointed_training_matches_the_plain_loop(tmp_path):
     assert sorted(a) == [1, 2, 3] and a.keys() == b.keys()
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-5), step
-    result = probe("""
+    result = probe(
+        """
 from align.models import unwrap
 blocks = unwrap(tr.model).blocks()
 result = [[b.gradient_checkpointing for b in blocks], [b._compiled_call_impl is not None for b in blocks]]
-""", *fast, out=tmp_path / "probe")
+""",
+        *fast,
+        out=tmp_path / "probe",
+    )
     assert result == [[True, True, False, False], [True] * 4]

@@ -40,9 +40,11 @@ def test_exit_codes_and_errors_are_those_of_python():
 
 def test_argv_path_directory_and_environment_are_the_run_s(tmp_path):
     script = tmp_path / "show.py"
-    script.write_text("import json, os, sys\n"
-                      "print(json.dumps([sys.argv, sys.path[:2], os.getcwd(), os.environ.get('MINE')]))\n"
-                      "import atexit; atexit.register(lambda: print('bye'))\n")
+    script.write_text(
+        "import json, os, sys\n"
+        "print(json.dumps([sys.argv, sys.path[:2], os.getcwd(), os.environ.get('MINE')]))\n"
+        "import atexit; atexit.register(lambda: print('bye'))\n"
+    )
     env = dict(ENV, MINE="1", PYTHONPATH=str(tmp_path / "lib"))
     proc = py("-u", str(script), "a", "b=c", env=env, cwd=tmp_path)
     argv, path, cwd, mine = json.loads(proc.stdout.splitlines()[0])
@@ -55,8 +57,10 @@ def test_argv_path_directory_and_environment_are_the_run_s(tmp_path):
 @pytest.mark.distributed
 def test_torchrun_workers_start_warm_with_their_own_rank(tmp_path):
     script = tmp_path / "rank.py"
-    script.write_text("import os, sys\nimport torch.distributed as dist\ndist.init_process_group('gloo')\n"
-                      "os.write(1, f\"{os.environ['RANK']} {dist.get_world_size()} {'peft' in sys.modules}\\n\".encode())\n")
+    script.write_text(
+        "import os, sys\nimport torch.distributed as dist\ndist.init_process_group('gloo')\n"
+        "os.write(1, f\"{os.environ['RANK']} {dist.get_world_size()} {'peft' in sys.modules}\\n\".encode())\n"
+    )
     proc = py("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), str(script))
     assert proc.returncode == 0, proc.stderr[-2000:]
     # peft is loaded only in a warm process: a cold worker would have imported torch.distributed alone

@@ -70,8 +70,9 @@ def test_bundled_records_carry_task_ids_and_the_sets_have_the_promised_sizes():
     assert len({r["prompt"] for r in rows("demo_behaviour_val_prompts.jsonl")}) == 269
 
 
-@pytest.mark.parametrize("name", ["tiny_sft_train.jsonl", "tiny_pretrain.jsonl", "demo_safety_train.jsonl",
-                                  "demo_online_prompts.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["tiny_sft_train.jsonl", "tiny_pretrain.jsonl", "demo_safety_train.jsonl", "demo_online_prompts.jsonl"]
+)
 def test_no_training_text_mentions_a_held_out_task(name):
     text = (ROOT / "data" / name).read_text()
     assert not [t.text for t in world.held_out_tasks() if f" {t.text}" in text]

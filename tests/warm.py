@@ -40,9 +40,9 @@ def _target(argv: list[str]):
     while i < len(argv) and argv[i] == "-u":
         unbuffered, i = True, i + 1
     if i < len(argv) and argv[i] in ("-m", "-c") and i + 1 < len(argv):
-        return unbuffered, argv[i], argv[i + 1], argv[i + 2:]
+        return unbuffered, argv[i], argv[i + 1], argv[i + 2 :]
     if i < len(argv) and not argv[i].startswith("-"):
-        return unbuffered, "script", argv[i], argv[i + 1:]
+        return unbuffered, "script", argv[i], argv[i + 1 :]
     return None
 
 

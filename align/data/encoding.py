@@ -40,6 +40,7 @@ class EncodedSFT:
 class EncodedPrompt:
     """A prompt of online DPO: its ids (chat-templated, with the assistant header), its messages, and the record's
     other scalar fields (a judge may ask for them by name, e.g. ``kind``)."""
+
     id: int
     prompt_ids: list[int]
     messages: list[dict]
@@ -62,15 +63,18 @@ class DataReport:
 
     def summary(self) -> str:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
-        return (f"{self.source}: {self.kept}/{self.total} records kept; skipped: {skipped}; "
-                f"prompts truncated: {self.truncated_prompts}" + (f"; {self.note}" if self.note else ""))
+        return (
+            f"{self.source}: {self.kept}/{self.total} records kept; skipped: {skipped}; "
+            f"prompts truncated: {self.truncated_prompts}" + (f"; {self.note}" if self.note else "")
+        )
 
 
 # ---------------------------------------------------------------- a record's ids
 
 
-def encode_prompt(tokenizer, messages, max_prompt_length: int, over_long_prompt: str,
-                  chat_template: bool = True) -> tuple[list[int], bool]:
+def encode_prompt(
+    tokenizer, messages, max_prompt_length: int, over_long_prompt: str, chat_template: bool = True
+) -> tuple[list[int], bool]:
     """The chat-templated prompt's ids, truncated keeping the end (the question and the assistant header).
     ``chat_template=False`` (scoring raw text): the messages' contents joined by newlines."""
     if chat_template:
@@ -99,8 +103,17 @@ def common_length(responses: list[list[int]], eos_token_id: int) -> list[list[in
     return [r + [eos_token_id] * (L - len(r)) for r in responses]
 
 
-def encode_pair(tokenizer, messages, chosen: str, rejected: str, *, eos_token_id: int, max_prompt_length: int,
-                max_response_length: int, over_long_prompt: str = "truncate") -> tuple[list[int], list[int], list[int], bool]:
+def encode_pair(
+    tokenizer,
+    messages,
+    chosen: str,
+    rejected: str,
+    *,
+    eos_token_id: int,
+    max_prompt_length: int,
+    max_response_length: int,
+    over_long_prompt: str = "truncate",
+) -> tuple[list[int], list[int], list[int], bool]:
     """(prompt_ids, chosen_ids, rejected_ids, truncated): responses EOS-terminated and EOS-extended to one length."""
     prompt_ids, truncated = encode_prompt(tokenizer, messages, max_prompt_length, over_long_prompt)
     responses = [encode_response(tokenizer, text, eos_token_id, max_response_length) for text in (chosen, rejected)]
@@ -110,8 +123,16 @@ def encode_pair(tokenizer, messages, chosen: str, rejected: str, *, eos_token_id
     return prompt_ids, chosen_ids, rejected_ids, truncated
 
 
-def encode_sft(tokenizer, messages, response: str, *, eos_token_id: int, max_prompt_length: int,
-               max_response_length: int, over_long_prompt: str = "truncate") -> tuple[list[int], list[int], bool]:
+def encode_sft(
+    tokenizer,
+    messages,
+    response: str,
+    *,
+    eos_token_id: int,
+    max_prompt_length: int,
+    max_response_length: int,
+    over_long_prompt: str = "truncate",
+) -> tuple[list[int], list[int], bool]:
     """(prompt_ids, response_ids + EOS, truncated). ``messages=None``: no prompt, the text is all response."""
     prompt_ids, truncated = [], False
     if messages is not None:
@@ -122,8 +143,17 @@ def encode_sft(tokenizer, messages, response: str, *, eos_token_id: int, max_pro
 # ---------------------------------------------------------------- datasets, with the bad-record policy
 
 
-def encode_records(rows, source: str, encode, *, over_long_prompt: str, on_bad_record: str, limit: int | None = None,
-                   indices: list[int] | None = None, option_prefix: str = "data."):
+def encode_records(
+    rows,
+    source: str,
+    encode,
+    *,
+    over_long_prompt: str,
+    on_bad_record: str,
+    limit: int | None = None,
+    indices: list[int] | None = None,
+    option_prefix: str = "data.",
+):
     """Run ``encode(i, row) -> (example, truncated)`` over the records, applying the bad-record policy.
     ``option_prefix``: how the policy's options are named in messages (``data.`` in training, none in scoring)."""
     report = DataReport(source)
@@ -153,64 +183,144 @@ def encode_records(rows, source: str, encode, *, over_long_prompt: str, on_bad_r
     return out, report
 
 
-def build_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, preference: str, eos_token_id: int,
-                  max_prompt_length: int, max_response_length: int, over_long_prompt: str, on_bad_record: str,
-                  limit: int | None = None, indices: list[int] | None = None) -> tuple[list[Encoded], DataReport]:
+def build_dataset(
+    rows: list[dict],
+    source: str,
+    tokenizer,
+    *,
+    fmt: str,
+    preference: str,
+    eos_token_id: int,
+    max_prompt_length: int,
+    max_response_length: int,
+    over_long_prompt: str,
+    on_bad_record: str,
+    limit: int | None = None,
+    indices: list[int] | None = None,
+) -> tuple[list[Encoded], DataReport]:
     """Preference pairs from ``rows`` (or only the positions ``indices``, in that order); ids are positions in ``rows``."""
     fmt, note = resolve_format(rows, fmt, source)
 
     def encode(i, row):
         messages, chosen, rejected = extract(row, fmt, preference)
-        p, c, r, truncated = encode_pair(tokenizer, messages, chosen, rejected, eos_token_id=eos_token_id,
-                                         max_prompt_length=max_prompt_length, max_response_length=max_response_length,
-                                         over_long_prompt=over_long_prompt)
+        p, c, r, truncated = encode_pair(
+            tokenizer,
+            messages,
+            chosen,
+            rejected,
+            eos_token_id=eos_token_id,
+            max_prompt_length=max_prompt_length,
+            max_response_length=max_response_length,
+            over_long_prompt=over_long_prompt,
+        )
         return Encoded(i, p, c, r), truncated
 
-    out, report = encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
-                                 limit=limit, indices=indices)
+    out, report = encode_records(
+        rows,
+        source,
+        encode,
+        over_long_prompt=over_long_prompt,
+        on_bad_record=on_bad_record,
+        limit=limit,
+        indices=indices,
+    )
     report.note = note
     return out, report
 
 
-def build_sft_dataset(rows: list[dict], source: str, tokenizer, *, fmt: str, eos_token_id: int, max_prompt_length: int,
-                      max_response_length: int, over_long_prompt: str, on_bad_record: str, limit: int | None = None,
-                      indices: list[int] | None = None) -> tuple[list[EncodedSFT], DataReport]:
+def build_sft_dataset(
+    rows: list[dict],
+    source: str,
+    tokenizer,
+    *,
+    fmt: str,
+    eos_token_id: int,
+    max_prompt_length: int,
+    max_response_length: int,
+    over_long_prompt: str,
+    on_bad_record: str,
+    limit: int | None = None,
+    indices: list[int] | None = None,
+) -> tuple[list[EncodedSFT], DataReport]:
     fmt, note = resolve_format(rows, fmt, source, sft=True)
 
     def encode(i, row):
         messages, response = extract_sft(row, fmt)
-        p, r, truncated = encode_sft(tokenizer, messages, response, eos_token_id=eos_token_id,
-                                     max_prompt_length=max_prompt_length, max_response_length=max_response_length,
-                                     over_long_prompt=over_long_prompt)
+        p, r, truncated = encode_sft(
+            tokenizer,
+            messages,
+            response,
+            eos_token_id=eos_token_id,
+            max_prompt_length=max_prompt_length,
+            max_response_length=max_response_length,
+            over_long_prompt=over_long_prompt,
+        )
         return EncodedSFT(i, p, r), truncated
 
-    out, report = encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
-                                 limit=limit, indices=indices)
+    out, report = encode_records(
+        rows,
+        source,
+        encode,
+        over_long_prompt=over_long_prompt,
+        on_bad_record=on_bad_record,
+        limit=limit,
+        indices=indices,
+    )
     report.note = note
     return out, report
 
 
-def build_prompt_dataset(rows, source: str, tokenizer, *, fmt: str, max_prompt_length: int, over_long_prompt: str,
-                         on_bad_record: str, limit: int | None = None,
-                         indices: list[int] | None = None) -> tuple[list[EncodedPrompt], DataReport]:
+def build_prompt_dataset(
+    rows,
+    source: str,
+    tokenizer,
+    *,
+    fmt: str,
+    max_prompt_length: int,
+    over_long_prompt: str,
+    on_bad_record: str,
+    limit: int | None = None,
+    indices: list[int] | None = None,
+) -> tuple[list[EncodedPrompt], DataReport]:
     """Prompts for online DPO (``formats.extract_prompt``), through the same template, truncation and bad-record
     policy as training pairs; ids are positions in ``rows``."""
 
     def encode(i, row):
         messages = extract_prompt(row, fmt)
         prompt_ids, truncated = encode_prompt(tokenizer, messages, max_prompt_length, over_long_prompt)
-        fields = {k: v for k, v in row.items() if k not in ("prompt", "messages")
-                  and isinstance(v, (str, int, float, bool))}
+        fields = {
+            k: v for k, v in row.items() if k not in ("prompt", "messages") and isinstance(v, (str, int, float, bool))
+        }
         return EncodedPrompt(i, prompt_ids, messages, fields), truncated
 
-    return encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
-                          limit=limit, indices=indices)
+    return encode_records(
+        rows,
+        source,
+        encode,
+        over_long_prompt=over_long_prompt,
+        on_bad_record=on_bad_record,
+        limit=limit,
+        indices=indices,
+    )
 
 
-def build_scoring_dataset(rows, source: str, tokenizer, *, fmt: str, preference: str, eos_token_id: int,
-                          max_prompt_length: int, max_response_length: int, over_long_prompt: str, on_bad_record: str,
-                          chat_template: bool = True, limit: int | None = None, response_eos: bool = True,
-                          seed_by: str = "index") -> tuple[str, list[dict], DataReport]:
+def build_scoring_dataset(
+    rows,
+    source: str,
+    tokenizer,
+    *,
+    fmt: str,
+    preference: str,
+    eos_token_id: int,
+    max_prompt_length: int,
+    max_response_length: int,
+    over_long_prompt: str,
+    on_bad_record: str,
+    chat_template: bool = True,
+    limit: int | None = None,
+    response_eos: bool = True,
+    seed_by: str = "index",
+) -> tuple[str, list[dict], DataReport]:
     """(mode, records, report) for ``align.score``: each record ``{"index", "key", "prompt_ids", "responses": [ids,
     ...]}`` (``"label"`` too for choices), its responses encoded and EOS-extended as in training. ``fmt``:
     ``response``, ``choices``, a preference schema, or ``auto`` (choices, response, else the preference schema of the
@@ -262,8 +372,15 @@ def build_scoring_dataset(rows, source: str, tokenizer, *, fmt: str, preference:
             record["label"] = label
         return record, truncated
 
-    out, report = encode_records(rows, source, encode, over_long_prompt=over_long_prompt, on_bad_record=on_bad_record,
-                                 limit=limit, option_prefix="")
+    out, report = encode_records(
+        rows,
+        source,
+        encode,
+        over_long_prompt=over_long_prompt,
+        on_bad_record=on_bad_record,
+        limit=limit,
+        option_prefix="",
+    )
     report.note = note
     return mode, out, report
 
@@ -300,12 +417,18 @@ def collate(examples: list[Encoded], pad_token_id: int) -> dict[str, torch.Tenso
     """Right-padded batch: chosen/rejected [b, T], attention_mask, response_mask [b, T], ids [b]."""
     chosen, attention, response = pad_rows([(e.prompt_ids, e.chosen_ids) for e in examples], pad_token_id)
     rejected, _, _ = pad_rows([(e.prompt_ids, e.rejected_ids) for e in examples], pad_token_id)  # same lengths
-    return {"chosen_ids": chosen, "rejected_ids": rejected, "attention_mask": attention, "response_mask": response,
-            "ids": torch.tensor([e.id for e in examples])}
+    return {
+        "chosen_ids": chosen,
+        "rejected_ids": rejected,
+        "attention_mask": attention,
+        "response_mask": response,
+        "ids": torch.tensor([e.id for e in examples]),
+    }
 
 
-def collate_sft(examples: list[EncodedSFT], pad_token_id: int, eos_token_id: int,
-                response_length: int | None = None) -> dict[str, torch.Tensor]:
+def collate_sft(
+    examples: list[EncodedSFT], pad_token_id: int, eos_token_id: int, response_length: int | None = None
+) -> dict[str, torch.Tensor]:
     """Right-padded SFT batch: input_ids, attention_mask, response_mask [b, T], ids [b].
 
     Responses are EOS-extended (the EOS tokens are attended and scored, as in LLaDA's SFT) to
@@ -315,8 +438,12 @@ def collate_sft(examples: list[EncodedSFT], pad_token_id: int, eos_token_id: int
     L = response_length or max(len(e.response_ids) for e in examples)
     responses = [e.response_ids[:L] + [eos_token_id] * (L - len(e.response_ids[:L])) for e in examples]
     ids, attention, response = pad_rows([(e.prompt_ids, r) for e, r in zip(examples, responses)], pad_token_id)
-    return {"input_ids": ids, "attention_mask": attention, "response_mask": response,
-            "ids": torch.tensor([e.id for e in examples])}
+    return {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "response_mask": response,
+        "ids": torch.tensor([e.id for e in examples]),
+    }
 
 
 def collate_responses(records: list[dict], pad_token_id: int):

@@ -109,7 +109,12 @@ def from_pairs(row: dict) -> tuple[list[dict], str, str]:
     k = 0
     while k < min(len(chosen), len(rejected)) and chosen[k] == rejected[k]:
         k += 1
-    if len(chosen) != k + 1 or len(rejected) != k + 1 or "assistant" != chosen[-1]["role"] or "assistant" != rejected[-1]["role"]:
+    if (
+        len(chosen) != k + 1
+        or len(rejected) != k + 1
+        or "assistant" != chosen[-1]["role"]
+        or "assistant" != rejected[-1]["role"]
+    ):
         raise BadRecord("chosen and rejected must be the same conversation up to a last, assistant message")
     messages = prompt + chosen[:k]
     if not messages:
@@ -128,8 +133,11 @@ def detect_format(row, sft: bool = False) -> str | None:
         return None
     for name, fields in (SFT_SCHEMAS if sft else PREFERENCE_SCHEMAS).items():
         if all(f in row for f in fields):
-            if name == "pairs" and "prompt" not in row and all(
-                    isinstance(row[k], str) and "\n\nAssistant:" in row[k] for k in ("chosen", "rejected")):
+            if (
+                name == "pairs"
+                and "prompt" not in row
+                and all(isinstance(row[k], str) and "\n\nAssistant:" in row[k] for k in ("chosen", "rejected"))
+            ):
                 return "hh_rlhf"
             return name
     return None
@@ -157,8 +165,9 @@ def resolve_format(rows, fmt: str, source: str, sft: bool = False, option: str =
     if found is None:
         fields = ", ".join(sorted(rows[first])) if first is not None else "no readable record"
         schemas = "; ".join(f"{k}: {', '.join(v)}" for k, v in (SFT_SCHEMAS if sft else PREFERENCE_SCHEMAS).items())
-        raise BadRecord(f"{where}: {option}=auto cannot tell the schema from the fields ({fields}); known: "
-                        f"{schemas}. Set {option}")
+        raise BadRecord(
+            f"{where}: {option}=auto cannot tell the schema from the fields ({fields}); known: {schemas}. Set {option}"
+        )
     return found, f"{option}=auto chose {found} (the fields of {where})"
 
 
@@ -187,7 +196,6 @@ def _extract(row: dict, fmt: str, preference: str) -> tuple[list[dict], str, str
     if chosen.strip() == rejected.strip():
         raise BadRecord("chosen and rejected responses are identical")
     return messages, chosen, rejected
-
 
 
 SFT_FORMATS = ("prompt_response", "messages", "text")
@@ -223,7 +231,6 @@ def _extract_sft(row: dict, fmt: str) -> tuple[list[dict] | None, str]:
     if not response.strip():
         raise BadRecord("empty response")
     return messages, response
-
 
 
 def extract_response(row) -> tuple[list[dict], str]:

@@ -54,12 +54,12 @@ def rank_micro_batches(n: int, *, seed: int, world: int, rank: int, per_device: 
         micro += 1
 
 
-
 def epoch_rest(n: int, *, seed: int, world: int, rank: int, per_device: int, start_micro: int) -> list[int]:
     """The positions rank ``rank`` meets from global micro-step ``start_micro`` to the end of that epoch."""
     out, first_epoch = [], None
-    for epoch, _, mine in rank_micro_batches(n, seed=seed, world=world, rank=rank, per_device=per_device,
-                                             start_micro=start_micro):
+    for epoch, _, mine in rank_micro_batches(
+        n, seed=seed, world=world, rank=rank, per_device=per_device, start_micro=start_micro
+    ):
         if first_epoch is not None and epoch != first_epoch:
             return out
         first_epoch = epoch
@@ -71,7 +71,9 @@ def step_positions(n: int, *, seed: int, world: int, per_device: int, accumulati
     order is a pure function of the seed, so each rank lists the whole step alone (no communication)."""
     out = []
     for rank in range(world):
-        batches = rank_micro_batches(n, seed=seed, world=world, rank=rank, per_device=per_device, start_micro=first_micro)
+        batches = rank_micro_batches(
+            n, seed=seed, world=world, rank=rank, per_device=per_device, start_micro=first_micro
+        )
         for _ in range(accumulation):
             out += next(batches)[2]
     return out
@@ -90,4 +92,3 @@ def holdout_split(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     held = sorted(perm[:k].tolist())
     held_set = set(held)
     return [i for i in range(n) if i not in held_set], held
-

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-SUPPORTED_FORMS = ("a .jsonl file, a .json file (an array of records or JSON Lines), a .parquet or .csv file, a "
-                   "directory written by datasets' save_to_disk, or a hub dataset id")
+SUPPORTED_FORMS = (
+    "a .jsonl file, a .json file (an array of records or JSON Lines), a .parquet or .csv file, a "
+    "directory written by datasets' save_to_disk, or a hub dataset id"
+)
 
 
 class BadRecord(ValueError):
@@ -22,7 +24,6 @@ class OverLongPrompt(BadRecord):
     """Governed by ``over_long_prompt`` rather than ``on_bad_record``."""
 
 
-
 def is_local(dataset: str) -> bool:
     """Local data (a file or a ``save_to_disk`` directory), as opposed to a hub dataset id."""
     return Path(dataset).suffix in LOCAL_SUFFIXES or Path(dataset).is_file() or _saved_dataset(Path(dataset))
@@ -30,8 +31,9 @@ def is_local(dataset: str) -> bool:
 
 def _saved_dataset(path: Path) -> bool:
     """A directory written by ``datasets``' ``save_to_disk`` (a Dataset or a DatasetDict)."""
-    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()
-                              or (path / "state.json").exists())
+    return path.is_dir() and (
+        (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+    )
 
 
 class Records(list):
@@ -61,7 +63,7 @@ def _json_lines(data: bytes, name: str) -> Records:
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
-            rows.append(Unparsable(f"byte {e.start} of the line is {raw[e.start:e.start + 1]!r}", "not valid UTF-8"))
+            rows.append(Unparsable(f"byte {e.start} of the line is {raw[e.start : e.start + 1]!r}", "not valid UTF-8"))
             where.append(f"{name}:{n}")
             continue
         if not line.strip():
@@ -81,8 +83,9 @@ def _utf8(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise BadRecord(f"{path}:{line}: not valid UTF-8 (byte {data[e.start:e.start + 1]!r}); re-encode the file as "
-                        f"UTF-8") from None
+        raise BadRecord(
+            f"{path}:{line}: not valid UTF-8 (byte {data[e.start : e.start + 1]!r}); re-encode the file as UTF-8"
+        ) from None
 
 
 def load_records(dataset: str, split: str | None, config_name: str | None = None) -> tuple[Records, str]:
@@ -95,8 +98,10 @@ def load_records(dataset: str, split: str | None, config_name: str | None = None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 if split is not None or len(ds) != 1:
-                    raise BadRecord(f"{dataset}: a saved DatasetDict with splits {', '.join(ds)}; name one with "
-                                    f"data.train_split (or data.eval_split for held-out data)")
+                    raise BadRecord(
+                        f"{dataset}: a saved DatasetDict with splits {', '.join(ds)}; name one with "
+                        f"data.train_split (or data.eval_split for held-out data)"
+                    )
                 split = next(iter(ds))
             ds, name = ds[split], f"{dataset}[{split}]"
         else:
@@ -110,8 +115,9 @@ def load_records(dataset: str, split: str | None, config_name: str | None = None
             raise BadRecord(f"{dataset} holds no records" + (" (a header only)" if path.suffix == ".csv" else ""))
         return rows, name
     if path.is_dir():
-        raise BadRecord(f"{dataset} is a directory but not one written by datasets' save_to_disk; give "
-                        f"{SUPPORTED_FORMS}")
+        raise BadRecord(
+            f"{dataset} is a directory but not one written by datasets' save_to_disk; give {SUPPORTED_FORMS}"
+        )
     from align.models.source import looks_local
 
     if looks_local(dataset):
@@ -143,10 +149,11 @@ def _local_records(path: Path, dataset: str) -> tuple[Records, str]:
             raise BadRecord(f"{dataset}: not valid JSON ({e})") from None
         if not isinstance(data, list):
             raise BadRecord(f"{dataset}: expected a JSON list of records (or one record per line)")
-        return Records(data, [f"{dataset}: record {i} (0-based index in the array)" for i in range(len(data))]), str(path)
+        return Records(data, [f"{dataset}: record {i} (0-based index in the array)" for i in range(len(data))]), str(
+            path
+        )
     if path.suffix not in (".parquet", ".csv"):
-        raise BadRecord(f"{dataset}: cannot read a {path.suffix or 'suffix-less'} file as data; give "
-                        f"{SUPPORTED_FORMS}")
+        raise BadRecord(f"{dataset}: cannot read a {path.suffix or 'suffix-less'} file as data; give {SUPPORTED_FORMS}")
     import datasets
 
     if path.suffix == ".csv":
@@ -157,4 +164,3 @@ def _local_records(path: Path, dataset: str) -> tuple[Records, str]:
     if path.suffix == ".csv":  # a row per line unless a quoted field spans lines
         return Records(rows, [f"{dataset}: row {i} (0-based, after the header)" for i in range(len(rows))]), str(path)
     return Records(rows, [f"{dataset}: row {i} (0-based)" for i in range(len(rows))]), str(path)
-

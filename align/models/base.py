@@ -131,11 +131,15 @@ class MaskedDiffusionLM(PreTrainedModel):
             inputs = embed(input_ids) if grad and any(p.requires_grad for p in embed.parameters()) else input_ids
             parts = []
             for s in range(0, rows, chunk):
-                part = (inputs[s : s + chunk], None if attention_mask is None else attention_mask[s : s + chunk],
-                        source[s : s + chunk])
+                part = (
+                    inputs[s : s + chunk],
+                    None if attention_mask is None else attention_mask[s : s + chunk],
+                    source[s : s + chunk],
+                )
                 # with grad only the chunk's inputs are kept: backward re-runs its backbone when it reaches it
-                parts.append(checkpoint(self._hidden_rows, *part, use_reentrant=False) if grad
-                             else self._hidden_rows(*part))
+                parts.append(
+                    checkpoint(self._hidden_rows, *part, use_reentrant=False) if grad else self._hidden_rows(*part)
+                )
             hidden = torch.cat(parts)  # the chunks' rows in the batch's row-major order
         # hidden[source] and targets[score_mask] enumerate positions in the same row-major order
         head_chunk = max(1, self.head_chunk_elements // self.config.vocab_size)

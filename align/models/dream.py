@@ -43,7 +43,9 @@ class DreamConfig(PreTrainedConfig):
         **kwargs,
     ):
         if hidden_act != "silu" or rope_scaling is not None or use_sliding_window:
-            raise ValueError("Dream configs with non-silu activation, rope_scaling or sliding windows are not supported")
+            raise ValueError(
+                "Dream configs with non-silu activation, rope_scaling or sliding windows are not supported"
+            )
         self.vocab_size, self.hidden_size, self.intermediate_size = vocab_size, hidden_size, intermediate_size
         self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
         self.num_key_value_heads = num_key_value_heads
@@ -53,8 +55,13 @@ class DreamConfig(PreTrainedConfig):
         self.mask_token_id = mask_token_id
         # the published config asks for flash_attention_2; align's SDPA path uses the flash kernel when unpadded
         kwargs.pop("attn_implementation", None)
-        super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                         tie_word_embeddings=tie_word_embeddings, **kwargs)
+        super().__init__(
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=pad_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
 
 
 class DreamAttention(nn.Module):
@@ -71,8 +78,21 @@ class DreamAttention(nn.Module):
 
     def forward(self, x, cos, sin, key_mask):
         dropout = self.config.attention_dropout if self.training else 0.0
-        return self.o_proj(self_attention(x, self.q_proj, self.k_proj, self.v_proj, self.n_heads, self.n_kv_heads,
-                                          cos, sin, key_mask, self.config, dropout))
+        return self.o_proj(
+            self_attention(
+                x,
+                self.q_proj,
+                self.k_proj,
+                self.v_proj,
+                self.n_heads,
+                self.n_kv_heads,
+                cos,
+                sin,
+                key_mask,
+                self.config,
+                dropout,
+            )
+        )
 
 
 class DreamMLP(nn.Module):

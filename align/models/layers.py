@@ -89,8 +89,13 @@ class _TargetLogprobs(torch.autograd.Function):
                     grad_w.addmm_(z.T, h)
                 if need_b:
                     grad_b += z.sum(0)
-        return (None if grad_h is None else grad_h.to(hidden.dtype), None if grad_w is None else grad_w.to(weight.dtype),
-                None if grad_b is None else grad_b.to(bias.dtype), None, None)
+        return (
+            None if grad_h is None else grad_h.to(hidden.dtype),
+            None if grad_w is None else grad_w.to(weight.dtype),
+            None if grad_b is None else grad_b.to(bias.dtype),
+            None,
+            None,
+        )
 
 
 class OutputHead(nn.Linear):
@@ -150,8 +155,9 @@ def attention(q, k, v, key_mask, implementation: str, dropout: float = 0.0) -> t
     )
 
 
-def self_attention(h, q_proj, k_proj, v_proj, n_heads: int, n_kv_heads: int, cos, sin, key_mask, config,
-                   dropout: float = 0.0) -> torch.Tensor:
+def self_attention(
+    h, q_proj, k_proj, v_proj, n_heads: int, n_kv_heads: int, cos, sin, key_mask, config, dropout: float = 0.0
+) -> torch.Tensor:
     """Project, rotate and attend bidirectionally: h [b, T, d] -> [b, T, n_heads·head_dim] (before the output projection)."""
     b, T, _ = h.shape
     q = q_proj(h).view(b, T, n_heads, -1).transpose(1, 2)

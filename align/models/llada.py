@@ -63,7 +63,9 @@ class LLaDAConfig(PreTrainedConfig):
         }
         for key, (value, expected) in unsupported.items():
             if value != expected:
-                raise ValueError(f"LLaDA config {key}={value!r} is not supported (the published models use {expected!r})")
+                raise ValueError(
+                    f"LLaDA config {key}={value!r} is not supported (the published models use {expected!r})"
+                )
         self.d_model, self.n_heads, self.n_layers = d_model, n_heads, n_layers
         self.n_kv_heads = n_kv_heads
         self.mlp_hidden_size, self.vocab_size = mlp_hidden_size, vocab_size
@@ -71,7 +73,12 @@ class LLaDAConfig(PreTrainedConfig):
         self.max_sequence_length, self.rope_theta, self.rms_norm_eps = max_sequence_length, rope_theta, rms_norm_eps
         self.include_bias, self.include_qkv_bias, self.weight_tying = include_bias, include_qkv_bias, weight_tying
         self.block_type, self.activation_type, self.layer_norm_type = block_type, activation_type, layer_norm_type
-        self.rope, self.alibi, self.attention_layer_norm, self.scale_logits = rope, alibi, attention_layer_norm, scale_logits
+        self.rope, self.alibi, self.attention_layer_norm, self.scale_logits = (
+            rope,
+            alibi,
+            attention_layer_norm,
+            scale_logits,
+        )
         self.init_std, self.mask_token_id, self.use_cache = init_std, mask_token_id, use_cache
         kwargs.setdefault("tie_word_embeddings", weight_tying)
         super().__init__(eos_token_id=eos_token_id, pad_token_id=pad_token_id, **kwargs)
@@ -113,8 +120,18 @@ class LLaDABlock(GradientCheckpointingLayer):
         self.ff_out = nn.Linear(config.mlp_hidden_size, d, bias=config.include_bias)
 
     def forward(self, x, cos, sin, key_mask):
-        att = self_attention(self.attn_norm(x), self.q_proj, self.k_proj, self.v_proj, self.n_heads,
-                             self.n_kv_heads, cos, sin, key_mask, self.config)
+        att = self_attention(
+            self.attn_norm(x),
+            self.q_proj,
+            self.k_proj,
+            self.v_proj,
+            self.n_heads,
+            self.n_kv_heads,
+            cos,
+            sin,
+            key_mask,
+            self.config,
+        )
         x = x + self.attn_out(att)
         h = self.ff_norm(x)
         return x + self.ff_out(nn.functional.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -131,7 +148,9 @@ class LLaDAModel(nn.Module):
             "ln_f": RMSNorm(config.d_model, config.rms_norm_eps),
         }
         if not config.weight_tying:
-            modules["ff_out"] = OutputHead(config.d_model, config.embedding_size or config.vocab_size, bias=config.include_bias)
+            modules["ff_out"] = OutputHead(
+                config.d_model, config.embedding_size or config.vocab_size, bias=config.include_bias
+            )
         self.transformer = nn.ModuleDict(modules)
 
 
@@ -159,7 +178,9 @@ class LLaDAModelLM(MaskedDiffusionLM):
     def output_head(self):
         t = self.model.transformer
         if self.config.weight_tying:
-            return lambda h: fp32_linear(h, t.wte.weight) if h.dtype == torch.float32 else nn.functional.linear(h, t.wte.weight)
+            return lambda h: (
+                fp32_linear(h, t.wte.weight) if h.dtype == torch.float32 else nn.functional.linear(h, t.wte.weight)
+            )
         return t.ff_out
 
     def blocks(self):

@@ -15,8 +15,14 @@ from align.models.registry import NATIVE
 from align.models.running import add_lora
 from align.models.source import check_local, hub_errors
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(dtype):
@@ -27,8 +33,9 @@ def resolve_dtype(dtype):
     return _DTYPES[dtype]
 
 
-def load_model(name_or_path: str, *, dtype=None, attn_implementation: str | None = None,
-               trust_remote_code: bool = False, **kwargs):
+def load_model(
+    name_or_path: str, *, dtype=None, attn_implementation: str | None = None, trust_remote_code: bool = False, **kwargs
+):
     """Load a masked-diffusion LM. Returns a module with ``forward(input_ids, attention_mask)`` -> ``.logits``.
 
     ``model_type: llada`` and ``Dream`` load into align's native implementation
@@ -40,8 +47,9 @@ def load_model(name_or_path: str, *, dtype=None, attn_implementation: str | None
     if not name_or_path.startswith("tiny:") and not (Path(name_or_path) / "config.json").exists():
         adapter = adapter_dir(name_or_path)
         if adapter is not None:  # a LoRA training output: its base, with the adapter merged in
-            return _load_adapter(adapter, dtype=dtype, attn_implementation=attn_implementation,
-                                 trust_remote_code=trust_remote_code)
+            return _load_adapter(
+                adapter, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
+            )
         if (Path(name_or_path) / "trainer_state.json").exists():  # a training checkpoint (checkpoint-N)
             return _load_checkpoint(Path(name_or_path), dtype=dtype, attn_implementation=attn_implementation)
     if name_or_path.startswith("tiny:"):
@@ -53,21 +61,24 @@ def load_model(name_or_path: str, *, dtype=None, attn_implementation: str | None
     check_local(name_or_path)
     with hub_errors(name_or_path):
         config_dict, _ = PreTrainedConfig.get_config_dict(
-            name_or_path, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")})
+            name_or_path, **{k: v for k, v in kwargs.items() if k in ("revision", "token", "cache_dir")}
+        )
     model_type = config_dict.get("model_type")
     if model_type in NATIVE:
         _, model_cls = NATIVE[model_type]
         with hub_errors(name_or_path):
-            return model_cls.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation or "sdpa",
-                                             **kwargs)
+            return model_cls.from_pretrained(
+                name_or_path, dtype=dtype, attn_implementation=attn_implementation or "sdpa", **kwargs
+            )
     if not trust_remote_code:
         raise ValueError(
             f"{name_or_path}: model_type {model_type!r} has no native implementation in align "
             f"(native: {sorted(NATIVE)}). To load it with the checkpoint's own code, pass trust_remote_code=True "
             "(CLI: model.trust_remote_code=true); its forward must accept (input_ids, attention_mask) and return .logits."
         )
-    return AutoModel.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-                                     trust_remote_code=True, **kwargs)
+    return AutoModel.from_pretrained(
+        name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=True, **kwargs
+    )
 
 
 def adapter_dir(path) -> Path | None:
@@ -104,8 +115,10 @@ def _load_adapter(adapter: Path, *, dtype, attn_implementation, trust_remote_cod
 
     base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
-        raise ValueError(f"{adapter}: the adapter does not record its base model (base_model_name_or_path); "
-                         f"load the base with load_model and apply it with peft.PeftModel.from_pretrained")
+        raise ValueError(
+            f"{adapter}: the adapter does not record its base model (base_model_name_or_path); "
+            f"load the base with load_model and apply it with peft.PeftModel.from_pretrained"
+        )
     model = load_model(base, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
 
@@ -118,19 +131,23 @@ def _load_checkpoint(path: Path, *, dtype, attn_implementation):
     run = recorded_config(path)
     weights = path / "model.safetensors"
     if run is None or not weights.exists():
-        raise ValueError(f"{path}: not a loadable training checkpoint (needs model.safetensors here and the config "
-                         f"it was trained with, in its trainer_state.json or {path.parent}/config.yaml; DeepSpeed "
-                         f"checkpoints are read by resuming the run)")
+        raise ValueError(
+            f"{path}: not a loadable training checkpoint (needs model.safetensors here and the config "
+            f"it was trained with, in its trainer_state.json or {path.parent}/config.yaml; DeepSpeed "
+            f"checkpoints are read by resuming the run)"
+        )
     model = load_model(run["model"]["name_or_path"], dtype=dtype, attn_implementation=attn_implementation)
     state = load_file(str(weights))
     lora = run.get("lora", {})
     if lora.get("enabled"):
-        model = add_lora(model, r=lora["r"], alpha=lora["alpha"], dropout=0.0, target_modules=lora.get("target_modules"))
-    expected = {n for n, p in model.named_parameters() if p.requires_grad} if lora.get("enabled") else set(model.state_dict())
+        model = add_lora(
+            model, r=lora["r"], alpha=lora["alpha"], dropout=0.0, target_modules=lora.get("target_modules")
+        )
+    expected = (
+        {n for n, p in model.named_parameters() if p.requires_grad} if lora.get("enabled") else set(model.state_dict())
+    )
     missing = sorted(expected - state.keys())
     if missing:
         raise ValueError(f"{weights}: {len(missing)} expected tensors missing, e.g. {missing[0]}")
     model.load_state_dict(state, strict=False)
     return model.merge_and_unload() if lora.get("enabled") else model
-
-

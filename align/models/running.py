@@ -105,8 +105,9 @@ def add_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.05, targ
     from peft import LoraConfig, get_peft_model
 
     spec = spec_for(model)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                        target_modules=target_modules or spec.lora_targets, bias="none")
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules or spec.lora_targets, bias="none"
+    )
     return get_peft_model(model, config)
 
 

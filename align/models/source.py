@@ -17,8 +17,13 @@ class ModelNotFound(FileNotFoundError):
 
 def looks_local(name: str) -> bool:
     """A path rather than a hub id (hub ids are ``name`` or ``namespace/name``)."""
-    return (name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
-            or Path(name).suffix in (".json", ".safetensors", ".bin", ".pt"))
+    return (
+        name.startswith(("/", "./", "../", "~"))
+        or name.count("/") > 1
+        or os.sep != "/"
+        and os.sep in name
+        or Path(name).suffix in (".json", ".safetensors", ".bin", ".pt")
+    )
 
 
 def check_local(name: str, what: str = "model") -> None:
@@ -26,8 +31,10 @@ def check_local(name: str, what: str = "model") -> None:
     if name.startswith("tiny:") or Path(name).exists():
         return
     if looks_local(name):
-        raise ModelNotFound(f"{what} {name}: no such directory (give a directory holding config.json and the "
-                            f"weights, a training output, or a hub id such as GSAI-ML/LLaDA-8B-Instruct)")
+        raise ModelNotFound(
+            f"{what} {name}: no such directory (give a directory holding config.json and the "
+            f"weights, a training output, or a hub id such as GSAI-ML/LLaDA-8B-Instruct)"
+        )
 
 
 @contextlib.contextmanager
@@ -46,4 +53,5 @@ def hub_errors(name: str, what: str = "model"):
             f"could not load the {what} {name!r} from the Hugging Face hub"
             f"{' (HF_HUB_OFFLINE is set and it is not in the local cache)' if offline else ''}: {reason}. "
             f"On a machine without hub access, download it where there is one "
-            f"(`hf download {name} --local-dir DIR`), copy DIR here and pass its path instead of the id") from e
+            f"(`hf download {name} --local-dir DIR`), copy DIR here and pass its path instead of the id"
+        ) from e

@@ -55,5 +55,11 @@ def spec_for(model_or_config) -> ModelSpec:
     eos = _first(config.eos_token_id)
     pad = config.pad_token_id if config.pad_token_id is not None else eos
     targets = _LORA_TARGETS[family]
-    return ModelSpec(family, int(mask), int(eos), int(pad), NATIVE[family][1].logits_shift,
-                     targets if isinstance(targets, str) else tuple(targets))
+    return ModelSpec(
+        family,
+        int(mask),
+        int(eos),
+        int(pad),
+        NATIVE[family][1].logits_shift,
+        targets if isinstance(targets, str) else tuple(targets),
+    )

@@ -18,8 +18,14 @@ from pathlib import Path
 import torch
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-SPECIAL_TOKENS = ["<|endoftext|>", "<|startoftext|>", "<|mdm_mask|>", "<|start_header_id|>", "<|end_header_id|>",
-                  "<|eot_id|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|startoftext|>",
+    "<|mdm_mask|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+]
 # Renders a conversation the way LLaDA-8B-Instruct's template does: BOS, then
 # "<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>" per
 # turn, then the assistant header when a generation prompt is asked for.
@@ -45,8 +51,12 @@ def train_bpe(texts, vocab_size: int) -> str:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer)
     return tok.to_str()
 
@@ -63,8 +73,11 @@ def tiny_tokenizer(tokenizer_json: str | None = None):
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(tokenizer_json or _tokenizer_json()),
-        bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-        mask_token="<|mdm_mask|>", additional_special_tokens=SPECIAL_TOKENS[3:],
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        mask_token="<|mdm_mask|>",
+        additional_special_tokens=SPECIAL_TOKENS[3:],
     )
     tok.chat_template = CHAT_TEMPLATE
     return tok
@@ -78,12 +91,30 @@ def tiny_config(family: str):
     ids = dict(mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     vocab = len(tok)
     if family == "llada":
-        return LLaDAConfig(d_model=64, n_heads=4, n_kv_heads=4, n_layers=2, mlp_hidden_size=128, vocab_size=vocab,
-                           embedding_size=vocab, max_sequence_length=512, rope_theta=500000.0, **ids)
+        return LLaDAConfig(
+            d_model=64,
+            n_heads=4,
+            n_kv_heads=4,
+            n_layers=2,
+            mlp_hidden_size=128,
+            vocab_size=vocab,
+            embedding_size=vocab,
+            max_sequence_length=512,
+            rope_theta=500000.0,
+            **ids,
+        )
     if family == "dream":
-        return DreamConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                           bos_token_id=tok.bos_token_id, **ids)
+        return DreamConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=tok.bos_token_id,
+            **ids,
+        )
     raise ValueError(f"unknown tiny family {family!r}; expected 'llada' or 'dream'")
 
 

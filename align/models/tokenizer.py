@@ -16,5 +16,7 @@ def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, **kwar
     with hub_errors(name_or_path, "tokenizer"):
         tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     if tok.chat_template is None:
-        raise ValueError(f"{name_or_path}: tokenizer has no chat template; set data.chat_template=false to feed raw text")
+        raise ValueError(
+            f"{name_or_path}: tokenizer has no chat template; set data.chat_template=false to feed raw text"
+        )
     return tok
