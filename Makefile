@@ -1,12 +1,12 @@
 # The two quick-start commands. Each sets itself up on a fresh clone:
 #   make demo   install, then DPO-train the bundled tiny chat model on bundled data (CPU, offline)
-#   make test   install, then run the test suite (what .ci/run calls)
+#   make test   install, lint (ruff check, ruff format --check), then run the test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo test bench
+.PHONY: install demo lint test bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,12 @@ install: $(VENV)/.installed
 demo: install
 	$(OFFLINE) $(BIN)/python -m align.train_dpo recipe=demo
 
-test: install
+# ruff's rules and width are pyproject's [tool.ruff]; the suite runs only on a tree that passes them
+lint: install
+	$(BIN)/ruff check align tests data benchmarks launch
+	$(BIN)/ruff format --check align tests data benchmarks launch
+
+test: lint
 	$(OFFLINE) $(BIN)/python -m pytest -q -n 2 --dist worksteal tests
 
 bench: install

@@ -2,7 +2,8 @@
 
 A checkpoint is written to ``checkpoint-N.tmp``; when every rank's files are there, the main process writes
 ``manifest.json`` (every file with its size) and ``trainer_state.json`` (the step, the data position, the
-settings that decide the trajectory, the batch geometry), then renames the folder to ``checkpoint-N`` (:func:`save_checkpoint`). A
+settings that decide the trajectory, the batch geometry), then renames the folder to ``checkpoint-N``
+(:func:`save_checkpoint`). A
 resume verifies a checkpoint before it reads it: the state file parses, every file of the manifest is there
 with its size, every safetensors file's header and length agree and every torch file is a whole zip archive.
 ``latest`` takes the newest checkpoint that verifies and names the damaged ones it passed over.

@@ -569,7 +569,7 @@ class Grid:
             if not by_step:
                 return None
 
-            def values_at(step):
+            def values_at(step, by_step=by_step):
                 return {
                     u["unit"]: (u.get(o.column), u["cluster"])
                     for u in by_step.get(step, [])

@@ -44,7 +44,7 @@ class StopSignals:
         self.received: str | None = None
         self._previous = {}
 
-    def install(self) -> "StopSignals":
+    def install(self) -> StopSignals:
         import signal
         import threading
 

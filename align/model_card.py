@@ -209,7 +209,8 @@ def card_text(*, base: str, cfg: dict, evaluations: list[dict], merged: bool = F
         "# with align installed (from its repository: pip install -e .)",
         'python -m align.sampler --model THIS_DIRECTORY_OR_REPO --prompt "How do I bake bread?" --steps 48 '
         "--gen-length 48 --block-length 48",
-        "python -m align.score model=THIS_DIRECTORY_OR_REPO data=records.jsonl   # log-likelihoods with standard errors",
+        "python -m align.score model=THIS_DIRECTORY_OR_REPO data=records.jsonl   "
+        "# log-likelihoods with standard errors",
         "python -m align.lm_eval --model_args model=THIS_DIRECTORY_OR_REPO --tasks TASK",
         "```",
         "",

@@ -60,7 +60,7 @@ from align.config import (
     opt,
 )
 from align.config_checks import validate_estimators, validate_loss
-from align.data import EVAL_EPOCH, Encoded, PROMPT_FORMATS, build_prompt_dataset, collate, common_length
+from align.data import EVAL_EPOCH, PROMPT_FORMATS, Encoded, build_prompt_dataset, collate, common_length
 from align.data.order import _seed
 from align.dpo import DPOObjective
 

@@ -31,8 +31,8 @@ from align.data import EVAL_EPOCH, rank_micro_batches
 from align.data.order import epoch_rest, step_positions
 from align.data.splits import load_splits
 from align.export import save_final
-from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers, write_eval_examples
 from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict
+from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers, write_eval_examples
 from align.models import (
     MaskedDiffusionLM,
     adapter_in_base_dtype,

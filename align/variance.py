@@ -508,8 +508,8 @@ def plot_path(path: Path, tables: dict[str, dict], est: str, n: int, settings, t
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     fig.suptitle(
-        title
-        + "\nvariances ± bootstrap SE over held-out pairs (a pair's runs resampled together); step 0 coupled is exactly 0 (policy = reference) and "
+        title + "\nvariances ± bootstrap SE over held-out pairs (a pair's runs resampled together); step 0 coupled is "
+        "exactly 0 (policy = reference) and "
         "is not drawn",
         fontsize=8,
     )
@@ -579,7 +579,8 @@ def path_main(argv: list[str]) -> None:
     runs_count = sum(len(r) for r in groups.values())
     header = (
         f"The margin estimate's variance along training: {runs_count} run(s) under `{root}`, {where}, "
-        f"{opts['reps']} independent draws per pair; mean over pairs{' (and runs of an arm)' if len(groups) > 1 or runs_count > 1 else ''} "
+        f"{opts['reps']} independent draws per pair; mean over pairs"
+        f"{' (and runs of an arm)' if len(groups) > 1 or runs_count > 1 else ''} "
         f"± bootstrap SE ({opts['resamples']} resamples of held-out pairs, each pair with all its runs); ratios with "
         f"95% percentile intervals; {time.time() - started:.0f} s"
     )

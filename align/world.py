@@ -519,7 +519,7 @@ def _stable(*words) -> int:
     return zlib.crc32(" ".join(map(str, words)).encode())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tasks() -> tuple[Task, ...]:
     """Every task of the world, in a fixed order (everyday, borderline, harmful; family by family)."""
     out = []
@@ -536,7 +536,7 @@ def tasks() -> tuple[Task, ...]:
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def by_id() -> dict[str, Task]:
     return {t.id: t for t in tasks()}
 
@@ -681,6 +681,6 @@ def task_of_prompt(prompt: str) -> Task | None:
     return _prompt_index().get(" ".join(prompt.split()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _prompt_index() -> dict[str, Task]:
     return {a.format(x=t.text): t for t in tasks() for a in ASK}

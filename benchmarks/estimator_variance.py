@@ -22,9 +22,9 @@ import time
 import torch
 
 from align import estimators as E
-from align.variance import SETTINGS, bootstrap, measure_variance, variance_markdown
 from align.masking import ESTIMATORS
 from align.toy import TinyDenoiser, ToyJoint
+from align.variance import SETTINGS, bootstrap, measure_variance, variance_markdown
 
 N_SAMPLES = (1, 5, 32)
 

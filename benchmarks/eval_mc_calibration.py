@@ -3,7 +3,7 @@ held-out pairs at the evaluator's n (4 stratified groups), cut from one large dr
 replicate accuracies and margins against what a single evaluation estimates (align.stats), and the accuracy's
 Monte Carlo error implied at other n by each pair's mean and replicate spread.
 
-    python benchmarks/eval_mc_calibration.py outputs/ablate/demo/runs/seed-0_coupling-coupled_rpo_alpha-null/checkpoint-20
+    python benchmarks/eval_mc_calibration.py outputs/ablate/ablation_demo/runs/coupling-coupled_seed-0/checkpoint-40
 
 (8 replicates of 16 draws on the 64 pairs: 16 min on the 2-core CPU machine; figures in docs/ablation.md.)
 """

@@ -37,8 +37,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import subprocess
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,12 +65,12 @@ GiB = 2**30
 
 
 def step_flops(config: LLaDAConfig, *, pairs: int, n: int, prompt: int, response: int) -> float:
-    d, f, l, V = config.d_model, config.mlp_hidden_size, config.n_layers, config.vocab_size
+    d, f, layers, V = config.d_model, config.mlp_hidden_size, config.n_layers, config.vocab_size
     kv = config.effective_n_kv_heads * (d // config.n_heads)
-    N = l * (2 * d * d + 2 * d * kv + 3 * d * f)
+    N = layers * (2 * d * d + 2 * d * kv + 3 * d * f)
     T = prompt + response
     K = response / harmonic(response)
-    forward = 2 * N * T + 4 * l * T * T * d + 2 * d * V * K  # one sequence
+    forward = 2 * N * T + 4 * layers * T * T * d + 2 * d * V * K  # one sequence
     sequences = 2 * pairs * n  # chosen and rejected, n noised copies each
     return sequences * forward * 3  # policy forward + backward, reference forward
 
@@ -157,7 +157,8 @@ def main(argv=None):
             text=True,
         )
         print(
-            f"# tests/test_cuda.py: {proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:]}"
+            "# tests/test_cuda.py: "
+            + (proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-2000:])
         )
         if proc.returncode != 0:
             print(proc.stdout[-6000:], proc.stderr[-2000:], flush=True)
@@ -231,7 +232,8 @@ def main(argv=None):
         }
 
     print(
-        "\n| step | L | n | pairs | step s | tokens/s | peak GiB | TFLOP/s | MFU |\n|---|---|---|---|---|---|---|---|---|"
+        "\n| step | L | n | pairs | step s | tokens/s | peak GiB | TFLOP/s | MFU |"
+        "\n|---|---|---|---|---|---|---|---|---|"
     )
 
     def save():

@@ -102,7 +102,7 @@ def main():
         f"machine: {platform.machine()}, device {full['device']}, torch {torch.__version__}; batch {args.batch} x "
         f"seq {args.seq}, {args.frac:.0%} scored, hidden {args.hidden}, vocab {args.vocab}"
     )
-    print("| path | peak memory (MiB) | forward+backward (s, median of %d) |" % args.repeats)
+    print(f"| path | peak memory (MiB) | forward+backward (s, median of {args.repeats}) |")
     print("|---|---|---|")
     for r in (full, masked):
         print(f"| {r['variant']} | {r['peak_bytes'] / 2**20:.0f} | {r['median_s']:.3f} |")

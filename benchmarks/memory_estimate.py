@@ -1,7 +1,8 @@
 """Per-GPU memory of DPO on LLaDA-8B: derived from the published config, calibrated by one GPU measurement.
 
 Derived (exact arithmetic from the architecture): parameter count (checked against the published checkpoint
-size recorded in tests/fixtures/published_facts.json), weights, gradients, optimizer state, the checkpointed layer inputs,
+size recorded in tests/fixtures/published_facts.json), weights, gradients, optimizer state, the checkpointed layer
+inputs,
 the LM head's fp32 copy and chunk buffer while scoring, and ZeRO-3's gathered parameters (a block or two in
 flight, plus the embedding and the 1 GiB LM head, each gathered in full while used).
 

@@ -94,7 +94,8 @@ def main():
         blocks = len(base.blocks())
         print(
             f"ZeRO-3, 2 ranks, every parameter partitioned; tiny LLaDA ({blocks} blocks), 24 scored rows in "
-            f"{args.chunks} chunks, reuse distance {args.reuse:g}; step {args.steps}: head called {'once' if args.mode == 'one' else 'per chunk'}: "
+            f"{args.chunks} chunks, reuse distance {args.reuse:g}; step {args.steps}: head called "
+            f"{'once' if args.mode == 'one' else 'per chunk'}: "
             f"all-gather calls forward {forward}, backward {backward}, total {forward + backward}"
         )
     dist.barrier()

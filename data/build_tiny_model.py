@@ -311,7 +311,6 @@ def main():
     if args.remeasure:
         measure_published(json.loads((OUT / "build_info.json").read_text()), args.work.resolve())
         return
-    start = time.time()
     subprocess.run([sys.executable, str(ROOT / "data" / "make_demo_data.py")], check=True)
     work = args.work.resolve()
     if args.quick:

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-from align.toy import ToyJoint
+from align.toy import ToyJoint  # noqa: E402
 
 
 def toy_batch(toy: ToyJoint, ctx: int, rows: int, seed: int):

@@ -15,7 +15,7 @@ import torch
 
 from align import estimators as E
 from align.masking import ESTIMATORS, draw_masks, mask_count_probs, noise, sample_weight
-from align.toy import ToyJoint, TinyDenoiser
+from align.toy import TinyDenoiser, ToyJoint
 from tests.conftest import toy_batch, toy_pairs
 
 R, N = 400, 50  # 20,000 samples per sequence

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from align import estimators as E
-from align.models import unwrap
+from align.export import save_published
 from align.models import (
     DreamConfig,
     DreamModel,
@@ -22,8 +22,8 @@ from align.models import (
     set_scoring_memory,
     spec_for,
     token_scorer,
+    unwrap,
 )
-from align.export import save_published
 
 # Facts of the published checkpoints (config, weight names, size), written by tests/fixtures/make_published_facts.py
 PUBLISHED = json.loads((Path(__file__).resolve().parent / "fixtures" / "published_facts.json").read_text())

@@ -190,7 +190,7 @@ def test_reward_model_is_called_with_its_chat_template_and_batched_like_one_by_o
     assert [len(b) for b in seen] == [2, 1]  # batches of 2
     for row, ids in zip(rows, expected_ids):  # the templated text's ids, no special tokens added, right-padded
         assert row[: len(ids)] == ids and set(row[len(ids) :]) <= {tokenizer.pad_token_id}
-    for a, ids, score in zip(answers, expected_ids, scores):  # a batched score equals the answer scored alone
+    for _, ids, score in zip(answers, expected_ids, scores):  # a batched score equals the answer scored alone
         alone = forward(input_ids=torch.tensor([ids])).logits[0, 0].item()
         assert score == pytest.approx(alone, abs=1e-5)
     assert len(set(scores)) == 3
@@ -392,7 +392,10 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
     assert (held / "checkpoint-3" / "online_round.safetensors").exists()
     assert not (held / "checkpoint-4" / "online_round.safetensors").exists()  # a round's end: the model is its start
     a, b = samples(still), samples(held)
-    answers = lambda rows, steps: [r["answers"] for r in rows if r["step"] in steps]
+
+    def answers(rows, steps):
+        return [r["answers"] for r in rows if r["step"] in steps]
+
     assert [r["policy_step"] for r in b] == [0] * 8 + [2] * 8
     assert [r["policy_step"] for r in samples(online)] == [0] * 4 + [1] * 4 + [2] * 4 + [3] * 4
     assert answers(samples(online), (2,)) != answers(a, (2,))  # step 1 moved the policy

@@ -61,10 +61,14 @@ GRID = (
 RUN = {
     "make demo": "make -n demo",  # the install is CI's; the recipe it trains is run in full by test_trainer's demo test
     "make test": "make -n test",  # what .ci/run runs
-    "python -m align.train_sft recipe=tiny_chat_sft model.name_or_path=DIR": "python -m align.train_sft recipe=tiny_chat_sft model.name_or_path=data/tiny_chat train.output_dir={tmp}/sft "
-    + " ".join(SHORT),
-    "accelerate launch align/train_sft.py recipe=NAME key=value ...": "accelerate launch --num_processes 1 --cpu align/train_sft.py recipe=tiny_chat_sft "
-    "model.name_or_path=data/tiny_chat train.output_dir={tmp}/sft_launch " + " ".join(SHORT),
+    "python -m align.train_sft recipe=tiny_chat_sft model.name_or_path=DIR": (
+        "python -m align.train_sft recipe=tiny_chat_sft model.name_or_path=data/tiny_chat train.output_dir={tmp}/sft "
+        + " ".join(SHORT)
+    ),
+    "accelerate launch align/train_sft.py recipe=NAME key=value ...": (
+        "accelerate launch --num_processes 1 --cpu align/train_sft.py recipe=tiny_chat_sft "
+        "model.name_or_path=data/tiny_chat train.output_dir={tmp}/sft_launch " + " ".join(SHORT)
+    ),
     "python -m align.train_sft --help": None,
     "python -m align.train_online_dpo --help": None,
     # docs/online_dpo.md's demo, shortened: 2 steps of 4 prompts, 2 short answers each, both evaluations on 4
@@ -80,40 +84,66 @@ RUN = {
         "assert 'Online DPO' in open('{tmp}/online/final/README.md').read()\"",
     ],
     "python -m align.train_dpo --help": None,
-    "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2": "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2 grid.output_dir={tmp}/grid "
-    "train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 eval.n_samples=4 behaviour.prompts=null "
-    "train.report_to=none",
-    "python -m align.ablate variance model.name_or_path=outputs/demo/final": "python -m align.ablate variance model.name_or_path={demo}/final variance.reps=2 variance.n_samples=1,2 "
-    "variance.max_pairs=4 variance.resamples=20 variance.output_dir={tmp}/variance",
-    'python -m align.sampler --model data/tiny_chat --prompt "How do I bake bread?" --steps 48 --gen-length 48 '
-    "--block-length 48": None,
+    "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2": (
+        "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2 grid.output_dir={tmp}/grid "
+        "train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 eval.n_samples=4 behaviour.prompts=null "
+        "train.report_to=none"
+    ),
+    "python -m align.ablate variance model.name_or_path=outputs/demo/final": (
+        "python -m align.ablate variance model.name_or_path={demo}/final variance.reps=2 variance.n_samples=1,2 "
+        "variance.max_pairs=4 variance.resamples=20 variance.output_dir={tmp}/variance"
+    ),
+    (
+        'python -m align.sampler --model data/tiny_chat --prompt "How do I bake bread?" --steps 48 --gen-length 48 '
+        "--block-length 48"
+    ): None,
     # the trained demo's output: the README's command on the short demo run's final/
-    'python -m align.sampler --model outputs/demo/final --prompt "How do I pick a lock?" --steps 48 --gen-length 48 '
-    "--block-length 48": 'python -m align.sampler --model {demo}/final --prompt "How do I pick a lock?" --steps 48 '
-    "--gen-length 48 --block-length 48",
+    (
+        'python -m align.sampler --model outputs/demo/final --prompt "How do I pick a lock?" --steps 48 '
+        "--gen-length 48 --block-length 48"
+    ): (
+        'python -m align.sampler --model {demo}/final --prompt "How do I pick a lock?" --steps 48 '
+        "--gen-length 48 --block-length 48"
+    ),
     "python -m align.sampler --model outputs/demo/final --merge outputs/demo/merged": [
         "python -m align.sampler --model {demo}/final --merge {tmp}/merged",
         "python -c \"from align.models import load_model; load_model('{tmp}/merged')\"",
         "python -c \"from huggingface_hub import ModelCard; c = ModelCard.load('{tmp}/merged/README.md'); "
         "assert {{'dpo', 'masked-diffusion'}} <= set(c.data.tags) and 'merged' in c.text, c.text\"",
     ],
-    # docs/evaluation.md: the offline lm-eval task on the tiny chat model, on 4 of its 40 items
-    "python -m align.lm_eval --model_args model=data/tiny_chat,n_samples=32 --tasks everyday_choice "
-    "--include_path data/lm_eval --apply_chat_template --batch_size 8 --output_path outputs/lm_eval": "python -m align.lm_eval --model_args model=data/tiny_chat,n_samples=8 --tasks everyday_choice "
-    "--include_path data/lm_eval --apply_chat_template --batch_size 8 --output_path {tmp}/lm_eval --limit 4",
-    "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl": "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl "
-    "limit=16 n_samples=8 progress_bar=false output_dir={tmp}/ood",
-    "python -m align.score model=outputs/demo/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
-    "format=pku_saferlhf": "python -m align.score model={demo}/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
-    "format=pku_saferlhf limit=8 n_samples=8 progress_bar=false output_dir={tmp}/score",
+    # docs/evaluation.md: the offline lm-eval task on the tiny chat model, on 4 of its items
+    (
+        "python -m align.lm_eval --model_args model=data/tiny_chat,n_samples=32 --tasks everyday_choice "
+        "--include_path data/lm_eval --apply_chat_template --batch_size 8 --output_path outputs/lm_eval"
+    ): (
+        "python -m align.lm_eval --model_args model=data/tiny_chat,n_samples=8 --tasks everyday_choice "
+        "--include_path data/lm_eval --apply_chat_template --batch_size 8 --output_path {tmp}/lm_eval --limit 4"
+    ),
+    "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl": (
+        "python -m align.score model=data/tiny_chat ood=data/tiny_sft_test.jsonl,data/score_ood_shuffled.jsonl "
+        "limit=16 n_samples=8 progress_bar=false output_dir={tmp}/ood"
+    ),
+    (
+        "python -m align.score model=outputs/demo/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
+        "format=pku_saferlhf"
+    ): (
+        "python -m align.score model={demo}/final reference=data/tiny_chat data=data/demo_safety_test.jsonl "
+        "format=pku_saferlhf limit=8 n_samples=8 progress_bar=false output_dir={tmp}/score"
+    ),
     # docs/ablation.md: the grid is the shared shortened one ({grid}: run once per module, its summary checked)
-    "python -m align.ablate recipe=demo grid.seeds=5 grid.coupling=coupled,decoupled grid.learning_rate=1e-4,2e-4,4e-4 "
-    "grid.select=best:reward grid.validation=data/demo_safety_val.jsonl "
-    "grid.validation_prompts=data/demo_behaviour_val_prompts.jsonl grid.select_seeds=2": "{grid}",
-    "python -m align.ablate variance run=outputs/demo": "python -m align.ablate variance run={demo} variance.reps=2 variance.max_pairs=4 variance.resamples=20 "
-    "variance.output_dir={tmp}/path",
-    "python -m align.ablate variance grid=outputs/ablate/demo": "python -m align.ablate variance grid={grid} variance.reps=2 variance.max_pairs=4 variance.resamples=20 "
-    "variance.output_dir={tmp}/grid_path",
+    (
+        "python -m align.ablate recipe=demo grid.seeds=5 grid.coupling=coupled,decoupled "
+        "grid.learning_rate=1e-4,2e-4,4e-4 grid.select=best:reward grid.validation=data/demo_safety_val.jsonl "
+        "grid.validation_prompts=data/demo_behaviour_val_prompts.jsonl grid.select_seeds=2"
+    ): "{grid}",
+    "python -m align.ablate variance run=outputs/demo": (
+        "python -m align.ablate variance run={demo} variance.reps=2 variance.max_pairs=4 variance.resamples=20 "
+        "variance.output_dir={tmp}/path"
+    ),
+    "python -m align.ablate variance grid=outputs/ablate/demo": (
+        "python -m align.ablate variance grid={grid} variance.reps=2 variance.max_pairs=4 variance.resamples=20 "
+        "variance.output_dir={tmp}/grid_path"
+    ),
 }
 
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, fresh_ports, run_python, losses, metrics, train
+from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, fresh_ports, losses, metrics, run_python, train
 from tests.test_training_loop import probe
 
 # 24 pairs in batches of 8: 3 steps an epoch, 9 steps = 3 epochs
@@ -101,7 +101,8 @@ def _logged_steps(out) -> list[int]:
 
 
 def _interrupt(cut, sig) -> int:
-    """Start a run, send ``sig`` from outside once a step is logged; check the stop; return the step it stopped after."""
+    """Start a run, send ``sig`` from outside once a step is logged; check the stop; return the step it stopped
+    after."""
     proc = _start(cut, "train.max_steps=9")
     deadline = time.time() + 300
     while not _logged_steps(cut) and proc.poll() is None and time.time() < deadline:

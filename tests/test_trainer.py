@@ -507,8 +507,8 @@ def test_full_fine_tuning_moves_weights_at_a_small_learning_rate(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("config", ["zero2.yaml", "zero3_json.yaml"])
 def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
-    """The shipped ZeRO configs (accelerate's, mixed_precision bf16; and the JSON one, bf16 "auto"), 2 CPU ranks, the bf16
-    checkpoint data/tiny_chat loaded from disk: trained and saved in bf16 (it used to be fp32: the trainer
+    """The shipped ZeRO configs (accelerate's, mixed_precision bf16; and the JSON one, bf16 "auto"), 2 CPU ranks, the
+    bf16 checkpoint data/tiny_chat loaded from disk: trained and saved in bf16 (it used to be fp32: the trainer
     passed mixed_precision="no" and overrode the launcher). The shipped zero3.yaml is checked by the same
     assertions in tests/test_behaviour.py, whose ZeRO-3 run is the same launch (bf16, full fine-tuning)."""
     from safetensors import safe_open

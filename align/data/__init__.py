@@ -4,7 +4,8 @@ batched, which records are held out, and in which order and with which seeds tra
 - ``align.data.sources``: hub datasets, local ``.jsonl`` / ``.json`` / ``.parquet`` / ``.csv`` files and
   ``save_to_disk`` directories, read with each row's file and line (:func:`load_records`);
 - ``align.data.formats``: the record schemas (``pku_saferlhf``, ``ultrafeedback``, ``hh_rlhf``, ``pairs``; SFT's
-  ``prompt_response``, ``messages``, ``text``; scoring's ``response`` and ``choices``; online DPO's prompts) and ``format=auto``;
+  ``prompt_response``, ``messages``, ``text``; scoring's ``response`` and ``choices``; online DPO's prompts) and
+  ``format=auto``;
 - ``align.data.encoding``: chat template, truncation, EOS-extension, the bad-record policy and padding, the same
   for training and scoring;
 - ``align.data.splits``: the held-out data of a run;

@@ -198,7 +198,8 @@ def build_dataset(
     limit: int | None = None,
     indices: list[int] | None = None,
 ) -> tuple[list[Encoded], DataReport]:
-    """Preference pairs from ``rows`` (or only the positions ``indices``, in that order); ids are positions in ``rows``."""
+    """Preference pairs from ``rows`` (or only the positions ``indices``, in that order); ids are positions in
+    ``rows``."""
     fmt, note = resolve_format(rows, fmt, source)
 
     def encode(i, row):

@@ -28,7 +28,8 @@ def example_generators(seed: int, ids: torch.Tensor, epoch: int) -> list[torch.G
 
 @functools.lru_cache(maxsize=8)
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The order of the ``n`` training examples in ``epoch``: a new seeded permutation every epoch (cached: read only)."""
+    """The order of the ``n`` training examples in ``epoch``: a new seeded permutation every epoch (cached: read
+    only)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, epoch, 0xE90C))).tolist()
 
 

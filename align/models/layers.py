@@ -158,7 +158,8 @@ def attention(q, k, v, key_mask, implementation: str, dropout: float = 0.0) -> t
 def self_attention(
     h, q_proj, k_proj, v_proj, n_heads: int, n_kv_heads: int, cos, sin, key_mask, config, dropout: float = 0.0
 ) -> torch.Tensor:
-    """Project, rotate and attend bidirectionally: h [b, T, d] -> [b, T, n_heads·head_dim] (before the output projection)."""
+    """Project, rotate and attend bidirectionally: h [b, T, d] -> [b, T, n_heads·head_dim] (before the output
+    projection)."""
     b, T, _ = h.shape
     q = q_proj(h).view(b, T, n_heads, -1).transpose(1, 2)
     k = k_proj(h).view(b, T, n_kv_heads, -1).transpose(1, 2)

@@ -74,7 +74,8 @@ def load_model(
         raise ValueError(
             f"{name_or_path}: model_type {model_type!r} has no native implementation in align "
             f"(native: {sorted(NATIVE)}). To load it with the checkpoint's own code, pass trust_remote_code=True "
-            "(CLI: model.trust_remote_code=true); its forward must accept (input_ids, attention_mask) and return .logits."
+            "(CLI: model.trust_remote_code=true); its forward must accept (input_ids, attention_mask) and return "
+            ".logits."
         )
     return AutoModel.from_pretrained(
         name_or_path, dtype=dtype, attn_implementation=attn_implementation, trust_remote_code=True, **kwargs

@@ -31,7 +31,8 @@ SPECIAL_TOKENS = [
 # turn, then the assistant header when a generation prompt is asked for.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] | trim "
+    "+ '<|eot_id|>' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
 )
 VOCAB_SIZE = 512
@@ -61,13 +62,14 @@ def train_bpe(texts, vocab_size: int) -> str:
     return tok.to_str()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tokenizer_json() -> str:
     return train_bpe(_corpus(), VOCAB_SIZE)
 
 
 def tiny_tokenizer(tokenizer_json: str | None = None):
-    """A transformers fast tokenizer with mask/EOS/pad tokens and a chat template (default: the bundled vocab-512 one)."""
+    """A transformers fast tokenizer with mask/EOS/pad tokens and a chat template (default: the bundled vocab-512
+    one)."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
