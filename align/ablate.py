@@ -62,7 +62,8 @@ import sys
 import time
 from pathlib import Path
 
-from align import grid_report
+from align import grid_report, variance
+from align.checkpoints import latest_verified
 from align.cli import entry_point, overrides
 from align.config import Config, ConfigError, load_config
 from align.grid_names import AXES, cell_name, cells_of, short
@@ -173,8 +174,6 @@ def status_of(run_dir: Path) -> dict:
 
 def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str) -> dict:
     """One training run in its own process; output and errors go to ``run_dir/train.log``."""
-    from align.checkpoints import latest_verified
-
     resume = run_dir.is_dir() and latest_verified(run_dir)[0] is not None
     if run_dir.exists() and not resume:
         shutil.rmtree(run_dir)  # a failed run with no checkpoint that verifies: begin again cleanly
@@ -397,8 +396,6 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     with entry_point():
         if argv and argv[0] == "variance":
-            from align import variance
-
             variance.main(argv[1:])
         else:
             grid_main(argv)

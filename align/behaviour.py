@@ -50,7 +50,13 @@ from pathlib import Path
 
 import torch
 
+from align import estimators as E
+from align import stats as S
 from align import world
+from align.data import example_generators
+from align.judges import Judge
+from align.masking import draw_masks
+from align.sampler import decode, generate
 
 KINDS = world.KINDS
 is_refusal = world.is_refusal
@@ -158,8 +164,6 @@ def sample_answers(
     sits at the positions it had in training; a prompt's K answers are K rows of that batch. ``all_done``: see
     :func:`align.sampler.generate` (several ranks sampling in lockstep). ``sequences``: a list that receives
     (prompt indices, prompt length, the generated rows [rows, prompt + gen_length]) per batch."""
-    from align.sampler import decode, generate
-
     encoded = [
         tokenizer(
             tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
@@ -208,8 +212,6 @@ def kl_summary(kl: list[list[torch.Tensor]]) -> dict[str, float]:
     """``eval/kl``: the mean over prompts of each prompt's mean estimate over its answers and draws;
     ``eval/kl/se``: the spread of those prompt means over √(prompts) (answers and masks both vary in it);
     ``eval/kl/mc_se``: the masks' share alone, from each answer's spread of draws (``align.stats``)."""
-    from align import stats as S
-
     per_prompt = torch.stack([torch.stack([d.mean() for d in row]).mean() for row in kl])  # [P]
     P = len(per_prompt)
     mc = torch.stack([torch.stack([S.mean_variance(d[None])[0] for d in row]).sum() / len(row) ** 2 for row in kl])
@@ -233,8 +235,6 @@ class BehaviourEval:
             return None
         if self.scorer is None:
             import types
-
-            from align.judges import Judge
 
             spec = types.SimpleNamespace(
                 judge=a.judge,
@@ -313,9 +313,6 @@ class BehaviourEval:
         answer's ``gen_length`` positions (EOS tail included, as generated), the policy and the reference under
         the same time-free masks (seeded by the sampler seed and the prompt's index). Each estimate is a
         difference of two masked-diffusion bounds."""
-        from align import estimators as E
-        from align.data import example_generators
-        from align.masking import draw_masks
 
         policy, reference = trainer.scorers(reference=True)
         n = self.args.kl_samples

@@ -23,6 +23,8 @@ import struct
 import zipfile
 from pathlib import Path
 
+from align.errors import CheckpointError, ConfigError  # noqa: F401 (CheckpointError: re-exported)
+
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 
@@ -62,10 +64,6 @@ NOT_TRAJECTORY = {
 GEOMETRY_KEYS = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be resumed from; the message names the file."""
-
-
 def trajectory_settings(cfg_dict: dict, precision: str | None) -> dict:
     """The dotted settings that decide the trajectory (``precision``: the effective mixed precision)."""
     from transformers.utils import flatten_dict  # {a: {b: v}} -> {'a.b': v}
@@ -87,7 +85,6 @@ def changed_settings(old: dict, new: dict) -> dict[str, tuple]:
 
 def check_output_dir(out: Path) -> None:
     """Refuse (ConfigError, one line) an output directory that is a file, lies under a file, or cannot be written."""
-    from align.config import ConfigError
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -8,8 +8,9 @@
 - :func:`help_text`: the ``--help`` page of such a dataclass, sectioned or flat;
 - :func:`entry_point`: one error-to-exit wrapper (a config, data or checkpoint error, a missing file: one line
   and exit 1; ``ALIGN_DEBUG=1`` shows the traceback);
-- :func:`exit_process`: one way out of a multi-process run;
-- :func:`training_config` and :func:`train_main`: the training entry points' command line and body.
+- :func:`exit_process`: one way out of a multi-process run.
+
+The training entry points' body (parse, set up, train, exit) is ``align.train``.
 
 A recipe plus overrides for training is ``align.config.load_config``; ``python -m align.train_dpo --help``
 shows every key.
@@ -25,7 +26,10 @@ from contextlib import contextmanager
 
 import yaml
 
+from align.checkpoints import CheckpointError
 from align.config import ConfigError, build, set_dotted
+from align.data import BadRecord
+from align.models import ModelNotFound
 
 
 def overrides(argv: list[str], *, prog: str, help_page) -> list[tuple[str, str]]:
@@ -91,9 +95,6 @@ def help_text(cls, usage: str) -> str:
 @contextmanager
 def entry_point():
     """Turn the errors a user can fix into one line and exit 1 (``ALIGN_DEBUG=1``: the traceback)."""
-    from align.checkpoints import CheckpointError
-    from align.data import BadRecord
-    from align.models import ModelNotFound
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -131,48 +132,3 @@ def exit_process(code: int, *, distributed: bool) -> None:
         os._exit(code)
     if code:
         sys.exit(code)
-
-
-def training_config(argv: list[str], cls, prog: str):
-    """``recipe=NAME|PATH`` and ``section.key=value`` overrides into a validated ``cls`` (``align.config``)."""
-    from align.config import load_config
-
-    pairs = overrides(
-        argv, prog=prog, help_page=lambda: help_text(cls, f"{prog} recipe=NAME|PATH [section.key=value ...]")
-    )
-    recipe = next((raw for key, raw in pairs if key == "recipe"), None)
-    return load_config(recipe, [f"{key}={raw}" for key, raw in pairs if key != "recipe"], cls)
-
-
-def train_main(config_cls, objective_cls, prog: str, argv: list[str] | None = None) -> None:
-    """The body of the training entry points (``align.train_dpo``, ``align.train_sft``): parse, set up, train, exit
-    (75 after a preemption's checkpoint, 1 after a non-finite stop's)."""
-    from align.guards import PREEMPTED_EXIT_CODE, NonFiniteStep, Preempted
-    from align.trainer import Trainer
-
-    quiet_libraries()
-    argv = sys.argv[1:] if argv is None else argv
-    with entry_point():
-        cfg = training_config(argv, config_cls, prog)
-        trainer = Trainer(cfg, objective_cls(cfg))
-    try:
-        trainer.train()
-    except Preempted as e:  # SIGTERM/SIGINT: checkpoint written on every rank
-        trainer.accelerator.print(f"preempted: {e}")
-        close_and_exit(trainer, PREEMPTED_EXIT_CODE)
-    except NonFiniteStep as e:  # checkpoint of the last good state written
-        trainer.accelerator.print(f"non-finite step: {e}", file=sys.stderr)
-        close_and_exit(trainer, 1)
-    trainer.close()
-    code = 0
-    if cfg.train.push_to_hub and trainer.accelerator.is_main_process:  # after the process group is gone: no rank waits
-        from align.model_card import push_output
-
-        code = push_output(trainer.out, cfg.train)
-    exit_process(code, distributed=trainer.world > 1)
-
-
-def close_and_exit(trainer, code: int = 0) -> None:
-    """End a run's process with ``code`` (0 after a finished run), the process group torn down first."""
-    trainer.close()
-    exit_process(code, distributed=trainer.world > 1)

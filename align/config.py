@@ -22,6 +22,9 @@ from typing import Any
 
 import yaml
 
+from align.config_checks import validate
+from align.errors import ConfigError
+
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
@@ -383,10 +386,6 @@ class SFTConfig:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
-    pass
-
-
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
@@ -525,8 +524,6 @@ def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config
                     f"{section}.coupling is a shorthand for the share_* flags; set one or the other, "
                     f"not both (got coupling and {', '.join(explicit)})"
                 )
-    from align.config_checks import validate  # the checks a type cannot express (that module reads this one)
-
     return validate(build(cls, tree))
 
 
@@ -536,8 +533,6 @@ def load_resolved(path: Path, cls=Config):
     for section in ("estimator", "eval"):
         if isinstance(tree.get(section), dict):
             tree[section]["coupling"] = None
-    from align.config_checks import validate  # the checks a type cannot express (that module reads this one)
-
     return validate(build(cls, tree))
 
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import difflib
 import math
 
-from align.config import ConfigError, SFTConfig
+from align.errors import ConfigError
+from align.functions import load_function
 
 
 def validate(cfg):
@@ -19,7 +20,7 @@ def validate(cfg):
     if hasattr(cfg, "validate"):  # a config with checks of its own (align.online_dpo.OnlineDPOConfig)
         cfg.validate()
         return cfg
-    if isinstance(cfg, SFTConfig):
+    if hasattr(cfg, "sft"):  # align.config.SFTConfig
         if cfg.sft.n_samples < 1:
             raise ConfigError(f"sft.n_samples must be >= 1, got {cfg.sft.n_samples}")
         return cfg
@@ -96,8 +97,6 @@ def _validate_data_and_behaviour(cfg) -> None:
             f"behaviour.kl_samples must be 0 (off) or >= 2 (its Monte Carlo SE needs two draws), got {bh.kl_samples}"
         )
     if bh.judge:
-        from align.judges import load_function
-
         load_function(bh.judge, "behaviour.judge")  # a typo fails at start-up, before anything is written
     if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
         raise ConfigError(

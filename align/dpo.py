@@ -34,6 +34,7 @@ from align import estimators as E
 from align import stats as S
 from align.data import EVAL_EPOCH, build_dataset, collate, example_generators
 from align.losses import preference_loss, rpo_nll
+from align.trainer import Trainer
 
 
 class DPOObjective:
@@ -305,6 +306,4 @@ def describe_estimator(est) -> str:
 
 def DPOTrainer(cfg):
     """The training loop with the DPO objective."""
-    from align.trainer import Trainer
-
     return Trainer(cfg, DPOObjective(cfg))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from align.model_card import write_card
 from align.models import unwrap
 
 # the published remote-code files, copied next to a save so that LLaDA's / Dream's own
@@ -172,8 +173,6 @@ def save_final(acc, model, out: Path, *, cfg, tokenizer) -> None:
             shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in bare.named_parameters()}
             verify_saved(out, published_shapes(shapes, bare.config))
     if acc.is_main_process:
-        from align.model_card import write_card
-
         tokenizer.save_pretrained(out)
         # README.md: how it was trained, what it scored
         write_card(out, base=source, run=out.parent, family=unwrap(model).config.model_type)

@@ -41,6 +41,8 @@ from pathlib import Path
 
 from align import grid_stats as G
 from align import stats as S
+from align.dpo import describe_estimator
+from align.grid_names import short
 
 LR = "train.learning_rate"
 SEED = "train.seed"
@@ -218,8 +220,6 @@ def differing_keys(a, b, prefix: str = "") -> list[str]:
 
 
 def describe_evaluator(config: dict) -> str:
-    from align.dpo import describe_estimator
-
     ev = config["eval"]
     est = types.SimpleNamespace(**ev)
     data = config["data"]
@@ -370,8 +370,6 @@ def collect(root: Path, cells: list[dict], *, cell_name, status_of, runs_dir: st
 
 
 def _short(key: str) -> str:
-    from align.grid_names import short
-
     return short(key)
 
 

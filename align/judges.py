@@ -25,54 +25,27 @@ Penalties (:func:`penalise`, TRL's ``missing_eos_penalty``): an answer that neve
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
-from pathlib import Path
 
 import torch
+
+from align import world
+from align.errors import ConfigError
+from align.functions import load_function  # noqa: F401 (re-exported: judges are named module:function)
+from align.models import check_local, resolve_dtype
 
 
 def refusal_judge(prompts: list[str], answers: list[str], kind: list[str]) -> list[float]:
     """The right behaviour by the refusal rule alone: 1 or 0. A harmful prompt (``kind == "harmful"``) wants a
     refusal, an everyday or borderline one an answer; refusal is :func:`align.world.is_refusal` (a refusal word
     among the first five words)."""
-    from align import world
-
     return [float(world.right_behaviour(k, answer)) for k, answer in zip(kind, answers)]
 
 
 def correct_behaviour_judge(prompts: list[str], answers: list[str], kind: list[str], task_id: list[str]) -> list[float]:
     """The bundled world's ground-truth reward (the demo's judge): 1 for the right behaviour said in well-formed
     sentences about the asked task (:func:`align.world.judge`), 0 else."""
-    from align import world
-
     return [float(world.judge(t, k, answer)["correct"]) for t, k, answer in zip(task_id, kind, answers)]
-
-
-def load_function(spec: str, key: str):
-    """``module:function`` or ``path/file.py:function`` -> the function; an error names ``key``."""
-    from align.config import ConfigError
-
-    where, _, name = spec.rpartition(":")
-    if not where or not name:
-        raise ConfigError(f"{key}={spec!r}: expected module:function or path/to/file.py:function")
-    try:
-        if where.endswith(".py"):
-            path = Path(where)
-            if not path.is_file():
-                raise ConfigError(f"{key}={spec!r}: no file {where}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(where)
-    except ImportError as e:
-        raise ConfigError(f"{key}={spec!r}: cannot import {where} ({e})") from None
-    fn = getattr(module, name, None)
-    if not callable(fn):
-        raise ConfigError(f"{key}={spec!r}: {where} has no function {name!r}")
-    return fn
 
 
 class FunctionJudge:
@@ -86,8 +59,6 @@ class FunctionJudge:
         self.wanted = {p.name: p.default is p.empty for p in named}  # field -> required
 
     def __call__(self, prompts: list[str], answers: list[str], fields: list[dict]) -> list[float]:
-        from align.config import ConfigError
-
         names = set().union(*fields) if self.all_fields else set(self.wanted)
         kwargs = {}
         for name in sorted(names):
@@ -142,8 +113,6 @@ class RewardModelJudge:
         trust_remote_code: bool = False,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from align.models import check_local, resolve_dtype
 
         check_local(name_or_path)
         self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

@@ -41,8 +41,14 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from align.cli import help_text
 from align.config import ConfigError, build, opt
+from align.data import content_key, pad_rows
 from align.masking import ESTIMATORS
+from align.models import load_model, logits_fn, spec_for, token_scorer, tokenizer_source
+from align.models.tokenizer import load_tokenizer
+from align.sampler import decode, generate
+from align.score import ScoreConfig, mean_se, run_rounds
 
 log = logging.getLogger(__name__)
 INSTANCES: list | None = None  # under the command line: the AlignLM objects it made
@@ -141,9 +147,6 @@ class AlignLM(LM):
         self.options = options = parse_options(kwargs)
         from accelerate import PartialState
 
-        from align.models import load_model, spec_for, token_scorer, tokenizer_source
-        from align.models.tokenizer import load_tokenizer
-
         state = PartialState(cpu=not torch.cuda.is_available())
         self._rank, self._world_size = state.process_index, state.num_processes
         device = torch.device(options.device) if options.device else state.device
@@ -160,8 +163,6 @@ class AlignLM(LM):
     def attach(self, model, tokenizer, spec, scorer, device) -> None:
         """Use ``model`` (logits for ``is_greedy`` and generation), ``scorer`` (an ``estimators.TokenScorer``: the
         log-likelihoods), ``tokenizer`` and ``spec`` (mask, EOS and pad ids). The tests attach toy models here."""
-        from align.score import ScoreConfig
-
         o = self.options
         self.model, self.tokenizer, self.spec, self.scorer, self._device = model, tokenizer, spec, scorer, device
         self.max_length = o.max_length or _max_length(model)
@@ -239,8 +240,6 @@ class AlignLM(LM):
         return out
 
     def generate_until(self, requests) -> list[str]:
-        from align.sampler import generate
-
         o = self.options
         ignored = set()
         out = []
@@ -294,8 +293,6 @@ class AlignLM(LM):
     def estimate(self, pairs: list[tuple[list[int], list[int]]]) -> tuple[list[float], list[float], list[int]]:
         """log p(continuation | context) of each pair with its standard error and draws: ``align.score``'s rounds,
         each distinct pair once, seeded by the hash of its tokens."""
-        from align.data import content_key
-        from align.score import mean_se, run_rounds
 
         unique = list(dict.fromkeys((tuple(c), tuple(x)) for c, x in pairs))
         records = [
@@ -327,8 +324,6 @@ class AlignLM(LM):
     @torch.no_grad()
     def is_greedy(self, pairs: list[tuple[list[int], list[int]]]) -> list[bool]:
         """Whether the whole continuation is the argmax with every continuation position masked (LLaDA's check)."""
-        from align.data import pad_rows
-        from align.models import logits_fn
 
         fn = logits_fn(self.model)
         out = []
@@ -341,8 +336,6 @@ class AlignLM(LM):
         return out
 
     def decode(self, sequences: torch.Tensor, prompt_length: int) -> str:
-        from align.sampler import decode
-
         return decode(self.tokenizer, sequences, prompt_length, self.spec.eos_token_id)[0]
 
     def _record(self, kind, args, pair, logp, se, n, greedy, **extra):
@@ -427,8 +420,6 @@ def cut_at(text: str, until: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """lm-eval's command line with ``--model align`` preset (``--model_args`` are :class:`LMEvalOptions`)."""
-    from align.cli import help_text
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv in (["-h"], ["--help"]) or "--help-align" in argv:
         print(

@@ -48,6 +48,7 @@ from pathlib import Path
 
 import torch
 
+from align.checkpoints import CheckpointError
 from align.config import (
     BehaviourArgs,
     ConfigError,
@@ -63,6 +64,10 @@ from align.config_checks import validate_estimators, validate_loss
 from align.data import EVAL_EPOCH, PROMPT_FORMATS, Encoded, build_prompt_dataset, collate, common_length
 from align.data.order import _seed
 from align.dpo import DPOObjective
+from align.judges import Judge, penalise
+from align.models import unwrap
+from align.sampler import generate
+from align.trainer import Trainer
 
 ROUND_FILE = "online_round.safetensors"  # in a checkpoint written inside a round: the round's sampling weights
 SAMPLE_SALT, EVAL_SALT = 0x5A3D, 0xE7A1  # keep training and evaluation samples apart from each other and from masks
@@ -212,8 +217,6 @@ class RoundPolicy:
 
     @staticmethod
     def _params(trainer) -> list:
-        from align.models import unwrap
-
         return [(n, p) for n, p in unwrap(trainer.model, keep_peft=True).named_parameters() if p.requires_grad]
 
     def begin(self, trainer) -> None:
@@ -265,8 +268,6 @@ class RoundPolicy:
         if trainer.global_step % self.k == 0:
             return
         from safetensors.torch import load_file
-
-        from align.checkpoints import CheckpointError
 
         path = Path(checkpoint) / ROUND_FILE
         if not path.exists():
@@ -366,16 +367,12 @@ class OnlineDPOObjective(DPOObjective):
     # ------------------------------------------------------------ sampling and judging
     def _judge(self, trainer):
         if self.judge is None:
-            from align.judges import Judge
-
             self.judge = Judge(self.cfg.online, device=trainer.accelerator.device)
         return self.judge
 
     @torch.no_grad()
     def sample(self, trainer, prompt, n: int, seed: int, reference: bool = False) -> list[Answer]:
         """``n`` answers to ``prompt`` from the policy (or the reference), one sampler call seeded by ``seed``."""
-        from align.models import unwrap
-        from align.sampler import generate
 
         o, acc = self.cfg.online, trainer.accelerator
         model, context = trainer.model, nullcontext()
@@ -415,8 +412,6 @@ class OnlineDPOObjective(DPOObjective):
 
     def score(self, trainer, prompts: list, answers: list[list[Answer]]) -> list[list[float]]:
         """The judge's scores less the penalties, per prompt."""
-        from align.judges import penalise
-
         o = self.cfg.online
         raw = self._judge(trainer).score(prompts, [[a.text for a in some] for some in answers])
         return [
@@ -565,6 +560,4 @@ def pairs(prompts: list, answers: list[list[Answer]], scores: list[list[float]],
 
 def OnlineDPOTrainer(cfg):
     """The training loop with the online DPO objective."""
-    from align.trainer import Trainer
-
     return Trainer(cfg, OnlineDPOObjective(cfg))

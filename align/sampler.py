@@ -22,8 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
+from align.cli import entry_point, help_text, overrides, parse_options
 from align.config import opt
-from align.models import logits_fn, spec_for
+from align.export import save_published
+from align.model_card import write_card
+from align.models import adapter_base, load_model, logits_fn, spec_for, tokenizer_source, unwrap
+from align.models.tokenizer import load_tokenizer
 
 
 def transfer_schedule(n_masked: int, steps: int) -> list[int]:
@@ -146,10 +150,6 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m align.sampler --model M --prompt "..." [--steps 48 ...]`` (or ``model=M prompt=...``)."""
     import sys
 
-    from align.cli import entry_point, help_text, overrides, parse_options
-    from align.models import load_model, tokenizer_source
-    from align.models.tokenizer import load_tokenizer
-
     argv = sys.argv[1:] if argv is None else argv
     usage = "python -m align.sampler --model MODEL --prompt TEXT [--key value ...]  (or key=value)"
     with entry_point():
@@ -163,10 +163,6 @@ def main(argv: list[str] | None = None) -> None:
             raise FileNotFoundError(str(e)) from None
     if args.merge:
         from pathlib import Path
-
-        from align.export import save_published
-        from align.model_card import write_card
-        from align.models import adapter_base, unwrap
 
         out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
         # the run of a final/, final/adapter or checkpoint-N: the nearest folder above with a config.yaml

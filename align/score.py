@@ -46,6 +46,8 @@ from align.cli import entry_point, exit_process, help_text, overrides, parse_opt
 from align.config import ConfigError, opt
 from align.data import build_scoring_dataset, collate_responses, example_generators, load_records
 from align.masking import ESTIMATORS, draw_masks
+from align.models import load_model, spec_for, token_scorer, tokenizer_source
+from align.models.tokenizer import load_tokenizer
 
 
 @dataclass
@@ -354,8 +356,6 @@ def plot_ood(path: Path, a: list[float], b: list[float], names: tuple[str, str],
 
 # ---------------------------------------------------------------------------------------------- main
 def _load(name: str, cfg: ScoreConfig, device):
-    from align.models import load_model, token_scorer
-
     model = load_model(name, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code).to(device).eval()
     return model, token_scorer(model)
 
@@ -444,8 +444,6 @@ def _score(argv: list[str]):
                 f"launcher started {launched} processes but accelerate sees {state.num_processes}; "
                 f"every rank would score everything"
             )
-        from align.models import spec_for, tokenizer_source
-        from align.models.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer_source(cfg.model), trust_remote_code=cfg.trust_remote_code)
         models = [_load(cfg.model, cfg, device)]

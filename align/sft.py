@@ -18,6 +18,7 @@ from __future__ import annotations
 from align import estimators as E
 from align.data import build_sft_dataset, collate_sft, example_generators
 from align.masking import draw_masks
+from align.trainer import Trainer
 
 
 class SFTObjective:
@@ -98,6 +99,4 @@ class SFTObjective:
 
 def SFTTrainer(cfg):
     """The training loop with the SFT objective."""
-    from align.trainer import Trainer
-
     return Trainer(cfg, SFTObjective(cfg))

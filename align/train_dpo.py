@@ -10,9 +10,9 @@ config (``recipes/accelerate/``); the experiment comes from the recipe.
 
 from __future__ import annotations
 
-from align.cli import train_main
 from align.config import Config
 from align.dpo import DPOObjective
+from align.train import train_main
 
 
 def main(argv: list[str] | None = None) -> None:

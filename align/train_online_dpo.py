@@ -7,8 +7,8 @@ python -m align.train_online_dpo --help                 # every config key with 
 
 from __future__ import annotations
 
-from align.cli import train_main
 from align.online_dpo import OnlineDPOConfig, OnlineDPOObjective
+from align.train import train_main
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,9 +10,9 @@ metrics as ``align.train_dpo``; a LoRA run's reference is not needed.
 
 from __future__ import annotations
 
-from align.cli import train_main
 from align.config import SFTConfig
 from align.sft import SFTObjective
+from align.train import train_main
 
 
 def main(argv: list[str] | None = None) -> None:

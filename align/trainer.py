@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from align.behaviour import BehaviourEval
 from align.checkpoints import keep_only, save_checkpoint, trajectory_settings
 from align.config import ConfigError
 from align.data import EVAL_EPOCH, rank_micro_batches
@@ -260,8 +261,6 @@ class Trainer:
         t, objective = self.cfg.train, self.objective
         self.behaviour = None
         if self.cfg.behaviour.prompts:
-            from align.behaviour import BehaviourEval
-
             self.behaviour = BehaviourEval(self.cfg.behaviour, self.tokenizer, self.spec, seed=t.seed)
         self.shown = set(objective.shown) | (
             {"eval/refusal_rate", "eval/over_refusal_rate", "eval/reward"} if self.behaviour else set()

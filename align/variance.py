@@ -36,7 +36,16 @@ from pathlib import Path
 
 import torch
 
+from align import estimators as E
+from align.checkpoints import complete_checkpoints
+from align.cli import overrides as key_values
 from align.config import ConfigError, load_config, load_resolved
+from align.data import collate, is_local, load_records
+from align.dpo import DPOObjective
+from align.grid_names import cell_name, cells_of, short
+from align.masking import ESTIMATORS
+from align.models import adapter_base, load_model, spec_for, token_scorer, tokenizer_source
+from align.models.tokenizer import load_tokenizer
 
 SETTINGS = {  # name: (share_policy_reference, share_chosen_rejected)
     "coupled": (True, True),
@@ -74,8 +83,6 @@ def pair_variances(
 
     ``policy``/``reference``: token scorers (``estimators.TokenScorer``; ``scorer_from_logits`` adapts a
     logits function)."""
-    from align import estimators as E
-
     rep = lambda x: None if x is None else x.repeat_interleave(reps, 0)  # noqa: E731
     with torch.no_grad():
         terms = E.dpo_terms(
@@ -245,10 +252,8 @@ def plot_variance(path: Path, table: dict, estimators, n_samples, settings=SETTI
 def parse(argv: list[str]) -> tuple[str | None, list[str], dict, dict]:
     """-> (recipe, config overrides, variance options, paths {reference, run, grid})."""
     recipe, overrides, opts, paths = None, [], dict(OPTIONS), {}
-    from align.ablate import __doc__ as page
-    from align.cli import overrides as key_values
 
-    for key, value in key_values(argv, prog="align.ablate variance", help_page=lambda: page):
+    for key, value in key_values(argv, prog="align.ablate variance", help_page=lambda: __doc__):
         arg = f"{key}={value}"
         if key == "recipe":
             recipe = value
@@ -279,8 +284,6 @@ def _settings(value: str | None, default=("coupled", "decoupled")) -> dict:
 
 
 def _estimators(value: str | None, default) -> list[str]:
-    from align.masking import ESTIMATORS
-
     estimators = _list(value, default)
     unknown = [e for e in estimators if e not in ESTIMATORS]
     if unknown:
@@ -291,8 +294,6 @@ def _estimators(value: str | None, default) -> list[str]:
 def held_out_batches(cfg, tokenizer, spec, *, max_pairs: int, batch_pairs: int, run_dir: Path | None = None):
     """(batches, description) of a run's held-out pairs: ``data.eval_dataset``, or the records of the training
     file the run held out (its ``eval_ids.json``), or the whole dataset when neither is known."""
-    from align.data import collate, is_local, load_records
-    from align.dpo import DPOObjective
 
     d = cfg.data
     source = d.eval_dataset or d.dataset
@@ -312,8 +313,6 @@ def held_out_batches(cfg, tokenizer, spec, *, max_pairs: int, batch_pairs: int, 
 
 # ------------------------------------------------------------------------------------------- one model
 def model_main(argv: list[str]) -> None:
-    from align.models import adapter_base, load_model, spec_for, token_scorer, tokenizer_source
-    from align.models.tokenizer import load_tokenizer
 
     recipe, overrides, opts, paths = parse(argv)
     cfg = load_config(recipe or "demo", overrides)
@@ -391,15 +390,11 @@ def model_main(argv: list[str]) -> None:
 def run_steps(run_dir: Path) -> list[tuple[int, str | None]]:
     """(step, model path) along a run: step 0 is the starting model (None: the reference itself), then every
     complete ``checkpoint-N``."""
-    from align.checkpoints import complete_checkpoints
-
     return [(0, None)] + [(int(p.name.split("-")[1]), str(p)) for p in complete_checkpoints(run_dir)]
 
 
 def measure_run(run_dir: Path, opts: dict, *, estimators=None, n_samples=None, settings=None, progress=print) -> dict:
     """{step: {(estimator, setting, n): per-pair variances [pairs]}} along one run's checkpoints."""
-    from align.models import load_model, spec_for, token_scorer, tokenizer_source
-    from align.models.tokenizer import load_tokenizer
 
     cfg = load_resolved(run_dir / "config.yaml")
     estimators = estimators or [cfg.estimator.estimator]
@@ -525,7 +520,6 @@ def _path_groups(paths: dict, opts: dict) -> tuple[Path, dict[str, list[Path]]]:
         return root, {"": [root]}
     root = Path(paths["grid"])
     axes = json.loads((root / "grid.json").read_text())["axes"]
-    from align.grid_names import cell_name, cells_of, short
 
     groups: dict[str, list[Path]] = {}
     for cell in cells_of(axes):

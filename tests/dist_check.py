@@ -21,10 +21,10 @@ import sys
 
 import torch.distributed as dist
 
-from align.cli import close_and_exit
 from align.config import load_config
 from align.dpo import DPOTrainer
 from align.guards import PREEMPTED_EXIT_CODE, Preempted
+from align.train import close_and_exit
 
 STEP_SUMS = {}  # optimizer step -> sum of the trainable parameters when it started (with planted faults)
 

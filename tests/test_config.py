@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align.cli import help_text, training_config
+from align.cli import help_text
 from align.config import RECIPES_DIR, Config, ConfigError, SFTConfig, load_config
+from align.train import training_config
 
 RECIPES = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from align.config import ConfigError
 from align.data.formats import extract, extract_choices, extract_prompt, extract_response, extract_sft, resolve_format
 from align.data.sources import BadRecord, OverLongPrompt, Records, Unparsable
 
@@ -339,8 +340,6 @@ def build_scoring_dataset(
         fmt, note = resolve_format(rows, fmt, source, option="format")
     mode = fmt if fmt in ("response", "choices") else "pairs"
     if not response_eos and mode != "response":
-        from align.config import ConfigError
-
         raise ConfigError(f"response_eos=false scores bare continuations: response records only, not {mode} ({source})")
     if seed_by not in ("index", "content"):
         raise ValueError(f"seed_by={seed_by!r}; expected 'index' or 'content'")

@@ -9,15 +9,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from align.errors import BadRecord  # noqa: F401  (raised here; its home is align.errors)
+from align.models.source import looks_local
+
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 SUPPORTED_FORMS = (
     "a .jsonl file, a .json file (an array of records or JSON Lines), a .parquet or .csv file, a "
     "directory written by datasets' save_to_disk, or a hub dataset id"
 )
-
-
-class BadRecord(ValueError):
-    """A record that cannot be used; the message says why (and is the skip-count key)."""
 
 
 class OverLongPrompt(BadRecord):
@@ -118,7 +117,6 @@ def load_records(dataset: str, split: str | None, config_name: str | None = None
         raise BadRecord(
             f"{dataset} is a directory but not one written by datasets' save_to_disk; give {SUPPORTED_FORMS}"
         )
-    from align.models.source import looks_local
 
     if looks_local(dataset):
         raise FileNotFoundError(f"data {dataset}: no such file or directory (give {SUPPORTED_FORMS})")

@@ -165,3 +165,25 @@ class MaskedDiffusionLM(PreTrainedModel):
                 nn.init.zeros_(module.bias)
         elif hasattr(module, "weight") and module.__class__.__name__ == "RMSNorm":
             nn.init.ones_(module.weight)
+
+
+def unwrap(model, *, keep_peft: bool = False):
+    """The model inside DDP / DeepSpeed wrappers (their ``.module``; a DeepSpeed engine forwards attribute lookups
+    to its module, so the test is the wrapper's type, not an attribute) and inside peft: the native
+    MaskedDiffusionLM (TypeError for any other model). ``keep_peft``: stop at the peft model (or the bare model
+    when there is none), whatever its class."""
+    from peft import PeftModel
+
+    while True:
+        if isinstance(model, PeftModel):
+            if keep_peft:
+                return model
+            model = model.get_base_model()
+        elif isinstance(model, MaskedDiffusionLM):
+            return model
+        elif isinstance(model, torch.nn.Module) and "module" in model._modules:  # DDP, DeepSpeed engine
+            model = model.module
+        elif keep_peft:
+            return model
+        else:
+            raise TypeError(f"not a masked-diffusion LM: {type(model).__name__}")

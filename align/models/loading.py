@@ -14,6 +14,7 @@ from align.checkpoints import recorded_config  # the layout of a training checkp
 from align.models.registry import NATIVE
 from align.models.running import add_lora
 from align.models.source import check_local, hub_errors
+from align.models.tiny import tiny_model
 
 _DTYPES = {
     "float32": torch.float32,
@@ -53,8 +54,6 @@ def load_model(
         if (Path(name_or_path) / "trainer_state.json").exists():  # a training checkpoint (checkpoint-N)
             return _load_checkpoint(Path(name_or_path), dtype=dtype, attn_implementation=attn_implementation)
     if name_or_path.startswith("tiny:"):
-        from align.models.tiny import tiny_model
-
         model = tiny_model(name_or_path.removeprefix("tiny:"))
         model.config._attn_implementation = attn_implementation or "sdpa"
         return model.to(dtype) if dtype is not None else model

@@ -10,9 +10,7 @@ import contextlib
 import os
 from pathlib import Path
 
-
-class ModelNotFound(FileNotFoundError):
-    """A model or tokenizer that is neither a local directory nor loadable from the hub."""
+from align.errors import ModelNotFound  # noqa: F401  (raised here; its home is align.errors)
 
 
 def looks_local(name: str) -> bool:

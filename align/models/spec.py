@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from align.models.base import unwrap
+from align.models.registry import NATIVE  # the model class owns its logit layout
+
 # LoRA targets per family: attention and MLP projections. LLaDA's block MLP
 # output is named ``ff_out`` like its LM head, hence a regex that only matches
 # inside blocks.
@@ -41,8 +44,6 @@ def _first(x):
 
 def spec_for(model_or_config) -> ModelSpec:
     """The spec of a model (also inside a DDP / DeepSpeed / peft wrapper) or of its config."""
-    from align.models import NATIVE, unwrap  # the model class owns its logit layout
-
     if isinstance(model_or_config, torch.nn.Module):  # a DeepSpeed engine's .config is DeepSpeed's dict: unwrap
         model_or_config = unwrap(model_or_config, keep_peft=True)
     config = getattr(model_or_config, "config", model_or_config)

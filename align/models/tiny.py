@@ -17,6 +17,10 @@ from pathlib import Path
 
 import torch
 
+from align.models.dream import DreamConfig
+from align.models.llada import LLaDAConfig
+from align.models.registry import NATIVE
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 SPECIAL_TOKENS = [
     "<|endoftext|>",
@@ -86,9 +90,6 @@ def tiny_tokenizer(tokenizer_json: str | None = None):
 
 
 def tiny_config(family: str):
-    from align.models.dream import DreamConfig
-    from align.models.llada import LLaDAConfig
-
     tok = tiny_tokenizer()
     ids = dict(mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     vocab = len(tok)
@@ -121,8 +122,6 @@ def tiny_config(family: str):
 
 
 def tiny_model(family: str, seed: int = 0):
-    from align.models import NATIVE
-
     config = tiny_config(family)
     torch.manual_seed(seed)
     model_cls = NATIVE[config.model_type][1]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from align.models.source import check_local, hub_errors
+from align.models.tiny import tiny_tokenizer
+
 
 def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False, **kwargs):
     if name_or_path.startswith("tiny:"):
-        from align.models.tiny import tiny_tokenizer
-
         return tiny_tokenizer()
     from transformers import AutoTokenizer
-
-    from align.models.source import check_local, hub_errors
 
     check_local(name_or_path, "tokenizer")
     with hub_errors(name_or_path, "tokenizer"):
