@@ -305,7 +305,7 @@ class BehaviourEval:
         return out
 
     def kl_on(self, trainer) -> bool:
-        return self.args.kl_samples > 0 and getattr(trainer.objective, "needs_reference", False)
+        return self.args.kl_samples > 0 and trainer.objective.needs_reference
 
     @torch.no_grad()
     def kl_terms(self, trainer, sequences: list, n_prompts: int, K: int) -> list[list[torch.Tensor]]:

@@ -368,9 +368,6 @@ class Config:
         return dataclasses.asdict(self)
 
 
-DPOConfig = Config
-
-
 @dataclass
 class SFTConfig:
     """Masked-diffusion SFT (``align.train_sft``)."""

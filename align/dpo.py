@@ -34,10 +34,11 @@ from align import estimators as E
 from align import stats as S
 from align.data import EVAL_EPOCH, build_dataset, collate, example_generators
 from align.losses import preference_loss, rpo_nll
+from align.objective import Objective
 from align.trainer import Trainer
 
 
-class DPOObjective:
+class DPOObjective(Objective):
     name, unit, needs_reference = "dpo", "pairs", True
     stat_keys = (
         "loss",
@@ -304,6 +305,6 @@ def describe_estimator(est) -> str:
     return f"{sharing} {est.estimator} x{est.n_samples}{strat}"
 
 
-def DPOTrainer(cfg):
+def dpo_trainer(cfg):
     """The training loop with the DPO objective."""
     return Trainer(cfg, DPOObjective(cfg))

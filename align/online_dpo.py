@@ -558,6 +558,6 @@ def pairs(prompts: list, answers: list[list[Answer]], scores: list[list[float]],
     return examples, kept, picks
 
 
-def OnlineDPOTrainer(cfg):
+def online_dpo_trainer(cfg):
     """The training loop with the online DPO objective."""
     return Trainer(cfg, OnlineDPOObjective(cfg))

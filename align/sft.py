@@ -18,10 +18,10 @@ from __future__ import annotations
 from align import estimators as E
 from align.data import build_sft_dataset, collate_sft, example_generators
 from align.masking import draw_masks
-from align.trainer import Trainer
+from align.objective import Objective
 
 
-class SFTObjective:
+class SFTObjective(Objective):
     name, unit, needs_reference, uses_step_norm = "sft", "sequences", False, False
     stat_keys = ("loss", "masked_token_nll", "masked_fraction")
     shown = ("eval/loss", "eval/masked_token_nll")
@@ -95,8 +95,3 @@ class SFTObjective:
         }
         tokens = s.n_samples * batch["tokens"]
         return terms.loss.mean(), {k: v.float() for k, v in stats.items()}, tokens
-
-
-def SFTTrainer(cfg):
-    """The training loop with the SFT objective."""
-    return Trainer(cfg, SFTObjective(cfg))

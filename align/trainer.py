@@ -253,8 +253,7 @@ class Trainer:
                 optimizer=self.optimizer,
                 scheduler=self.scheduler,
             )
-            if hasattr(self.objective, "load_state"):  # online DPO: a round's sampling weights
-                self.objective.load_state(self, self.start.checkpoint)
+            self.objective.load_state(self, self.start.checkpoint)  # online DPO: a round's sampling weights
 
     def _setup_evaluation(self) -> None:
         """The behaviour check, the metrics shown at each evaluation, and the reference cache."""
@@ -277,7 +276,7 @@ class Trainer:
                     "ahead of time as in the step, but train.disable_dropout=false leaves dropout on "
                     "(a random reference); set train.disable_dropout=true or compute it in the step"
                 )
-        if objective.needs_reference and getattr(objective, "caches_reference", True):
+        if objective.needs_reference and objective.caches_reference:
             # the held-out draws are the same at every evaluation and the reference is frozen: its eval terms are
             # computed once (in eval mode, so dropout is off) and kept; training epochs use it only when precomputed
             self.reference_cache = ReferenceCache(
@@ -351,7 +350,7 @@ class Trainer:
             self.reference_cache.ensure(self, EVAL_EPOCH, mine, bs)
         sums: dict[str, torch.Tensor] = {}
         examples = []  # (example id, {key: value}) of this rank's real examples
-        keys = getattr(self.objective, "per_example_keys", ())
+        keys = self.objective.per_example_keys
         norm = self.objective.batch_norm(self.eval_data)
         for s in range(0, per_rank, bs):
             with self.adapter_compute():
@@ -404,7 +403,7 @@ class Trainer:
             "settings": self._settings(),
             "config": self.cfg.to_dict(),
         }
-        extra = getattr(self.objective, "save_state", None)  # online DPO: a round's sampling weights
+        extra = self.objective.save_state  # online DPO: a round's sampling weights
         save_checkpoint(
             self.accelerator,
             self.out,
@@ -625,8 +624,7 @@ class Trainer:
                 "epoch": micro_consumed / self.micro_per_epoch,
             }
         )
-        if hasattr(self.objective, "finish_train"):  # figures of the window as a whole (online DPO's shares)
-            metrics = self.objective.finish_train(metrics, window)
+        metrics = self.objective.finish_train(metrics, window)  # online DPO: shares of the window as a whole
         log_metrics(self.accelerator, self.out, metrics, self.global_step)
         bar.set_postfix(self.objective.progress(metrics))
         window.reset()

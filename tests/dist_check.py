@@ -22,7 +22,7 @@ import sys
 import torch.distributed as dist
 
 from align.config import load_config
-from align.dpo import DPOTrainer
+from align.dpo import dpo_trainer
 from align.guards import PREEMPTED_EXIT_CODE, Preempted
 from align.train import close_and_exit
 
@@ -59,11 +59,11 @@ def main():
     recipe = next((o.split("=", 1)[1] for o in overrides if o.startswith("recipe=")), "demo")
     overrides = [o for o in overrides if not o.startswith("recipe=")] + [f"train.output_dir={out}"]
     if recipe == "demo_online":
-        from align.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+        from align.online_dpo import OnlineDPOConfig, online_dpo_trainer
 
-        trainer = OnlineDPOTrainer(load_config(recipe, overrides, OnlineDPOConfig))
+        trainer = online_dpo_trainer(load_config(recipe, overrides, OnlineDPOConfig))
     else:
-        trainer = DPOTrainer(load_config(recipe, overrides))
+        trainer = dpo_trainer(load_config(recipe, overrides))
     world = dist.get_world_size()
     seen = {
         "accelerate": trainer.world,

@@ -18,8 +18,8 @@ import json, sys, time
 import torch
 from align.config import load_config
 from align.data import collate
-from align.dpo import DPOTrainer
-tr = DPOTrainer(load_config("demo", sys.argv[1:]))
+from align.dpo import dpo_trainer
+tr = dpo_trainer(load_config("demo", sys.argv[1:]))
 """
 
 
