@@ -388,19 +388,21 @@ class OnlineDPOObjective(DPOObjective):
         was_training = trainer.model.training
         trainer.model.eval()
         ids = torch.tensor([prompt.prompt_ids] * n, device=acc.device)
-        with context:
-            out = generate(
-                model,
-                ids,
-                steps=o.steps,
-                gen_length=o.gen_length,
-                block_length=o.block_length,
-                temperature=o.temperature,
-                remasking=o.remasking,
-                generator=torch.Generator().manual_seed(seed),
-                all_done=all_done if trainer.world > 1 else None,
-            )
-        trainer.model.train(was_training)
+        try:
+            with context:
+                out = generate(
+                    model,
+                    ids,
+                    steps=o.steps,
+                    gen_length=o.gen_length,
+                    block_length=o.block_length,
+                    temperature=o.temperature,
+                    remasking=o.remasking,
+                    generator=torch.Generator().manual_seed(seed),
+                    all_done=all_done if trainer.world > 1 else None,
+                )
+        finally:  # a preemption inside sampling must not leave the policy in eval mode
+            trainer.model.train(was_training)
         eos = trainer.spec.eos_token_id
         answers = []
         for row in out[:, ids.shape[1] :].tolist():

@@ -39,7 +39,7 @@ import torch
 from align import estimators as E
 from align.checkpoints import complete_checkpoints
 from align.cli import overrides as key_values
-from align.config import ConfigError, load_config, load_resolved
+from align.config import Config, ConfigError, load_config, load_resolved
 from align.data import collate, is_local, load_records
 from align.dpo import DPOObjective
 from align.grid_names import cell_name, cells_of, short
@@ -393,8 +393,11 @@ def run_steps(run_dir: Path) -> list[tuple[int, str | None]]:
     return [(0, None)] + [(int(p.name.split("-")[1]), str(p)) for p in complete_checkpoints(run_dir)]
 
 
-def measure_run(run_dir: Path, opts: dict, *, estimators=None, n_samples=None, settings=None, progress=print) -> dict:
-    """{step: {(estimator, setting, n): per-pair variances [pairs]}} along one run's checkpoints."""
+def measure_run(
+    run_dir: Path, opts: dict, *, estimators=None, n_samples=None, settings=None, progress=print
+) -> tuple[dict, str, Config]:
+    """({step: {(estimator, setting, n): per-pair variances [pairs]}} along one run's checkpoints, where the
+    held-out pairs came from, the run's config)."""
 
     cfg = load_resolved(run_dir / "config.yaml")
     estimators = estimators or [cfg.estimator.estimator]
