@@ -189,7 +189,7 @@ def test_readme_shell_command_runs(command, tmp_path, request):
     if todo == "{grid}":  # the shared shortened grid: 4 runs, scored by one evaluator, summarised
         summary = (request.getfixturevalue("grid_output") / "summary.md").read_text()
         assert "coupling=coupled − coupling=decoupled" in summary and "time_free x4" in summary, summary[:2000]
-        assert "## Primary outcome: reward: correct behaviour, all prompts" in summary
+        assert "## Primary outcome: reward" in summary  # at matched KL, or the reward itself when KL never rose
         assert "## Learning rate per arm (grid.select=best:reward)" in summary
         return
     for actual in [todo] if isinstance(todo, str) else todo:
