@@ -5,6 +5,7 @@ with one line naming the key."""
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import math
 
 from align.errors import ConfigError
@@ -36,11 +37,30 @@ def _validate_train(cfg) -> None:
         "data.max_response_length": getattr(cfg.data, "max_response_length", 1),  # online DPO: gen_length
         "train.logging_steps": cfg.train.logging_steps,
         "train.save_steps": cfg.train.save_steps,
+        "train.per_device_eval_batch_size": cfg.train.per_device_eval_batch_size,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key} must be >= 1, got {value}")
     t = cfg.train
+    if t.seed < 0:
+        raise ConfigError(f"train.seed must be >= 0 (numpy and torch seed from it), got {t.seed}")
+    if t.max_steps <= 0 and t.num_train_epochs < 1:
+        raise ConfigError(
+            f"train.num_train_epochs={t.num_train_epochs}, train.max_steps={t.max_steps}: trains nothing; give "
+            "num_train_epochs >= 1 or max_steps >= 1"
+        )
+    if cfg.lora.enabled and cfg.lora.r < 1:
+        raise ConfigError(f"lora.r must be >= 1 (the adapter's rank), got {cfg.lora.r}")
+    if cfg.lora.enabled and not cfg.lora.alpha > 0:
+        raise ConfigError(
+            f"lora.alpha must be > 0 (the adapter's scale is alpha / r; 0 trains nothing), got {cfg.lora.alpha}"
+        )
+    if t.report_to == "wandb":
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError(
+                "train.report_to=wandb: wandb is not installed; pip install -e '.[wandb]' (or report_to=none)"
+            )
     for key, value, low, high in (
         ("train.learning_rate", t.learning_rate, 0, None),
         ("train.warmup_ratio", t.warmup_ratio, 0, 1),
@@ -90,6 +110,10 @@ def _validate_data_and_behaviour(cfg) -> None:
         raise ConfigError(f"behaviour.samples_per_prompt must be >= 1, got {bh.samples_per_prompt}")
     if bh.eval_steps is not None and bh.eval_steps < 1:
         raise ConfigError(f"behaviour.eval_steps must be >= 1 (null: at every evaluation), got {bh.eval_steps}")
+    for key in ("gen_length", "block_length", "steps", "max_prompts"):
+        value = getattr(bh, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"behaviour.{key} must be >= 1, got {value}")
     if bh.judge and bh.reward_model:
         raise ConfigError("behaviour: set behaviour.judge or behaviour.reward_model, not both")
     if bh.kl_samples < 0 or bh.kl_samples == 1:

@@ -113,3 +113,30 @@ def test_cli_and_help():
     text = help_text(Config, "train_dpo.py recipe=NAME|PATH")
     assert "estimator.share_policy_reference" in text and "TRL" not in text
     assert Path(RECIPES_DIR).is_dir()
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("behaviour.block_length=0", "behaviour.block_length must be >= 1"),  # was a ZeroDivisionError
+        ("behaviour.gen_length=0", "behaviour.gen_length must be >= 1"),
+        ("train.seed=-1", "train.seed must be >= 0"),  # was a numpy traceback
+        ("lora.r=0", "lora.r must be >= 1"),  # was a peft traceback
+        ("lora.alpha=0", "lora.alpha must be > 0"),  # trained nothing and saved final/
+        ("train.num_train_epochs=0", "trains nothing"),
+        ("train.per_device_eval_batch_size=0", "train.per_device_eval_batch_size must be >= 1"),  # failed at the end
+        ("behaviour.judge=align.judges:no_such", "behaviour.judge"),
+    ],
+)
+def test_settings_that_cannot_run_fail_at_start_up_in_one_line(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", [override])
+
+
+def test_a_tracker_that_is_not_installed_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"wandb is not installed; pip install -e '\.\[wandb\]'"):
+        load_config("demo", ["train.report_to=wandb"])
