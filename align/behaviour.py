@@ -46,14 +46,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import torch
 
 from align import estimators as E
 from align import stats as S
 from align import world
+from align.config_checks import check_prompt_file
 from align.data import example_generators
+from align.errors import ConfigError
 from align.judges import Judge
 from align.masking import draw_masks
 from align.sampler import decode, generate
@@ -65,20 +66,14 @@ REFUSAL_KEYS = {"harmful": "refusal_rate", "everyday": "over_refusal_rate", "bor
 
 
 def load_prompts(path: str, max_per_kind: int | None = None) -> list[dict]:
-    """Prompt records ``{"prompt", "kind", ["task_id"]}``; with ``max_per_kind`` the first N of each kind."""
-    rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or row.get("kind") not in KINDS:
-            raise ValueError(f'{path}:{n}: expected {{"prompt": str, "kind": one of {KINDS}}}')
+    """Prompt records ``{"prompt", "kind", ["task_id"]}`` (a bad line: one ConfigError naming ``path:line``);
+    with ``max_per_kind`` the first N of each kind."""
+    rows = check_prompt_file(path)
+    for n, row in enumerate(rows, 1):
         if "task_id" in row and row["task_id"] not in world.by_id():
-            raise ValueError(f"{path}:{n}: task_id {row['task_id']!r} is not a task of align.world")
-        rows.append(row)
+            raise ConfigError(
+                f"behaviour.prompts: {path}: record {n}: task_id {row['task_id']!r} is not a task of align.world"
+            )
     if max_per_kind is not None:
         rows = [r for k in KINDS for r in [r for r in rows if r["kind"] == k][:max_per_kind]]
     return rows

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import math
+from pathlib import Path
 
 from align.errors import ConfigError
 from align.functions import load_function
@@ -120,6 +122,8 @@ def _validate_data_and_behaviour(cfg) -> None:
         raise ConfigError(
             f"behaviour.kl_samples must be 0 (off) or >= 2 (its Monte Carlo SE needs two draws), got {bh.kl_samples}"
         )
+    if bh.prompts:
+        check_prompt_file(bh.prompts)
     if bh.judge:
         load_function(bh.judge, "behaviour.judge")  # a typo fails at start-up, before anything is written
     if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
@@ -159,3 +163,38 @@ def validate_loss(cfg) -> None:
         raise ConfigError(f"loss.beta must be finite and > 0, got {cfg.loss.beta}")
     if cfg.loss.rpo_alpha is not None and not (math.isfinite(cfg.loss.rpo_alpha) and cfg.loss.rpo_alpha >= 0):
         raise ConfigError(f"loss.rpo_alpha must be finite and >= 0 (null: off), got {cfg.loss.rpo_alpha}")
+
+
+BEHAVIOUR_KINDS = ("everyday", "borderline", "harmful")
+
+
+def check_prompt_file(path: str) -> list[dict]:
+    """``behaviour.prompts``: JSON lines ``{"prompt": str, "kind": everyday|borderline|harmful, ...}``; a missing
+    file or a bad line is one ConfigError naming ``path:line``. Returns the records."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"behaviour.prompts={path}: no such file")
+    rows = []
+    try:
+        text = p.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"behaviour.prompts={path}: not UTF-8 ({e.reason})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"behaviour.prompts: {path}:{n}: not JSON ({e.msg})") from None
+        if (
+            not isinstance(row, dict)
+            or not isinstance(row.get("prompt"), str)
+            or row.get("kind") not in BEHAVIOUR_KINDS
+        ):
+            raise ConfigError(
+                f'behaviour.prompts: {path}:{n}: expected {{"prompt": str, "kind": one of {BEHAVIOUR_KINDS}}}'
+            )
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"behaviour.prompts={path}: no prompts")
+    return rows

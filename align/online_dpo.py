@@ -64,6 +64,7 @@ from align.config_checks import validate_estimators, validate_loss
 from align.data import EVAL_EPOCH, PROMPT_FORMATS, Encoded, build_prompt_dataset, collate, common_length
 from align.data.order import _seed
 from align.dpo import DPOObjective
+from align.functions import load_function
 from align.judges import Judge, penalise
 from align.models import unwrap
 from align.sampler import generate
@@ -157,6 +158,9 @@ class OnlineDPOConfig:
                 f"online: set exactly one of online.judge, online.pairwise_judge, online.reward_model "
                 f"(got {', '.join(judges) or 'none'})"
             )
+        for key in ("judge", "pairwise_judge"):  # a typo fails here, before config.yaml is written
+            if getattr(o, key):
+                load_function(getattr(o, key), f"online.{key}")
         if o.num_generations < 2:
             raise ConfigError(
                 f"online.num_generations must be >= 2 (a pair is the best and the worst of them), got "

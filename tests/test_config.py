@@ -140,3 +140,14 @@ def test_a_tracker_that_is_not_installed_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"wandb is not installed; pip install -e '\.\[wandb\]'"):
         load_config("demo", ["train.report_to=wandb"])
+
+
+def test_an_online_judge_typo_and_broken_behaviour_prompts_fail_before_anything_is_written(tmp_path):
+    from align.online_dpo import OnlineDPOConfig
+
+    with pytest.raises(ConfigError, match="has no function 'correct_behaviour_jugde'"):
+        load_config("demo_online", ["online.judge=align.judges:correct_behaviour_jugde"], OnlineDPOConfig)
+    broken = tmp_path / "prompts.jsonl"
+    broken.write_text('{"prompt": "How do I bake bread?", "kind": "everyday"}\n{"prompt": "x", "kind": \n')
+    with pytest.raises(ConfigError, match=r"behaviour.prompts: .*prompts.jsonl:2: not JSON"):
+        load_config("demo", [f"behaviour.prompts={broken}"])
