@@ -100,9 +100,8 @@ def run_stage(recipe: str, model: Path, out: Path, extra: list[str]) -> dict:
     evals = [r for r in records if "eval/loss" in r]
     last_train = [r for r in records if "loss" in r][-1]
     info = {
-        "seconds": round(
-            time.time() - start
-        ),  # of this invocation (a resumed stage: since the resume) "steps": last_train["step"],
+        "seconds": round(time.time() - start),  # of this invocation (a resumed stage: since the resume)
+        "steps": last_train["step"],
         "final_eval_loss": round(evals[-1]["eval/loss"], 4),
         "final_eval_masked_token_nll": round(evals[-1]["eval/masked_token_nll"], 4),
         "final_train_masked_token_nll": round(last_train["masked_token_nll"], 4),
