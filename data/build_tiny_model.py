@@ -119,7 +119,7 @@ SETTINGS = {
 }
 
 
-def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict:
+def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0, tokenizer: Path | None = None) -> dict:
     """Well-formedness (``align.world.well_formed``) and the judged behaviour of answers sampled from ``model_dir``
     to held-out prompts: those of held-out tasks (never in training text) and held-out phrasings of training
     tasks, 48 tokens in 48 steps, greedy and at the demo's setting. Shares with their binomial SEs, per split
@@ -135,7 +135,7 @@ def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0) -> dict
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = load_model(str(model_dir), dtype=torch.float32).eval()
-    tok = load_tokenizer(str(model_dir))
+    tok = load_tokenizer(str(tokenizer or model_dir))  # a training checkpoint holds no tokenizer: give one
     spec = spec_for(model)
     rows = [json.loads(line) for line in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()]
     rows = rows[:limit] if limit else rows
@@ -196,7 +196,7 @@ def curve(sft_dir: Path, every: int = 3, limit: int = 120) -> list[dict]:
     ckpts = sorted((p for p in sft_dir.glob("checkpoint-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
     out = []
     for ckpt in ckpts[every - 1 :: every]:
-        m = measure(ckpt, limit=limit)
+        m = measure(ckpt, limit=limit, tokenizer=OUT)
         out.append(
             {
                 "step": int(ckpt.name.split("-")[1]),
@@ -218,6 +218,7 @@ def measure_published(info: dict, work: Path) -> None:
     and the card."""
     start = time.time()
     info["well_formedness"] = measure(OUT, limit=MEASURE_PROMPTS)
+    (OUT / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")  # kept if the curve is interrupted
     info["curve"] = curve(work / "sft")
     info["measure_seconds"] = round(time.time() - start)
     (OUT / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
