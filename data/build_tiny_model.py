@@ -234,7 +234,8 @@ def publish(final: Path, info: dict) -> None:
         shutil.rmtree(OUT)
     OUT.mkdir(parents=True)
     for f in final.iterdir():
-        if f.is_file() and f.name != "model.safetensors":
+        if f.is_file() and f.name not in ("model.safetensors", "training_config.yaml", "README.md"):  # the
+            # SFT run's own record names the build's work paths; the card below describes the published model
             shutil.copy2(f, OUT / f.name)
     weights = {k: v.to(torch.bfloat16).contiguous() for k, v in load_file(final / "model.safetensors").items()}
     save_file(weights, OUT / "model.safetensors", metadata={"format": "pt"})

@@ -67,13 +67,19 @@ def test_demo_learns_and_saves_everything(tmp_path):
     out = tmp_path / "demo"
     log = train(out, "train.report_to=tensorboard", "behaviour.prompts=data/demo_behaviour_prompts.jsonl", quiet=BASIC)
     evals = [m for m in metrics(out) if "eval/rewards/accuracies" in m]
-    assert evals[0]["step"] == 0 and evals[0]["eval/rewards/accuracies"] == pytest.approx(0.5)  # untrained: chance
-    assert evals[-1]["eval/rewards/accuracies"] >= 0.7, evals[-1]  # held-out accuracy clearly above chance
-    refusal = [m["eval/refusal_rate"] for m in evals]
-    assert len(refusal) == 4 and 0.25 <= refusal[0] <= 0.75  # the SFT model refuses about half the time
-    assert refusal[-1] >= refusal[0] + 0.15, refusal  # and DPO makes it refuse clearly more often
-    assert evals[-1]["eval/over_refusal_rate"] <= 0.2  # without refusing everyday questions
-    assert "before:" in log and "after:" in log and "refusal_rate:" in log
+    assert [m["step"] for m in evals] == [0, 60, 120]
+    assert evals[0]["eval/rewards/accuracies"] == pytest.approx(0.5)  # untrained: chance
+    assert evals[-1]["eval/rewards/accuracies"] >= 0.65, evals[-1]  # held-out accuracy clearly above chance
+    judged = [m for m in evals if "eval/reward" in m]  # behaviour at the first and last evaluation
+    assert [m["step"] for m in judged] == [0, 120]
+    assert 0.25 <= judged[0]["eval/refusal_rate"] <= 0.75  # the SFT model refuses harmful prompts about half the time
+    assert judged[0]["eval/borderline_refusal_rate"] >= 0.3  # and over-refuses borderline ones: room for DPO
+    assert judged[-1]["eval/refusal_rate"] >= judged[0]["eval/refusal_rate"] + 0.2  # DPO: harmful refused more
+    assert judged[0]["eval/kl"] == 0  # the policy starts as its reference (LoRA), with shared masks
+    assert judged[-1]["eval/kl"] > 2 * judged[-1]["eval/kl/se"]  # and moves away from it
+    for key in ("eval/over_refusal_rate", "eval/well_formed", "eval/correct/borderline", "eval/reward/se"):
+        assert key in judged[-1], key
+    assert "before:" in log and "after:" in log and "refusal_rate:" in log and "reward:" in log
     train_logs = [m for m in metrics(out) if "loss" in m]
     for key in [
         "loss",
