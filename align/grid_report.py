@@ -168,7 +168,7 @@ SELECTABLE = (
 )
 HIGHER_IS_BETTER = {
     o.key: o.higher_is_better
-    for o in outcomes_for(0.5, 1.0, {"refusal", "correct", "everyday", "borderline", "harmful"})
+    for o in outcomes_for(0.5, 1.0, {"refusal", "correct", "reward", "everyday", "borderline", "harmful"})
 }
 
 

@@ -383,3 +383,8 @@ def test_the_frontier_reports_reward_at_matched_kl_first_and_an_arm_against_itse
 
     rows = list(csv.DictReader(open(tmp_path / "outcomes.csv")))
     assert all(0 <= float(r["reward_at_kl_1"]) <= 1 for r in rows) and "best_reward_within_kl" in rows[0]
+
+
+def test_every_selectable_outcome_has_a_direction():
+    """grid.select=best:<outcome> needs to know whether higher is better for every outcome it offers."""
+    assert [k for k in grid_report.SELECTABLE if k not in grid_report.HIGHER_IS_BETTER] == []
