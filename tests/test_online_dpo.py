@@ -384,11 +384,17 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
     one step moves the policy enough to change step 2's answers when each step samples with its own policy
     (round_steps=1); steps 3-4 sample with the policy after step 2. A resume from checkpoint-3 (inside the second
     round, so it holds the round's weights) samples step 4 and trains to the uninterrupted run's loss."""
-    common = ["train.max_steps=4", "train.save_total_limit=null", "train.do_eval=false", "train.warmup_ratio=0"]
+    common = [
+        "train.max_steps=4",
+        "train.save_total_limit=null",
+        "train.do_eval=false",
+        "train.warmup_ratio=0",
+        f"online.judge={JUDGES}:by_length",
+    ]  # answers of different lengths always give a pair to learn from
     still, online, held = tmp_path / "still", tmp_path / "online", tmp_path / "held"
     online_run(still, *common, "train.learning_rate=1e-30", "train.save_steps=4")
-    online_run(online, *common, "train.save_steps=4")
-    online_run(held, *common, "online.round_steps=2", "train.save_steps=3")
+    online_run(online, *common, "train.save_steps=4", "train.learning_rate=2e-2")  # one step visibly moves it
+    online_run(held, *common, "online.round_steps=2", "train.save_steps=3", "train.learning_rate=2e-2")
     assert (held / "checkpoint-3" / "online_round.safetensors").exists()
     assert not (held / "checkpoint-4" / "online_round.safetensors").exists()  # a round's end: the model is its start
     a, b = samples(still), samples(held)
@@ -405,7 +411,12 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
     resumed.mkdir()
     shutil.copytree(held / "checkpoint-3", resumed / "checkpoint-3")
     log = online_run(
-        resumed, *common, "online.round_steps=2", "train.save_steps=3", "train.resume_from_checkpoint=latest"
+        resumed,
+        *common,
+        "online.round_steps=2",
+        "train.save_steps=3",
+        "train.learning_rate=2e-2",
+        "train.resume_from_checkpoint=latest",
     )
     assert "checkpoint-3 at step 3" in log
     assert samples(resumed) == [r for r in b if r["step"] == 4]
@@ -427,6 +438,7 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
             *TINY,
             *common,
             "online.round_steps=2",
+            "train.learning_rate=2e-2",
             "train.resume_from_checkpoint=latest",
         ],
         cwd=ROOT,
