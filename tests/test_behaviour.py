@@ -162,7 +162,7 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
     )
     assert "2 ranks" in log and "before:" in log and "after:" in log
     rows = [json.loads(line) for line in (out / "behaviour.jsonl").read_text().splitlines()]
-    assert sorted({r["step"] for r in rows}) == [0, 2] and len(rows) == 2 * 4  # 2 prompts of each kind, twice
+    assert sorted({r["step"] for r in rows}) == [0, 2] and len(rows) == 2 * 6  # 2 prompts of each of 3 kinds, twice
     judged = [m for m in metrics(out) if "eval/refusal_rate" in m]
     assert [m["step"] for m in judged] == [0, 2]
     assert all(0 <= m["eval/refusal_rate"] <= 1 and 0 <= m["eval/over_refusal_rate"] <= 1 for m in judged)

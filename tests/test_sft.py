@@ -174,7 +174,7 @@ def test_shipped_tiny_chat_model_loads_like_any_checkpoint():
     spec = spec_for(model)
     assert type(model).__name__ == "LLaDAModelLM" and spec.mask_token_id == tok.mask_token_id
     info = json.loads((ROOT / "data" / "tiny_chat" / "build_info.json").read_text())
-    assert info["sft"]["final_eval_masked_token_nll"] < 1.0  # trained, far below a random model's ~log(vocab) = 7.2
+    assert info["sft"]["final_eval_masked_token_nll"] < 2.0  # trained: held-out NLL far below a random model's ~7.3
     assert sum(p.numel() for p in model.parameters()) < 10_000_000
 
 
