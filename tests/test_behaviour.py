@@ -174,31 +174,8 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
 
 
-@pytest.fixture(scope="module")
-def reward_model_dir(tmp_path_factory):
-    """A tiny sequence-classification reward model with the tiny chat tokenizer (its chat template), saved."""
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from align.models.tokenizer import load_tokenizer
-
-    tokenizer = load_tokenizer(str(ROOT / "data" / "tiny_chat"))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("reward_model")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
+# the tiny reward model built by the online-DPO tests (with the tiny chat tokenizer it needs)
+from tests.test_online_dpo import reward_model_dir, tokenizer  # noqa: E402, F401, F811
 
 KL_RUN = [
     "train.max_steps=6",
@@ -220,7 +197,8 @@ KL_RUN = [
 
 @pytest.mark.slow
 def test_kl_is_zero_at_the_reference_and_grows_with_training_and_a_reward_model_scores_prompts_without_task_ids(
-    tmp_path, reward_model_dir
+    tmp_path,
+    reward_model_dir,  # noqa: F811 (the imported fixture)
 ):
     """The frontier's two axes on the path a LLaDA-8B user takes (recipe=beavertails: prompts without task ids,
     a reward model as the judge), here on the tiny chat model: KL(policy || reference) is exactly 0 at step 0
