@@ -423,7 +423,7 @@ result = [m.forward_chunk, m.head_chunk_elements, r.forward_chunk, r.head_chunk_
 @pytest.mark.slow
 def test_compiled_partly_checkpointed_training_matches_the_plain_loop(tmp_path):
     """The speed settings change no number: 3 steps with every block compiled (model.compile) and only the first
-    2 of the demo model's 4 blocks recomputed in backward (model.checkpoint_blocks=2) log the losses of the
+    2 of the demo model's blocks recomputed in backward (model.checkpoint_blocks=2) log the losses of the
     plain loop to fp32 round-off. The probe checks the settings reached the blocks (compiled in place,
     checkpointing on for the first two)."""
     steps = [
@@ -449,4 +449,5 @@ result = [[b.gradient_checkpointing for b in blocks], [b._compiled_call_impl is 
         *fast,
         out=tmp_path / "probe",
     )
-    assert result == [[True, True, False, False], [True] * 4]
+    n = len(result[0])
+    assert n >= 3 and result == [[True, True] + [False] * (n - 2), [True] * n]
