@@ -138,6 +138,13 @@ class SampleOptions:
     temperature: float = opt(0.0, "Gumbel-noise temperature (0: greedy)")
     remasking: str = opt("low_confidence", "which predictions stay masked each step", ("low_confidence", "random"))
     seed: int = opt(0, "seeds the sampling generator")
+    dtype: str | None = opt(
+        None,
+        "model weights; default float32 for sampling (what training, the behaviour check and lm-eval sample in, "
+        "so one seed draws one answer everywhere; the shipped model is stored in bfloat16) and the stored dtype "
+        "for merge",
+        ("float32", "bfloat16", "float16"),
+    )
     merge: str | None = opt(
         None,
         "write model as one merged model (published layout, safetensors, with its "
@@ -157,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
             overrides(argv, prog="align.sampler", help_page=lambda: help_text(SampleOptions, usage)), SampleOptions
         )
         try:
-            model = load_model(args.model).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
+            model = load_model(
+                args.model, dtype=args.dtype or (None if args.merge else "float32")
+            ).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
             tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
         except ValueError as e:  # a failed hub load, an unusable directory
             raise FileNotFoundError(str(e)) from None
