@@ -98,17 +98,23 @@ def plan_start(t, out: Path) -> StartPlan:
         if not found:
             plan.notes.append(f"no checkpoint in {out} yet; starting from scratch")
             return plan
-        which = None  # a run's files but no checkpoint: as a new run into it (refused unless overwriting)
+        # a run's files but no checkpoint: refused whatever train.overwrite_output_dir says (latest never deletes)
+        what = "a finished run (final/)" if "final" in found else "a run"
+        raise CheckpointError(
+            f"train.resume_from_checkpoint=latest: train.output_dir={out} holds {what} "
+            f"({', '.join(found[:4])}{' ...' if len(found) > 4 else ''}) and no complete checkpoint to resume "
+            f"from; latest never deletes a run: start it again without resume_from_checkpoint and with "
+            f"train.overwrite_output_dir=true, or choose another train.output_dir"
+        )
     elif which:
         plan.mode, plan.checkpoint = "resume", Path(which)
         plan.state = verify_checkpoint(plan.checkpoint)
         return plan
     if found:
         if not t.overwrite_output_dir:
-            why = " and no complete checkpoint to resume from" if t.resume_from_checkpoint == "latest" else ""
             raise ConfigError(
                 f"train.output_dir={out} already holds a run ({', '.join(found[:4])}"
-                f"{' ...' if len(found) > 4 else ''}){why}: continue it with "
+                f"{' ...' if len(found) > 4 else ''}): continue it with "
                 f"train.resume_from_checkpoint=latest, choose another train.output_dir, or set "
                 f"train.overwrite_output_dir=true to replace it"
             )

@@ -54,6 +54,7 @@ from align.models.tokenizer import load_tokenizer
 from align.optim import adamw
 from align.reference import ReferenceCache, prepare_reference
 from align.resume import check_resume, load_checkpoint, plan_start, write_start
+from align.runlock import lock_output_dir
 from align.runtime import (
     build_accelerator,
     check_precision,
@@ -91,6 +92,7 @@ class Trainer:
         self.logging_dir = Path(t.logging_dir) if t.logging_dir else self.out / "runs" / run_folder_name()
         self.accelerator = acc = build_accelerator(self.cfg, self.out, self.logging_dir)
         self.world, self.rank = acc.num_processes, acc.process_index
+        self.lock = lock_output_dir(acc, self.out)  # one run per output directory (align.runlock)
         set_seed(t.seed)
         self.deepspeed = uses_deepspeed(acc)
         self.precision = check_precision(self.cfg.model.dtype, str(acc.mixed_precision), self.deepspeed)
@@ -389,6 +391,8 @@ class Trainer:
             world=self.world,
             eval_ids=self.eval_ids if self.eval_data else None,
         )
+        if self.lock is not None:
+            self.lock.keep()
         if self.resumed is not None:
             changed = "".join(f"; {k} changed: {a} -> {b}" for k, (a, b) in self.resumed.changes.items())
             acc.print(f"resumed from {plan.checkpoint} at step {self.global_step}{changed}")
@@ -638,5 +642,8 @@ class Trainer:
             )
 
     def close(self):
-        """Tear down the process group (after :meth:`train`; the entry point calls it)."""
+        """Tear down the process group and release the output directory (after :meth:`train`; the entry point
+        calls it)."""
         self.accelerator.end_training()
+        if self.lock is not None:
+            self.lock.release()

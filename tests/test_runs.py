@@ -184,10 +184,13 @@ def test_latest_in_a_run_without_a_checkpoint_is_refused_in_an_empty_directory_s
     for path in out.glob("checkpoint-*"):
         shutil.rmtree(path)
     before = snapshot(out)
-    # the demo recipe sets overwrite_output_dir=true (its quick start can be run again); a run leaves it off
-    err = fails(out, *RUN, "train.resume_from_checkpoint=latest", "train.overwrite_output_dir=false")
-    assert "already holds a run" in err and "no complete checkpoint to resume from" in err
-    assert snapshot(out) == before  # metrics.jsonl not appended to, final/ not replaced
+    # with overwrite_output_dir off, and on (the demo recipe sets it: its quick start can be run again): latest
+    # never deletes a run, as HF's Trainer treats a resume without a checkpoint as an error
+    for overwrite in ("false", "true"):
+        err = fails(out, *RUN, "train.resume_from_checkpoint=latest", f"train.overwrite_output_dir={overwrite}")
+        assert "holds a finished run (final/)" in err and "no complete checkpoint to resume from" in err, err
+        assert "latest never deletes a run" in err
+        assert snapshot(out) == before  # metrics.jsonl not appended to, final/ not replaced
     empty = tmp_path / "empty"
     empty.mkdir()
     log = train(empty, *RUN, "train.max_steps=2", "train.resume_from_checkpoint=latest")
@@ -199,6 +202,33 @@ def test_latest_in_a_finished_run_does_nothing(finished, tmp_path):
     before = snapshot(out)
     log = train(out, *RUN, "train.resume_from_checkpoint=latest")
     assert "the run is finished, nothing to do" in log and snapshot(out) == before
+
+
+# ---------------------------------------------------------------- one run per directory: a lock
+
+
+def test_a_second_run_into_a_held_directory_fails_naming_the_holder_and_a_killed_holder_leaves_no_lock(tmp_path):
+    """The main process holds flock on the output directory (align.runlock): a second start fails in one line
+    naming the holder's pid and writes nothing; once the holder is SIGKILLed the lock is gone with it."""
+    out = tmp_path / "run"
+    hold = "import sys, time; from align.runlock import OutputLock; OutputLock(sys.argv[1]).acquire(); "
+    hold += "print('held', flush=True); time.sleep(600)"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold, str(out)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = fails(out, *RUN)
+        assert f"is in use by another run (pid {holder.pid}: " in err and "align.runlock" in err, err
+        assert list(out.iterdir()) == []  # nothing written by the refused start
+    finally:
+        holder.kill()
+        holder.wait()
+    train(out, *RUN, "train.max_steps=2")
+    assert sorted(losses(out)) == [1, 2]
+    fresh = tmp_path / "a" / "b"  # made to be locked, removed again by a start that fails
+    fails(fresh, *RUN, "data.max_train_examples=1")
+    assert not (tmp_path / "a").exists()
 
 
 # ---------------------------------------------------------------- 5. damaged checkpoints
