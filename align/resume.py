@@ -59,6 +59,7 @@ class StartPlan:
     state: dict | None = None  # the checkpoint's trainer_state.json
     remove: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    cuts: dict = field(default_factory=dict)  # a resume's step logs: {name: (cut, note)} (plan_log_cut)
 
 
 @dataclass
@@ -183,6 +184,8 @@ def check_resume(plan: StartPlan, *, t, settings: dict, geometry: dict, deepspee
         raise CheckpointError(f"{path}: {e}") from None
     if note:
         plan.notes.append(note)
+    # the step logs' cuts, planned now (a damaged log refused before anything is written)
+    plan.cuts = {name: plan_log_cut(Path(t.output_dir) / name, int(state["global_step"])) for name in STEP_LOGS}
     return Resumed(int(state["global_step"]), start_micro, int(state.get("policy_tokens", 0)), changes)
 
 
@@ -239,8 +242,11 @@ def write_start(
                     )
                     + "\n"
                 )
-            for name in STEP_LOGS:
-                truncate_step_log(out / name, resumed.global_step)
+            for name, (cut, note) in plan.cuts.items():
+                if cut is not None:
+                    cut_log(out / name, cut)
+                if note:
+                    acc.print(note)
         else:
             dump_config(cfg, out / "config.yaml")
         if eval_ids is not None and not (plan.mode == "resume" and (out / "eval_ids.json").exists()):
@@ -248,10 +254,54 @@ def write_start(
     acc.wait_for_everyone()
 
 
-def truncate_step_log(path: Path, step: int) -> None:
-    """Keep only the records up to ``step``: a resumed run logs what came after the checkpoint again."""
+def plan_log_cut(path: Path, step: int) -> tuple[int | bytes | None, str | None]:
+    """How to cut a step log so that it keeps the records up to ``step`` (a resumed run logs what came after the
+    checkpoint again), reading only: ``(cut, note)``. ``cut`` is the byte offset to truncate at (the records are
+    in step order, so the kept ones are a prefix), the kept bytes when they are not a prefix (written to a new
+    file and renamed into place), or None when nothing is to cut. A torn last line (no newline, or not JSON:
+    the process died while appending it) is cut and named in ``note``; a line that is not a record anywhere
+    else is refused (CheckpointError naming the file and line)."""
     if not path.exists():
+        return None, None
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()  # the file ends with a newline
+    offset, kept, prefix, dropped, note, position = 0, [], True, False, None, 0
+    for number, line in enumerate(lines, 1):
+        end = position + len(line) + 1
+        try:
+            record_step = int(json.loads(line)["step"]) if line.strip() else None
+            whole = end <= len(data)
+        except (ValueError, KeyError, TypeError):
+            record_step, whole = None, False
+        if not whole or (record_step is None and line.strip()):
+            if number < len(lines):
+                raise CheckpointError(
+                    f"{path}: line {number} is not a step record ({line[:60]!r}); the log is damaged: repair "
+                    f"or remove it to resume"
+                )
+            note = f"{path.name}: a torn last line ({len(line)} bytes, written by a process that died) was cut"
+            break
+        if record_step is not None and record_step <= step:
+            kept.append(line)
+            prefix = prefix and not dropped
+            if prefix:
+                offset = end
+        elif record_step is not None:
+            dropped = True
+        position = end
+    if prefix or not kept:
+        return (None, note) if offset == len(data) else (offset, note)
+    return b"".join(line + b"\n" for line in kept), note
+
+
+def cut_log(path: Path, cut: int | bytes) -> None:
+    """Cut ``path`` at a byte offset in place (one truncate: the records before it are never rewritten), or
+    replace it by the kept bytes through a new file renamed into place (never half written)."""
+    if isinstance(cut, int):
+        os.truncate(path, cut)
         return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(cut)
+    os.replace(tmp, path)

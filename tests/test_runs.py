@@ -285,6 +285,56 @@ def test_sigkill_during_a_save_resumes_from_the_newest_complete_checkpoint(finis
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
 
 
+# ---------------------------------------------------------------- logs that survive
+
+
+def test_a_step_log_is_cut_in_place_a_torn_last_line_is_cut_and_a_damaged_line_refused(tmp_path):
+    from align.resume import cut_log, plan_log_cut
+
+    def log(*records: bytes) -> Path:
+        path = tmp_path / "metrics.jsonl"
+        path.write_bytes(b"".join(records))
+        return path
+
+    def rec(step):
+        return (json.dumps({"step": step, "loss": 0.5}) + "\n").encode()
+
+    path = log(rec(0), rec(1), rec(2), rec(3))
+    inode = path.stat().st_ino
+    cut, note = plan_log_cut(path, 2)
+    assert cut == len(rec(0) + rec(1) + rec(2)) and note is None
+    cut_log(path, cut)  # one truncate: the same file, the kept bytes never rewritten
+    assert path.read_bytes() == rec(0) + rec(1) + rec(2) and path.stat().st_ino == inode
+    for torn in (rec(2)[:9], rec(2)[:-1]):  # cut mid-record, or a whole record without its newline
+        cut, note = plan_log_cut(log(rec(0), rec(1), torn), 5)
+        assert cut == len(rec(0) + rec(1)) and f"a torn last line ({len(torn)} bytes" in note
+    assert plan_log_cut(log(rec(0), rec(1)), 1) == (None, None)
+    assert plan_log_cut(log(rec(0), rec(3), rec(1)), 2) == (rec(0) + rec(1), None)  # not a prefix: a new file
+    with pytest.raises(CheckpointError, match="line 2 is not a step record"):
+        plan_log_cut(log(rec(0), b"garbage\n", rec(1)), 2)
+
+
+def test_a_resume_cuts_a_torn_metrics_line_and_refuses_a_damaged_log_writing_nothing(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    shutil.rmtree(out / "checkpoint-6")
+    shutil.rmtree(out / "final")
+    metrics_log = out / "metrics.jsonl"
+    good = metrics_log.read_bytes()
+    lines = good.splitlines(keepends=True)
+    metrics_log.write_bytes(lines[0] + b"not a record\n" + b"".join(lines[1:]))
+    before = snapshot(out)
+    err = fails(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert f"{metrics_log}: line 2 is not a step record" in err
+    assert snapshot(out) == before and not (out / "resumes.jsonl").exists()  # nothing written
+    metrics_log.write_bytes(good + b'{"step": 7, "loss": 0.6')  # the process died while appending a line
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert "metrics.jsonl: a torn last line (23 bytes" in log and "checkpoint-4 at step 4" in log
+    a, b = losses(finished), losses(out)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]  # each step logged once
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
 # ---------------------------------------------------------------- 6, 7. held-out data and one-line failures
 
 
