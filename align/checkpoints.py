@@ -214,6 +214,14 @@ def complete_checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
+def trajectory_of(checkpoint: Path) -> str | None:
+    """The run (trajectory id) a checkpoint belongs to; None when it records none (older align) or is unreadable."""
+    try:
+        return json.loads((Path(checkpoint) / STATE).read_text()).get("trajectory")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def latest_verified(out: Path) -> tuple[Path | None, dict | None, list[str]]:
     """(the newest checkpoint that verifies or None, its trainer_state, the reasons of the newer ones passed over)."""
     passed = []
@@ -282,8 +290,9 @@ def save_checkpoint(
         if final.exists():
             remove_checkpoint(final)
         tmp.rename(final)  # atomic: a checkpoint without trainer_state.json or named .tmp is never resumed
-        if keep:
-            for old in complete_checkpoints(out)[:-keep]:
+        if keep:  # this run's checkpoints only: a checkpoint of another trajectory is never counted or removed
+            ours = [p for p in complete_checkpoints(out) if trajectory_of(p) in (None, state.get("trajectory"))]
+            for old in ours[:-keep]:
                 remove_checkpoint(old)
     acc.wait_for_everyone()
     return final

@@ -15,6 +15,8 @@ import json
 import os
 import re
 import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +25,10 @@ from align.checkpoints import (
     CheckpointError,
     changed_settings,
     check_output_dir,
+    complete_checkpoints,
     latest_verified,
     resume_position,
+    trajectory_of,
     trajectory_settings,
     verify_checkpoint,
 )
@@ -60,6 +64,8 @@ class StartPlan:
     remove: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     cuts: dict = field(default_factory=dict)  # a resume's step logs: {name: (cut, note)} (plan_log_cut)
+    abandon: list[str] = field(default_factory=list)  # later checkpoints of the trajectory a resume leaves
+    trajectory: str = ""  # the id every checkpoint of this run records (a resume keeps the checkpoint's)
 
 
 @dataclass
@@ -87,10 +93,17 @@ def plan_start(t, out: Path) -> StartPlan:
     plan = StartPlan()
     which = t.resume_from_checkpoint
     if which == "latest":
+        mixed = sorted({trajectory_of(p) for p in complete_checkpoints(out)} - {None}) if out.is_dir() else []
+        if len(mixed) > 1:
+            raise CheckpointError(
+                f"train.resume_from_checkpoint=latest: the checkpoints in {out} belong to {len(mixed)} runs "
+                f"(trajectories {', '.join(m[:8] for m in mixed)}): name the one to resume"
+            )
         path, state, passed = latest_verified(out) if out.is_dir() else (None, None, [])
         plan.notes += [f"passed over a damaged checkpoint: {reason}" for reason in passed]
         if path is not None:
             plan.mode, plan.checkpoint, plan.state = "resume", path, state
+            plan.trajectory = state.get("trajectory") or uuid.uuid4().hex
             return plan
         if passed:
             raise CheckpointError(
@@ -98,6 +111,7 @@ def plan_start(t, out: Path) -> StartPlan:
             )
         if not found:
             plan.notes.append(f"no checkpoint in {out} yet; starting from scratch")
+            plan.trajectory = uuid.uuid4().hex
             return plan
         # a run's files but no checkpoint: refused whatever train.overwrite_output_dir says (latest never deletes)
         what = "a finished run (final/)" if "final" in found else "a run"
@@ -110,7 +124,22 @@ def plan_start(t, out: Path) -> StartPlan:
     elif which:
         plan.mode, plan.checkpoint = "resume", Path(which)
         plan.state = verify_checkpoint(plan.checkpoint)
+        own = complete_checkpoints(out) if out.is_dir() else []
+        step = int(plan.state["global_step"])
+        if plan.checkpoint.resolve().parent != out.resolve() and found:
+            ours = {trajectory_of(p) for p in own} - {None}
+            if not ours or plan.state.get("trajectory") not in ours:
+                raise CheckpointError(
+                    f"train.resume_from_checkpoint={which} is another run's checkpoint and "
+                    f"train.output_dir={out} holds a run of its own ({', '.join(found[:4])}"
+                    f"{' ...' if len(found) > 4 else ''}): one trajectory per directory; resume it into its own "
+                    f"directory or into an empty one"
+                )
+        # an older checkpoint: the later ones belong to the trajectory this resume abandons (moved aside, named)
+        plan.abandon = [p.name for p in own if int(p.name.split("-")[1]) > step]
+        plan.trajectory = plan.state.get("trajectory") or uuid.uuid4().hex
         return plan
+    plan.trajectory = uuid.uuid4().hex
     if found:
         if not t.overwrite_output_dir:
             raise ConfigError(
@@ -222,6 +251,15 @@ def write_start(
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         out.mkdir(parents=True, exist_ok=True)
+        if plan.mode == "resume" and plan.abandon:
+            aside = out / "abandoned" / f"after-step-{plan.state['global_step']}-{time.strftime('%Y%m%d-%H%M%S')}"
+            aside.mkdir(parents=True)
+            for name in plan.abandon:
+                os.replace(out / name, aside / name)
+            acc.print(
+                f"resuming from an older checkpoint: {', '.join(plan.abandon)} (the abandoned trajectory's) moved "
+                f"to {aside}"
+            )
         if plan.mode == "resume":
             if not (out / "config.yaml").exists():  # a checkpoint copied into a new directory
                 import yaml

@@ -406,6 +406,7 @@ class Trainer:
             "geometry": self._geometry(),
             "settings": self._settings(),
             "config": self.cfg.to_dict(),
+            "trajectory": self.start.trajectory,  # one trajectory per directory (align.resume)
         }
         extra = self.objective.save_state  # online DPO: a round's sampling weights
         save_checkpoint(

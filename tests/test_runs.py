@@ -231,6 +231,39 @@ def test_a_second_run_into_a_held_directory_fails_naming_the_holder_and_a_killed
     assert not (tmp_path / "a").exists()
 
 
+# ---------------------------------------------------------------- one trajectory per directory
+
+
+def relabel(run: Path, trajectory: str) -> None:
+    """Make ``run``'s checkpoints another run's (their recorded trajectory id; the manifest leaves the state out)."""
+    for state_file in run.glob("checkpoint-*/trainer_state.json"):
+        state = json.loads(state_file.read_text())
+        state["trajectory"] = trajectory
+        state_file.write_text(json.dumps(state))
+
+
+def test_one_trajectory_per_directory(finished, tmp_path):
+    """Another run's checkpoint is refused into a directory holding a run; resuming an older checkpoint moves the
+    abandoned later ones aside (named) and continues exactly; latest refuses checkpoints of two runs."""
+    ours, theirs = copy_run(finished, tmp_path / "ours"), copy_run(finished, tmp_path / "theirs")
+    relabel(theirs, "0123456789abcdef")
+    before = snapshot(ours)
+    err = fails(ours, *RUN, f"train.resume_from_checkpoint={theirs / 'checkpoint-4'}")
+    assert "is another run's checkpoint" in err and "one trajectory per directory" in err
+    assert snapshot(ours) == before
+    log = train(ours, *RUN, f"train.resume_from_checkpoint={ours / 'checkpoint-2'}")
+    (aside,) = (ours / "abandoned").iterdir()
+    assert f"checkpoint-4, checkpoint-6 (the abandoned trajectory's) moved to {aside}" in log
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    a, b = losses(finished), losses(ours)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+    shutil.copytree(theirs / "checkpoint-6", ours / "checkpoint-8")  # a foreign checkpoint copied in
+    err = fails(ours, *RUN, "train.resume_from_checkpoint=latest")
+    assert "belong to 2 runs" in err and "0123456" in err and "name the one to resume" in err
+
+
 # ---------------------------------------------------------------- 5. damaged checkpoints
 
 
