@@ -45,7 +45,9 @@ RUN_FILES = (
     "ref_logps",
     "resumes.jsonl",
     "online_samples.jsonl",
+    "abandoned",
 )
+BESIDE_A_RUN = ("train.log", "ablate_status.json")  # what align.ablate writes into a cell's directory
 STEP_LOGS = (
     "metrics.jsonl",
     "eval_examples.jsonl",
@@ -147,6 +149,15 @@ def plan_start(t, out: Path) -> StartPlan:
                 f"{' ...' if len(found) > 4 else ''}): continue it with "
                 f"train.resume_from_checkpoint=latest, choose another train.output_dir, or set "
                 f"train.overwrite_output_dir=true to replace it"
+            )
+        # overwrite removes only a run's own files, and only from a directory that is a run's (its config.yaml)
+        others = sorted(p.name for p in out.iterdir() if p.name not in found and p.name not in BESIDE_A_RUN)
+        if "config.yaml" not in found or others:
+            why = f"files that are not a run's ({', '.join(others[:4])}{' ...' if len(others) > 4 else ''})"
+            raise ConfigError(
+                f"train.overwrite_output_dir=true: {out} holds "
+                + (why if others else f"{', '.join(found[:4])} but no config.yaml (not an align run's directory)")
+                + ": overwrite removes only a run's own files; move the others or choose another train.output_dir"
             )
         plan.mode, plan.remove = "overwrite", found
     return plan
@@ -250,6 +261,8 @@ def write_start(
         for name in plan.remove:
             path = out / name
             shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if plan.remove:
+            acc.print(f"overwrite: removed the earlier run's {', '.join(plan.remove)} from {out}")
         out.mkdir(parents=True, exist_ok=True)
         if plan.mode == "resume" and plan.abandon:
             aside = out / "abandoned" / f"after-step-{plan.state['global_step']}-{time.strftime('%Y%m%d-%H%M%S')}"

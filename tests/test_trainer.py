@@ -663,7 +663,25 @@ def test_a_new_run_into_a_used_output_dir_is_refused_unless_overwriting(tmp_path
     )
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
     assert metrics(out) == first  # nothing appended
-    train(out, *common[:-1], "train.overwrite_output_dir=true", "train.learning_rate=1e-3")
+    (out / "notes.txt").write_text("mine")  # not the run's: overwrite refuses, removing nothing
+    proc = run_python(
+        [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET, *common[:-1]],
+        env=ENV,
+    )
+    assert proc.returncode != 0 and "files that are not a run's (notes.txt)" in proc.stderr
+    assert metrics(out) == first
+    (out / "notes.txt").unlink()
+    log = train(out, *common[:-1], "train.overwrite_output_dir=true", "train.learning_rate=1e-3")
+    (removed,) = [line for line in log.splitlines() if line.startswith("overwrite: removed the earlier run's")]
+    assert "config.yaml" in removed and "metrics.jsonl" in removed and "notes.txt" not in removed
     again = metrics(out)
     assert [m["step"] for m in again] == [m["step"] for m in first]  # one run's records, not two
     assert again != first
+    foreign = tmp_path / "home"  # a directory with a folder named like a run's, but no run: nothing removed
+    (foreign / "runs").mkdir(parents=True)
+    proc = run_python(
+        [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={foreign}", *QUIET, *common[:-1]],
+        env=ENV,
+    )
+    assert proc.returncode != 0 and "no config.yaml (not an align run's directory)" in proc.stderr
+    assert (foreign / "runs").is_dir()
