@@ -1,11 +1,13 @@
 """A run's checkpoints: what each one records, how it is verified, which one a resume takes, and what may change.
 
 A checkpoint is written to ``checkpoint-N.tmp``; when every rank's files are there, the main process writes
-``manifest.json`` (every file with its size) and ``trainer_state.json`` (the step, the data position, the
+``manifest.json`` (every file with its size and sha256) and ``trainer_state.json`` (the step, the data position, the
 settings that decide the trajectory, the batch geometry), then renames the folder to ``checkpoint-N``
 (:func:`save_checkpoint`). A
 resume verifies a checkpoint before it reads it: the state file parses, every file of the manifest is there
-with its size, every safetensors file's header and length agree and every torch file is a whole zip archive.
+with its size and its sha256 (hashed only for the checkpoint a resume takes, and the damaged newer ones it
+passes over), every safetensors file's header and length agree and every torch file is a whole zip archive.
+A run's ``final/`` is written the same way (``final.tmp`` with a manifest, renamed; :func:`verify_final`).
 ``latest`` takes the newest checkpoint that verifies and names the damaged ones it passed over.
 
 The settings that decide the trajectory are every key of the config except those listed in
@@ -16,6 +18,7 @@ on: the global batch and the examples each epoch uses. How a launch decides to r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -96,13 +99,62 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(f"train.output_dir={out}: {existing} is not writable")
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def write_manifest(directory: Path) -> None:
-    files = {
-        str(p.relative_to(directory)): p.stat().st_size
-        for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name not in (MANIFEST, STATE)
-    }
-    (directory / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+    """``manifest.json``: every file under ``directory`` (but the manifest and the state file) with its size and
+    sha256."""
+    paths = [p for p in sorted(directory.rglob("*")) if p.is_file() and p.name not in (MANIFEST, STATE)]
+    files = {str(p.relative_to(directory)): p.stat().st_size for p in paths}
+    digests = {str(p.relative_to(directory)): file_sha256(p) for p in paths}
+    (directory / MANIFEST).write_text(json.dumps({"files": files, "sha256": digests}, indent=1) + "\n")
+
+
+def check_manifest(directory: Path) -> None:
+    """Every file the manifest lists is there with its size and (where recorded) its sha256; a manifest of an
+    unexpected shape is damaged. CheckpointError naming the first bad file."""
+    manifest = directory / MANIFEST
+    try:
+        record = json.loads(manifest.read_text())
+        files, digests = record["files"], record.get("sha256", {})
+        if not (isinstance(files, dict) and isinstance(digests, dict)):
+            raise TypeError("files and sha256 must be objects")
+        files = {str(name): int(size) for name, size in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{manifest} is damaged ({type(e).__name__}: {e})") from None
+    for name, size in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing (the manifest lists it)")
+        if path.stat().st_size != size:
+            raise CheckpointError(
+                f"{path} has {path.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
+            )
+    for name, digest in digests.items():
+        if name in files and file_sha256(directory / name) != digest:
+            raise CheckpointError(
+                f"{directory / name} has its recorded size but not its recorded content (sha256 differs): corrupted"
+            )
+
+
+def verify_final(directory: Path) -> str | None:
+    """Why a run's ``final/`` does not verify (None when it does): written with a manifest, every file whole."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return f"{directory} does not exist"
+    if not (directory / MANIFEST).exists():
+        return f"{directory} has no {MANIFEST} (its save did not finish, or an align older than manifests wrote it)"
+    try:
+        check_manifest(directory)
+    except CheckpointError as e:
+        return str(e)
+    return None
 
 
 def _check_safetensors(path: Path) -> str | None:
@@ -154,18 +206,7 @@ def verify_checkpoint(directory: Path) -> dict:
     if not manifest.exists() and "geometry" in state:  # written with a manifest (an older align wrote none)
         raise CheckpointError(f"{manifest} is missing (the checkpoint was written with one)")
     if manifest.exists():
-        try:
-            files = json.loads(manifest.read_text())["files"]
-        except (ValueError, KeyError) as e:
-            raise CheckpointError(f"{manifest} is damaged ({e})") from None
-        for name, size in files.items():
-            path = directory / name
-            if not path.is_file():
-                raise CheckpointError(f"{path} is missing (the checkpoint's manifest lists it)")
-            if path.stat().st_size != size:
-                raise CheckpointError(
-                    f"{path} has {path.stat().st_size} bytes, the manifest says {size} (truncated or overwritten)"
-                )
+        check_manifest(directory)
     tensors = 0
     for path in sorted(directory.rglob("*")):
         if not path.is_file():

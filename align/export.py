@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from align.checkpoints import write_manifest
 from align.model_card import write_card
 from align.models import unwrap
 
@@ -148,6 +149,9 @@ def save_final(acc, model, out: Path, *, cfg, tokenizer) -> None:
     time, without a second copy of the model on the GPU. Full fine-tuning: the full state dict (gathered from
     ZeRO-3 shards on rank 0).
     """
+    final, out = out, out.with_name(out.name + ".tmp")  # written aside, renamed when whole (as checkpoints are)
+    if acc.is_main_process and out.exists():
+        shutil.rmtree(out)  # an earlier save cut short
     acc.wait_for_everyone()
     source = cfg.model.name_or_path
     if cfg.lora.enabled:
@@ -176,5 +180,9 @@ def save_final(acc, model, out: Path, *, cfg, tokenizer) -> None:
         tokenizer.save_pretrained(out)
         # README.md: how it was trained, what it scored
         write_card(out, base=source, run=out.parent, family=unwrap(model).config.model_type)
-        acc.print(f"saved {out}")
+        write_manifest(out)  # every file with its size and sha256: a finished run is one whose final/ verifies
+        if final.exists():
+            shutil.rmtree(final)  # an unverified final/ of a save cut short, being redone
+        out.rename(final)
+        acc.print(f"saved {final}")
     acc.wait_for_everyone()

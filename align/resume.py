@@ -41,6 +41,7 @@ RUN_FILES = (
     "behaviour.jsonl",
     "eval_examples.jsonl",
     "final",
+    "final.tmp",
     "runs",
     "ref_logps",
     "resumes.jsonl",

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from align.behaviour import BehaviourEval
-from align.checkpoints import keep_only, save_checkpoint, trajectory_settings
+from align.checkpoints import keep_only, save_checkpoint, trajectory_settings, verify_final
 from align.config import ConfigError
 from align.data import EVAL_EPOCH, rank_micro_batches
 from align.data.order import epoch_rest, step_positions
@@ -484,12 +484,16 @@ class Trainer:
         save (``align.export``) at the end. (One method on purpose: the loop reads top to bottom; each step it
         takes is a named method.)"""
         acc, t = self.accelerator, self.cfg.train
-        if self.global_step >= self.total_steps and (self.out / "final").is_dir():
-            acc.print(
-                f"{self.start.checkpoint} is at step {self.global_step} of {self.total_steps} and "
-                f"{self.out / 'final'} is saved: the run is finished, nothing to do"
-            )
-            return
+        if self.global_step >= self.total_steps:
+            unverified = verify_final(self.out / "final")
+            if unverified is None:
+                acc.print(
+                    f"{self.start.checkpoint} is at step {self.global_step} of {self.total_steps} and "
+                    f"{self.out / 'final'} verifies: the run is finished, nothing to do"
+                )
+                return
+            if (self.out / "final").exists():
+                acc.print(f"the final save is redone: {unverified}")
         self.begin()
         self._announce()
         from tqdm.auto import tqdm

@@ -6,7 +6,8 @@ POINT, in the save of ``checkpoint-STEP``:
 - ``mid-write``: ``optimizer.bin`` in ``checkpoint-STEP.tmp`` is half written when the process dies;
 - ``before-rename``: every file, the manifest and the state are in ``checkpoint-STEP.tmp``, not yet renamed;
 - ``mid-cleanup``: ``checkpoint-STEP`` is complete; the process dies while deleting an older checkpoint
-  (``train.save_total_limit``), half of whose files are gone.
+  (``train.save_total_limit``), half of whose files are gone;
+- ``final-before-rename``: the final save is whole in ``final.tmp``, not yet renamed to ``final`` (STEP unused).
 SIGKILL: no handler runs, nothing is flushed; as a node failure or the OOM killer.
 """
 
@@ -39,11 +40,12 @@ if point == "mid-write":
         return real_save(obj, f, *args, **kwargs)
 
     torch.save = save
-elif point == "before-rename":
+elif point in ("before-rename", "final-before-rename"):
     real_rename = Path.rename
+    name = tmp if point == "before-rename" else "final.tmp"
 
     def rename(self, target):
-        if self.name == tmp:
+        if self.name == name:
             die()
         return real_rename(self, target)
 

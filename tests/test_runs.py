@@ -368,6 +368,53 @@ def test_a_resume_cuts_a_torn_metrics_line_and_refuses_a_damaged_log_writing_not
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
 
 
+def test_sigkill_in_the_final_save_is_completed_by_latest_and_a_corrupt_final_is_redone(finished, tmp_path):
+    """final/ is written as checkpoints are (final.tmp with a manifest, renamed): SIGKILL before the rename leaves
+    no final/, and latest completes the save without training again; a final/ whose bytes changed at the same
+    size does not verify (sha256), so latest saves it again."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "tests/fault_run.py", "final-before-rename", "0", "recipe=demo", f"train.output_dir={out}"]
+        + [*QUIET, *RUN],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9 and (out / "final.tmp").is_dir() and not (out / "final").exists()
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert "checkpoint-6 at step 6" in log and (out / "final" / "manifest.json").exists()
+    assert not (out / "final.tmp").exists() and sorted(losses(out)) == [1, 2, 3, 4, 5, 6]
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert "verifies: the run is finished, nothing to do" in log
+    weights = next((out / "final").rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])  # same size, header intact: only the hash can tell
+    weights.write_bytes(bytes(data))
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert "the final save is redone" in log and "sha256 differs" in log
+    assert "nothing to do" in train(out, *RUN, "train.resume_from_checkpoint=latest")
+
+
+def test_same_size_corruption_and_a_manifest_of_another_shape_are_damage_not_tracebacks(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    weights = out / "checkpoint-6" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-4:] = bytes(b ^ 0xFF for b in data[-4:])
+    weights.write_bytes(bytes(data))
+    (out / "checkpoint-4" / "manifest.json").write_text('{"files": ["model.safetensors"]}')
+    shutil.rmtree(out / "final")
+    err = fails(out, *RUN, f"train.resume_from_checkpoint={out / 'checkpoint-4'}")
+    assert "manifest.json is damaged" in err
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert f"{weights} has its recorded size but not its recorded content (sha256 differs)" in log
+    assert "checkpoint-2 at step 2" in log
+    a, b = losses(finished), losses(out)
+    for step in range(3, 7):
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
 # ---------------------------------------------------------------- 6, 7. held-out data and one-line failures
 
 
