@@ -321,8 +321,9 @@ class TrainArgs:
         None,
         "keys a resume may change from the checkpoint's settings (e.g. "
         "[loss.beta,train.learning_rate]); a resume that changes any other "
-        "setting deciding the trajectory is refused naming it. Recorded in "
-        "output_dir/resumes.jsonl",
+        "setting deciding the trajectory is refused naming it; data, eval_data and "
+        "model name changed content (the encoded data, the base weights) under any path. "
+        "Recorded in output_dir/resumes.jsonl",
     )
     overwrite_output_dir: bool = opt(
         False,

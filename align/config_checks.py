@@ -77,7 +77,8 @@ def _validate_train(cfg) -> None:
             where = f"in [{low}, {high}]" if high is not None else (f">= {low}" if closed else f"> {low}")
             raise ConfigError(f"{key} must be finite and {where}, got {value}")
     if t.resume_changes:
-        known = [f"{s}.{k}" for s, section in cfg.to_dict().items() for k in section]
+        # and the content fingerprints a resume compares (align.resume.FINGERPRINTS)
+        known = [f"{s}.{k}" for s, section in cfg.to_dict().items() for k in section] + ["data", "eval_data", "model"]
         for key in t.resume_changes:
             if key not in known:
                 close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)

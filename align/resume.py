@@ -164,7 +164,17 @@ def plan_start(t, out: Path) -> StartPlan:
     return plan
 
 
-def check_resume(plan: StartPlan, *, t, settings: dict, geometry: dict, deepspeed: bool, unit: str) -> Resumed:
+# what a content fingerprint stands for in messages and train.resume_changes, and the path keys it makes moot
+FINGERPRINTS = {
+    "data": ("data.dataset", "the training data as encoded"),
+    "eval_data": ("data.eval_dataset", "the held-out data as encoded"),
+    "model": ("model.name_or_path", "the base model's weights"),
+}
+
+
+def check_resume(
+    plan: StartPlan, *, t, settings: dict, geometry: dict, deepspeed: bool, unit: str, fingerprints: dict | None = None
+) -> Resumed:
     """Refuse a resume whose trajectory settings differ from the checkpoint's (unless named in
     ``train.resume_changes``), and find where in the data it continues; reads the checkpoint's records only.
 
@@ -184,12 +194,25 @@ def check_resume(plan: StartPlan, *, t, settings: dict, geometry: dict, deepspee
             old = {}
             plan.notes.append(f"{path} records no settings (older align): not verified")
     changes = changed_settings(old, settings)
+    recorded = state.get("fingerprints") or {}
+    content = {}  # fingerprint name -> (old, new): content that changed, whatever its path says
+    for name, (key, what) in FINGERPRINTS.items():
+        if name not in recorded or fingerprints is None:
+            continue
+        if recorded[name] != fingerprints.get(name):
+            where = settings.get(key, old.get(key))
+            content[name] = (f"{what} {recorded[name]}", f"{fingerprints.get(name)} ({key}={where})")
+        elif key in changes:  # the same content under another path or hub id: allowed, and said
+            a, b = changes.pop(key)
+            plan.notes.append(f"{key}: {a} -> {b} (the same content: {recorded[name]})")
+    changes = {**content, **changes}
     was_geometry, now = state.get("geometry"), geometry
     if was_geometry is not None:
         g = was_geometry
         was = (g["micro_global"] * g["accumulation"], g["micro_global"] * g["micro_per_epoch"])
         new = (now["micro_global"] * now["accumulation"], now["micro_global"] * now["micro_per_epoch"])
-        if was != new:  # accepted when train.resume_changes names a geometry key
+        # a grown or shrunk data file changes the epoch's length: named as the data, not as the batch geometry
+        if was != new and not (was[0] == new[0] and "data" in content):
             changes["global batch"] = (
                 f"{was[0]} {unit}, {was[1]} an epoch (world {g['world']} x {g['per_device']} per "
                 f"device x {g['accumulation']} accumulation)",

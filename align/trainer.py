@@ -32,6 +32,7 @@ from align.data import EVAL_EPOCH, rank_micro_batches
 from align.data.order import epoch_rest, step_positions
 from align.data.splits import load_splits
 from align.export import save_final
+from align.fingerprint import data_fingerprint, model_fingerprint
 from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict
 from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers, write_eval_examples
 from align.models import (
@@ -138,6 +139,8 @@ class Trainer:
         )
         model = self._load_model()
         self.spec = spec_for(model)
+        # content identity, compared by a resume (align.fingerprint): the data's is added by _setup_data
+        self.fingerprints = {"model": model_fingerprint(m.name_or_path, getattr(model, "config", None))}
         if m.gradient_checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             try:
@@ -181,6 +184,8 @@ class Trainer:
         self.train_data, self.eval_data, self.train_where, self.eval_ids = load_splits(
             d, do_eval=t.do_eval, build=build, unit=self.objective.unit, out=self.out, say=acc.print
         )
+        self.fingerprints["data"] = data_fingerprint(self.train_data)
+        self.fingerprints["eval_data"] = data_fingerprint(self.eval_data)
         self.micro_global = t.per_device_train_batch_size * self.world
         self.micro_per_epoch = len(self.train_data) // self.micro_global
         if self.micro_per_epoch < t.gradient_accumulation_steps:
@@ -210,6 +215,7 @@ class Trainer:
                 geometry=self._geometry(),
                 deepspeed=self.deepspeed,
                 unit=self.objective.unit,
+                fingerprints=self.fingerprints,
             )
             self.global_step, self.start_micro = self.resumed.global_step, self.resumed.start_micro
             self.policy_tokens = self.resumed.policy_tokens
@@ -407,6 +413,7 @@ class Trainer:
             "settings": self._settings(),
             "config": self.cfg.to_dict(),
             "trajectory": self.start.trajectory,  # one trajectory per directory (align.resume)
+            "fingerprints": self.fingerprints,  # what it trained on, as content (align.fingerprint)
         }
         extra = self.objective.save_state  # online DPO: a round's sampling weights
         save_checkpoint(
@@ -487,6 +494,8 @@ class Trainer:
         if self.global_step >= self.total_steps:
             unverified = verify_final(self.out / "final")
             if unverified is None:
+                for note in self.start.notes:
+                    acc.print(note)
                 acc.print(
                     f"{self.start.checkpoint} is at step {self.global_step} of {self.total_steps} and "
                     f"{self.out / 'final'} verifies: the run is finished, nothing to do"

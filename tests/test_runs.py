@@ -159,6 +159,44 @@ def test_a_changed_world_size_with_the_same_global_batch_resumes_exactly(finishe
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
 
 
+def test_a_resume_compares_the_data_and_the_base_model_by_content(tmp_path):
+    """Fingerprints of the encoded data and the base weights (align.fingerprint): the same content under another
+    path resumes (said); a record edited in place, a grown file (named as the data, not as the batch geometry)
+    and base weights replaced in place are refused naming what changed, unless named in train.resume_changes."""
+    from safetensors.torch import load_file, save_file
+
+    lines = (ROOT / "data" / "demo_safety_train.jsonl").read_text().splitlines(keepends=True)
+    data, model, out = tmp_path / "train.jsonl", tmp_path / "model", tmp_path / "run"
+    data.write_text("".join(lines[:8]))
+    shutil.copytree(ROOT / "data" / "tiny_chat", model)
+    args = [*RUN, "data.max_train_examples=null", f"data.dataset={data}", f"model.name_or_path={model}"]
+    train(out, *args)
+    moved = tmp_path / "moved.jsonl"
+    shutil.copy(data, moved)
+    log = train(out, *args, f"data.dataset={moved}", "train.resume_from_checkpoint=latest")
+    assert f"data.dataset: {data} -> {moved} (the same content: " in log and "nothing to do" in log
+    latest = "train.resume_from_checkpoint=latest"
+    record = json.loads(lines[2])
+    record["response_0"] += " Thanks."
+    data.write_text("".join(lines[:2]) + json.dumps(record) + "\n" + "".join(lines[3:8]))
+    err = fails(out, *args, latest)
+    assert "data: the training data as encoded " in err and f"(data.dataset={data})" in err
+    data.write_text("".join(lines[:10]))  # grown: the epoch is longer, and that is the data's doing
+    err = fails(out, *args, latest)
+    assert "data: the training data as encoded " in err and "global batch" not in err
+    data.write_text("".join(lines[:8]))
+    weights = load_file(model / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] * 1.01
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    err = fails(out, *args, latest)
+    assert "model: the base model's weights " in err and f"(model.name_or_path={model})" in err
+    log = train(out, *args, "train.resume_changes=[model]", f"train.resume_from_checkpoint={out / 'checkpoint-4'}")
+    assert "at step 4; model changed: the base model's weights" in log
+    (resumed,) = [json.loads(line) for line in (out / "resumes.jsonl").read_text().splitlines()]
+    assert list(resumed["changed"]) == ["model"]
+
+
 # ---------------------------------------------------------------- 3. nothing written before start-up succeeds
 
 
