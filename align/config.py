@@ -516,11 +516,16 @@ def load_config(recipe: str | None = None, overrides: list[str] = (), cls=Config
     for section in ("estimator", "eval"):
         est = tree.get(section) or {}
         if isinstance(est, dict) and est.get("coupling") is not None:
-            explicit = [k for k in ("share_policy_reference", "share_chosen_rejected") if k in est]
-            if explicit:
+            implied = est["coupling"] == "coupled"
+            # both given and agreeing (a run's config.yaml, which records the flags the shorthand set): fine
+            clash = [
+                k for k in ("share_policy_reference", "share_chosen_rejected") if k in est and est[k] is not implied
+            ]
+            if clash:
                 raise ConfigError(
-                    f"{section}.coupling is a shorthand for the share_* flags; set one or the other, "
-                    f"not both (got coupling and {', '.join(explicit)})"
+                    f"{section}.coupling={est['coupling']} is a shorthand for the share_* flags and "
+                    f"{', '.join(f'{k}={est[k]}' for k in clash)} contradicts it; set one or the other "
+                    f"({section}.coupling=null to set the flags alone)"
                 )
     return validate(build(cls, tree))
 

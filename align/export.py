@@ -179,7 +179,8 @@ def save_final(acc, model, out: Path, *, cfg, tokenizer) -> None:
     if acc.is_main_process:
         tokenizer.save_pretrained(out)
         # README.md: how it was trained, what it scored
-        write_card(out, base=source, run=out.parent, family=unwrap(model).config.model_type)
+        # the effective config (a resume's allowed changes included), never the hand-editable config.yaml
+        write_card(out, base=source, run=out.parent, family=unwrap(model).config.model_type, config=cfg.to_dict())
         write_manifest(out)  # every file with its size and sha256: a finished run is one whose final/ verifies
         if final.exists():
             shutil.rmtree(final)  # an unverified final/ of a save cut short, being redone

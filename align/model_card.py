@@ -223,18 +223,30 @@ def card_text(*, base: str, cfg: dict, evaluations: list[dict], merged: bool = F
 
 
 def write_card(
-    folder: Path, *, base: str, run: Path | None = None, merged: bool = False, family: str | None = None
+    folder: Path,
+    *,
+    base: str,
+    run: Path | None = None,
+    merged: bool = False,
+    family: str | None = None,
+    config: dict | None = None,
 ) -> Path:
-    """``folder/README.md`` for a trained output; ``run``: the training run whose config.yaml and metrics.jsonl
-    describe it (copied/linked as ``training_config.yaml``); ``family``: the model's ``model_type``. Checked by
-    parsing it back as a ``ModelCard``."""
+    """``folder/README.md`` for a trained output; ``run``: the training run whose metrics.jsonl describes it;
+    ``config``: the configuration it was trained with (the effective one, resumes' allowed changes included:
+    written as ``training_config.yaml``; without it, the run's ``config.yaml``); the run's ``resumes.jsonl``, if
+    any, is copied beside it. ``family``: the model's ``model_type``. Checked by parsing it back as a
+    ``ModelCard``."""
     from huggingface_hub import ModelCard
 
     folder = Path(folder)
-    if run is not None and (Path(run) / "config.yaml").exists():
-        shutil.copy2(Path(run) / "config.yaml", folder / CONFIG_NAME)
-        cfg = yaml.safe_load((Path(run) / "config.yaml").read_text())
-        text = card_text(base=base, cfg=cfg, evaluations=_evaluations(Path(run)), merged=merged, family=family)
+    if config is None and run is not None and (Path(run) / "config.yaml").exists():
+        config = yaml.safe_load((Path(run) / "config.yaml").read_text())
+    if config is not None:
+        (folder / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
+        if run is not None and (Path(run) / "resumes.jsonl").exists():
+            shutil.copy2(Path(run) / "resumes.jsonl", folder / "resumes.jsonl")
+        evaluations = _evaluations(Path(run)) if run is not None else []
+        text = card_text(base=base, cfg=config, evaluations=evaluations, merged=merged, family=family)
     else:
         text = _plain_card(base, merged)
     ModelCard(text)  # raises on front matter the Hub would not read

@@ -19,13 +19,16 @@ Run: ``python -m align.sampler --model tiny:llada --prompt "How do I pick a lock
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+import yaml
 
+from align.checkpoints import recorded_config
 from align.cli import entry_point, help_text, overrides, parse_options
 from align.config import opt
 from align.export import save_published
-from align.model_card import write_card
+from align.model_card import CONFIG_NAME, write_card
 from align.models import adapter_base, load_model, logits_fn, spec_for, tokenizer_source, unwrap
 from align.models.tokenizer import load_tokenizer
 
@@ -171,17 +174,21 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:  # a failed hub load, an unusable directory
             raise FileNotFoundError(str(e)) from None
     if args.merge:
-        from pathlib import Path
-
         out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
         # the run of a final/, final/adapter or checkpoint-N: the nearest folder above with a config.yaml
         run = next((p for p in Path(args.model).resolve().parents[:2] if (p / "config.yaml").exists()), None)
+        # what it was trained with, as recorded by the save (never the run's hand-editable config.yaml)
+        saved = next(
+            (p / CONFIG_NAME for p in (Path(args.model), Path(args.model).parent) if (p / CONFIG_NAME).exists()), None
+        )
+        config = recorded_config(Path(args.model)) or (yaml.safe_load(saved.read_text()) if saved else None)
         write_card(
             out,
             base=adapter_base(args.model) or args.model,
             run=run,
             merged=True,
             family=unwrap(model).config.model_type,
+            config=config,
         )
         print(f"merged model written to {out}")
         return

@@ -66,6 +66,8 @@ def test_coupling_shorthand():
     assert cfg.estimator.share_policy_reference and not cfg.estimator.share_chosen_rejected
     with pytest.raises(ConfigError, match="shorthand"):
         load_config(None, ["estimator.coupling=coupled", "estimator.share_chosen_rejected=false"])
+    both = ["estimator.coupling=decoupled", "estimator.share_chosen_rejected=false"]  # agreeing: a run's config.yaml
+    assert load_config(None, both).estimator.share_policy_reference is False
 
 
 @pytest.mark.parametrize(

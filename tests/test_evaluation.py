@@ -91,7 +91,7 @@ def test_eval_records_say_what_scored_them_and_agree_with_the_logged_means(tmp_p
     [
         (["eval.n_samples=1"], "eval.n_samples must be >= 2"),
         (["eval.n_samples=6"], "eval.n_samples \\(6\\) must be a multiple"),
-        (["eval.coupling=coupled", "eval.share_chosen_rejected=false"], "eval.coupling is a shorthand"),
+        (["eval.coupling=coupled", "eval.share_chosen_rejected=false"], "eval.coupling=coupled is a shorthand"),
         (["behaviour.samples_per_prompt=0"], "behaviour.samples_per_prompt must be >= 1"),
         (["eval.estimator=time_fre"], "did you mean 'time_free'"),
     ],

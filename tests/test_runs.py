@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from align.checkpoints import CheckpointError, check_output_dir, resume_position
 from align.config import ConfigError
@@ -108,11 +109,31 @@ def test_named_changes_resume_and_are_recorded_beside_the_untouched_config(finis
     assert record["step"] == 4 and record["changed"] == {"loss.beta": [0.1, 0.5], "train.learning_rate": [1e-3, 1e-4]}
     state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
     assert state["settings"]["loss.beta"] == 0.5  # the next resume compares with what it was trained with
+    # the saved model's record is the effective config, with the resume beside it (config.yaml is the start's)
+    saved = yaml.safe_load((out / "final" / "training_config.yaml").read_text())
+    assert saved["loss"]["beta"] == 0.5 and saved["train"]["learning_rate"] == 1e-4
+    assert (out / "final" / "resumes.jsonl").read_text() == (out / "resumes.jsonl").read_text()
+    assert "0.5" in (out / "final" / "README.md").read_text()
     logged = [m for m in metrics(out) if "loss" in m]
     assert [m["step"] for m in logged] == [1, 2, 3, 4, 5, 6]  # the records after step 4 were replaced, not appended
     before = {m["step"]: m["learning_rate"] for m in metrics(finished) if "loss" in m}
     for m in logged:  # the new peak rate on the same schedule position (the optimizer's saved rate gave way)
         assert m["learning_rate"] == pytest.approx(before[m["step"]] / (10 if m["step"] > 4 else 1), rel=1e-9)
+
+
+def test_a_run_started_from_a_finished_runs_config_yaml_gives_its_losses(finished, tmp_path):
+    out = tmp_path / "again"
+    proc = run_python(
+        [sys.executable, "-m", "align.train_dpo", f"recipe={finished / 'config.yaml'}", f"train.output_dir={out}"]
+        + ["train.max_steps=2", "train.report_to=none", "train.progress_bar=false"],
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = losses(finished), losses(out)
+    assert sorted(b) == [1, 2]
+    for step in b:  # the first two steps' rates do not depend on the step budget (no warm-up)
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
 
 
 def test_resume_position_under_a_new_batch_geometry():
