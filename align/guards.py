@@ -64,7 +64,7 @@ class StopSignals:
         # no logging here: the handler can run while the logging lock is held
         os.write(
             2,
-            f"\n{name} received: finishing the current step, then saving a checkpoint and stopping "
+            f"\n{name} received: finishing the current step or evaluation, then saving a checkpoint and stopping "
             f"(Ctrl-C again interrupts at once)\n".encode(),
         )
 
@@ -74,6 +74,15 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
+
+
+def stop_agreed(acc, signal_name: str | None) -> str | None:
+    """Whether any rank received SIGTERM/SIGINT (one all-reduce, so every rank decides alike): its name or None.
+    Asked after an evaluation, where a stop requested during it is honoured before the next step."""
+    flag = torch.tensor([float(signal_name is not None)], dtype=torch.float64, device=acc.device)
+    if acc.num_processes > 1:
+        flag = acc.reduce(flag, reduction="sum")
+    return (signal_name or "a signal on another rank") if flag.item() > 0 else None
 
 
 def step_verdict(acc, window: list, grad_norm, signal_name: str | None, tokens: int = 0) -> dict:

@@ -33,7 +33,7 @@ from align.data.order import epoch_rest, step_positions
 from align.data.splits import load_splits
 from align.export import save_final
 from align.fingerprint import data_fingerprint, model_fingerprint
-from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict
+from align.guards import Preempted, StopSignals, nonfinite_stop, step_verdict, stop_agreed
 from align.metrics import MetricWindow, log_metrics, reduce_means, start_trackers, write_eval_examples
 from align.models import (
     MaskedDiffusionLM,
@@ -513,8 +513,6 @@ class Trainer:
             desc=self.objective.name,
             disable=not (t.progress_bar and acc.is_main_process),
         )
-        if self.global_step == 0 and t.eval_steps:
-            self._evaluate_and_log()  # the untrained baseline: accuracy near chance, margins near 0
         params = [p for p in self.model.parameters() if p.requires_grad]
         window = MetricWindow()
         batches = self.micro_batches(self.start_micro)
@@ -523,6 +521,10 @@ class Trainer:
         prepared_epoch = None  # train.precompute_ref_log_probs: the epoch whose reference terms are at hand
         stop = StopSignals().install()
         try:
+            # the untrained baseline (accuracy near chance, margins near 0); a resume at step 0 logged it already
+            if self.global_step == 0 and t.eval_steps and self.resumed is None:
+                self._evaluate_and_log()
+                self._stop_if_asked(stop, bar, saved=False)
             while self.global_step < self.total_steps:
                 epoch, micro, examples = next(batches)
                 if t.precompute_ref_log_probs and epoch != prepared_epoch:
@@ -553,10 +555,14 @@ class Trainer:
                     self.save_checkpoint()
                     bar.close()
                     raise Preempted(self.global_step, verdict["stop"], self.out)
-                if (t.eval_steps and self.global_step % t.eval_steps == 0) or last:
+                evaluated = bool(t.eval_steps and self.global_step % t.eval_steps == 0) or last
+                if evaluated:
                     self._evaluate_and_log()
-                if self.global_step % t.save_steps == 0 or last:
+                saved = self.global_step % t.save_steps == 0 or last
+                if saved:
                     self.save_checkpoint()
+                if evaluated and not last:
+                    self._stop_if_asked(stop, bar, saved=saved)  # a stop asked for during the evaluation
         finally:
             stop.restore()
         bar.close()
@@ -565,6 +571,17 @@ class Trainer:
         save_final(acc, self.model, self.out / "final", cfg=self.cfg, tokenizer=self.tokenizer)
         for tracker in acc.trackers:
             tracker.finish()
+
+    def _stop_if_asked(self, stop: StopSignals, bar, *, saved: bool) -> None:
+        """After an evaluation: when any rank received SIGTERM/SIGINT, a checkpoint of this step (unless just
+        saved), then :class:`Preempted` (exit 75; ``latest`` continues from it)."""
+        asked = stop_agreed(self.accelerator, stop.received)
+        if asked is None:
+            return
+        if not saved:
+            self.save_checkpoint()
+        bar.close()
+        raise Preempted(self.global_step, asked, self.out)
 
     def _forward_backward(self, examples: list, epoch: int, norm: float, step_losses: list) -> tuple[dict, int]:
         """One micro-batch's loss and its backward; (per-example stats, policy tokens). Its (ids, loss) go to

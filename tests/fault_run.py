@@ -7,7 +7,8 @@ POINT, in the save of ``checkpoint-STEP``:
 - ``before-rename``: every file, the manifest and the state are in ``checkpoint-STEP.tmp``, not yet renamed;
 - ``mid-cleanup``: ``checkpoint-STEP`` is complete; the process dies while deleting an older checkpoint
   (``train.save_total_limit``), half of whose files are gone;
-- ``final-before-rename``: the final save is whole in ``final.tmp``, not yet renamed to ``final`` (STEP unused).
+- ``final-before-rename``: the final save is whole in ``final.tmp``, not yet renamed to ``final`` (STEP unused);
+- ``sigterm-in-eval``: SIGTERM arrives while the evaluation at step STEP runs (0: the baseline before training).
 SIGKILL: no handler runs, nothing is flushed; as a node failure or the OOM killer.
 """
 
@@ -63,6 +64,17 @@ elif point == "mid-cleanup":
         return real_rmtree(path, *args, **kwargs)
 
     shutil.rmtree = rmtree
+elif point == "sigterm-in-eval":
+    from align.trainer import Trainer
+
+    real_evaluate = Trainer.evaluate
+
+    def evaluate(self, *args, **kwargs):
+        if self.global_step == step:
+            os.kill(os.getpid(), signal.SIGTERM)  # its handler sets a flag; the evaluation goes on to its end
+        return real_evaluate(self, *args, **kwargs)
+
+    Trainer.evaluate = evaluate
 else:
     raise SystemExit(f"unknown fault point {point!r}")
 

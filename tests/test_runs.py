@@ -474,6 +474,35 @@ def test_same_size_corruption_and_a_manifest_of_another_shape_are_damage_not_tra
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
 
 
+@pytest.mark.parametrize("step", [0, 2])
+def test_sigterm_during_an_evaluation_stops_with_75_and_latest_continues_exactly(finished, tmp_path, step):
+    """SIGTERM while the baseline (step 0) or a mid-run evaluation runs: the evaluation ends, a checkpoint of that
+    step is saved, the process exits 75; latest continues (the baseline is not logged twice) to the
+    uninterrupted run's losses (evaluations do not change the trajectory)."""
+    out = tmp_path / "run"
+    evals = ["train.eval_steps=2", "train.save_steps=3"]  # the step-2 checkpoint is the stop's own
+    proc = subprocess.run(
+        [sys.executable, "tests/fault_run.py", "sigterm-in-eval", str(step), "recipe=demo", f"train.output_dir={out}"]
+        + [*QUIET, *RUN, *evals],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert f"stopped by SIGTERM after step {step}" in proc.stdout + proc.stderr
+    assert (out / f"checkpoint-{step}" / "trainer_state.json").exists()
+    log = train(out, *RUN, *evals, "train.resume_from_checkpoint=latest")
+    assert f"checkpoint-{step} at step {step}" in log
+    a, b = losses(finished), losses(out)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    for s in b:
+        assert b[s] == pytest.approx(a[s], abs=1e-6), (s, a[s], b[s])
+    evaluated = [m["step"] for m in metrics(out) if "eval/loss" in m]
+    assert evaluated == [0, 2, 4, 6]  # each evaluation logged once
+
+
 # ---------------------------------------------------------------- 6, 7. held-out data and one-line failures
 
 
