@@ -90,6 +90,8 @@ def check_output_dir(out: Path) -> None:
     """Refuse (ConfigError, one line) an output directory that is a file, lies under a file, or cannot be written."""
 
     out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"train.output_dir={out} is a dangling symlink (to {os.readlink(out)})")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"train.output_dir={out} is a file, not a directory")
     existing = out if out.exists() else next(p for p in out.absolute().parents if p.exists())

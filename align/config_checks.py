@@ -32,6 +32,11 @@ def validate(cfg):
 
 
 def _validate_train(cfg) -> None:
+    if cfg.train.logging_dir:  # TensorBoard's folder: a file there (or above it) fails late, after writing
+        p = Path(cfg.train.logging_dir)
+        blocker = next((q for q in (p, *p.absolute().parents) if q.exists() and not q.is_dir()), None)
+        if blocker is not None:
+            raise ConfigError(f"train.logging_dir={p}: {blocker} is a file, not a directory")
     positive = {
         "train.per_device_train_batch_size": cfg.train.per_device_train_batch_size,
         "train.gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,

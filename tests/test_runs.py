@@ -525,13 +525,38 @@ def test_an_empty_held_out_set_is_refused_naming_the_numbers(tmp_path):
         (["train.output_dir={tmp}/a_file"], "is a file, not a directory"),
         (["train.output_dir={tmp}/a_file/run"], "is a file, not a directory"),
         (["train.resume_from_checkpoint={tmp}/nowhere/checkpoint-3"], "checkpoint error: checkpoint {tmp}/nowhere"),
+        (["train.output_dir={tmp}/dangling"], "is a dangling symlink (to {tmp}/nowhere)"),
+        (["data.dataset={tmp}/quote.csv", "data.format=pairs"], "quote.csv: cannot be read as csv (ParserError"),
+        (["data.dataset={tmp}/bad.parquet"], "bad.parquet: cannot be read as parquet (ArrowInvalid"),
+        (["data.dataset={tmp}/surrogate.jsonl"], "surrogate.jsonl:1: not valid text: a lone surrogate in field"),
+        (["train.logging_dir={tmp}/a_file"], "train.logging_dir={tmp}/a_file: {tmp}/a_file is a file"),
     ],
-    ids=["lr", "beta", "warmup", "header-csv", "latin1-csv", "out-file", "out-under-file", "no-checkpoint"],
+    ids=[
+        "lr",
+        "beta",
+        "warmup",
+        "header-csv",
+        "latin1-csv",
+        "out-file",
+        "out-under-file",
+        "no-checkpoint",
+        "dangling-out",
+        "open-quote-csv",
+        "bad-parquet",
+        "surrogate",
+        "logging-dir-file",
+    ],
 )
 def test_start_up_failures_are_one_line(tmp_path, overrides, message):
     (tmp_path / "header.csv").write_text("prompt,chosen,rejected\n")
     (tmp_path / "latin1.csv").write_bytes(b"prompt,chosen,rejected\ncaf\xe9,a,b\n")
     (tmp_path / "a_file").write_text("not a directory")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "quote.csv").write_text('prompt,chosen,rejected\n"unterminated,a,b\nx,y,z\n')
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not a parquet file")
+    record = json.loads((ROOT / "data" / "demo_safety_train.jsonl").read_text().splitlines()[0])
+    record["prompt"] = "\ud800 " + record["prompt"]  # JSON allows a lone surrogate; UTF-8 cannot encode it
+    (tmp_path / "surrogate.jsonl").write_text(json.dumps(record) + "\n")
     overrides = [o.format(tmp=tmp_path) for o in overrides]
     out = [o.split("=", 1)[1] for o in overrides if o.startswith("train.output_dir=")]
     err = fails(out[0] if out else tmp_path / "o", *RUN, *overrides)

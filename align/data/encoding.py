@@ -144,6 +144,22 @@ def encode_sft(
 # ---------------------------------------------------------------- datasets, with the bad-record policy
 
 
+def check_text(value, field: str = "") -> None:
+    """BadRecord when a string of the record is not text a tokenizer can take (a lone surrogate such as
+    ``"\\ud800"``, which JSON allows and UTF-8 cannot encode)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRecord(f"not valid text: a lone surrogate in field {field or 'value'!r}") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, (list, tuple)):
+        for n, item in enumerate(value):
+            check_text(item, f"{field}[{n}]")
+
+
 def encode_records(
     rows,
     source: str,
@@ -167,6 +183,7 @@ def encode_records(
         try:
             if isinstance(rows[i], Unparsable):
                 raise BadRecord(f"{rows[i].reason} ({rows[i].error})")
+            check_text(rows[i])
             example, truncated = encode(i, rows[i])
         except OverLongPrompt as e:
             if over_long_prompt == "error":

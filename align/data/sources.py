@@ -158,7 +158,16 @@ def _local_records(path: Path, dataset: str) -> tuple[Records, str]:
         text = _utf8(path)  # read as one table: bytes that are not UTF-8 are named by path:line
         if len([line for line in text.splitlines() if line.strip()]) < 2:  # empty, or a header only
             return Records([], []), str(path)
-    rows = list(datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train"))
+    try:
+        rows = list(datasets.load_dataset(path.suffix[1:], data_files=str(path), split="train"))
+    except Exception as e:  # pyarrow / datasets errors on a damaged table: one line naming the file
+        cause = e
+        while cause.__cause__ is not None:  # datasets wraps the reader's own error
+            cause = cause.__cause__
+        detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        raise BadRecord(
+            f"{dataset}: cannot be read as {path.suffix[1:]} ({type(cause).__name__}: {detail[:200]})"
+        ) from None
     if path.suffix == ".csv":  # a row per line unless a quoted field spans lines
         return Records(rows, [f"{dataset}: row {i} (0-based, after the header)" for i in range(len(rows))]), str(path)
     return Records(rows, [f"{dataset}: row {i} (0-based)" for i in range(len(rows))]), str(path)
