@@ -128,13 +128,21 @@ def step_verdict(acc, window: list, grad_norm, signal_name: str | None, tokens: 
     return verdict
 
 
-def nonfinite_stop(verdict: dict, step: int, out: Path, where=None) -> NonFiniteStep:
+def nonfinite_stop(verdict: dict, step: int, out: Path, where=None, resumed_from: Path | None = None) -> NonFiniteStep:
     """The error of ``train.on_nonfinite=stop`` after step ``step`` (the last good state, saved), naming the
-    offending examples (``where(id)``: their file and line, when known)."""
+    offending examples (``where(id)``: their file and line, when known). ``resumed_from``: the checkpoint this
+    launch resumed from, when the step is the first after it: that checkpoint is named as the first suspect."""
     ids = verdict["ids"]
     located = ""
     if where is not None:
         located = " (" + ", ".join(where(i) for i in ids[:8]) + (" ..." if len(ids) > 8 else "") + ")"
+    if resumed_from is not None:
+        return NonFiniteStep(
+            f"step {step + 1}, the first step after resuming from {resumed_from}: {verdict['what']}; the update was "
+            f"not applied on any rank. The first suspect is that checkpoint (damaged in a way its checks cannot "
+            f"see, or saved from a state already going bad): resume from an earlier checkpoint named explicitly. "
+            f"Examples of the micro-batch(es): ids {ids[:32]}{' ...' if len(ids) > 32 else ''}{located}"
+        )
     return NonFiniteStep(
         f"step {step + 1}: {verdict['what']}; the update was not applied on any rank. Examples of the "
         f"offending micro-batch(es): ids {ids[:32]}{' ...' if len(ids) > 32 else ''}{located}. The last good state "

@@ -627,9 +627,11 @@ class Trainer:
         self.policy_tokens += verdict["tokens"]
         if verdict["nonfinite"]:
             if t.on_nonfinite == "stop":  # a checkpoint of the last good state (the step was not applied), then out
-                if not (self.global_step > 0 and self.global_step % t.save_steps == 0):  # else saved after that step
-                    self.save_checkpoint()
-                raise nonfinite_stop(verdict, self.global_step, self.out, self.train_where)
+                # right after a resume the state is the checkpoint's own, which is then the suspect: not saved again
+                suspect = self.start.checkpoint if self.resumed and self.global_step == self.start_step else None
+                if suspect is None and not (self.global_step > 0 and self.global_step % t.save_steps == 0):
+                    self.save_checkpoint()  # (else saved after that step)
+                raise nonfinite_stop(verdict, self.global_step, self.out, self.train_where, resumed_from=suspect)
             window.nonfinite += 1
             acc.print(
                 f"step {self.global_step + 1}: {verdict['what']}; the update was not applied (train.on_nonfinite=skip)"

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from align.checkpoints import CheckpointError, check_output_dir, resume_position
@@ -501,6 +502,31 @@ def test_sigterm_during_an_evaluation_stops_with_75_and_latest_continues_exactly
         assert b[s] == pytest.approx(a[s], abs=1e-6), (s, a[s], b[s])
     evaluated = [m["step"] for m in metrics(out) if "eval/loss" in m]
     assert evaluated == [0, 2, 4, 6]  # each evaluation logged once
+
+
+def test_a_nan_right_after_a_resume_names_the_checkpoint_as_the_suspect(finished, tmp_path):
+    """A checkpoint damaged in a way its checks cannot see (NaN weights, manifest rewritten to match): the first
+    step after resuming from it is not finite, and the stop names that checkpoint, not the data or the rate."""
+    from safetensors.torch import load_file, save_file
+
+    from align.checkpoints import write_manifest
+
+    out = copy_run(finished, tmp_path / "run")
+    checkpoint = out / "checkpoint-4"
+    weights = load_file(checkpoint / "model.safetensors")
+    for name in weights:
+        weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    write_manifest(checkpoint)
+    proc = run_python(
+        [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET, *RUN]
+        + [f"train.resume_from_checkpoint={checkpoint}"],
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert f"step 5, the first step after resuming from {checkpoint}" in proc.stderr
+    assert "The first suspect is that checkpoint" in proc.stderr
 
 
 # ---------------------------------------------------------------- 6, 7. held-out data and one-line failures
