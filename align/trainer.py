@@ -26,7 +26,15 @@ from pathlib import Path
 import torch
 
 from align.behaviour import BehaviourEval
-from align.checkpoints import keep_only, save_checkpoint, trajectory_settings, verify_final
+from align.checkpoints import (
+    CheckpointError,
+    complete_checkpoints,
+    keep_only,
+    save_checkpoint,
+    trajectory_settings,
+    verify_checkpoint,
+    verify_final,
+)
 from align.config import ConfigError
 from align.data import EVAL_EPOCH, rank_micro_batches
 from align.data.order import epoch_rest, step_positions
@@ -251,17 +259,43 @@ class Trainer:
             trainable = {n for n, p in unwrap(self.model, keep_peft=True).named_parameters() if p.requires_grad}
             # checkpoints hold the adapter only; frozen base weights come from name_or_path on resume
             acc.register_save_state_pre_hook(keep_only(trainable))
+        while self.resumed is not None:
+            try:
+                load_checkpoint(
+                    acc,
+                    self.start.checkpoint,
+                    deepspeed=self.deepspeed,
+                    changes=self.resumed.changes,
+                    t=t,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                )
+                break
+            except CheckpointError as e:  # latest falls back past a checkpoint that verifies but does not load
+                if t.resume_from_checkpoint != "latest" or not self._fall_back(str(e)):
+                    raise
         if self.resumed is not None:
-            load_checkpoint(
-                acc,
-                self.start.checkpoint,
-                deepspeed=self.deepspeed,
-                changes=self.resumed.changes,
-                t=t,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-            )
             self.objective.load_state(self, self.start.checkpoint)  # online DPO: a round's sampling weights
+
+    def _fall_back(self, why: str) -> bool:
+        """``latest``: the newest checkpoint older than the one that failed to load and that verifies becomes the
+        one this launch resumes from (its position and settings checked again); False when there is none."""
+        failed = self.start.checkpoint
+        step = int(self.start.state["global_step"])
+        self.start.notes.append(f"passed over a checkpoint that does not load: {why}")
+        for path in reversed(complete_checkpoints(self.out)):
+            if int(path.name.split("-")[1]) >= step:
+                continue
+            try:
+                state = verify_checkpoint(path)
+            except CheckpointError as e:
+                self.start.notes.append(f"passed over a damaged checkpoint: {e}")
+                continue
+            self.start.checkpoint, self.start.state = path, state
+            self._setup_resume()
+            self.accelerator.print(f"{failed} does not load; resuming from {path} instead")
+            return True
+        return False
 
     def _setup_evaluation(self) -> None:
         """The behaviour check, the metrics shown at each evaluation, and the reference cache."""

@@ -529,6 +529,31 @@ def test_a_nan_right_after_a_resume_names_the_checkpoint_as_the_suspect(finished
     assert "The first suspect is that checkpoint" in proc.stderr
 
 
+def test_latest_falls_back_past_a_checkpoint_that_verifies_but_does_not_load(finished, tmp_path):
+    """Weights of another shape with a manifest to match (every check passes, loading fails): latest names it and
+    resumes from the checkpoint before, exactly; the same checkpoint named explicitly is refused in one line."""
+    from safetensors.torch import load_file, save_file
+
+    from align.checkpoints import write_manifest
+
+    out = copy_run(finished, tmp_path / "run")
+    shutil.rmtree(out / "final")
+    checkpoint = out / "checkpoint-6"
+    weights = load_file(checkpoint / "model.safetensors")
+    for name in weights:
+        weights[name] = torch.cat([weights[name], weights[name][:1]])
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+    write_manifest(checkpoint)
+    err = fails(out, *RUN, f"train.resume_from_checkpoint={checkpoint}")
+    assert f"cannot load {checkpoint} into this model and optimizer" in err
+    log = train(out, *RUN, "train.resume_from_checkpoint=latest")
+    assert f"{checkpoint} does not load; resuming from {out / 'checkpoint-4'} instead" in log
+    a, b = losses(finished), losses(out)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
 # ---------------------------------------------------------------- 6, 7. held-out data and one-line failures
 
 
