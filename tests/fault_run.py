@@ -8,6 +8,7 @@ POINT, in the save of ``checkpoint-STEP``:
 - ``mid-cleanup``: ``checkpoint-STEP`` is complete; the process dies while deleting an older checkpoint
   (``train.save_total_limit``), half of whose files are gone;
 - ``final-before-rename``: the final save is whole in ``final.tmp``, not yet renamed to ``final`` (STEP unused);
+- ``mid-cut``: a resume dies right after cutting its first step log back to the checkpoint (STEP unused);
 - ``sigterm-in-eval``: SIGTERM arrives while the evaluation at step STEP runs (0: the baseline before training).
 SIGKILL: no handler runs, nothing is flushed; as a node failure or the OOM killer.
 """
@@ -64,6 +65,16 @@ elif point == "mid-cleanup":
         return real_rmtree(path, *args, **kwargs)
 
     shutil.rmtree = rmtree
+elif point == "mid-cut":
+    import align.resume
+
+    real_cut = align.resume.cut_log
+
+    def cut_log(path, cut):
+        real_cut(path, cut)
+        die()
+
+    align.resume.cut_log = cut_log
 elif point == "sigterm-in-eval":
     from align.trainer import Trainer
 

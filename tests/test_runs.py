@@ -264,6 +264,28 @@ def test_latest_in_a_finished_run_does_nothing(finished, tmp_path):
     assert "the run is finished, nothing to do" in log and snapshot(out) == before
 
 
+def test_sigkill_while_a_resume_cuts_the_logs_and_the_next_resume_is_exact(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    shutil.rmtree(out / "checkpoint-6")
+    shutil.rmtree(out / "final")
+    proc = subprocess.run(
+        [sys.executable, "tests/fault_run.py", "mid-cut", "0", "recipe=demo", f"train.output_dir={out}"]
+        + [*QUIET, *RUN, "train.resume_from_checkpoint=latest"],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    assert max(m["step"] for m in metrics(out)) == 4  # cut, in place, before the process died
+    train(out, *RUN, "train.resume_from_checkpoint=latest")
+    a, b = losses(finished), losses(out)
+    assert sorted(b) == [1, 2, 3, 4, 5, 6] and len([m for m in metrics(out) if "loss" in m]) == 6
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
 # ---------------------------------------------------------------- one run per directory: a lock
 
 
