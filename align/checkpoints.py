@@ -63,6 +63,13 @@ NOT_TRAJECTORY = {
     "train.save_merged",
     "train.progress_bar",
     "online.reward_model_batch_size",
+    # where the model is published and how much held-out data an evaluation reads: recorded by a resume
+    # (align.resume.RECORDED_KEYS), never refused; the held-out data's content is compared by its fingerprint
+    "train.push_to_hub",
+    "train.hub_model_id",
+    "train.hub_private_repo",
+    "train.hub_strategy",
+    "data.max_eval_examples",
 }
 GEOMETRY_KEYS = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
 

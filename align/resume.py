@@ -80,6 +80,7 @@ class Resumed:
     start_micro: int
     policy_tokens: int
     changes: dict
+    recorded: dict = field(default_factory=dict)  # changes that cannot change the trajectory: allowed, recorded
 
 
 def plan_start(t, out: Path) -> StartPlan:
@@ -164,6 +165,34 @@ def plan_start(t, out: Path) -> StartPlan:
     return plan
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{section: {key: v}} -> {'section.key': v}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+# keys outside the trajectory whose changes a resume says and records (the rest are where and how fast it runs)
+RECORDED_KEYS = {
+    "train.push_to_hub",
+    "train.hub_model_id",
+    "train.hub_private_repo",
+    "train.hub_strategy",
+    "data.max_eval_examples",
+    "train.eval_steps",
+    "train.do_eval",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.logging_steps",
+    "train.report_to",
+    "train.run_name",
+}
+
+
 # what a content fingerprint stands for in messages and train.resume_changes, and the path keys it makes moot
 FINGERPRINTS = {
     "data": ("data.dataset", "the training data as encoded"),
@@ -173,7 +202,15 @@ FINGERPRINTS = {
 
 
 def check_resume(
-    plan: StartPlan, *, t, settings: dict, geometry: dict, deepspeed: bool, unit: str, fingerprints: dict | None = None
+    plan: StartPlan,
+    *,
+    t,
+    settings: dict,
+    geometry: dict,
+    deepspeed: bool,
+    unit: str,
+    fingerprints: dict | None = None,
+    cfg_dict: dict | None = None,
 ) -> Resumed:
     """Refuse a resume whose trajectory settings differ from the checkpoint's (unless named in
     ``train.resume_changes``), and find where in the data it continues; reads the checkpoint's records only.
@@ -205,6 +242,8 @@ def check_resume(
         elif key in changes:  # the same content under another path or hub id: allowed, and said
             a, b = changes.pop(key)
             plan.notes.append(f"{key}: {a} -> {b} (the same content: {recorded[name]})")
+    # the held-out data's content cannot change the trajectory: allowed and recorded (below), never refused
+    recorded = {"eval_data": content.pop("eval_data")} if "eval_data" in content else {}
     changes = {**content, **changes}
     was_geometry, now = state.get("geometry"), geometry
     if was_geometry is not None:
@@ -250,7 +289,16 @@ def check_resume(
         plan.notes.append(note)
     # the step logs' cuts, planned now (a damaged log refused before anything is written)
     plan.cuts = {name: plan_log_cut(Path(t.output_dir) / name, int(state["global_step"])) for name in STEP_LOGS}
-    return Resumed(int(state["global_step"]), start_micro, int(state.get("policy_tokens", 0)), changes)
+    # what cannot change the trajectory but changed (hub ids, held-out limits, logging; the held-out data's
+    # content): allowed, said and recorded in resumes.jsonl
+    if isinstance(state.get("config"), dict) and cfg_dict is not None:
+        before, now = _flat(state["config"]), _flat(cfg_dict)
+        for key in sorted(RECORDED_KEYS):
+            if key in before and key in now and before[key] != now[key]:
+                recorded[key] = (before[key], now[key])
+    for key, (a, b) in recorded.items():
+        plan.notes.append(f"{key} changed: {a} -> {b} (it cannot change the trajectory: allowed, recorded)")
+    return Resumed(int(state["global_step"]), start_micro, int(state.get("policy_tokens", 0)), changes, recorded)
 
 
 def load_checkpoint(acc, path: Path, *, deepspeed: bool, changes: dict, t, optimizer, scheduler) -> None:
@@ -312,6 +360,7 @@ def write_start(
                             "checkpoint": str(plan.checkpoint),
                             "world": world,
                             "changed": {k: list(v) for k, v in resumed.changes.items()},
+                            "recorded": {k: list(v) for k, v in resumed.recorded.items()},
                         },
                         default=str,
                     )

@@ -224,6 +224,7 @@ class Trainer:
                 deepspeed=self.deepspeed,
                 unit=self.objective.unit,
                 fingerprints=self.fingerprints,
+                cfg_dict=self.cfg.to_dict(),
             )
             self.global_step, self.start_micro = self.resumed.global_step, self.resumed.start_micro
             self.policy_tokens = self.resumed.policy_tokens

@@ -137,6 +137,23 @@ def test_a_run_started_from_a_finished_runs_config_yaml_gives_its_losses(finishe
         assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
 
 
+def test_keys_that_cannot_change_the_trajectory_are_allowed_and_recorded(finished, tmp_path):
+    out = copy_run(finished, tmp_path / "run")
+    extra = ["train.hub_model_id=me/tiny-dpo", "data.max_eval_examples=2"]
+    log = train(out, *RUN, *extra, f"train.resume_from_checkpoint={out / 'checkpoint-4'}")
+    assert "train.hub_model_id changed: None -> me/tiny-dpo (it cannot change the trajectory" in log
+    assert "data.max_eval_examples changed: 4 -> 2" in log and "eval_data changed: the held-out data" in log
+    (record,) = [json.loads(line) for line in (out / "resumes.jsonl").read_text().splitlines()]
+    assert record["changed"] == {} and set(record["recorded"]) == {
+        "train.hub_model_id",
+        "data.max_eval_examples",
+        "eval_data",
+    }
+    a, b = losses(finished), losses(out)
+    for step in b:
+        assert b[step] == pytest.approx(a[step], abs=1e-6), (step, a[step], b[step])
+
+
 def test_resume_position_under_a_new_batch_geometry():
     state = {"global_step": 3, "geometry": {"micro_consumed": 5, "micro_global": 4, "micro_per_epoch": 2}}
     # micro 5 of 4 examples, 2 a epoch: epoch 2, 4 examples in
