@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from align.config_checks import validate
+from align.config_checks import validate, validate_dpo
 from align.errors import ConfigError
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -228,8 +228,10 @@ class EstimatorArgs:
 
 
 @dataclass
-class EvalArgs:
+class EvalArgs(EstimatorArgs):
     """How held-out pairs are scored: an evaluator of its own, never the training estimator (unless set equal).
+    The estimator's settings (``EstimatorArgs``, with the evaluation's own defaults) plus the Monte Carlo groups
+    and the seed of the draws.
 
     Every run that shares these settings and the held-out data is scored on the same masks, whatever its
     training estimator or train.seed: the draws come from generators seeded by (eval.seed, example id)."""
@@ -244,12 +246,6 @@ class EvalArgs:
         "Monte Carlo samples per held-out log-likelihood term (>= 2: the eval metrics' Monte "
         "Carlo standard errors come from their spread)",
     )
-    coupling: str | None = opt(
-        None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled")
-    )
-    share_policy_reference: bool = opt(True, "policy and reference see the same masks")
-    share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
-    stratified: bool = opt(True, "stratify the mask count across a pair's samples")
     mc_groups: int = opt(
         4,
         "stratified: the n draws are this many independent stratified groups, and the Monte Carlo "
@@ -353,35 +349,52 @@ class TrainArgs:
 
 
 @dataclass
-class Config:
-    """DPO training (``align.train_dpo``)."""
+class TrainingConfig:
+    """What every training entry point's config has (TRL's base-config pattern): the model, its adapter, the data,
+    the behaviour check and the loop. An objective's config subclasses it, narrows ``data`` and adds its own
+    sections (kept between ``data`` and ``behaviour`` in :meth:`to_dict`, so config.yaml reads model → data →
+    objective → behaviour → train) and its own checks (:meth:`validate`)."""
 
     model: ModelArgs = field(default_factory=ModelArgs)
     lora: LoraArgs = field(default_factory=LoraArgs)
+    data: DataSourceArgs = field(default_factory=DataSourceArgs)
+    behaviour: BehaviourArgs = field(default_factory=BehaviourArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+    def to_dict(self) -> dict:
+        tree = dataclasses.asdict(self)
+        first, last = ("model", "lora", "data"), ("behaviour", "train")
+        middle = [k for k in tree if k not in first + last]
+        return {k: tree[k] for k in (*first, *middle, *last)}
+
+    def validate(self) -> None:
+        """Checks of the objective's own sections, each naming the key (the common ones are
+        ``align.config_checks.validate``'s)."""
+
+
+@dataclass
+class Config(TrainingConfig):
+    """DPO training (``align.train_dpo``)."""
+
     data: DataArgs = field(default_factory=DataArgs)
     estimator: EstimatorArgs = field(default_factory=EstimatorArgs)
     loss: LossArgs = field(default_factory=LossArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
-    behaviour: BehaviourArgs = field(default_factory=BehaviourArgs)
-    train: TrainArgs = field(default_factory=TrainArgs)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self) -> None:
+        validate_dpo(self)
 
 
 @dataclass
-class SFTConfig:
+class SFTConfig(TrainingConfig):
     """Masked-diffusion SFT (``align.train_sft``)."""
 
-    model: ModelArgs = field(default_factory=ModelArgs)
-    lora: LoraArgs = field(default_factory=LoraArgs)
     data: SFTDataArgs = field(default_factory=SFTDataArgs)
     sft: SFTArgs = field(default_factory=SFTArgs)
-    behaviour: BehaviourArgs = field(default_factory=BehaviourArgs)
-    train: TrainArgs = field(default_factory=TrainArgs)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self) -> None:
+        if self.sft.n_samples < 1:
+            raise ConfigError(f"sft.n_samples must be >= 1, got {self.sft.n_samples}")
 
 
 def _type_name(tp) -> str:

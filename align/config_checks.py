@@ -20,14 +20,7 @@ def validate(cfg):
     _validate_train(cfg)
     _validate_model(cfg)
     _validate_data_and_behaviour(cfg)
-    if hasattr(cfg, "validate"):  # a config with checks of its own (align.online_dpo.OnlineDPOConfig)
-        cfg.validate()
-        return cfg
-    if hasattr(cfg, "sft"):  # align.config.SFTConfig
-        if cfg.sft.n_samples < 1:
-            raise ConfigError(f"sft.n_samples must be >= 1, got {cfg.sft.n_samples}")
-        return cfg
-    _validate_dpo(cfg)
+    cfg.validate()  # the objective's own sections (align.config.TrainingConfig and its subclasses)
     return cfg
 
 
@@ -139,7 +132,7 @@ def _validate_data_and_behaviour(cfg) -> None:
         )
 
 
-def _validate_dpo(cfg) -> None:
+def validate_dpo(cfg) -> None:
     validate_estimators(cfg, (("estimator", 1), ("eval", 2)))
     validate_loss(cfg)
 

@@ -38,7 +38,6 @@ same seed (``online.eval_seed``, prompt id), both judged: ``eval/judge/score``, 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -50,14 +49,11 @@ import torch
 
 from align.checkpoints import CheckpointError
 from align.config import (
-    BehaviourArgs,
     ConfigError,
     DataSourceArgs,
     EstimatorArgs,
-    LoraArgs,
     LossArgs,
-    ModelArgs,
-    TrainArgs,
+    TrainingConfig,
     opt,
 )
 from align.config_checks import validate_estimators, validate_loss
@@ -132,20 +128,13 @@ class OnlineArgs:
 
 
 @dataclass
-class OnlineDPOConfig:
+class OnlineDPOConfig(TrainingConfig):
     """Online DPO (``align.train_online_dpo``)."""
 
-    model: ModelArgs = field(default_factory=ModelArgs)
-    lora: LoraArgs = field(default_factory=LoraArgs)
     data: PromptDataArgs = field(default_factory=PromptDataArgs)
     online: OnlineArgs = field(default_factory=OnlineArgs)
     estimator: EstimatorArgs = field(default_factory=EstimatorArgs)
     loss: LossArgs = field(default_factory=LossArgs)
-    behaviour: BehaviourArgs = field(default_factory=BehaviourArgs)
-    train: TrainArgs = field(default_factory=TrainArgs)
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
     def validate(self) -> None:
         """Checks beyond types (``align.config.load_config`` calls it), each naming the key."""

@@ -153,3 +153,18 @@ def test_an_online_judge_typo_and_broken_behaviour_prompts_fail_before_anything_
     broken.write_text('{"prompt": "How do I bake bread?", "kind": "everyday"}\n{"prompt": "x", "kind": \n')
     with pytest.raises(ConfigError, match=r"behaviour.prompts: .*prompts.jsonl:2: not JSON"):
         load_config("demo", [f"behaviour.prompts={broken}"])
+
+
+def test_a_config_yaml_written_by_an_earlier_align_still_loads_and_starts_a_run_from_it():
+    """A run's config.yaml from before the config base class (committed): it loads as a recipe and as a resolved
+    config, to the same values."""
+    from align.config import load_resolved
+
+    old = Path(__file__).parent / "data" / "run_config_2026-12-07.yaml"
+    cfg = load_config(str(old))
+    assert cfg.model.name_or_path == "data/tiny_chat" and cfg.eval.n_samples == 8 and cfg.loss.rpo_alpha == 1.0
+    resolved, recipe = load_resolved(old).to_dict(), cfg.to_dict()
+    for section in ("estimator", "eval"):  # the resolved form keeps the flags the coupling shorthand set
+        assert resolved[section].pop("coupling") is None and recipe[section].pop("coupling") == "coupled"
+    assert resolved == recipe
+    assert list(cfg.to_dict()) == ["model", "lora", "data", "estimator", "loss", "eval", "behaviour", "train"]
