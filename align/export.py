@@ -1,19 +1,29 @@
 """What leaves a run: the final save (:func:`save_final`), the published layout any model is saved in
 (:func:`save_published`, read by the published LLaDA/Dream code), the trainable and merged state dicts gathered
-for saving (ZeRO-3 included; the one LoRA merge of align) and the read-back check of every save
-(:func:`verify_saved`). Exercised by ``tests/test_trainer.py`` (DeepSpeed saves) and ``tests/test_models.py``."""
+for saving (ZeRO-3 included; the one LoRA merge of align), the read-back check of every save
+(:func:`verify_saved`), and the export of a LoRA output or checkpoint as one plain model (:func:`merge`)::
+
+    python -m align.export --model outputs/demo/final --out outputs/demo/merged
+
+Exercised by ``tests/test_trainer.py`` (DeepSpeed saves), ``tests/test_models.py`` and ``tests/test_ablate.py``."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
-from align.checkpoints import write_manifest
-from align.model_card import write_card
-from align.models import unwrap
+from align.checkpoints import recorded_config, write_manifest
+from align.cli import entry_point, help_text, overrides, parse_options
+from align.config import opt
+from align.model_card import CONFIG_NAME, write_card
+from align.models import adapter_base, load_model, tokenizer_source, unwrap
+from align.models.tokenizer import load_tokenizer
 
 # the published remote-code files, copied next to a save so that LLaDA's / Dream's own
 # AutoModel.from_pretrained(..., trust_remote_code=True) reads it
@@ -187,3 +197,58 @@ def save_final(acc, model, out: Path, *, cfg, tokenizer) -> None:
         out.rename(final)
         acc.print(f"saved {final}")
     acc.wait_for_everyone()
+
+
+# ------------------------------------------------------------------------------------------------ export
+
+
+def merge(model_path: str, out: str | Path, *, tokenizer: str | None = None) -> Path:
+    """``model_path`` (a LoRA training output ``final/`` or ``final/adapter``, a ``checkpoint-N``, or any model)
+    written to ``out`` as one plain model in the published layout (safetensors, stored dtype, its tokenizer), with a
+    model card made from the configuration it was trained with as recorded by the save (never the run's
+    hand-editable config.yaml)."""
+    try:
+        model = load_model(model_path).eval()  # a LoRA output loads as its base with the adapter merged
+        tok = load_tokenizer(tokenizer or tokenizer_source(model_path))
+    except ValueError as e:  # a failed hub load, an unusable directory
+        raise FileNotFoundError(str(e)) from None
+    out = save_published(model, out, tokenizer=tok, source=tokenizer_source(model_path))
+    path = Path(model_path)
+    # the run of a final/, final/adapter or checkpoint-N: the nearest folder above with a config.yaml
+    run = next((p for p in path.resolve().parents[:2] if (p / "config.yaml").exists()), None)
+    saved = next((p / CONFIG_NAME for p in (path, path.parent) if (p / CONFIG_NAME).exists()), None)
+    config = recorded_config(path) or (yaml.safe_load(saved.read_text()) if saved else None)
+    write_card(
+        out,
+        base=adapter_base(model_path) or model_path,
+        run=run,
+        merged=True,
+        family=unwrap(model).config.model_type,
+        config=config,
+    )
+    return out
+
+
+@dataclass
+class ExportOptions:
+    model: str = opt("", "a LoRA training output (final/ or final/adapter), a checkpoint-N, or a model directory")
+    out: str = opt("", "the directory to write the plain model to")
+    tokenizer: str | None = opt(None, "defaults to the model's, or its base model's")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m align.export --model M --out DIR`` (or ``model=M out=DIR``)."""
+    argv = sys.argv[1:] if argv is None else argv
+    usage = "python -m align.export --model MODEL --out DIR"
+    with entry_point():
+        args = parse_options(
+            overrides(argv, prog="align.export", help_page=lambda: help_text(ExportOptions, usage)), ExportOptions
+        )
+        if not args.model or not args.out:
+            raise ValueError(f"give --model and --out ({usage})")
+        out = merge(args.model, args.out, tokenizer=args.tokenizer)
+    print(f"merged model written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -19,17 +19,13 @@ Run: ``python -m align.sampler --model tiny:llada --prompt "How do I pick a lock
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import yaml
 
-from align.checkpoints import recorded_config
 from align.cli import entry_point, help_text, overrides, parse_options
 from align.config import opt
-from align.export import save_published
-from align.model_card import CONFIG_NAME, write_card
-from align.models import adapter_base, load_model, logits_fn, spec_for, tokenizer_source, unwrap
+from align.export import merge
+from align.models import load_model, logits_fn, spec_for, tokenizer_source
 from align.models.tokenizer import load_tokenizer
 
 
@@ -143,16 +139,15 @@ class SampleOptions:
     seed: int = opt(0, "seeds the sampling generator")
     dtype: str | None = opt(
         None,
-        "model weights; default float32 for sampling (what training, the behaviour check and lm-eval sample in, "
-        "so one seed draws one answer everywhere; the shipped model is stored in bfloat16) and the stored dtype "
-        "for merge",
+        "model weights; default float32 (what training, the behaviour check and lm-eval sample in, so one seed "
+        "draws one answer everywhere; the shipped model is stored in bfloat16)",
         ("float32", "bfloat16", "float16"),
     )
     merge: str | None = opt(
         None,
         "write model as one merged model (published layout, safetensors, with its "
         "tokenizer) to this directory and exit: a LoRA output or checkpoint becomes a plain "
-        "model directory",
+        "model directory (the same as python -m align.export --model M --out DIR)",
     )
 
 
@@ -166,32 +161,17 @@ def main(argv: list[str] | None = None) -> None:
         args = parse_options(
             overrides(argv, prog="align.sampler", help_page=lambda: help_text(SampleOptions, usage)), SampleOptions
         )
+        if args.merge:  # the export's job (align.export), kept here as an alias
+            out = merge(args.model, args.merge, tokenizer=args.tokenizer)
+            print(f"merged model written to {out}")
+            return
         try:
             model = load_model(
-                args.model, dtype=args.dtype or (None if args.merge else "float32")
+                args.model, dtype=args.dtype or "float32"
             ).eval()  # also a LoRA output (final/, final/adapter) or a checkpoint-N
             tok = load_tokenizer(args.tokenizer or tokenizer_source(args.model))
         except ValueError as e:  # a failed hub load, an unusable directory
             raise FileNotFoundError(str(e)) from None
-    if args.merge:
-        out = save_published(model, args.merge, tokenizer=tok, source=tokenizer_source(args.model))
-        # the run of a final/, final/adapter or checkpoint-N: the nearest folder above with a config.yaml
-        run = next((p for p in Path(args.model).resolve().parents[:2] if (p / "config.yaml").exists()), None)
-        # what it was trained with, as recorded by the save (never the run's hand-editable config.yaml)
-        saved = next(
-            (p / CONFIG_NAME for p in (Path(args.model), Path(args.model).parent) if (p / CONFIG_NAME).exists()), None
-        )
-        config = recorded_config(Path(args.model)) or (yaml.safe_load(saved.read_text()) if saved else None)
-        write_card(
-            out,
-            base=adapter_base(args.model) or args.model,
-            run=run,
-            merged=True,
-            family=unwrap(model).config.model_type,
-            config=config,
-        )
-        print(f"merged model written to {out}")
-        return
     text = args.prompt
     if args.chat_template:
         text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)

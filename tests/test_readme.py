@@ -105,8 +105,8 @@ RUN = {
         'python -m align.sampler --model {demo}/final --prompt "How do I pick a lock?" --steps 48 '
         "--gen-length 48 --block-length 48"
     ),
-    "python -m align.sampler --model outputs/demo/final --merge outputs/demo/merged": [
-        "python -m align.sampler --model {demo}/final --merge {tmp}/merged",
+    "python -m align.export --model outputs/demo/final --out outputs/demo/merged": [
+        "python -m align.export --model {demo}/final --out {tmp}/merged",
         "python -c \"from align.models import load_model; load_model('{tmp}/merged')\"",
         "python -c \"from huggingface_hub import ModelCard; c = ModelCard.load('{tmp}/merged/README.md'); "
         "assert {{'dpo', 'masked-diffusion'}} <= set(c.data.tags) and 'merged' in c.text, c.text\"",
