@@ -10,8 +10,9 @@ passes over), every safetensors file's header and length agree and every torch f
 A run's ``final/`` is written the same way (``final.tmp`` with a manifest, renamed; :func:`verify_final`).
 ``latest`` takes the newest checkpoint that verifies and names the damaged ones it passed over.
 
-The settings that decide the trajectory are every key of the config except those listed in
-:data:`NOT_TRAJECTORY` (how fast, where and how loudly it runs, and the behaviour check, which only samples).
+The settings that decide the trajectory are every key of the config except those whose field declares
+``trajectory=False`` (``align.config.opt``: how fast, where and how loudly it runs, and the behaviour check,
+which only samples).
 The batch geometry (per-device batch, world size, accumulation) is compared as what the data order depends
 on: the global batch and the examples each epoch uses. How a launch decides to resume: ``align.resume``.
 """
@@ -26,65 +27,36 @@ import struct
 import zipfile
 from pathlib import Path
 
+from align.config import keys_with
 from align.errors import CheckpointError, ConfigError  # noqa: F401 (CheckpointError: re-exported)
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
 
-# keys that do not change what the weights become: speed and memory, where outputs go, logging, the behaviour
-# check (it samples, it does not train), and the batch geometry (compared as global batch and epoch length)
-NOT_TRAJECTORY = {
-    "model.attn_implementation",
-    "model.trust_remote_code",
-    "model.gradient_checkpointing",
-    "model.forward_chunk",
-    "model.head_chunk_mib",
-    "model.checkpoint_blocks",
-    "model.compile",
-    "estimator.coupling",
-    "eval.coupling",  # shorthands: the share_* flags they set are compared
-    "train.output_dir",
-    "train.per_device_train_batch_size",
-    "train.gradient_accumulation_steps",
-    "train.per_device_eval_batch_size",
-    "train.logging_steps",
-    "train.do_eval",
-    "train.eval_steps",
-    "train.save_steps",
-    "train.precompute_ref_log_probs",
-    "train.on_nonfinite",
-    "train.save_total_limit",
-    "train.resume_from_checkpoint",
-    "train.resume_changes",
-    "train.overwrite_output_dir",
-    "train.report_to",
-    "train.logging_dir",
-    "train.run_name",
-    "train.save_merged",
-    "train.progress_bar",
-    "online.reward_model_batch_size",
-    # where the model is published and how much held-out data an evaluation reads: recorded by a resume
-    # (align.resume.RECORDED_KEYS), never refused; the held-out data's content is compared by its fingerprint
-    "train.push_to_hub",
-    "train.hub_model_id",
-    "train.hub_private_repo",
-    "train.hub_strategy",
-    "data.max_eval_examples",
-}
 GEOMETRY_KEYS = ("train.per_device_train_batch_size", "train.gradient_accumulation_steps")
 
 
-def trajectory_settings(cfg_dict: dict, precision: str | None) -> dict:
-    """The dotted settings that decide the trajectory (``precision``: the effective mixed precision)."""
-    from transformers.utils import flatten_dict  # {a: {b: v}} -> {'a.b': v}
-
-    settings = {
-        k: v for k, v in flatten_dict(cfg_dict).items() if k not in NOT_TRAJECTORY and not k.startswith("behaviour.")
-    }
+def trajectory_settings(cfg, precision: str | None) -> dict:
+    """The dotted settings of config ``cfg`` that decide the trajectory: every key but those whose field declares
+    ``trajectory=False`` (``align.config.opt``: where, how fast and how loudly a run goes, and the behaviour check,
+    which only samples); a key added without a role is compared. ``precision``: the effective mixed precision."""
+    skip = keys_with(cfg, "trajectory", False)
+    settings = {k: v for k, v in _flat(cfg.to_dict()).items() if k not in skip}
     settings.pop("train.mixed_precision", None)  # the setting (null: the launcher's) is not what ran: ``precision`` is
     if precision is not None:
         settings["train.mixed_precision"] = precision
     return settings
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{section: {key: v}} -> {'section.key': v}."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def changed_settings(old: dict, new: dict) -> dict[str, tuple]:

@@ -28,9 +28,12 @@ from align.errors import ConfigError
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def opt(default, help: str, choices: tuple | None = None):
-    """A config field with help text (and allowed values)."""
-    meta = {"help": help}
+def opt(default, help: str, choices: tuple | None = None, *, trajectory: bool = True, held_out: bool = False):
+    """A config field with help text (and allowed values) and its roles, declared once here and read by resume,
+    ablate and the reports (:func:`keys_with`): ``trajectory=False``, the key cannot change what the weights
+    become (where, how fast and how loudly a run goes; a resume never refuses it); ``held_out=True``, it decides
+    the held-out set an evaluation scores (an ablation's arms must agree on it)."""
+    meta = {"help": help, "trajectory": trajectory, "held_out": held_out}
     if choices:
         meta["choices"] = choices
     if isinstance(default, (list, dict)):
@@ -38,35 +41,55 @@ def opt(default, help: str, choices: tuple | None = None):
     return field(default=default, metadata=meta)
 
 
+def keys_with(cfg, role: str, value=True) -> set[str]:
+    """The dotted keys of config ``cfg`` (an instance or a class) whose field declares ``role`` as ``value``
+    (:func:`opt`); a section class's ``ROLES = {role: value}`` holds for all its fields."""
+    instance = cfg() if isinstance(cfg, type) else cfg
+    found = set()
+    for section in dataclasses.fields(instance):
+        cls = type(getattr(instance, section.name))
+        for f in dataclasses.fields(cls):
+            declared = cls.ROLES[role] if role in getattr(cls, "ROLES", {}) else f.metadata.get(role)
+            if declared == value:
+                found.add(f"{section.name}.{f.name}")
+    return found
+
+
 @dataclass
 class ModelArgs:
     name_or_path: str = opt("GSAI-ML/LLaDA-8B-Instruct", "hub id, local directory, or tiny:llada / tiny:dream")
     tokenizer: str | None = opt(None, "tokenizer hub id or directory; defaults to name_or_path")
     dtype: str = opt("bfloat16", "weights dtype", ("bfloat16", "float32", "float16"))
-    attn_implementation: str = opt("sdpa", "attention kernel of the native models", ("sdpa", "eager"))
-    trust_remote_code: bool = opt(False, "allow checkpoint code for model types align has no native class for")
-    gradient_checkpointing: bool = opt(True, "recompute block activations in backward (saves memory)")
+    attn_implementation: str = opt("sdpa", "attention kernel of the native models", ("sdpa", "eager"), trajectory=False)
+    trust_remote_code: bool = opt(
+        False, "allow checkpoint code for model types align has no native class for", trajectory=False
+    )
+    gradient_checkpointing: bool = opt(True, "recompute block activations in backward (saves memory)", trajectory=False)
     forward_chunk: int = opt(
         0,
         "noised sequences per backbone chunk when scoring (0: all 2·b·n at once); each chunk "
         "is recomputed in backward, so a step holds one chunk's activations, for one more "
         "policy forward",
+        trajectory=False,
     )
     head_chunk_mib: float = opt(
         128,
         "fp32 [rows, vocab] logits buffer of the LM head when scoring, in MiB (smaller: "
         "less memory, more passes over the head weight)",
+        trajectory=False,
     )
     checkpoint_blocks: int | None = opt(
         None,
         "with gradient_checkpointing: how many blocks (the first ones) recompute "
         "their activations in backward (null: all); fewer is faster and holds "
         "more activation memory",
+        trajectory=False,
     )
     compile: bool = opt(
         False,
         "torch.compile each transformer block in place (native models; not under ZeRO-3): "
         "fused element-wise kernels, compiled once for all blocks in the first steps",
+        trajectory=False,
     )
 
 
@@ -84,25 +107,35 @@ class DataSourceArgs:
     """What DPO and SFT data share: where the records come from, the held-out data, lengths, bad records.
     ``dataset`` and ``format`` are given by each kind of data (:class:`DataArgs`, :class:`SFTDataArgs`)."""
 
-    dataset: str = opt("", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory")
-    format: str = opt("auto", "record schema")
+    dataset: str = opt("", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory", held_out=True)
+    format: str = opt("auto", "record schema", held_out=True)
     config_name: str | None = opt(None, "hub dataset configuration name")
     train_split: str = opt("train", "split to train on")
-    eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or local file)")
-    eval_split: str | None = opt(None, "held-out split of a hub dataset (default 'test'); an error for local files")
+    eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or local file)", held_out=True)
+    eval_split: str | None = opt(
+        None, "held-out split of a hub dataset (default 'test'); an error for local files", held_out=True
+    )
     eval_fraction: float = opt(
         0.05,
         "local file without eval_dataset: hold out this seeded fraction of its records "
         "(0 = refuse to start unless eval_dataset is given or train.do_eval=false)",
+        held_out=True,
     )
-    eval_split_seed: int = opt(0, "seed of the held-out fraction (independent of train.seed, so seeds share it)")
-    max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)")
-    over_long_prompt: str = opt("truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"))
+    eval_split_seed: int = opt(
+        0, "seed of the held-out fraction (independent of train.seed, so seeds share it)", held_out=True
+    )
+    max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)", held_out=True)
+    over_long_prompt: str = opt(
+        "truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"), held_out=True
+    )
     on_bad_record: str = opt(
-        "error", "malformed/empty/identical records: fail naming the record, or count and skip", ("error", "skip")
+        "error",
+        "malformed/empty/identical records: fail naming the record, or count and skip",
+        ("error", "skip"),
+        held_out=True,
     )
     max_train_examples: int | None = opt(None, "use at most this many training records")
-    max_eval_examples: int | None = opt(None, "use at most this many held-out records")
+    max_eval_examples: int | None = opt(None, "use at most this many held-out records", trajectory=False, held_out=True)
 
 
 @dataclass
@@ -110,15 +143,20 @@ class DataArgs(DataSourceArgs):
     """Preference data (DPO)."""
 
     dataset: str = opt(
-        "PKU-Alignment/PKU-SafeRLHF", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory"
+        "PKU-Alignment/PKU-SafeRLHF",
+        "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory",
+        held_out=True,
     )
     format: str = opt(
         "pku_saferlhf",
         "record schema (auto: chosen from the first record's fields, logged)",
         ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"),
+        held_out=True,
     )
-    preference: str = opt("safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"))
-    max_response_length: int = opt(256, "response tokens kept, EOS included")
+    preference: str = opt(
+        "safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"), held_out=True
+    )
+    max_response_length: int = opt(256, "response tokens kept, EOS included", held_out=True)
 
 
 @dataclass
@@ -126,7 +164,9 @@ class SFTDataArgs(DataSourceArgs):
     """Prompt/response data (SFT). The fields they share mean what they mean for DPO data."""
 
     dataset: str = opt(
-        "data/tiny_sft_train.jsonl", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory"
+        "data/tiny_sft_train.jsonl",
+        "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory",
+        held_out=True,
     )
     format: str = opt(
         "prompt_response",
@@ -134,6 +174,7 @@ class SFTDataArgs(DataSourceArgs):
         "raw text (all of it scored: pretraining); auto: from the first record's "
         "fields",
         ("prompt_response", "messages", "text", "auto"),
+        held_out=True,
     )
     response_padding: str = opt(
         "batch",
@@ -141,7 +182,7 @@ class SFTDataArgs(DataSourceArgs):
         "max_response_length (teaches fixed-length generation to end in EOS)",
         ("batch", "max_length"),
     )
-    max_response_length: int = opt(256, "response tokens kept, EOS included")
+    max_response_length: int = opt(256, "response tokens kept, EOS included", held_out=True)
 
 
 @dataclass
@@ -158,6 +199,7 @@ class SFTArgs:
 
 @dataclass
 class BehaviourArgs:
+    ROLES = {"trajectory": False}  # the behaviour check samples; it never changes what the weights become
     prompts: str | None = opt(
         None,
         "jsonl of held-out prompts {prompt, kind: everyday|borderline|harmful, [task_id]} to "
@@ -220,7 +262,10 @@ class EstimatorArgs:
     )
     n_samples: int = opt(4, "Monte Carlo samples per log-likelihood term")
     coupling: str | None = opt(
-        None, "shorthand: coupled = both shares on, decoupled = both off", ("coupled", "decoupled")
+        None,
+        "shorthand: coupled = both shares on, decoupled = both off",
+        ("coupled", "decoupled"),
+        trajectory=False,
     )
     share_policy_reference: bool = opt(True, "policy and reference see the same masks")
     share_chosen_rejected: bool = opt(True, "chosen and rejected share the same masks")
@@ -270,13 +315,13 @@ class LossArgs:
 
 @dataclass
 class TrainArgs:
-    output_dir: str = opt("outputs/dpo", "checkpoints, logs, resolved config and the final model")
+    output_dir: str = opt("outputs/dpo", "checkpoints, logs, resolved config and the final model", trajectory=False)
     seed: int = opt(42, "seeds init, data order and (with example id, epoch) every mask draw")
     num_train_epochs: int = opt(1, "passes over the training data")
     max_steps: int = opt(-1, "optimizer steps; > 0 overrides num_train_epochs")
-    per_device_train_batch_size: int = opt(1, "pairs per device per micro-step")
-    per_device_eval_batch_size: int = opt(2, "pairs per device per eval step")
-    gradient_accumulation_steps: int = opt(1, "micro-steps per optimizer step")
+    per_device_train_batch_size: int = opt(1, "pairs per device per micro-step", trajectory=False)
+    per_device_eval_batch_size: int = opt(2, "pairs per device per eval step", trajectory=False)
+    gradient_accumulation_steps: int = opt(1, "micro-steps per optimizer step", trajectory=False)
     learning_rate: float = opt(5e-7, "peak learning rate")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     adam_beta1: float = opt(0.9, "AdamW β1")
@@ -290,15 +335,22 @@ class TrainArgs:
         "config's; must agree with model.dtype under DeepSpeed)",
         ("no", "bf16", "fp16"),
     )
-    logging_steps: int = opt(10, "log every N optimizer steps")
-    do_eval: bool = opt(True, "evaluate on held-out pairs (see data.eval_dataset / eval_split / eval_fraction)")
-    eval_steps: int = opt(100, "evaluate every N optimizer steps (and at the end); 0 = only at the end")
-    save_steps: int = opt(500, "checkpoint every N optimizer steps (and at the end; also on SIGTERM/SIGINT)")
+    logging_steps: int = opt(10, "log every N optimizer steps", trajectory=False)
+    do_eval: bool = opt(
+        True, "evaluate on held-out pairs (see data.eval_dataset / eval_split / eval_fraction)", trajectory=False
+    )
+    eval_steps: int = opt(
+        100, "evaluate every N optimizer steps (and at the end); 0 = only at the end", trajectory=False
+    )
+    save_steps: int = opt(
+        500, "checkpoint every N optimizer steps (and at the end; also on SIGTERM/SIGINT)", trajectory=False
+    )
     precompute_ref_log_probs: bool = opt(
         False,
         "DPO: compute the reference's log-probs of each epoch's draws before "
         "the epoch (no-grad batches of per_device_eval_batch_size, kept under "
         "output_dir/ref_logps); the step then runs the policy only",
+        trajectory=False,
     )
     on_nonfinite: str = opt(
         "stop",
@@ -306,12 +358,14 @@ class TrainArgs:
         "stop (after a checkpoint of the last good state, naming the step and its examples) "
         "or skip it and go on (counted in the nonfinite_steps metric)",
         ("stop", "skip"),
+        trajectory=False,
     )
-    save_total_limit: int | None = opt(2, "keep at most this many checkpoints")
+    save_total_limit: int | None = opt(2, "keep at most this many checkpoints", trajectory=False)
     resume_from_checkpoint: str | None = opt(
         None,
         "'latest' (the newest checkpoint that verifies; in an empty or new "
         "output_dir: start) or a checkpoint directory",
+        trajectory=False,
     )
     resume_changes: list[str] | None = opt(
         None,
@@ -320,27 +374,37 @@ class TrainArgs:
         "setting deciding the trajectory is refused naming it; data, eval_data and "
         "model name changed content (the encoded data, the base weights) under any path. "
         "Recorded in output_dir/resumes.jsonl",
+        trajectory=False,
     )
     overwrite_output_dir: bool = opt(
         False,
         "start afresh in an output_dir that holds another run (its metrics, "
         "checkpoints and final model are deleted); otherwise such a start is refused",
+        trajectory=False,
     )
-    report_to: str = opt("tensorboard", "metrics backend", ("tensorboard", "wandb", "none"))
+    report_to: str = opt("tensorboard", "metrics backend", ("tensorboard", "wandb", "none"), trajectory=False)
     logging_dir: str | None = opt(
         None,
         "TensorBoard folder of this launch (null: output_dir/runs/<date>_<host>, a "
         "new one per launch, as HF's Trainer)",
+        trajectory=False,
     )
-    run_name: str | None = opt(None, "wandb run name (TensorBoard folders: train.logging_dir)")
-    save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout")
-    push_to_hub: bool = opt(False, "upload final/ (weights, model card, training config) to the Hub at the end")
-    hub_model_id: str | None = opt(None, "the Hub repo (user/name or org/name; default: output_dir's name)")
-    hub_private_repo: bool = opt(False, "create the Hub repo private")
+    run_name: str | None = opt(None, "wandb run name (TensorBoard folders: train.logging_dir)", trajectory=False)
+    save_merged: bool = opt(False, "LoRA: also save merged full weights in the published layout", trajectory=False)
+    push_to_hub: bool = opt(
+        False, "upload final/ (weights, model card, training config) to the Hub at the end", trajectory=False
+    )
+    hub_model_id: str | None = opt(
+        None, "the Hub repo (user/name or org/name; default: output_dir's name)", trajectory=False
+    )
+    hub_private_repo: bool = opt(False, "create the Hub repo private", trajectory=False)
     hub_strategy: str = opt(
-        "end", "what is uploaded: final/ at the end, or also every kept checkpoint", ("end", "all_checkpoints")
+        "end",
+        "what is uploaded: final/ at the end, or also every kept checkpoint",
+        ("end", "all_checkpoints"),
+        trajectory=False,
     )
-    progress_bar: bool = opt(True, "show a progress bar on the main process")
+    progress_bar: bool = opt(True, "show a progress bar on the main process", trajectory=False)
     disable_dropout: bool = opt(
         True,
         "switch off every dropout module of the policy (default on, as in DPO practice): the policy and "

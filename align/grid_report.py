@@ -41,6 +41,7 @@ from pathlib import Path
 
 from align import grid_stats as G
 from align import stats as S
+from align.config import Config, DataArgs, keys_with
 from align.dpo import describe_estimator
 from align.grid_names import short
 
@@ -184,24 +185,17 @@ def read_jsonl_by_step(path: Path) -> dict[int, dict]:
     return dict(sorted(by_step.items()))
 
 
+HELD_OUT_KEYS = [f.name for f in dataclasses.fields(DataArgs) if f"data.{f.name}" in keys_with(Config, "held_out")]
+
+
 def evaluator_of(config: dict) -> dict | None:
-    """What decides how a run is scored (None: a run from before align had evaluation settings of its own)."""
+    """What decides how a run is scored (None: a run from before align had evaluation settings of its own): the
+    ``eval`` section, the data keys whose field declares ``held_out=True`` (``align.config.opt``; the training file
+    too when the held-out set is carved from it), the behaviour check and the evaluation interval."""
     if "eval" not in config:
         return None
     data = config.get("data", {})
-    keys = (
-        "eval_dataset",
-        "eval_split",
-        "eval_fraction",
-        "eval_split_seed",
-        "max_eval_examples",
-        "format",
-        "preference",
-        "max_prompt_length",
-        "max_response_length",
-        "over_long_prompt",
-        "on_bad_record",
-    )
+    keys = [k for k in HELD_OUT_KEYS if k != "dataset"]
     held_out = {k: data.get(k) for k in keys}
     if data.get("eval_dataset") is None:
         held_out["dataset"] = data.get("dataset")

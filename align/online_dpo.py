@@ -104,7 +104,7 @@ class OnlineArgs:
         "tokenizer and chat template); score: the first logit",
     )
     reward_model_dtype: str = opt("bfloat16", "reward model weights dtype", ("bfloat16", "float32", "float16"))
-    reward_model_batch_size: int = opt(8, "answers per reward-model forward")
+    reward_model_batch_size: int = opt(8, "answers per reward-model forward", trajectory=False)
     reward_model_max_length: int = opt(1024, "reward-model input tokens kept (truncation keeps the start)")
     num_generations: int = opt(4, "answers sampled per prompt per step (K >= 2): the best and worst are the pair")
     gen_length: int = opt(64, "tokens generated per answer (LLaDA's sampler)")

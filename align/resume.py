@@ -20,6 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from align.checkpoints import (
     GEOMETRY_KEYS,
     CheckpointError,
@@ -29,7 +31,6 @@ from align.checkpoints import (
     latest_verified,
     resume_position,
     trajectory_of,
-    trajectory_settings,
     verify_checkpoint,
 )
 from align.config import ConfigError, dump_config
@@ -223,9 +224,8 @@ def check_resume(
     if old is None:  # written by an align that did not record settings: its run's config.yaml, if any
         config = path.parent / "config.yaml"
         if config.exists():
-            import yaml
-
-            old = trajectory_settings(yaml.safe_load(config.read_text()) or {}, None)
+            recorded = _flat(yaml.safe_load(config.read_text()) or {})
+            old = {k: v for k, v in recorded.items() if k in settings and k != "train.mixed_precision"}
             plan.notes.append(f"{path} records no settings (older align): compared with {config}")
         else:
             old = {}
@@ -347,8 +347,6 @@ def write_start(
             )
         if plan.mode == "resume":
             if not (out / "config.yaml").exists():  # a checkpoint copied into a new directory
-                import yaml
-
                 (out / "config.yaml").write_text(
                     yaml.safe_dump(plan.state.get("config") or cfg.to_dict(), sort_keys=False)
                 )

@@ -476,7 +476,7 @@ class Trainer:
         }
 
     def _settings(self) -> dict:
-        return trajectory_settings(self.cfg.to_dict(), str(self.accelerator.mixed_precision))
+        return trajectory_settings(self.cfg, str(self.accelerator.mixed_precision))
 
     # ------------------------------------------------------------ loop
     def micro_batches(self, start_micro: int):

@@ -168,3 +168,23 @@ def test_a_config_yaml_written_by_an_earlier_align_still_loads_and_starts_a_run_
         assert resolved[section].pop("coupling") is None and recipe[section].pop("coupling") == "coupled"
     assert resolved == recipe
     assert list(cfg.to_dict()) == ["model", "lora", "data", "estimator", "loss", "eval", "behaviour", "train"]
+
+
+def test_key_roles_are_declared_on_the_fields_and_read_by_resume_and_ablate():
+    """A key's role lives in its field (align.config.opt): resume compares every key not declared
+    trajectory=False (so a key added without a role is compared, never silently ignored), and an ablation's arms
+    must agree on every held_out=True key."""
+    from align.checkpoints import trajectory_settings
+    from align.config import Config, keys_with
+    from align.grid_report import HELD_OUT_KEYS
+
+    skip = keys_with(Config, "trajectory", False)
+    assert {"train.output_dir", "train.eval_steps", "model.compile", "data.max_eval_examples"} <= skip
+    assert {f"behaviour.{k}" for k in ("prompts", "judge", "temperature")} <= skip  # the section's ROLES
+    cfg = load_config("demo")
+    settings = trajectory_settings(cfg, "no")
+    assert "loss.beta" in settings and "train.learning_rate" in settings and "data.dataset" in settings
+    assert not set(settings) & skip
+    flat = {f"{s}.{k}" for s, section in cfg.to_dict().items() for k in section}
+    assert set(settings) == flat - skip  # everything else is compared
+    assert {"eval_dataset", "eval_fraction", "max_prompt_length", "preference"} <= set(HELD_OUT_KEYS)
