@@ -68,9 +68,12 @@ class Outcome:
     role: str = "tested"
 
 
-def outcomes_for(target_accuracy: float | None, target_margin: float | None, behaviour: set[str]) -> list[Outcome]:
+def outcomes_for(
+    target_accuracy: float | None, target_margin: float | None, behaviour: set[str], reward_source: str | None = None
+) -> list[Outcome]:
     """Every outcome the report knows, in report order. ``behaviour``: which judged columns the runs have
-    (``refusal``; with task ids also ``well_formed`` and ``correct``) and the kinds of their prompts."""
+    (``refusal``; with task ids also ``well_formed`` and ``correct``) and the kinds of their prompts;
+    ``reward_source``: the runs' ``behaviour.judge`` / ``behaviour.reward_model`` when one gives the reward."""
     out = [
         Outcome("accuracy", "held-out reward accuracy", True, column="rewards/accuracies"),
         Outcome("margin", "held-out margin (nats)", True, ".2f", column="margin"),
@@ -85,7 +88,13 @@ def outcomes_for(target_accuracy: float | None, target_margin: float | None, beh
         ),
     ]
     if "reward" in behaviour:
-        label = "reward: correct behaviour, all prompts" if "correct" in behaviour else "reward (judge), all prompts"
+        label = (
+            f"reward ({reward_source}), all prompts"
+            if reward_source
+            else "reward: correct behaviour, all prompts"
+            if "correct" in behaviour
+            else "reward (judge), all prompts"
+        )
         out += [Outcome("reward", label, True, source="behaviour", column="reward")]
     if "correct" in behaviour:
         out += [
@@ -485,8 +494,19 @@ class Grid:
             for rows in self.units.get((r["run"], "behaviour"), {}).values():
                 for u in rows:
                     judged |= {k for k in BEHAVIOUR_VALUES if u.get(k) is not None} | {u["kind"]}
-        self.outcomes = outcomes_for(self.target_accuracy, self.target_margin, judged)
-        self.frontier = self._frontier_curves()
+        ev = next((r["evaluator"] for r in self.done if r.get("evaluator")), None) or {}
+        bh = ev.get("behaviour") or {}
+        self.reward_source = bh.get("judge") or bh.get("reward_model")
+        self.outcomes = outcomes_for(self.target_accuracy, self.target_margin, judged, self.reward_source)
+        # every run's (step, KL, reward) for the plot; matched KL levels only where every run's KL rises above 0
+        self.curves, self.frontier_reason = self._frontier_curves()
+        low = {run: max(k for _, k, _ in pts) for run, pts in self.curves.items() if max(k for _, k, _ in pts) <= 0}
+        if self.curves and low:
+            self.frontier_reason = "no KL level every run reaches: " + "; ".join(
+                f"{run} never measured KL above 0 (its largest estimate {k:.3g} nats)" for run, k in sorted(low.items())
+            )
+        self.frontier = self.curves if self.curves and not low else {}
+        self.kl_levels = []
         if self.frontier:
             self.kl_max = min(max(k for _, k, _ in pts) for pts in self.frontier.values())
             self.kl_levels = [f * self.kl_max for f in FRONTIER_LEVELS]
@@ -525,9 +545,9 @@ class Grid:
     def final_step(self, run: dict) -> int | None:
         return run["outcomes"].get("final_step")
 
-    def _frontier_curves(self) -> dict[str, list[tuple[int, float, float]]]:
-        """{run: [(step, KL, reward)] in step order} where every done run judged reward and KL at two or more
-        evaluations (else {}: no frontier)."""
+    def _frontier_curves(self) -> tuple[dict[str, list[tuple[int, float, float]]], str | None]:
+        """({run: [(step, KL, reward)] in step order}, why not) where every done run judged reward and KL at two
+        or more evaluations (else {} and the reason)."""
         out = {}
         for r in self.done:
             pts = [
@@ -536,13 +556,13 @@ class Grid:
                 if m.get("eval/kl") is not None and m.get("eval/reward") is not None
             ]
             if len(pts) < 2:
-                return {}
+                return {}, f"{r['run']} judged reward and KL at {len(pts)} evaluation(s); a frontier needs two or more"
             out[r["run"]] = pts
-        return out if out and min(max(k for _, k, _ in p) for p in out.values()) > 0 else {}
+        return out, None if out else "no run judged reward and KL"
 
     def at_kl(self, run: dict, level: float) -> tuple[int, int, float] | None:
         """Where a run's trajectory first reaches KL = ``level``: (step before, step after, weight of the after)."""
-        pts = self.frontier.get(run["run"], [])
+        pts = self.curves.get(run["run"], [])
         for (s0, k0, _), (s1, k1, _) in zip(pts, pts[1:]):
             if k0 <= level <= k1 and k1 > k0:
                 return s0, s1, (level - k0) / (k1 - k0)
@@ -693,7 +713,7 @@ def summarize(root: Path) -> Path:
     lines += _status_lines(g)
     (root / "summary.md").write_text("\n".join(lines) + "\n")
     plot_curves(root / "ablation.png", g)
-    if g.frontier and g.arms:
+    if g.curves and g.arms:
         plot_frontier(root / "frontier.png", g)
     return root / "summary.md"
 
@@ -739,8 +759,7 @@ def _header(g: Grid) -> list[str]:
     if g.primary_missing:
         lines += [
             f"**The declared primary outcome `{g.primary_missing}` could not be computed** from these runs "
-            f"(reward and KL judged at two or more evaluations of every run are needed for a frontier); "
-            f"reported first instead: {g.primary.label}."
+            f"({g.frontier_reason or 'not measured'}); reported first instead: {g.primary.label}."
         ]
     lines += [
         f"**Primary outcome** (declared in grid.json before the runs): {g.primary.label}.",
@@ -762,10 +781,11 @@ def _selection_lines(g: Grid) -> list[str]:
     sel = g.grid.get("selection") or {}
     if not sel:
         return [f"**Learning rate**: grid.select={g.select}, but no selection record was found.", ""]
+    label = g.by_key[sel["outcome"]].label if sel.get("outcome") in g.by_key else sel.get("outcome_label")
     lines = [
         f"## Learning rate per arm (grid.select={g.select})",
         "",
-        f"Chosen on the validation split ({sel.get('validation')}), by the mean {sel.get('outcome_label')} over "
+        f"Chosen on the validation split ({sel.get('validation')}), by the mean {label} over "
         f"{len(sel.get('seeds', []))} selection seed(s) ({', '.join(sel.get('seeds', []))}); the reported "
         f"seeds below were not used to choose, and the reported held-out data was not read.",
         "",
@@ -807,6 +827,16 @@ def _primary_section(g: Grid) -> list[str]:
 def _frontier_section(g: Grid) -> list[str]:
     """The reward–KL frontier: reward of the policy's own samples against its KL from the reference, per run along
     training (frontier.png); per arm the reward at matched KL levels and the best reward within the KL budget."""
+    if g.curves and not g.frontier:
+        return [
+            "## Reward–KL frontier",
+            "",
+            f"Reward ({g.reward_source or 'eval/reward'}) against KL(policy ‖ reference) on the policy's own samples "
+            "at every judged evaluation of every run: `frontier.png`. No matched KL levels: "
+            f"{g.frontier_reason}. A KL estimate is a coupled difference of likelihood bounds with Monte Carlo "
+            "error (behaviour.kl_samples); a run that barely leaves its reference can measure it at or below 0.",
+            "",
+        ]
     if not g.frontier:
         return []
     levels = [g.by_key[f"reward_at_kl_{i}"] for i in range(len(g.kl_levels))]
@@ -1104,7 +1134,7 @@ def plot_frontier(path: Path, g: Grid) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for i, (arm, runs) in enumerate(g.arms.items()):
         for j, r in enumerate(runs):
-            pts = g.frontier[r["run"]]
+            pts = g.curves[r["run"]]
             ax.plot(
                 [k for _, k, _ in pts],
                 [rw for _, _, rw in pts],
@@ -1118,8 +1148,9 @@ def plot_frontier(path: Path, g: Grid) -> None:
     for lvl in g.kl_levels:
         ax.axvline(lvl, color="grey", ls=":", lw=0.8)
     ax.set_xlabel("KL(policy ‖ reference) on the policy's own answers (nats, coupled bound difference)")
-    ax.set_ylabel("reward: correct behaviour on held-out prompts")
-    ax.set_title("reward–KL frontier: one line per run along training;\ndotted: the matched KL levels", fontsize=9)
+    ax.set_ylabel(f"reward ({g.reward_source or 'correct behaviour'}) on held-out prompts")
+    title = "dotted: the matched KL levels" if g.kl_levels else "no matched KL levels (see summary.md)"
+    ax.set_title(f"reward–KL frontier: one line per run along training;\n{title}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

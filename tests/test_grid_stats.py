@@ -385,6 +385,30 @@ def test_the_frontier_reports_reward_at_matched_kl_first_and_an_arm_against_itse
     assert all(0 <= float(r["reward_at_kl_1"]) <= 1 for r in rows) and "best_reward_within_kl" in rows[0]
 
 
+def test_a_run_that_never_measures_kl_above_zero_is_named_and_the_frontier_still_plotted(tmp_path):
+    """Matched KL levels need a level every run reaches: a run whose KL estimates stay at or below 0 (it barely
+    left its reference) makes the declared primary uncomputable; the summary names that run and says what it
+    reports instead, and frontier.png still shows every run."""
+    rng = random.Random(7)
+    axes = {"estimator.coupling": ["a", "b"], "train.seed": ["0", "1", "2"]}
+    for seed in axes["train.seed"]:
+        for arm in ("a", "b"):
+            frontier_run(tmp_path, {"estimator.coupling": arm, "train.seed": seed}, rng, 0.1)
+    flat = tmp_path / "runs" / ablate.cell_name({"estimator.coupling": "b", "train.seed": "2"}) / "metrics.jsonl"
+    records = [json.loads(line) for line in flat.read_text().splitlines()]
+    for r in records:
+        r["eval/kl"] = -0.1 if r["step"] else 0.0
+    flat.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_grid(tmp_path, axes, primary="reward_at_kl")
+    grid_report.collect(tmp_path, ablate.cells_of(axes), cell_name=ablate.cell_name, status_of=ablate.status_of)
+    grid_report.summarize(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "**The declared primary outcome `reward_at_kl` could not be computed**" in summary
+    assert f"{flat.parent.name} never measured KL above 0" in summary
+    assert summary.split("## Primary outcome: ")[1].startswith("reward")
+    assert "No matched KL levels" in summary and (tmp_path / "frontier.png").stat().st_size > 10_000
+
+
 def test_every_selectable_outcome_has_a_direction():
     """grid.select=best:<outcome> needs to know whether higher is better for every outcome it offers."""
     assert [k for k in grid_report.SELECTABLE if k not in grid_report.HIGHER_IS_BETTER] == []
