@@ -5,6 +5,7 @@ tables; the variance path's cluster bootstrap."""
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -412,3 +413,17 @@ def test_a_run_that_never_measures_kl_above_zero_is_named_and_the_frontier_still
 def test_every_selectable_outcome_has_a_direction():
     """grid.select=best:<outcome> needs to know whether higher is better for every outcome it offers."""
     assert [k for k in grid_report.SELECTABLE if k not in grid_report.HIGHER_IS_BETTER] == []
+
+
+def test_the_shipped_demo_ablation_regenerates_byte_for_byte_from_its_tables(tmp_path):
+    """benchmarks/results/ablation_demo holds the tables the demo grid wrote (grid.json, runs.csv, units.csv.gz,
+    runs.json): its summary.md is recomputed from them alone, byte for byte."""
+    import shutil
+
+    shipped = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "ablation_demo"
+    out = tmp_path / shipped.name  # the summary's title is the directory's name
+    out.mkdir()
+    for name in ("grid.json", "runs.csv", "units.csv.gz", "runs.json"):
+        shutil.copy(shipped / name, out / name)
+    grid_report.summarize(out)
+    assert (out / "summary.md").read_bytes() == (shipped / "summary.md").read_bytes()

@@ -136,6 +136,15 @@ RUN = {
         "grid.learning_rate=1e-4,2e-4,4e-4 grid.select=best:reward grid.validation=data/demo_safety_val.jsonl "
         "grid.validation_prompts=data/demo_behaviour_val_prompts.jsonl grid.select_seeds=2"
     ): "{grid}",
+    # docs/ablation.md: the shipped demo ablation (about 50 minutes): the shared shortened grid stands for it
+    (
+        "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.learning_rate=1e-3,2e-3,4e-3 "
+        "grid.select=best:reward grid.validation=data/demo_safety_val.jsonl "
+        "grid.validation_prompts=data/demo_behaviour_val_prompts.jsonl grid.select_seeds=1 grid.seeds=5 "
+        "loss.rpo_alpha=null behaviour.judge=align.judges:refusal_judge train.max_steps=40 train.eval_steps=20 "
+        "behaviour.eval_steps=20 behaviour.max_prompts=10 behaviour.kl_samples=8 data.max_eval_examples=32 "
+        "train.save_steps=20 train.save_total_limit=null grid.output_dir=outputs/ablate/ablation_demo"
+    ): "{grid}",
     "python -m align.ablate variance run=outputs/demo": (
         "python -m align.ablate variance run={demo} variance.reps=2 variance.max_pairs=4 variance.resamples=20 "
         "variance.output_dir={tmp}/path"
