@@ -1110,7 +1110,7 @@ REWARD_PANEL = (
     (("eval/reward", "-"), ("eval/well_formed", "--")),
 )
 REFUSAL_PANEL = (
-    "refusal rate: harmful (solid), borderline (dotted), everyday (dashed)",
+    "refusal: harmful (solid), borderline (dotted),\neveryday (dashed)",
     (("eval/refusal_rate", "-"), ("eval/borderline_refusal_rate", ":"), ("eval/over_refusal_rate", "--")),
 )
 SHARES = (
@@ -1166,7 +1166,12 @@ def plot_curves(path: Path, g: Grid) -> None:
     import matplotlib.pyplot as plt
 
     have = {k for r in g.done for rec in g.metrics.get(r["run"], {}).values() for k in rec}
-    spec = PANELS + tuple(p for p in (REWARD_PANEL, REFUSAL_PANEL) if any(k in have for k, _ in p[1]))
+    reward_panel = (
+        (f"reward ({g.reward_source}) (solid),\nwell-formed (dashed)", REWARD_PANEL[1])
+        if g.reward_source
+        else REWARD_PANEL
+    )
+    spec = PANELS + tuple(p for p in (reward_panel, REFUSAL_PANEL) if any(k in have for k, _ in p[1]))
     fig, axes = plt.subplots(2, 3, figsize=(14, 7.4))
     for ax in axes.flat[len(spec) :]:
         ax.set_visible(False)
