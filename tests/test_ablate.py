@@ -53,6 +53,7 @@ def grid(tmp_path_factory):
         "grid.validation=data/demo_safety_val.jsonl",
         "grid.seeds=3",
         f"grid.output_dir={out}",
+        "model.name_or_path=data/tiny_test",  # the mechanics tests' small model (tests/test_trainer.TEST_MODEL)
         *SMALL,
         "train.save_steps=1",
         "train.save_total_limit=null",
@@ -138,7 +139,7 @@ def test_rerunning_a_finished_grid_does_no_work(grid):
 
 @pytest.mark.slow
 def test_variance_mode_on_a_trained_lora_output(grid, tmp_path):
-    """policy = the coupled run's final adapter; the reference defaults to its recorded base (data/tiny_chat)."""
+    """policy = the coupled run's final adapter; the reference defaults to its recorded base (data/tiny_test)."""
     out, _, _ = grid
     log = ablate_cli(
         "variance",
@@ -149,7 +150,7 @@ def test_variance_mode_on_a_trained_lora_output(grid, tmp_path):
         "variance.estimators=time_free",
         f"variance.output_dir={tmp_path}",
     ).stdout
-    assert "reference `data/tiny_chat`" in log
+    assert "reference `data/tiny_test`" in log
     cells = json.loads((tmp_path / "variance.json").read_text())["cells"]
     assert len(cells) == 4 * 2 and all(c["var"] >= 0 and c["se"] >= 0 for c in cells)
     assert (tmp_path / "variance.png").exists() and "decoupled/coupled" in (tmp_path / "variance.md").read_text()
@@ -294,6 +295,16 @@ def test_trained_outputs_load_and_sample(grid):
         a = logits_fn(load_model(str(run / "final")).eval())(ids, mask)
         b = logits_fn(load_model(str(merged)).eval())(ids, mask)
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    # the export's own entry point writes the same model
+    exported = out / "exported"
+    proc = run_python(
+        [sys.executable, "-m", "align.export", "--model", str(run / "final"), "--out", str(exported)],
+        env=ENV,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and f"merged model written to {exported}" in proc.stdout, proc.stderr[-2000:]
+    assert (exported / "model.safetensors").read_bytes() == (merged / "model.safetensors").read_bytes()
+    assert (exported / "training_config.yaml").exists()  # the card's record, from the save
 
 
 @pytest.mark.slow

@@ -13,11 +13,12 @@ import time
 
 import pytest
 
-from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, fresh_ports, losses, metrics, run_python, train
+from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, TEST_MODEL, fresh_ports, losses, metrics, run_python, train
 from tests.test_training_loop import probe
 
 # 24 pairs in batches of 8: 3 steps an epoch, 9 steps = 3 epochs
 SHORT = [
+    TEST_MODEL,
     "data.max_train_examples=24",
     "train.per_device_train_batch_size=8",
     "train.max_steps=9",

@@ -19,9 +19,10 @@ import yaml
 from align.checkpoints import CheckpointError, check_output_dir, resume_position
 from align.config import ConfigError
 from tests.launch import run_python
-from tests.test_trainer import ENV, QUIET, ROOT, losses, metrics, train
+from tests.test_trainer import ENV, QUIET, ROOT, TEST_MODEL, losses, metrics, train
 
 RUN = [
+    TEST_MODEL,
     "data.max_train_examples=8",
     "data.max_eval_examples=4",
     "train.per_device_train_batch_size=2",
@@ -94,6 +95,9 @@ def test_a_resume_with_changed_settings_is_refused_naming_each_and_the_directory
 
 def test_named_changes_resume_and_are_recorded_beside_the_untouched_config(finished, tmp_path):
     out = copy_run(finished, tmp_path / "run")
+    edited = yaml.safe_load((out / "config.yaml").read_text())
+    edited["loss"]["beta"] = 0.9  # a hand edit of the run's config.yaml: neither compared nor written to the card
+    (out / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     config = (out / "config.yaml").read_bytes()
     log = train(
         out,

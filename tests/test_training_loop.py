@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.test_trainer import BASIC, ENV, QUIET, losses, metrics, run, run_python, train
+from tests.test_trainer import BASIC, ENV, QUIET, TEST_MODEL, losses, metrics, run, run_python, train
 
 PREAMBLE = """
 import json, sys, time
@@ -32,6 +32,7 @@ def probe(code: str, *overrides, out) -> object:
 # ---------------------------------------------------------------- 1. epochs that move on
 
 EPOCHS = [
+    TEST_MODEL,
     "train.num_train_epochs=3",
     "data.max_train_examples=48",
     "train.per_device_train_batch_size=4",
@@ -248,6 +249,7 @@ result = [warmup, [m["epoch"] for m in logged][:2]]
 # ---------------------------------------------------------------- train.precompute_ref_log_probs
 
 PRE = [
+    TEST_MODEL,
     "data.max_train_examples=24",
     "train.per_device_train_batch_size=8",
     "train.max_steps=7",
@@ -344,6 +346,7 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
     from tests.test_trainer import DS_ENV, partitioning_zero3_config
 
     common = [
+        TEST_MODEL,
         "data.max_train_examples=16",
         "train.max_steps=4",
         "train.logging_steps=1",
