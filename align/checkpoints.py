@@ -41,19 +41,19 @@ def trajectory_settings(cfg, precision: str | None) -> dict:
     ``trajectory=False`` (``align.config.opt``: where, how fast and how loudly a run goes, and the behaviour check,
     which only samples); a key added without a role is compared. ``precision``: the effective mixed precision."""
     skip = keys_with(cfg, "trajectory", False)
-    settings = {k: v for k, v in _flat(cfg.to_dict()).items() if k not in skip}
+    settings = {k: v for k, v in flat_settings(cfg.to_dict()).items() if k not in skip}
     settings.pop("train.mixed_precision", None)  # the setting (null: the launcher's) is not what ran: ``precision`` is
     if precision is not None:
         settings["train.mixed_precision"] = precision
     return settings
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat_settings(tree: dict, prefix: str = "") -> dict:
     """{section: {key: v}} -> {'section.key': v}."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out

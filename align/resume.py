@@ -28,6 +28,7 @@ from align.checkpoints import (
     changed_settings,
     check_output_dir,
     complete_checkpoints,
+    flat_settings,
     latest_verified,
     resume_position,
     trajectory_of,
@@ -166,17 +167,6 @@ def plan_start(t, out: Path) -> StartPlan:
     return plan
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """{section: {key: v}} -> {'section.key': v}."""
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 # keys outside the trajectory whose changes a resume says and records (the rest are where and how fast it runs)
 RECORDED_KEYS = {
     "train.push_to_hub",
@@ -224,7 +214,7 @@ def check_resume(
     if old is None:  # written by an align that did not record settings: its run's config.yaml, if any
         config = path.parent / "config.yaml"
         if config.exists():
-            recorded = _flat(yaml.safe_load(config.read_text()) or {})
+            recorded = flat_settings(yaml.safe_load(config.read_text()) or {})
             old = {k: v for k, v in recorded.items() if k in settings and k != "train.mixed_precision"}
             plan.notes.append(f"{path} records no settings (older align): compared with {config}")
         else:
@@ -292,7 +282,7 @@ def check_resume(
     # what cannot change the trajectory but changed (hub ids, held-out limits, logging; the held-out data's
     # content): allowed, said and recorded in resumes.jsonl
     if isinstance(state.get("config"), dict) and cfg_dict is not None:
-        before, now = _flat(state["config"]), _flat(cfg_dict)
+        before, now = flat_settings(state["config"]), flat_settings(cfg_dict)
         for key in sorted(RECORDED_KEYS):
             if key in before and key in now and before[key] != now[key]:
                 recorded[key] = (before[key], now[key])
