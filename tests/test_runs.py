@@ -60,6 +60,20 @@ def fails(out, *overrides, script=("-m", "align.train_dpo")) -> str:
     return proc.stdout + proc.stderr
 
 
+def fault_run(point: str, step: int, out: Path, *overrides):
+    """``tests/fault_run.py POINT STEP``: the demo recipe into ``out`` with a fault planted (a process of its own:
+    SIGKILL and signals are what these tests are about)."""
+    return subprocess.run(
+        [sys.executable, "tests/fault_run.py", point, str(step), "recipe=demo", f"train.output_dir={out}"]
+        + [*QUIET, *RUN, *overrides],
+        cwd=ROOT,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """One uninterrupted run with checkpoints 2, 4, 6 (read only: tests copy it)."""
@@ -289,15 +303,7 @@ def test_sigkill_while_a_resume_cuts_the_logs_and_the_next_resume_is_exact(finis
     out = copy_run(finished, tmp_path / "run")
     shutil.rmtree(out / "checkpoint-6")
     shutil.rmtree(out / "final")
-    proc = subprocess.run(
-        [sys.executable, "tests/fault_run.py", "mid-cut", "0", "recipe=demo", f"train.output_dir={out}"]
-        + [*QUIET, *RUN, "train.resume_from_checkpoint=latest"],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = fault_run("mid-cut", 0, out, "train.resume_from_checkpoint=latest")
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert max(m["step"] for m in metrics(out)) == 4  # cut, in place, before the process died
     train(out, *RUN, "train.resume_from_checkpoint=latest")
@@ -394,24 +400,7 @@ def test_sigkill_during_a_save_resumes_from_the_newest_complete_checkpoint(finis
     deleted after it: the resume takes the newest complete checkpoint and gives the uninterrupted losses."""
     out = tmp_path / "run"
     limit = ["train.save_total_limit=1"] if point == "mid-cleanup" else []
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "tests/fault_run.py",
-            point,
-            "4",
-            "recipe=demo",
-            f"train.output_dir={out}",
-            *QUIET,
-            *RUN,
-            *limit,
-        ],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = fault_run(point, 4, out, *limit)
     assert proc.returncode == -9, proc.stderr[-3000:]
     log = train(out, *RUN, *limit, "train.resume_from_checkpoint=latest")
     assert f"checkpoint-{resumes_at} at step {resumes_at}" in log
@@ -476,15 +465,7 @@ def test_sigkill_in_the_final_save_is_completed_by_latest_and_a_corrupt_final_is
     no final/, and latest completes the save without training again; a final/ whose bytes changed at the same
     size does not verify (sha256), so latest saves it again."""
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "tests/fault_run.py", "final-before-rename", "0", "recipe=demo", f"train.output_dir={out}"]
-        + [*QUIET, *RUN],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = fault_run("final-before-rename", 0, out)
     assert proc.returncode == -9 and (out / "final.tmp").is_dir() and not (out / "final").exists()
     log = train(out, *RUN, "train.resume_from_checkpoint=latest")
     assert "checkpoint-6 at step 6" in log and (out / "final" / "manifest.json").exists()
@@ -525,15 +506,7 @@ def test_sigterm_during_an_evaluation_stops_with_75_and_latest_continues_exactly
     uninterrupted run's losses (evaluations do not change the trajectory)."""
     out = tmp_path / "run"
     evals = ["train.eval_steps=2", "train.save_steps=3"]  # the step-2 checkpoint is the stop's own
-    proc = subprocess.run(
-        [sys.executable, "tests/fault_run.py", "sigterm-in-eval", str(step), "recipe=demo", f"train.output_dir={out}"]
-        + [*QUIET, *RUN, *evals],
-        cwd=ROOT,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = fault_run("sigterm-in-eval", step, out, *evals)
     assert proc.returncode == 75, proc.stderr[-3000:]
     assert f"stopped by SIGTERM after step {step}" in proc.stdout + proc.stderr
     assert (out / f"checkpoint-{step}" / "trainer_state.json").exists()
