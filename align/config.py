@@ -28,17 +28,67 @@ from align.errors import ConfigError
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
-def opt(default, help: str, choices: tuple | None = None, *, trajectory: bool = True, held_out: bool = False):
+def opt(
+    default,
+    help: str,
+    choices: tuple | None = None,
+    *,
+    trajectory: bool = True,
+    held_out: bool = False,
+    reference: bool = False,
+):
     """A config field with help text (and allowed values) and its roles, declared once here and read by resume,
-    ablate and the reports (:func:`keys_with`): ``trajectory=False``, the key cannot change what the weights
-    become (where, how fast and how loudly a run goes; a resume never refuses it); ``held_out=True``, it decides
-    the held-out set an evaluation scores (an ablation's arms must agree on it)."""
-    meta = {"help": help, "trajectory": trajectory, "held_out": held_out}
+    ablate, the reports and the reference cache (:func:`keys_with`): ``trajectory=False``, the key cannot change
+    what the weights become (where, how fast and how loudly a run goes; a resume never refuses it);
+    ``held_out=True``, it decides the held-out set an evaluation scores (an ablation's arms must agree on it);
+    ``reference=True``, it decides the reference model's log-likelihood terms of a pair at an epoch (the key of
+    ``train.precompute_ref_log_probs``'s cache, ``DPOObjective.cache_key``)."""
+    meta = {"help": help, "trajectory": trajectory, "held_out": held_out, "reference": reference}
     if choices:
         meta["choices"] = choices
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+@dataclass
+class SamplerSettings:
+    """LLaDA's sampler (``align.sampler.generate``) as the behaviour check, online DPO, the sampler CLI and
+    lm-eval's ``generate_until`` take it: the five settings with their help, and one check of them. A user of it
+    changes a default with :func:`sampler_default`."""
+
+    gen_length: int = opt(48, "tokens generated per answer")
+    block_length: int = opt(16, "semi-autoregressive block length (gen_length is a multiple of it)")
+    steps: int = opt(24, "denoising steps in all (a multiple of the number of blocks)")
+    temperature: float = opt(1.0, "sampling temperature (0 = greedy; 1 with random remasking draws from the model)")
+    remasking: str = opt(
+        "random",
+        "which predictions a step keeps: random order (with temperature 1, a sample of the model's own "
+        "distribution) or LLaDA's low_confidence (favours confident, e.g. short, answers)",
+        ("random", "low_confidence"),
+    )
+
+    def check_sampler(self, prefix: str = "") -> None:
+        """ConfigError naming ``prefix`` + the key when the settings cannot run."""
+        for key in ("gen_length", "block_length", "steps"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{prefix}{key} must be >= 1, got {getattr(self, key)}")
+        if self.gen_length % self.block_length or self.steps % (self.gen_length // self.block_length):
+            raise ConfigError(
+                f"{prefix}gen_length ({self.gen_length}) must be a multiple of block_length ({self.block_length}) "
+                f"and {prefix}steps ({self.steps}) a multiple of the number of blocks"
+            )
+        if not (self.temperature >= 0 and self.temperature != float("inf")):
+            raise ConfigError(f"{prefix}temperature must be >= 0 and finite, got {self.temperature}")
+
+    def sampler_kwargs(self) -> dict:
+        """The settings as ``align.sampler.generate``'s keyword arguments."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(SamplerSettings)}
+
+
+def sampler_default(key: str, default):
+    """A :class:`SamplerSettings` field with another default (its help, choices and roles kept)."""
+    return field(default=default, metadata=SamplerSettings.__dataclass_fields__[key].metadata)
 
 
 def keys_with(cfg, role: str, value=True) -> set[str]:
@@ -57,9 +107,11 @@ def keys_with(cfg, role: str, value=True) -> set[str]:
 
 @dataclass
 class ModelArgs:
-    name_or_path: str = opt("GSAI-ML/LLaDA-8B-Instruct", "hub id, local directory, or tiny:llada / tiny:dream")
+    name_or_path: str = opt(
+        "GSAI-ML/LLaDA-8B-Instruct", "hub id, local directory, or tiny:llada / tiny:dream", reference=True
+    )
     tokenizer: str | None = opt(None, "tokenizer hub id or directory; defaults to name_or_path")
-    dtype: str = opt("bfloat16", "weights dtype", ("bfloat16", "float32", "float16"))
+    dtype: str = opt("bfloat16", "weights dtype", ("bfloat16", "float32", "float16"), reference=True)
     attn_implementation: str = opt("sdpa", "attention kernel of the native models", ("sdpa", "eager"), trajectory=False)
     trust_remote_code: bool = opt(
         False, "allow checkpoint code for model types align has no native class for", trajectory=False
@@ -95,7 +147,9 @@ class ModelArgs:
 
 @dataclass
 class LoraArgs:
-    enabled: bool = opt(True, "train a LoRA adapter (reference = adapter disabled); false = full fine-tuning")
+    enabled: bool = opt(
+        True, "train a LoRA adapter (reference = adapter disabled); false = full fine-tuning", reference=True
+    )
     r: int = opt(16, "LoRA rank")
     alpha: int = opt(32, "LoRA alpha (scaling = alpha / r)")
     dropout: float = opt(0.05, "dropout on the LoRA input")
@@ -107,11 +161,15 @@ class DataSourceArgs:
     """What DPO and SFT data share: where the records come from, the held-out data, lengths, bad records.
     ``dataset`` and ``format`` are given by each kind of data (:class:`DataArgs`, :class:`SFTDataArgs`)."""
 
-    dataset: str = opt("", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory", held_out=True)
-    format: str = opt("auto", "record schema", held_out=True)
+    dataset: str = opt(
+        "", "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory", held_out=True, reference=True
+    )
+    format: str = opt("auto", "record schema", held_out=True, reference=True)
     config_name: str | None = opt(None, "hub dataset configuration name")
     train_split: str = opt("train", "split to train on")
-    eval_dataset: str | None = opt(None, "separate held-out dataset (hub id or local file)", held_out=True)
+    eval_dataset: str | None = opt(
+        None, "separate held-out dataset (hub id or local file)", held_out=True, reference=True
+    )
     eval_split: str | None = opt(
         None, "held-out split of a hub dataset (default 'test'); an error for local files", held_out=True
     )
@@ -120,11 +178,12 @@ class DataSourceArgs:
         "local file without eval_dataset: hold out this seeded fraction of its records "
         "(0 = refuse to start unless eval_dataset is given or train.do_eval=false)",
         held_out=True,
+        reference=True,
     )
     eval_split_seed: int = opt(
         0, "seed of the held-out fraction (independent of train.seed, so seeds share it)", held_out=True
     )
-    max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)", held_out=True)
+    max_prompt_length: int = opt(256, "prompt tokens kept (truncation keeps the end)", held_out=True, reference=True)
     over_long_prompt: str = opt(
         "truncate", "prompts longer than max_prompt_length", ("truncate", "skip", "error"), held_out=True
     )
@@ -146,17 +205,23 @@ class DataArgs(DataSourceArgs):
         "PKU-Alignment/PKU-SafeRLHF",
         "hub id, local .jsonl/.json/.parquet/.csv file, or save_to_disk directory",
         held_out=True,
+        reference=True,
     )
     format: str = opt(
         "pku_saferlhf",
         "record schema (auto: chosen from the first record's fields, logged)",
         ("pku_saferlhf", "ultrafeedback", "hh_rlhf", "pairs", "auto"),
         held_out=True,
+        reference=True,
     )
     preference: str = opt(
-        "safer", "pku_saferlhf: chosen is the safer or the better response", ("safer", "better"), held_out=True
+        "safer",
+        "pku_saferlhf: chosen is the safer or the better response",
+        ("safer", "better"),
+        held_out=True,
+        reference=True,
     )
-    max_response_length: int = opt(256, "response tokens kept, EOS included", held_out=True)
+    max_response_length: int = opt(256, "response tokens kept, EOS included", held_out=True, reference=True)
 
 
 @dataclass
@@ -198,7 +263,7 @@ class SFTArgs:
 
 
 @dataclass
-class BehaviourArgs:
+class BehaviourArgs(SamplerSettings):
     ROLES = {"trajectory": False}  # the behaviour check samples; it never changes what the weights become
     prompts: str | None = opt(
         None,
@@ -207,17 +272,6 @@ class BehaviourArgs:
         "eval/borderline_refusal_rate; with task ids eval/reward); null = off",
     )
     max_prompts: int | None = opt(None, "judge at most this many prompts of each kind")
-    gen_length: int = opt(48, "tokens generated per answer (LLaDA's sampler)")
-    block_length: int = opt(16, "semi-autoregressive block length")
-    steps: int = opt(24, "denoising steps in all")
-    temperature: float = opt(1.0, "sampling temperature (0 = greedy; 1 with random remasking draws from the model)")
-    remasking: str = opt(
-        "random",
-        "which predictions a step keeps: random order (with temperature 1, a sample of the "
-        "model's own distribution) or LLaDA's low_confidence (favours confident, e.g. short, "
-        "answers)",
-        ("random", "low_confidence"),
-    )
     show: int = opt(3, "print this many prompts of each kind with their answers before and after training")
     samples_per_prompt: int = opt(
         1,
@@ -257,6 +311,7 @@ class BehaviourArgs:
 
 @dataclass
 class EstimatorArgs:
+    ROLES = {"reference": True}  # the reference's draws follow the estimator's settings (and the evaluation's)
     estimator: str = opt(
         "time_free", "likelihood estimator (docs/method.md §2)", ("time_free", "any_order", "time_integral")
     )
@@ -316,7 +371,7 @@ class LossArgs:
 @dataclass
 class TrainArgs:
     output_dir: str = opt("outputs/dpo", "checkpoints, logs, resolved config and the final model", trajectory=False)
-    seed: int = opt(42, "seeds init, data order and (with example id, epoch) every mask draw")
+    seed: int = opt(42, "seeds init, data order and (with example id, epoch) every mask draw", reference=True)
     num_train_epochs: int = opt(1, "passes over the training data")
     max_steps: int = opt(-1, "optimizer steps; > 0 overrides num_train_epochs")
     per_device_train_batch_size: int = opt(1, "pairs per device per micro-step", trajectory=False)
@@ -409,6 +464,7 @@ class TrainArgs:
         True,
         "switch off every dropout module of the policy (default on, as in DPO practice): the policy and "
         "reference terms of a shared draw then differ by the weights alone",
+        reference=True,
     )
 
 

@@ -111,10 +111,9 @@ def _validate_data_and_behaviour(cfg) -> None:
         raise ConfigError(f"behaviour.samples_per_prompt must be >= 1, got {bh.samples_per_prompt}")
     if bh.eval_steps is not None and bh.eval_steps < 1:
         raise ConfigError(f"behaviour.eval_steps must be >= 1 (null: at every evaluation), got {bh.eval_steps}")
-    for key in ("gen_length", "block_length", "steps", "max_prompts"):
-        value = getattr(bh, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"behaviour.{key} must be >= 1, got {value}")
+    bh.check_sampler("behaviour.")
+    if bh.max_prompts is not None and bh.max_prompts < 1:
+        raise ConfigError(f"behaviour.max_prompts must be >= 1, got {bh.max_prompts}")
     if bh.judge and bh.reward_model:
         raise ConfigError("behaviour: set behaviour.judge or behaviour.reward_model, not both")
     if bh.kl_samples < 0 or bh.kl_samples == 1:
@@ -125,11 +124,6 @@ def _validate_data_and_behaviour(cfg) -> None:
         check_prompt_file(bh.prompts)
     if bh.judge:
         load_function(bh.judge, "behaviour.judge")  # a typo fails at start-up, before anything is written
-    if bh.gen_length % bh.block_length or bh.steps % (bh.gen_length // bh.block_length):
-        raise ConfigError(
-            f"behaviour: gen_length ({bh.gen_length}) must be a multiple of block_length "
-            f"({bh.block_length}) and steps ({bh.steps}) a multiple of the number of blocks"
-        )
 
 
 def validate_dpo(cfg) -> None:

@@ -32,6 +32,8 @@ import torch
 
 from align import estimators as E
 from align import stats as S
+from align.checkpoints import flat_settings
+from align.config import keys_with
 from align.data import EVAL_EPOCH, build_dataset, collate, example_generators
 from align.losses import preference_loss, rpo_nll
 from align.objective import Objective
@@ -242,29 +244,10 @@ class DPOObjective(Objective):
 
     # ------------------------------------------------------------ train.precompute_ref_log_probs
     def cache_key(self) -> dict:
-        """What the reference terms of an (example, epoch) depend on besides the example and epoch."""
-        c = self.cfg
-        return {
-            "model": c.model.name_or_path,
-            "dtype": c.model.dtype,
-            "lora": c.lora.enabled,
-            "seed": c.train.seed,
-            "estimator": dataclasses.asdict(c.estimator),
-            "eval": dataclasses.asdict(c.eval),
-            "disable_dropout": c.train.disable_dropout,
-            "data": {
-                k: getattr(c.data, k)
-                for k in (
-                    "dataset",
-                    "format",
-                    "preference",
-                    "max_prompt_length",
-                    "max_response_length",
-                    "eval_dataset",
-                    "eval_fraction",
-                )
-            },
-        }
+        """What the reference terms of an (example, epoch) depend on besides the example and epoch: every key whose
+        field declares the ``reference`` role (``align.config.opt``), with its value."""
+        values = flat_settings(dataclasses.asdict(self.cfg))
+        return {key: values[key] for key in sorted(keys_with(self.cfg, "reference"))}
 
     @torch.no_grad()
     def reference_terms(self, trainer, examples: list, epoch: int, batch_size: int) -> dict[int, tuple]:

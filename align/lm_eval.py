@@ -42,20 +42,27 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from align.cli import help_text
-from align.config import ConfigError, build, opt
+from align.config import SamplerSettings, build, opt, sampler_default
 from align.data import content_key, pad_rows
-from align.masking import ESTIMATORS
 from align.models import load_model, logits_fn, spec_for, token_scorer, tokenizer_source
 from align.models.tokenizer import load_tokenizer
 from align.sampler import decode, generate
-from align.score import ScoreConfig, mean_se, run_rounds
+from align.score import ScoreConfig, ScoringSettings, mean_se, run_rounds
 
 log = logging.getLogger(__name__)
 INSTANCES: list | None = None  # under the command line: the AlignLM objects it made
 
 
 @dataclass
-class LMEvalOptions:
+class LMEvalOptions(ScoringSettings, SamplerSettings):
+    """lm-eval's model args for ``--model align``: the model, its log-likelihood estimator (``loglikelihood``: a
+    request is seeded by ``seed`` with a hash of its tokens) and the sampler of ``generate_until`` (greedy by
+    default, seeded by ``seed``; lm-eval's max_gen_toks is not used)."""
+
+    gen_length: int = sampler_default("gen_length", 32)
+    steps: int = sampler_default("steps", 32)
+    temperature: float = sampler_default("temperature", 0.0)
+    remasking: str = sampler_default("remasking", "low_confidence")
     model: str = opt("data/tiny_chat", "hub id, directory, tiny:llada, or a training output (final/, checkpoint-N)")
     tokenizer: str | None = opt(None, "defaults to the model's, or its base model's")
     dtype: str = opt("float32", "model weights", ("float32", "bfloat16", "float16"))
@@ -64,15 +71,6 @@ class LMEvalOptions:
     max_length: int | None = opt(
         None, "tokens per sequence (default: the model's maximum); contexts are cut from the left to fit"
     )
-    # log-likelihoods (align.score's estimator)
-    estimator: str = opt("time_free", "the mask-draw estimator (docs/method.md §2)", ESTIMATORS)
-    n_samples: int = opt(32, "mask draws per request")
-    target_se: float | None = opt(None, "draw rounds until a request's standard error is below this (nats)")
-    max_samples: int = opt(1024, "cap on a request's draws under target_se")
-    round_samples: int = opt(8, "draws per request per forward")
-    stratified: bool = opt(False, "stratified draws within a round")
-    batch_size: int = opt(8, "requests per forward (each with round_samples noised copies)")
-    seed: int = opt(0, "seeds every request's draws (with a hash of its tokens) and the sampler")
     response_eos: bool = opt(False, "score a continuation EOS-terminated, as align trains responses")
     greedy: bool = opt(True, "compute is_greedy (one extra forward per request)")
     scores_file: str | None = opt(
@@ -81,14 +79,6 @@ class LMEvalOptions:
         "processes, one file per rank: NAME.rankR.jsonl)",
     )
     progress_bar: bool = opt(True, "show the requests' progress")
-    # generation (align.sampler)
-    steps: int = opt(32, "generate_until: denoising steps in all")
-    gen_length: int = opt(32, "generate_until: tokens generated (lm-eval's max_gen_toks is not used)")
-    block_length: int = opt(16, "generate_until: semi-autoregressive block length")
-    temperature: float = opt(0.0, "generate_until: Gumbel-noise temperature (0: greedy)")
-    remasking: str = opt(
-        "low_confidence", "generate_until: which predictions stay masked each step", ("low_confidence", "random")
-    )
 
 
 def parse_options(kwargs: dict) -> LMEvalOptions:
@@ -99,11 +89,8 @@ def parse_options(kwargs: dict) -> LMEvalOptions:
         log.warning("batch_size=auto is not supported: using %s", LMEvalOptions.batch_size)
         kwargs.pop("batch_size")
     options = build(LMEvalOptions, kwargs)
-    for key in ("n_samples", "round_samples", "max_samples", "batch_size", "steps", "gen_length", "block_length"):
-        if getattr(options, key) < 1:
-            raise ConfigError(f"{key} must be >= 1, got {getattr(options, key)}")
-    if options.target_se is not None and options.target_se <= 0:
-        raise ConfigError(f"target_se must be > 0, got {options.target_se}")
+    options.check_scoring()
+    options.check_sampler()
     return options
 
 
@@ -171,18 +158,7 @@ class AlignLM(LM):
         self.scores: list[dict] = []  # every log-likelihood with its standard error, in request order
         if INSTANCES is not None:  # the command line's, for its summary after lm-eval's table
             INSTANCES.append(self)
-        self.score_config = ScoreConfig(
-            data="lm-eval",
-            estimator=o.estimator,
-            n_samples=o.n_samples,
-            target_se=o.target_se,
-            max_samples=o.max_samples,
-            round_samples=o.round_samples,
-            stratified=o.stratified,
-            batch_size=o.batch_size,
-            seed=o.seed,
-            progress_bar=o.progress_bar,
-        )
+        self.score_config = ScoreConfig(data="lm-eval", progress_bar=o.progress_bar, **o.scoring_settings())
 
     # ------------------------------------------------------------------ lm-eval's interface
     @property
@@ -254,11 +230,7 @@ class AlignLM(LM):
             seqs = generate(
                 self.model,
                 torch.tensor([ids], device=self._device),
-                steps=o.steps,
-                gen_length=o.gen_length,
-                block_length=o.block_length,
-                temperature=o.temperature,
-                remasking=o.remasking,
+                **o.sampler_kwargs(),
                 generator=torch.Generator().manual_seed(o.seed),
             )
             text = self.decode(seqs, len(ids))

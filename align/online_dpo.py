@@ -53,8 +53,10 @@ from align.config import (
     DataSourceArgs,
     EstimatorArgs,
     LossArgs,
+    SamplerSettings,
     TrainingConfig,
     opt,
+    sampler_default,
 )
 from align.config_checks import validate_estimators, validate_loss
 from align.data import EVAL_EPOCH, PROMPT_FORMATS, Encoded, build_prompt_dataset, collate, common_length
@@ -87,7 +89,13 @@ class PromptDataArgs(DataSourceArgs):
 
 
 @dataclass
-class OnlineArgs:
+class OnlineArgs(SamplerSettings):
+    """What online DPO samples with (the sampler's settings: temperature > 0, so that K answers differ) and judges
+    by."""
+
+    gen_length: int = sampler_default("gen_length", 64)
+    block_length: int = sampler_default("block_length", 32)
+    steps: int = sampler_default("steps", 64)
     judge: str | None = opt(
         None,
         "module:function or path/file.py:function scoring answers: "
@@ -107,13 +115,6 @@ class OnlineArgs:
     reward_model_batch_size: int = opt(8, "answers per reward-model forward", trajectory=False)
     reward_model_max_length: int = opt(1024, "reward-model input tokens kept (truncation keeps the start)")
     num_generations: int = opt(4, "answers sampled per prompt per step (K >= 2): the best and worst are the pair")
-    gen_length: int = opt(64, "tokens generated per answer (LLaDA's sampler)")
-    block_length: int = opt(32, "semi-autoregressive block length")
-    steps: int = opt(64, "denoising steps in all")
-    temperature: float = opt(1.0, "sampling temperature (> 0: K answers must differ)")
-    remasking: str = opt(
-        "random", "which predictions a sampler step keeps (align.sampler)", ("random", "low_confidence")
-    )
     missing_eos_penalty: float = opt(0.0, "subtracted from the score of an answer with no EOS in gen_length tokens")
     empty_answer_penalty: float = opt(0.0, "subtracted from the score of an empty answer")
     eval_seed: int = opt(
@@ -155,11 +156,7 @@ class OnlineDPOConfig(TrainingConfig):
                 f"online.num_generations must be >= 2 (a pair is the best and the worst of them), got "
                 f"{o.num_generations}"
             )
-        if o.gen_length < 1 or o.gen_length % o.block_length or o.steps % (o.gen_length // o.block_length):
-            raise ConfigError(
-                f"online: gen_length ({o.gen_length}) must be a positive multiple of block_length "
-                f"({o.block_length}) and steps ({o.steps}) a multiple of the number of blocks"
-            )
+        o.check_sampler("online.")
         if not (math.isfinite(o.temperature) and o.temperature > 0):
             raise ConfigError(
                 f"online.temperature must be > 0 (greedy sampling gives K equal answers), got {o.temperature}"
@@ -386,11 +383,7 @@ class OnlineDPOObjective(DPOObjective):
                 out = generate(
                     model,
                     ids,
-                    steps=o.steps,
-                    gen_length=o.gen_length,
-                    block_length=o.block_length,
-                    temperature=o.temperature,
-                    remasking=o.remasking,
+                    **o.sampler_kwargs(),
                     generator=torch.Generator().manual_seed(seed),
                     all_done=all_done if trainer.world > 1 else None,
                 )

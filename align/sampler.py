@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from align.cli import entry_point, help_text, overrides, parse_options
-from align.config import opt
+from align.config import SamplerSettings, opt, sampler_default
 from align.export import merge
 from align.models import load_model, logits_fn, spec_for, tokenizer_source
 from align.models.tokenizer import load_tokenizer
@@ -122,7 +122,13 @@ def decode(tokenizer, sequences: torch.Tensor, prompt_length: int, eos_token_id:
 
 
 @dataclass
-class SampleOptions:
+class SampleOptions(SamplerSettings):
+    """The sampler CLI's options: greedy LLaDA sampling by default."""
+
+    gen_length: int = sampler_default("gen_length", 32)
+    steps: int = sampler_default("steps", 32)
+    temperature: float = sampler_default("temperature", 0.0)
+    remasking: str = sampler_default("remasking", "low_confidence")
     model: str = opt("tiny:llada", "hub id, directory, tiny:llada, a LoRA training output (final/) or a checkpoint-N")
     tokenizer: str | None = opt(None, "defaults to model's, or its base model's")
     prompt: str = opt("How do I pick a lock?", "the user turn, put through the chat template")
@@ -131,11 +137,6 @@ class SampleOptions:
         "false: the prompt is raw text, not put through the chat template (as lm-eval's "
         "generate_until gets its context)",
     )
-    steps: int = opt(32, "denoising steps in all")
-    gen_length: int = opt(32, "tokens generated")
-    block_length: int = opt(16, "semi-autoregressive block length")
-    temperature: float = opt(0.0, "Gumbel-noise temperature (0: greedy)")
-    remasking: str = opt("low_confidence", "which predictions stay masked each step", ("low_confidence", "random"))
     seed: int = opt(0, "seeds the sampling generator")
     dtype: str | None = opt(
         None,
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
             out = merge(args.model, args.merge, tokenizer=args.tokenizer)
             print(f"merged model written to {out}")
             return
+        args.check_sampler()
         try:
             model = load_model(
                 args.model, dtype=args.dtype or "float32"
@@ -179,11 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     out = generate(
         model,
         ids,
-        steps=args.steps,
-        gen_length=args.gen_length,
-        block_length=args.block_length,
-        temperature=args.temperature,
-        remasking=args.remasking,
+        **args.sampler_kwargs(),
         generator=torch.Generator().manual_seed(args.seed),
     )
     print(decode(tok, out, ids.shape[1], spec_for(model).eos_token_id)[0])

@@ -51,7 +51,39 @@ from align.models.tokenizer import load_tokenizer
 
 
 @dataclass
-class ScoreConfig:
+class ScoringSettings:
+    """How a log-likelihood is estimated for scoring (``align.score``, lm-eval's ``loglikelihood``): the estimator,
+    its draws (a fixed number, or adaptive rounds to a target standard error), batching and seed; one check."""
+
+    estimator: str = opt("time_free", "the mask-draw estimator (docs/method.md §2)", ESTIMATORS)
+    n_samples: int = opt(32, "draws per record (without target_se)")
+    target_se: float | None = opt(None, "draw rounds until a record's standard error is below this (nats)")
+    round_samples: int = opt(8, "draws per record per forward (and per adaptive round)")
+    max_samples: int = opt(1024, "cap on a record's draws under target_se")
+    stratified: bool = opt(False, "stratified draws within a round (standard errors then from round means)")
+    batch_size: int = opt(8, "records per forward (each with round_samples noised copies)")
+    seed: int = opt(0, "seeds every record's draws (with the record's index or content, see seed_by)")
+
+    def check_scoring(self) -> None:
+        """ConfigError naming the key when the draws cannot be made as asked."""
+        for key in ("n_samples", "round_samples", "max_samples", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.target_se is not None and self.target_se <= 0:
+            raise ConfigError(f"target_se must be > 0, got {self.target_se}")
+        budget = self.max_samples if self.target_se is not None else self.n_samples
+        if self.stratified and budget < 2 * self.round_samples:
+            raise ConfigError(
+                f"stratified=true takes its standard errors from round means: needs at least 2 rounds of "
+                f"round_samples={self.round_samples} (n_samples or max_samples >= {2 * self.round_samples})"
+            )
+
+    def scoring_settings(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(ScoringSettings)}
+
+
+@dataclass
+class ScoreConfig(ScoringSettings):
     model: str = opt("data/tiny_chat", "hub id, directory, tiny:llada, or a training output (final/, checkpoint-N)")
     data: str | None = opt(None, "jsonl/json/parquet/csv file, save_to_disk directory or hub id to score")
     split: str = opt("test", "split of a hub dataset")
@@ -66,14 +98,6 @@ class ScoreConfig:
     )
     ood: str | None = opt(None, "IN_FILE,OUT_FILE: score both and report the AUROC of per-token NLL with a histogram")
     output_dir: str = opt("outputs/score", "scores.jsonl, scores.csv, summary.json, summary.md (and ood.png)")
-    estimator: str = opt("time_free", "the mask-draw estimator (docs/method.md §2)", ESTIMATORS)
-    n_samples: int = opt(32, "draws per record (without target_se)")
-    target_se: float | None = opt(None, "draw rounds until a record's standard error is below this (nats)")
-    round_samples: int = opt(8, "draws per record per forward (and per adaptive round)")
-    max_samples: int = opt(1024, "cap on a record's draws under target_se")
-    stratified: bool = opt(False, "stratified draws within a round (standard errors then from round means)")
-    batch_size: int = opt(8, "records per forward (each with round_samples noised copies)")
-    seed: int = opt(0, "seeds every record's draws (with the record index)")
     beta: float = opt(0.1, "pairs with a reference: the DPO β of the reported reward margin")
     dtype: str = opt("float32", "model weights", ("float32", "bfloat16", "float16"))
     chat_template: bool = opt(True, "put the prompt through the tokenizer's chat template (false: raw text)")
@@ -112,21 +136,14 @@ def parse(argv: list[str]) -> ScoreConfig:
     cfg = parse_options(
         overrides(argv, prog="align.score", help_page=lambda: help_text(ScoreConfig, USAGE)), ScoreConfig
     )
-    for key in ("n_samples", "round_samples", "max_samples", "batch_size", "max_prompt_length", "max_response_length"):
+    cfg.check_scoring()
+    for key in ("max_prompt_length", "max_response_length"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.target_se is not None and cfg.target_se <= 0:
-        raise ConfigError(f"target_se must be > 0, got {cfg.target_se}")
     if (cfg.data is None) == (cfg.ood is None):
         raise ConfigError("give data=FILE (records to score) or ood=IN_FILE,OUT_FILE (two files to tell apart)")
     if cfg.ood is not None and len(cfg.ood.split(",")) != 2:
         raise ConfigError(f"ood: expected IN_FILE,OUT_FILE, got {cfg.ood!r}")
-    budget = cfg.max_samples if cfg.target_se is not None else cfg.n_samples
-    if cfg.stratified and budget < 2 * cfg.round_samples:
-        raise ConfigError(
-            f"stratified=true takes its standard errors from round means: needs at least 2 rounds of "
-            f"round_samples={cfg.round_samples} (n_samples or max_samples >= {2 * cfg.round_samples})"
-        )
     return cfg
 
 

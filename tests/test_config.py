@@ -188,3 +188,20 @@ def test_key_roles_are_declared_on_the_fields_and_read_by_resume_and_ablate():
     flat = {f"{s}.{k}" for s, section in cfg.to_dict().items() for k in section}
     assert set(settings) == flat - skip  # everything else is compared
     assert {"eval_dataset", "eval_fraction", "max_prompt_length", "preference"} <= set(HELD_OUT_KEYS)
+
+
+def test_the_reference_cache_is_keyed_by_the_keys_declared_reference():
+    """train.precompute_ref_log_probs reuses saved reference terms only under the same key (DPOObjective.cache_key):
+    the keys whose field declares reference=True, read from the fields, not a hand-kept list."""
+    from align.dpo import DPOObjective
+
+    def key(*overrides):
+        return DPOObjective(load_config("demo", list(overrides))).cache_key()
+
+    base = key()
+    assert {"model.name_or_path", "lora.enabled", "train.seed", "data.dataset", "eval.n_samples"} <= set(base)
+    assert {"estimator.n_samples", "estimator.share_policy_reference", "train.disable_dropout"} <= set(base)
+    for override in ("estimator.n_samples=4", "eval.seed=3", "data.max_response_length=32", "train.seed=1"):
+        assert key(override) != base, override
+    for override in ("train.learning_rate=1e-3", "loss.beta=0.5", "train.output_dir=elsewhere", "behaviour.steps=48"):
+        assert key(override) == base, override
