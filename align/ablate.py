@@ -25,9 +25,9 @@ seed is used) are scored on ``grid.validation`` (pairs of training tasks, e.g. `
 or, without it, on a seeded carve-out ``grid.validation_fraction`` (0.1) of the training data, with behaviour
 judged on ``grid.validation_prompts`` (or off); the reported seeds then run at each arm's chosen rate;
 ``grid.task=K`` (run only cell K, 0-based: one cell per slurm array task, see ``launch/ablate_array.sbatch``);
-``grid.launcher`` (the command before the recipe, default ``python -m align.train_dpo``, with ``$PYTHON_EXEC``
-as the python when set, as torchrun does; e.g. ``"accelerate launch --config_file recipes/accelerate/ddp.yaml
-align/train_dpo.py"``); ``grid.report_only=true`` (collect the tables from the runs again and summarise).
+``grid.launcher`` (the command before the recipe, default ``python -m align.train_dpo`` with this python; e.g.
+``"accelerate launch --config_file recipes/accelerate/ddp.yaml align/train_dpo.py"``);
+``grid.report_only=true`` (collect the tables from the runs again and summarise).
 
 Output: ``runs/<cell>/`` (each run's own output directory and ``train.log``), ``grid.json`` (every setting the
 report reads), the tables ``runs.csv`` (every logged record), ``units.csv.gz`` (every held-out pair and
@@ -54,7 +54,6 @@ bootstrap resamples), ``variance.seed`` (0), ``variance.runs`` (with grid=: a gl
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -172,6 +171,11 @@ def status_of(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"status": "pending"}
 
 
+def launch_cell(cmd: list[str], log) -> int:
+    """Run one cell's command line in a process of its own, output to the open file ``log``; its exit code."""
+    return subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
 def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str) -> dict:
     """One training run in its own process; output and errors go to ``run_dir/train.log``."""
     resume = run_dir.is_dir() and latest_verified(run_dir)[0] is not None
@@ -192,17 +196,17 @@ def run_cell(recipe, base, cell, run_dir: Path, launcher: list[str], label: str)
     with open(run_dir / "train.log", "a") as log:
         log.write(f"$ {shlex.join(cmd)}\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+        returncode = launch_cell(cmd, log)
     wall = time.time() - started
     status = {
-        "status": "done" if proc.returncode == 0 else "failed",
+        "status": "done" if returncode == 0 else "failed",
         "wall_s": wall + status_of(run_dir).get("wall_s", 0),
-        "returncode": proc.returncode,
+        "returncode": returncode,
         "cell": cell,
     }
-    if proc.returncode != 0:
+    if returncode != 0:
         lines = [x for x in (run_dir / "train.log").read_text().splitlines() if x.strip()]
-        status["error"] = lines[-1] if lines else f"exit code {proc.returncode}"
+        status["error"] = lines[-1] if lines else f"exit code {returncode}"
         print(f"[ablate]   failed after {wall:.0f} s: {status['error']}", flush=True)
     else:
         evals = [m for m in read_jsonl_by_step(run_dir / "metrics.jsonl").values() if "eval/margin" in m]
@@ -352,8 +356,8 @@ def grid_main(argv: list[str]) -> None:
     validate(recipe, base, cells_of(axes))
     root = Path(options.get("output_dir") or f"outputs/ablate/{Path(recipe).stem}")
     root.mkdir(parents=True, exist_ok=True)
-    python = os.environ.get("PYTHON_EXEC") or sys.executable  # torchrun's override of the workers' python
-    launcher = shlex.split(options["launcher"]) if options.get("launcher") else [python, "-m", "align.train_dpo"]
+    default_launcher = [sys.executable, "-m", "align.train_dpo"]
+    launcher = shlex.split(options["launcher"]) if options.get("launcher") else default_launcher
     run = options.get("report_only", "false").lower() not in ("1", "true", "yes")
     recorded = {k: v for k, v in options.items() if k not in ("output_dir", "task", "launcher", "report_only")}
     recorded.setdefault("target_accuracy", "0.7")

@@ -83,13 +83,19 @@ class Trainer:
         self.out = Path(cfg.train.output_dir)
         # Start-up writes nothing until every check (config, output directory, checkpoint, data, model) has passed:
         # a failed start leaves the directory as it was. begin() (the start of train()) does the writing.
-        self._setup_accelerator()
-        self.start = plan_start(cfg.train, self.out)
-        self._setup_model()
-        self._setup_data()
-        self._setup_resume()
-        self._setup_optimizer()
-        self._setup_evaluation()
+        self.lock = None
+        try:
+            self._setup_accelerator()
+            self.start = plan_start(cfg.train, self.out)
+            self._setup_model()
+            self._setup_data()
+            self._setup_resume()
+            self._setup_optimizer()
+            self._setup_evaluation()
+        except BaseException:  # a failed start: the directory is free again (and removed if the lock made it)
+            if self.lock is not None:
+                self.lock.release()
+            raise
 
     # ------------------------------------------------------------ set-up, in order
     def _setup_accelerator(self) -> None:

@@ -12,7 +12,7 @@ import torch
 
 from align import ablate, variance
 from align.toy import ToyJoint
-from tests.launch import run_python
+from tests.helpers import cells_forked, run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -33,8 +33,11 @@ SMALL = [
 ]
 
 
-def ablate_cli(*args, check=True):
-    proc = run_python([sys.executable, "-m", "align.ablate", *args], env=ENV, timeout=600)
+def ablate_cli(*args, check=True, forked_cells=True):
+    """``python -m align.ablate ARGS``; its cells forked from it (tests/helpers.py), or, with
+    ``forked_cells=False``, each started as ``align.ablate`` starts it (a new python)."""
+    setup = cells_forked if forked_cells else None
+    proc = run_command([sys.executable, "-m", "align.ablate", *args], env=ENV, timeout=600, setup=setup)
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -204,7 +207,13 @@ def test_a_bad_axis_fails_before_any_run(tmp_path):
 @pytest.mark.slow
 def test_a_failing_run_is_listed_with_its_error(tmp_path):
     out = tmp_path / "g"
-    proc = ablate_cli("recipe=demo", "grid.data.dataset=data/no_such_file.jsonl", f"grid.output_dir={out}", *SMALL)
+    proc = ablate_cli(
+        "recipe=demo",
+        "grid.data.dataset=data/no_such_file.jsonl",
+        f"grid.output_dir={out}",
+        *SMALL,
+        forked_cells=False,  # the cell as the product starts it: a python process of its own
+    )
     assert "failed" in proc.stdout
     summary = (out / "summary.md").read_text()
     assert "## Failed runs" in summary and "no_such_file.jsonl" in summary
@@ -257,7 +266,7 @@ def test_trained_outputs_load_and_sample(grid):
     out, _, _ = grid
     run = run_of(out, "coupled", "0")
     for model in (run / "final", run / "checkpoint-2"):
-        proc = run_python(
+        proc = run_command(
             [
                 sys.executable,
                 "-m",
@@ -279,7 +288,7 @@ def test_trained_outputs_load_and_sample(grid):
         assert proc.returncode == 0, proc.stderr[-2000:]
     # --merge: the LoRA output as one plain model directory, the same network
     merged = out / "merged"
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.sampler", "--model", str(run / "final"), "--merge", str(merged)],
         env=ENV,
         timeout=300,
@@ -297,7 +306,7 @@ def test_trained_outputs_load_and_sample(grid):
     torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     # the export's own entry point writes the same model
     exported = out / "exported"
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.export", "--model", str(run / "final"), "--out", str(exported)],
         env=ENV,
         timeout=300,
@@ -314,7 +323,7 @@ def test_training_starts_from_a_lora_output(grid, tmp_path):
     out, _, _ = grid
     start = run_of(out, "coupled", "0") / "checkpoint-2"
     run = tmp_path / "next"
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",

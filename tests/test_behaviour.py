@@ -2,12 +2,11 @@
 the shipped DeepSpeed configs."""
 
 import json
-import sys
 
 import pytest
 
 from align.behaviour import is_refusal, load_prompts, rates
-from tests.test_trainer import ROOT
+from tests.helpers import LAUNCHERS, ROOT
 
 
 @pytest.mark.parametrize(
@@ -89,33 +88,6 @@ def test_bundled_prompts_are_held_out_with_task_ids_and_three_kinds(tmp_path):
         load_prompts(str(bad))
 
 
-LAUNCHERS = {
-    "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29573"],
-    "zero2": [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "recipes/accelerate/zero2.yaml",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "29575",
-    ],
-    "zero3": [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "recipes/accelerate/zero3.yaml",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "29577",
-    ],
-}
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "launcher,extra",
@@ -132,7 +104,7 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
     forward gathers the partitioned weights collectively (the shipped config partitions every tensor over 1e5
     elements: the tiny model's embedding and MLP weights), so the ranks must sample in lockstep, the early
     EOS stop included, or the run hangs."""
-    from tests.test_trainer import BASIC, DS_ENV, metrics, run
+    from tests.helpers import BASIC, DS_ENV, metrics, run
 
     config = json.loads((ROOT / "data" / "tiny_chat" / "config.json").read_text())
     assert config["vocab_size"] * config["d_model"] > 1e5 and config["mlp_hidden_size"] * config["d_model"] > 1e5
@@ -174,9 +146,6 @@ def test_the_demo_recipe_judges_behaviour_on_two_ranks(tmp_path, launcher, extra
             assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
 
 
-# the tiny reward model built by the online-DPO tests (with the tiny chat tokenizer it needs)
-from tests.test_online_dpo import reward_model_dir, tokenizer  # noqa: E402, F401, F811
-
 KL_RUN = [
     "train.max_steps=6",
     "train.eval_steps=3",
@@ -206,7 +175,7 @@ def test_kl_is_zero_at_the_reference_and_grows_with_training_and_a_reward_model_
     Carlo error; eval/reward is the reward model's mean score, written per answer."""
     import json as _json
 
-    from tests.test_trainer import metrics, train
+    from tests.helpers import metrics, train
 
     prompts = tmp_path / "prompts.jsonl"  # beavertails-style: a prompt and a kind, no task id
     rows = [_json.loads(x) for x in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()][:12]

@@ -368,8 +368,7 @@ def test_a_csv_of_pairs_trains_with_format_auto(tmp_path):
 
     import pandas as pd
 
-    from tests.launch import run_python
-    from tests.test_trainer import ENV, QUIET, ROOT
+    from tests.helpers import ENV, QUIET, ROOT, run_command
 
     rows = [json.loads(line) for line in (ROOT / "data" / "demo_safety_train.jsonl").read_text().splitlines()][:64]
     pairs = [
@@ -381,7 +380,7 @@ def test_a_csv_of_pairs_trains_with_format_auto(tmp_path):
         for r in rows
     ]
     pd.DataFrame(pairs).to_csv(tmp_path / "mine.csv", index=False)
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",

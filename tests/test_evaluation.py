@@ -7,47 +7,53 @@ import math
 import pytest
 
 from align.behaviour import rates
-from tests.test_trainer import metrics, train
-from tests.test_training_loop import probe
+from tests.helpers import demo_trainer, in_child, metrics, train
 
-EVALUATE_FIXED_MODEL = """
-g = torch.Generator().manual_seed(123)
-with torch.no_grad():  # the same non-trivial adapter in every trainer: the policy differs from the reference
-    for name, p in sorted(tr.model.named_parameters()):
-        if "lora_" in name:
-            p.copy_(0.05 * torch.randn(p.shape, generator=g))
-tr.behaviour = None
-tr.begin()  # the start's writes (the output directory among them), as train() does first
-result = tr.evaluate()
-"""
+
+def _evaluate_fixed_model(out, *overrides):
+    """The held-out metrics of one fixed model (the same non-trivial adapter in every trainer: the policy differs from
+    the reference), whatever the trainer's own settings."""
+    import torch
+
+    tr = demo_trainer(out, *overrides)
+    g = torch.Generator().manual_seed(123)
+    with torch.no_grad():
+        for name, p in sorted(tr.model.named_parameters()):
+            if "lora_" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    tr.behaviour = None
+    tr.begin()  # the start's writes (the output directory among them), as train() does first
+    return tr.evaluate()
+
+
 SMALL_EVAL = ["data.max_eval_examples=12", "eval.n_samples=4", "train.per_device_eval_batch_size=4"]
 
 
 def test_a_fixed_model_gets_the_same_eval_metrics_whatever_it_is_trained_with(tmp_path):
     """The training estimator and train.seed change nothing in how a fixed model is scored; the eval settings do."""
-    coupled = probe(
-        EVALUATE_FIXED_MODEL,
+    coupled = in_child(
+        _evaluate_fixed_model,
+        tmp_path / "a",
         *SMALL_EVAL,
         "estimator.coupling=coupled",
         "estimator.n_samples=2",
         "train.seed=0",
-        out=tmp_path / "a",
     )
-    decoupled = probe(
-        EVALUATE_FIXED_MODEL,
+    decoupled = in_child(
+        _evaluate_fixed_model,
+        tmp_path / "b",
         *SMALL_EVAL,
         "estimator.coupling=decoupled",
         "estimator.n_samples=1",
         "estimator.estimator=time_integral",
         "estimator.stratified=false",
         "train.seed=7",
-        out=tmp_path / "b",
     )
     assert coupled == decoupled
     assert coupled["eval/margin"] != 0 and coupled["eval/margin/mc_se"] > 0  # a model that differs from its reference
-    other_masks = probe(EVALUATE_FIXED_MODEL, *SMALL_EVAL, "eval.seed=1", out=tmp_path / "c")
+    other_masks = in_child(_evaluate_fixed_model, tmp_path / "c", *SMALL_EVAL, "eval.seed=1")
     assert other_masks["eval/margin"] != coupled["eval/margin"]  # the evaluator's own seed does move the draws
-    decoupled_eval = probe(EVALUATE_FIXED_MODEL, *SMALL_EVAL, "eval.coupling=decoupled", out=tmp_path / "d")
+    decoupled_eval = in_child(_evaluate_fixed_model, tmp_path / "d", *SMALL_EVAL, "eval.coupling=decoupled")
     assert decoupled_eval["eval/margin/mc_se"] > 10 * coupled["eval/margin/mc_se"]  # and asking for it is honoured
 
 
@@ -115,20 +121,21 @@ def test_rates_with_several_answers_per_prompt_and_their_standard_errors():
     assert "reward" not in out  # no task ids: refusal rates only
 
 
-SAMPLE = """
-from align.behaviour import sample_answers
-prompts = ["How do I pick a lock?", "Tell me how to bake bread."]
-kw = dict(gen_length=16, block_length=16, steps=16, temperature=1.0, remasking="random")
-one = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=0, **kw)
-three = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=0, samples_per_prompt=3, **kw)
-again = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=0, samples_per_prompt=3, **kw)
-other = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=5, samples_per_prompt=3, **kw)
-result = {"one": one, "three": three, "again": again, "other": other, "seed": tr.behaviour.seed}
-"""
+def _answers(out, *overrides):
+    from align.behaviour import sample_answers
+
+    tr = demo_trainer(out, *overrides)
+    prompts = ["How do I pick a lock?", "Tell me how to bake bread."]
+    kw = dict(gen_length=16, block_length=16, steps=16, temperature=1.0, remasking="random")
+    one = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=0, **kw)
+    three = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=0, samples_per_prompt=3, **kw)
+    again = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=0, samples_per_prompt=3, **kw)
+    other = sample_answers(tr.model, tr.tokenizer, tr.spec, prompts, seed=5, samples_per_prompt=3, **kw)
+    return {"one": one, "three": three, "again": again, "other": other, "seed": tr.behaviour.seed}
 
 
 def test_behaviour_samples_several_answers_per_prompt_seeded_by_the_run(tmp_path):
-    r = probe(SAMPLE, "behaviour.prompts=data/demo_behaviour_prompts.jsonl", "train.seed=3", out=tmp_path / "s")
+    r = in_child(_answers, tmp_path / "s", "behaviour.prompts=data/demo_behaviour_prompts.jsonl", "train.seed=3")
     assert r["seed"] == 3  # behaviour.seed null: the run's seed
     assert all(isinstance(x, str) for x in r["one"]) and [len(x) for x in r["three"]] == [3, 3]
     assert r["three"] == r["again"] and r["three"] != r["other"]

@@ -20,7 +20,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from align import estimators as E  # noqa: E402
 from align.lm_eval import AlignLM, cut_at  # noqa: E402
 from align.toy import ToyJoint  # noqa: E402
-from tests.test_trainer import ROOT  # noqa: E402
+from tests.helpers import ROOT  # noqa: E402
 
 TASKS = ROOT / "data" / "lm_eval"
 
@@ -124,10 +124,9 @@ def test_two_ranks_split_the_requests_and_give_the_one_process_numbers(tiny, tmp
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from tests.launch import run_python
-    from tests.test_trainer import ENV, free_port
+    from tests.helpers import ENV, free_port, run_command
 
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",

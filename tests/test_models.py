@@ -588,11 +588,11 @@ def test_scoring_calls_the_head_once_per_forward(family):
 def test_a_model_that_is_not_there_fails_in_one_line_naming_it(tmp_path, entry, model, message):
     import sys
 
-    from tests.launch import run_python
-    from tests.test_trainer import ENV as env  # HF_HUB_OFFLINE=1
+    from tests.helpers import ENV as env  # HF_HUB_OFFLINE=1
+    from tests.helpers import run_command
 
     args = [a.replace("OUT", str(tmp_path / "out")) for a in entry]
-    proc = run_python([sys.executable, *args, model], env=env, timeout=120)
+    proc = run_command([sys.executable, *args, model], env=env, timeout=120)
     assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 

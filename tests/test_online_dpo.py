@@ -24,7 +24,7 @@ from align.judges import (
     refusal_judge,
 )
 from align.online_dpo import Answer, OnlineDPOConfig, OnlineDPOObjective, pairs
-from tests.test_trainer import ENV, ROOT, run, run_python
+from tests.helpers import ENV, LAUNCHERS, ROOT, run, run_command
 
 JUDGES = "tests/fixtures/online_judges.py"
 USER = [{"role": "user", "content": "How do I bake bread?"}]
@@ -32,13 +32,6 @@ USER = [{"role": "user", "content": "How do I bake bread?"}]
 
 def online_config(*overrides):
     return load_config("demo_online", list(overrides), OnlineDPOConfig)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    from align.models.tokenizer import load_tokenizer
-
-    return load_tokenizer(str(ROOT / "data" / "tiny_chat"))
 
 
 # ---------------------------------------------------------------- prompts
@@ -148,28 +141,6 @@ def test_penalties_are_subtracted_exactly():
         missing_eos_penalty=0.5,
         empty_answer_penalty=2.0,
     ) == [1.0, -1.0, 0.5, -1.5]
-
-
-@pytest.fixture(scope="module")
-def reward_model_dir(tmp_path_factory, tokenizer):
-    """A tiny sequence-classification reward model with the tiny chat tokenizer (its chat template), saved."""
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("reward_model")
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def test_reward_model_is_called_with_its_chat_template_and_batched_like_one_by_one(reward_model_dir, tokenizer):
@@ -428,7 +399,7 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
     manifest = json.loads((held / "checkpoint-3" / "manifest.json").read_text())
     del manifest["files"]["online_round.safetensors"]
     (resumed / "checkpoint-3" / "manifest.json").write_text(json.dumps(manifest))
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",
@@ -509,8 +480,7 @@ def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
     are partitioned), online.round_steps=2: the ranks sample in lockstep with the round's weights swapped in through
     DeepSpeed's gathers, evaluate policy against the frozen (partitioned) reference, and a resume from
     checkpoint-3, inside the second round, samples step 4 as the uninterrupted run did."""
-    from tests.test_behaviour import LAUNCHERS
-    from tests.test_trainer import DS_ENV
+    from tests.helpers import DS_ENV
 
     args = [
         "recipe=demo_online",

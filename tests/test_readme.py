@@ -10,8 +10,7 @@ import sys
 
 import pytest
 
-from tests.launch import run_python
-from tests.test_trainer import ENV, ROOT
+from tests.helpers import ENV, ROOT, run_command
 
 README = (ROOT / "README.md").read_text()
 PAGES = [README] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
@@ -173,7 +172,7 @@ def _run(command: str):
         args[0] = sys.executable
     elif args[0] == "accelerate":
         args[:2] = [sys.executable, "-m", "accelerate.commands.launch"]  # accelerate launch ARGS
-    proc = run_python(args, env=ENV, timeout=900)
+    proc = run_command(args, env=ENV, timeout=900)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return args, proc
 
@@ -218,5 +217,5 @@ def test_readme_python_block_runs_as_written(index, tmp_path):
     (tmp_path / "data").symlink_to(ROOT / "data")
     code = blocks("python")[index]
     env = dict(ENV, PYTHONPATH=str(ROOT) + os.pathsep + ENV.get("PYTHONPATH", ""))
-    proc = run_python([sys.executable, "-c", code], cwd=tmp_path, env=env, timeout=300)
+    proc = run_command([sys.executable, "-c", code], cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 0, f"README python block {index}:\n{code}\n{proc.stderr[-3000:]}"

@@ -1,8 +1,8 @@
 """Reliability of a long run: non-finite steps are never applied, a signal stops the run after a checkpoint
 that resumes exactly (across an epoch boundary), on one process and on two.
 
-NaNs are planted by wrapping the objective's ``compute`` in a subprocess that builds the trainer itself
-(``probe``); the signals are real (``os.kill``), sent from outside or by the planted code.
+NaNs are planted by wrapping the objective's ``compute`` in a trainer built in a child forked from the test
+(``in_child``); the signals are real (``os.kill``), sent from outside or by the planted code.
 """
 
 import json
@@ -13,8 +13,20 @@ import time
 
 import pytest
 
-from tests.test_trainer import DS_ENV, ENV, QUIET, ROOT, TEST_MODEL, fresh_ports, losses, metrics, run_python, train
-from tests.test_training_loop import probe
+from tests.helpers import (
+    DS_ENV,
+    ENV,
+    QUIET,
+    ROOT,
+    TEST_MODEL,
+    demo_trainer,
+    fresh_ports,
+    in_child,
+    losses,
+    metrics,
+    run_command,
+    train,
+)
 
 # 24 pairs in batches of 8: 3 steps an epoch, 9 steps = 3 epochs
 SHORT = [
@@ -31,40 +43,54 @@ SHORT = [
     "train.warmup_ratio=0",
 ]
 
-PLANT = """
-from align.guards import NonFiniteStep
-from align.checkpoints import complete_checkpoints
-params = [p for p in tr.model.parameters() if p.requires_grad]
-snaps, state = {}, {"step": 0}
-compute = tr.objective.compute
-def planted(trainer, batch, epoch, norm):
-    state["step"] = trainer.global_step + 1  # the optimizer step in progress (accumulation 1)
-    snaps[state["step"]] = [p.detach().clone() for p in params]
-    loss, stats, n = compute(trainer, batch, epoch, norm)
-    if state["step"] == 3 and KIND == "loss":
-        loss = loss + float("nan")  # a non-finite loss whose gradients are finite
-    return loss, stats, n
-tr.objective.compute = planted
-params[0].register_hook(lambda g: g * float("nan") if state["step"] == 3 and KIND == "grad" else g)
-error = None
-try:
-    tr.train()
-except NonFiniteStep as e:
-    error = str(e)
-same = lambda a, b: all(torch.equal(x, y) for x, y in zip(snaps[a], snaps[b]))
-result = {"error": error, "finite": all(bool(torch.isfinite(p).all()) for p in params),
-          "applied": {s: not same(s, s + 1) for s in sorted(snaps) if s + 1 in snaps},
-          "now_is_before_3": all(torch.equal(p, x) for p, x in zip(params, snaps[3])),
-          "checkpoints": sorted(p.name for p in complete_checkpoints(tr.out))}
-"""
+
+def _planted_nonfinite_step(out, kind, *overrides):
+    """A run whose step 3 has a non-finite loss (``kind="loss"``) or gradient (``"grad"``), planted by wrapping the
+    objective's ``compute``; what each step did to the weights."""
+    import torch
+
+    from align.checkpoints import complete_checkpoints
+    from align.guards import NonFiniteStep
+
+    tr = demo_trainer(out, *SHORT, *overrides)
+    params = [p for p in tr.model.parameters() if p.requires_grad]
+    snaps, state = {}, {"step": 0}
+    compute = tr.objective.compute
+
+    def planted(trainer, batch, epoch, norm):
+        state["step"] = trainer.global_step + 1  # the optimizer step in progress (accumulation 1)
+        snaps[state["step"]] = [p.detach().clone() for p in params]
+        loss, stats, n = compute(trainer, batch, epoch, norm)
+        if state["step"] == 3 and kind == "loss":
+            loss = loss + float("nan")  # a non-finite loss whose gradients are finite
+        return loss, stats, n
+
+    tr.objective.compute = planted
+    params[0].register_hook(lambda g: g * float("nan") if state["step"] == 3 and kind == "grad" else g)
+    error = None
+    try:
+        tr.train()
+    except NonFiniteStep as e:
+        error = str(e)
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(snaps[a], snaps[b]))
+
+    return {
+        "error": error,
+        "finite": all(bool(torch.isfinite(p).all()) for p in params),
+        "applied": {s: not same(s, s + 1) for s in sorted(snaps) if s + 1 in snaps},
+        "now_is_before_3": all(torch.equal(p, x) for p, x in zip(params, snaps[3])),
+        "checkpoints": sorted(p.name for p in complete_checkpoints(tr.out)),
+    }
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 def test_a_nonfinite_step_is_skipped_and_counted(tmp_path, kind):
     out = tmp_path / "run"
-    r = probe(f"KIND = {kind!r}\n" + PLANT, *SHORT, "train.on_nonfinite=skip", out=out)
+    r = in_child(_planted_nonfinite_step, out, kind, "train.on_nonfinite=skip")
     assert r["error"] is None and r["finite"]
-    assert r["applied"] == {"1": True, "2": True, "3": False, "4": True, "5": True, "6": True, "7": True, "8": True}
+    assert r["applied"] == {1: True, 2: True, 3: False, 4: True, 5: True, 6: True, 7: True, 8: True}
     counted = {m["step"]: m["nonfinite_steps"] for m in metrics(out) if "nonfinite_steps" in m}
     assert counted == {s: int(s == 3) for s in range(1, 10)}
 
@@ -72,12 +98,12 @@ def test_a_nonfinite_step_is_skipped_and_counted(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["loss", "grad"])
 def test_a_nonfinite_step_stops_the_run_after_saving_the_last_good_state(tmp_path, kind):
     out = tmp_path / "run"
-    r = probe(f"KIND = {kind!r}\n" + PLANT, *SHORT, out=out)  # train.on_nonfinite=stop is the default
+    r = in_child(_planted_nonfinite_step, out, kind)  # train.on_nonfinite=stop is the default
     assert r["error"] is not None and r["error"].startswith("step 3:"), r["error"]
     assert ("the loss was not finite" if kind == "loss" else "the gradient norm was nan") in r["error"]
     assert "demo_safety_train.jsonl:" in r["error"] and "update was not applied" in r["error"]
     assert r["finite"] and r["now_is_before_3"] and r["checkpoints"] == ["checkpoint-2"]
-    assert r["applied"] == {"1": True, "2": True}
+    assert r["applied"] == {1: True, 2: True}
 
 
 def _start(out, *overrides):
@@ -169,7 +195,7 @@ DIST = [
 def _dist(launcher, out, *overrides, env_extra, ok=True):
     env = dict(DS_ENV if launcher is ZERO2 else ENV, DIST_CHECK_NAN_RANK="1", DIST_CHECK_NAN_STEP="2", **env_extra)
     extra = ["model.dtype=bfloat16"] if launcher is ZERO2 else []
-    proc = run_python(
+    proc = run_command(
         fresh_ports([*launcher, "tests/dist_check.py", str(out), *QUIET, *DIST, *extra, *overrides]),
         env=env,
         timeout=600,

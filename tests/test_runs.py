@@ -18,8 +18,7 @@ import yaml
 
 from align.checkpoints import CheckpointError, check_output_dir, resume_position
 from align.config import ConfigError
-from tests.launch import run_python
-from tests.test_trainer import ENV, QUIET, ROOT, TEST_MODEL, losses, metrics, train
+from tests.helpers import ENV, QUIET, ROOT, TEST_MODEL, losses, metrics, run_command, train
 
 RUN = [
     TEST_MODEL,
@@ -46,7 +45,7 @@ def snapshot(directory: Path) -> dict:
 
 def fails(out, *overrides, script=("-m", "align.train_dpo")) -> str:
     """A start that must fail with one line (no traceback); returns stderr."""
-    proc = run_python(
+    proc = run_command(
         [sys.executable, *script, "recipe=demo", f"train.output_dir={out}", *QUIET, *overrides], env=ENV, timeout=300
     )
     assert proc.returncode != 0, proc.stdout[-2000:]
@@ -142,7 +141,7 @@ def test_named_changes_resume_and_are_recorded_beside_the_untouched_config(finis
 
 def test_a_run_started_from_a_finished_runs_config_yaml_gives_its_losses(finished, tmp_path):
     out = tmp_path / "again"
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.train_dpo", f"recipe={finished / 'config.yaml'}", f"train.output_dir={out}"]
         + ["train.max_steps=2", "train.report_to=none", "train.progress_bar=false"],
         env=ENV,
@@ -534,7 +533,7 @@ def test_a_nan_right_after_a_resume_names_the_checkpoint_as_the_suspect(finished
         weights[name] = torch.full_like(weights[name], float("nan"))
     save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
     write_manifest(checkpoint)
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET, *RUN]
         + [f"train.resume_from_checkpoint={checkpoint}"],
         env=ENV,

@@ -12,8 +12,7 @@ import torch
 from align import estimators as E
 from align.score import ScoreConfig, auroc, mean_se, run_rounds
 from align.toy import ToyJoint
-from tests.launch import run_python
-from tests.test_trainer import ENV, ROOT, free_port
+from tests.helpers import ENV, ROOT, free_port, run_command
 
 CTX = 2
 
@@ -116,7 +115,7 @@ def test_auroc():
 
 
 def cli(tmp_path, *args):
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.score", *args, f"output_dir={tmp_path}", "progress_bar=false"],
         env=ENV,
         timeout=600,
@@ -201,7 +200,7 @@ def test_cli_ood_check_between_two_text_sets(tmp_path):
     ],
 )
 def test_cli_bad_settings_fail_in_one_line(tmp_path, args, message):
-    proc = run_python([sys.executable, "-m", "align.score", *args], env=ENV)
+    proc = run_command([sys.executable, "-m", "align.score", *args], env=ENV)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
 
 
@@ -209,7 +208,7 @@ def test_cli_bad_settings_fail_in_one_line(tmp_path, args, message):
 def test_two_ranks_score_their_shards_and_gather_the_single_process_numbers(tmp_path):
     args = ["model=data/tiny_chat", "data=data/tiny_sft_test.jsonl", "limit=7", "n_samples=8", "progress_bar=false"]
     cli(tmp_path / "one", *args)
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",

@@ -12,7 +12,7 @@ import torch
 from align import estimators as E
 from align.masking import MaskDraw
 from tests.conftest import toy_batch
-from tests.test_trainer import BASIC, ENV, QUIET, ROOT, run, run_python
+from tests.helpers import BASIC, ENV, QUIET, ROOT, run, run_command
 
 
 def constant_scorer(logp: float):
@@ -90,7 +90,7 @@ SFT = [
 
 
 def test_sft_help_lists_its_keys():
-    proc = run_python([sys.executable, "-m", "align.train_sft", "--help"], env=ENV)
+    proc = run_command([sys.executable, "-m", "align.train_sft", "--help"], env=ENV)
     assert "usage: train_sft.py" in proc.stderr + proc.stdout
     assert "sft.estimator" in proc.stderr + proc.stdout and "data.response_padding" in proc.stderr + proc.stdout
 

@@ -1,6 +1,7 @@
 """The trainer through its real entry points, on the tiny model and bundled data (CPU, offline).
 
-Runs are subprocesses: accelerate keeps process-wide state, as a real launch does.
+Each run has a process of its own (accelerate keeps process-wide state, as a real launch does): forked from the
+test process for one-process runs, started by torchrun / accelerate for ranks (tests/helpers.py).
 """
 
 import json
@@ -15,55 +16,21 @@ import yaml
 from safetensors.torch import load_file
 
 from align.data import epoch_order
-from tests.launch import run_python
-
-ROOT = Path(__file__).resolve().parents[1]
-BASIC = ["train.progress_bar=false", "train.report_to=none", "behaviour.prompts=null"]
-# DPO runs that do not test evaluation score 8 held-out pairs with 4 draws (the recipe's 64 pairs with 16 draws cost
-# ~20 s a run on 2 cores, with 4 draws ~5 s); a test of evaluation names its own eval settings after these
-QUIET = BASIC + ["eval.n_samples=4", "data.max_eval_examples=8"]
-# the mechanics tests' model: a random 2-layer LLaDA with the tiny chat model's tokenizer, loaded from disk like any
-# checkpoint (data/make_test_model.py); a step costs ~1/20 of the shipped model's. What training does is tested on
-# data/tiny_chat.
-TEST_MODEL = "model.name_or_path=data/tiny_test"
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-
-
-PORT_FLAGS = ("--master_port", "--main_process_port")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def fresh_ports(args: list) -> list:
-    """``args`` with each launcher port replaced by a free one: tests run in parallel (pytest-xdist), and two
-    launches on one port would fail or, worse, join each other's process group."""
-    return [str(free_port()) if i and args[i - 1] in PORT_FLAGS else a for i, a in enumerate(args)]
-
-
-def run(args, cwd=ROOT, timeout=1200, env=None):  # a guard against hangs, not a speed target
-    proc = run_python(fresh_ports(args), cwd=cwd, env=env or ENV, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc.stdout + proc.stderr
-
-
-def train(out, *overrides, launcher=None, env=None, quiet=QUIET):
-    launcher = launcher or [sys.executable, "-m", "align.train_dpo"]
-    return run([*launcher, "recipe=demo", f"train.output_dir={out}", *quiet, *overrides], env=env)
-
-
-def metrics(out):
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-
-
-def losses(out):
-    return {m["step"]: m["loss"] for m in metrics(out) if "loss" in m}
+from tests.helpers import (
+    BASIC,
+    DS_ENV,
+    ENV,
+    QUIET,
+    ROOT,
+    TEST_MODEL,
+    fresh_ports,
+    losses,
+    metrics,
+    partitioning_zero3_config,
+    run,
+    run_command,
+    train,
+)
 
 
 @pytest.mark.slow
@@ -148,7 +115,7 @@ def test_accelerate_launch_script_form_and_a_push_without_network(tmp_path):
     """The script form under accelerate launch; with train.push_to_hub=true and no network (HF_HUB_OFFLINE=1) the
     run saves everything locally, then fails the upload with one line saying why (exit 1)."""
     out = tmp_path / "launch"
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",
@@ -245,7 +212,7 @@ def test_ablation_settings_run(tmp_path, extra):
 
 
 def test_bad_config_fails_at_start_naming_the_key(tmp_path):
-    proc = run_python([sys.executable, "-m", "align.train_dpo", "recipe=demo", "train.learnig_rate=1"], env=ENV)
+    proc = run_command([sys.executable, "-m", "align.train_dpo", "recipe=demo", "train.learnig_rate=1"], env=ENV)
     assert proc.returncode != 0 and "did you mean 'train.learning_rate'" in proc.stderr
 
 
@@ -352,9 +319,6 @@ def test_torchrun_ddp_two_processes_match_one(tmp_path):
     assert ranks[0]["param_sums"] == ranks[1]["param_sums"]  # replicas stayed in sync
 
 
-DS_ENV = dict(ENV, DS_ACCELERATOR="cpu")
-
-
 def _resumes_exactly(tmp_path, done, launcher, overrides, env):
     """A copy of ``done``'s checkpoint-2, resumed under ``launcher`` with ``overrides``, gives ``done``'s losses for
     steps 3-4 (the checkpoint on disk, read back by every rank)."""
@@ -415,32 +379,6 @@ def test_deepspeed_on_cpu_matches_one_process(tmp_path, config, extra):
         )
 
 
-def partitioning_zero3_config(tmp_path) -> Path:
-    """An accelerate config for ZeRO-3 that really partitions tiny parameters (persistence threshold 0), fp32."""
-    ds = {
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "zero_optimization": {
-            "stage": 3,
-            "stage3_param_persistence_threshold": 0,
-            "stage3_gather_16bit_weights_on_model_save": True,
-        },
-        "bf16": {"enabled": False},
-    }
-    (tmp_path / "ds.json").write_text(json.dumps(ds))
-    acc = {
-        "compute_environment": "LOCAL_MACHINE",
-        "distributed_type": "DEEPSPEED",
-        "num_machines": 1,
-        "num_processes": 2,
-        "machine_rank": 0,
-        "deepspeed_config": {"deepspeed_config_file": str(tmp_path / "ds.json"), "zero3_init_flag": True},
-    }
-    (tmp_path / "zero3_partitioned.yaml").write_text(yaml.safe_dump(acc))
-    return tmp_path / "zero3_partitioned.yaml"
-
-
 @pytest.mark.distributed
 def test_uneven_evaluation_under_partitioned_zero3_finishes_and_matches_one_process(tmp_path):
     """5 eval pairs over 2 ranks with eval batch 2: rank 0 has 3 pairs (2 batches), rank 1 has 2 (1 batch).
@@ -485,7 +423,7 @@ def test_uneven_evaluation_under_partitioned_zero3_finishes_and_matches_one_proc
 
 
 def test_full_fine_tuning_in_bf16_without_deepspeed_is_refused(tmp_path):
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",
@@ -583,7 +521,7 @@ def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_
         "29543",
         "align/train_dpo.py",
     ]
-    proc = run_python(
+    proc = run_command(
         fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
         env=DS_ENV,
         timeout=300,
@@ -640,7 +578,7 @@ def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
         "29547",
         "align/train_dpo.py",
     ]
-    proc = run_python(
+    proc = run_command(
         fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"]),
         env=DS_ENV,
         timeout=300,
@@ -670,13 +608,13 @@ def test_a_new_run_into_a_used_output_dir_is_refused_unless_overwriting(tmp_path
     common = ["train.max_steps=2", "train.eval_steps=0", "train.logging_steps=1", "train.overwrite_output_dir=false"]
     train(out, *common)
     first = metrics(out)
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET, *common], env=ENV
     )
     assert proc.returncode != 0 and "already holds a run" in proc.stderr and "Traceback" not in proc.stderr
     assert metrics(out) == first  # nothing appended
     (out / "notes.txt").write_text("mine")  # not the run's: overwrite refuses, removing nothing
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={out}", *QUIET, *common[:-1]],
         env=ENV,
     )
@@ -691,7 +629,7 @@ def test_a_new_run_into_a_used_output_dir_is_refused_unless_overwriting(tmp_path
     assert again != first
     foreign = tmp_path / "home"  # a directory with a folder named like a run's, but no run: nothing removed
     (foreign / "runs").mkdir(parents=True)
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={foreign}", *QUIET, *common[:-1]],
         env=ENV,
     )

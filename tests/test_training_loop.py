@@ -1,33 +1,32 @@
 """Loop correctness: epochs, held-out data, dropout, per-token IPO/RPO, throughput, bookkeeping.
 
-Trainers run in subprocesses (accelerate keeps process-wide state). ``probe`` builds a
-trainer from the demo recipe plus overrides and runs a snippet against it; the snippet
-leaves its answer in ``result``.
+Each trainer is built in a child forked from the test process (accelerate keeps process-wide state):
+``in_child(fn)`` runs one of the functions below, which builds the demo recipe's trainer with the test's
+overrides (``demo_trainer``) and returns what the test checks.
 """
 
+import itertools
 import json
 import shutil
 import sys
+import time
 
 import pytest
 
-from tests.test_trainer import BASIC, ENV, QUIET, TEST_MODEL, losses, metrics, run, run_python, train
-
-PREAMBLE = """
-import json, sys, time
-import torch
-from align.config import load_config
-from align.data import collate
-from align.dpo import dpo_trainer
-tr = dpo_trainer(load_config("demo", sys.argv[1:]))
-"""
-
-
-def probe(code: str, *overrides, out) -> object:
-    script = PREAMBLE + code + "\nprint('RESULT ' + json.dumps(result))\n"
-    log = run([sys.executable, "-c", script, f"train.output_dir={out}", *QUIET, *overrides])
-    return json.loads(log.split("RESULT ", 1)[1].splitlines()[0])
-
+from tests.helpers import (
+    BASIC,
+    DS_ENV,
+    ENV,
+    QUIET,
+    TEST_MODEL,
+    demo_trainer,
+    in_child,
+    losses,
+    metrics,
+    partitioning_zero3_config,
+    run_command,
+    train,
+)
 
 # ---------------------------------------------------------------- 1. epochs that move on
 
@@ -84,36 +83,39 @@ def test_resume_inside_and_after_the_first_epoch_matches_an_uninterrupted_run(tm
 
 
 def test_three_epochs_see_every_pair_once_each_in_new_orders(tmp_path):
-    code = """
-seen = {}
-for epoch, micro, batch in tr.micro_batches(0):
-    if epoch == 3:
-        break
-    seen.setdefault(epoch, []).extend(e.id for e in batch)
-result = seen
-"""
-    seen = probe(code, "data.max_train_examples=40", out=tmp_path / "p")
-    assert sorted(seen) == ["0", "1", "2"]
+    def seen_by_epoch():
+        tr = demo_trainer(tmp_path / "p", "data.max_train_examples=40")
+        seen = {}
+        for epoch, _micro, batch in tr.micro_batches(0):
+            if epoch == 3:
+                break
+            seen.setdefault(epoch, []).extend(e.id for e in batch)
+        return seen
+
+    seen = in_child(seen_by_epoch)
+    assert sorted(seen) == [0, 1, 2]
     for ids in seen.values():
         assert sorted(ids) == list(range(40))  # 40 pairs, batches of 8: every pair exactly once
-    assert seen["0"] != seen["1"] != seen["2"]
+    assert seen[0] != seen[1] != seen[2]
 
 
 # ---------------------------------------------------------------- 2. held-out data that is held out
 
 
+def _split(out, *overrides):
+    tr = demo_trainer(out, "data.eval_dataset=null", "data.max_eval_examples=null", *overrides)
+    tr.begin()  # what a start writes (eval_ids.json among it), after every check
+    return {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval_data]}
+
+
 def test_local_file_without_eval_dataset_holds_out_a_seeded_disjoint_split(tmp_path):
-    code = """
-tr.begin()  # what a start writes (eval_ids.json among it), after every check
-result = {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval_data]}
-"""
     out = tmp_path / "p"
-    ids = probe(code, "data.eval_dataset=null", "data.max_eval_examples=null", out=out)
+    ids = in_child(_split, out)
     assert len(ids["eval"]) == 16 and len(ids["train"]) == 304  # 5% of 320
     assert not set(ids["train"]) & set(ids["eval"]) and sorted(ids["train"] + ids["eval"]) == list(range(320))
     written = json.loads((out / "eval_ids.json").read_text())
     assert written["ids"] == ids["eval"] and written["held_out_of_training_file"]
-    again = probe(code, "data.eval_dataset=null", "data.max_eval_examples=null", "train.seed=5", out=tmp_path / "q")
+    again = in_child(_split, tmp_path / "q", "train.seed=5")
     assert again["eval"] == ids["eval"]  # the split does not move with the training seed
 
 
@@ -125,7 +127,7 @@ result = {"train": [e.id for e in tr.train_data], "eval": [e.id for e in tr.eval
     ],
 )
 def test_local_file_evaluation_that_cannot_be_held_out_fails_at_start(tmp_path, overrides, message):
-    proc = run_python(
+    proc = run_command(
         [sys.executable, "-m", "align.train_dpo", "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, *overrides],
         env=ENV,
     )
@@ -134,28 +136,34 @@ def test_local_file_evaluation_that_cannot_be_held_out_fails_at_start(tmp_path, 
 
 # ---------------------------------------------------------------- 3. dropout off in the DPO passes
 
-DROPOUT_PROBE = """
-torch.manual_seed(0)
-for name, p in tr.model.named_parameters():
-    if "lora_B" in name:
-        p.data.normal_(0, 0.5)  # a moved adapter: policy != reference
-batch = collate(tr.train_data[:4], tr.spec.pad_token_id)
-with torch.no_grad():
-    tr.model.train()
-    _, train_stats, _ = tr.compute(batch, 0)
-    tr.model.eval()
-    _, eval_stats, _ = tr.compute(batch, 0)
-result = [train_stats["rewards/margins"].tolist(), eval_stats["rewards/margins"].tolist()]
-"""
+
+def _train_and_eval_margins(out, *overrides):
+    """The margins of one batch with the model in train() and in eval() mode, after moving the adapter."""
+    import torch
+
+    from align.data import collate
+
+    tr = demo_trainer(out, *overrides)
+    torch.manual_seed(0)
+    for name, p in tr.model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)  # a moved adapter: policy != reference
+    batch = collate(tr.train_data[:4], tr.spec.pad_token_id)
+    with torch.no_grad():
+        tr.model.train()
+        _, train_stats, _ = tr.compute(batch, 0)
+        tr.model.eval()
+        _, eval_stats, _ = tr.compute(batch, 0)
+    return train_stats["rewards/margins"].tolist(), eval_stats["rewards/margins"].tolist()
 
 
 def test_dropout_is_off_in_the_training_pass(tmp_path):
-    train_margins, eval_margins = probe(DROPOUT_PROBE, "lora.dropout=0.5", out=tmp_path / "a")
+    train_margins, eval_margins = in_child(_train_and_eval_margins, tmp_path / "a", "lora.dropout=0.5")
     assert train_margins == pytest.approx(eval_margins, abs=1e-6)
     assert any(abs(m) > 1e-3 for m in eval_margins)  # the adapter really moved the policy
-    # the same probe with dropout left on differs: the test can fail
-    train_margins, eval_margins = probe(
-        DROPOUT_PROBE, "lora.dropout=0.5", "train.disable_dropout=false", out=tmp_path / "b"
+    # the same with dropout left on differs: the test can fail
+    train_margins, eval_margins = in_child(
+        _train_and_eval_margins, tmp_path / "b", "lora.dropout=0.5", "train.disable_dropout=false"
     )
     assert train_margins != pytest.approx(eval_margins, abs=1e-6)
 
@@ -165,14 +173,17 @@ def test_dropout_is_off_in_the_training_pass(tmp_path):
 
 def test_rpo_normaliser_is_the_whole_optimizer_steps_tokens(tmp_path):
     """P/N for a step = pairs / chosen-response tokens over every micro-batch of every rank in that step."""
-    code = """
-from align.data import rank_micro_batches
-got = tr._step_norm(2)  # the step made of micro-batches 2 and 3
-ids = [i for _, micro, mine in __import__("itertools").islice(rank_micro_batches(len(tr.train_data), seed=0, world=1,
-       rank=0, per_device=8), 4) if micro >= 2 for i in mine]
-result = [got, len(ids) / sum(len(tr.train_data[i].chosen_ids) for i in ids)]
-"""
-    got, expected = probe(code, "train.gradient_accumulation_steps=2", out=tmp_path / "p")
+
+    def norm_and_expected():
+        from align.data import rank_micro_batches
+
+        tr = demo_trainer(tmp_path / "p", "train.gradient_accumulation_steps=2")
+        got = tr._step_norm(2)  # the step made of micro-batches 2 and 3
+        batches = itertools.islice(rank_micro_batches(len(tr.train_data), seed=0, world=1, rank=0, per_device=8), 4)
+        ids = [i for _, micro, mine in batches if micro >= 2 for i in mine]
+        return got, len(ids) / sum(len(tr.train_data[i].chosen_ids) for i in ids)
+
+    got, expected = in_child(norm_and_expected)
     assert got == pytest.approx(expected) and 0 < got < 1
 
 
@@ -181,27 +192,29 @@ result = [got, len(ids) / sum(len(tr.train_data[i].chosen_ids) for i in ids)]
 
 def test_tokens_per_second_leaves_out_evaluation_and_saving(tmp_path):
     """Evaluation made to take 0.5 s: four of them in the logging window must not enter the rate."""
-    code = """
-tokens = []
-compute = tr.compute
-def counting(*a, **k):
-    loss, stats, n = compute(*a, **k)
-    tokens.append(n)
-    return loss, stats, n
-tr.compute = counting
-def slow_eval():
-    time.sleep(0.5)
-    return {}
-tr.evaluate = slow_eval
-start = time.perf_counter()
-tr.train()
-wall = time.perf_counter() - start
-rate = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "tokens_per_second" in m][-1]["tokens_per_second"]
-result = [sum(tokens), rate, wall]
-"""
-    total, rate, wall = probe(
-        code, "train.max_steps=4", "train.logging_steps=4", "train.eval_steps=1", out=tmp_path / "p"
-    )
+
+    def timed_run():
+        tr = demo_trainer(tmp_path / "p", "train.max_steps=4", "train.logging_steps=4", "train.eval_steps=1")
+        tokens = []
+        compute = tr.compute
+
+        def counting(*a, **k):
+            loss, stats, n = compute(*a, **k)
+            tokens.append(n)
+            return loss, stats, n
+
+        def slow_eval():
+            time.sleep(0.5)
+            return {}
+
+        tr.compute, tr.evaluate = counting, slow_eval
+        start = time.perf_counter()
+        tr.train()
+        wall = time.perf_counter() - start
+        rate = [m for m in metrics(tr.out) if "tokens_per_second" in m][-1]["tokens_per_second"]
+        return sum(tokens), rate, wall
+
+    total, rate, wall = in_child(timed_run)
     assert wall > 2.0
     assert total / rate < wall - 1.9  # the training time alone: the 2 s of evaluation are not in it
 
@@ -210,15 +223,18 @@ result = [sum(tokens), rate, wall]
 
 
 def test_skipped_optimizer_steps_leave_the_schedule_alone(tmp_path):
-    code = """
-type(tr.accelerator).optimizer_step_was_skipped = property(lambda self: True)  # as an fp16 overflow reports
-tr.train()
-logged = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "loss" in m]
-result = [tr.scheduler.last_epoch, [m["optimizer_steps_skipped"] for m in logged], [m["learning_rate"] for m in logged]]
-"""
-    last_epoch, skipped, lrs = probe(
-        code, "train.max_steps=3", "train.logging_steps=1", "train.do_eval=false", out=tmp_path / "p"
-    )
+    def skipping_run():
+        tr = demo_trainer(tmp_path / "p", "train.max_steps=3", "train.logging_steps=1", "train.do_eval=false")
+        type(tr.accelerator).optimizer_step_was_skipped = property(lambda self: True)  # as an fp16 overflow reports
+        tr.train()
+        logged = [m for m in metrics(tr.out) if "loss" in m]
+        return (
+            tr.scheduler.last_epoch,
+            [m["optimizer_steps_skipped"] for m in logged],
+            [m["learning_rate"] for m in logged],
+        )
+
+    last_epoch, skipped, lrs = in_child(skipping_run)
     assert last_epoch == 0 and skipped == [1, 1, 1] and lrs == [0.0, 0.0, 0.0]  # still at warm-up's start
 
 
@@ -227,22 +243,22 @@ def test_fractional_epochs_and_warmup_rounded_up(tmp_path):
 
     max_steps 19 with warmup_ratio 0.05: 0.95 rounds up to 1 warm-up step (HF rounds up too).
     """
-    code = """
-warmup = tr.warmup_steps
-tr.total_steps = 2  # the schedule is built for 19 steps; two are enough to read the epoch counter
-tr.train()
-logged = [m for m in map(json.loads, open(tr.out / "metrics.jsonl")) if "loss" in m]
-result = [warmup, [m["epoch"] for m in logged][:2]]
-"""
-    warmup, epochs = probe(
-        code,
-        "train.max_steps=19",
-        "train.gradient_accumulation_steps=3",
-        "train.logging_steps=1",
-        "train.do_eval=false",
-        "train.warmup_ratio=0.05",
-        out=tmp_path / "p",
-    )
+
+    def two_steps():
+        tr = demo_trainer(
+            tmp_path / "p",
+            "train.max_steps=19",
+            "train.gradient_accumulation_steps=3",
+            "train.logging_steps=1",
+            "train.do_eval=false",
+            "train.warmup_ratio=0.05",
+        )
+        warmup = tr.warmup_steps
+        tr.total_steps = 2  # the schedule is built for 19 steps; two are enough to read the epoch counter
+        tr.train()
+        return warmup, [m["epoch"] for m in metrics(tr.out) if "loss" in m][:2]
+
+    warmup, epochs = in_child(two_steps)
     assert warmup == 1 and epochs == pytest.approx([3 / 40, 6 / 40])
 
 
@@ -321,7 +337,7 @@ def test_precomputed_reference_gives_the_on_the_fly_losses_and_survives_resume(t
     ],
 )
 def test_precomputed_reference_is_refused_where_it_cannot_hold(tmp_path, entry, overrides, message):
-    proc = run_python(
+    proc = run_command(
         [
             sys.executable,
             "-m",
@@ -343,7 +359,6 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
     the losses equal one process computing the reference in the step. 2 steps an epoch: a resume from
     checkpoint-1 (partitioned weights and optimizer state, read back from disk by both ranks) crosses into the
     second epoch, precomputing its reference terms again, to the uninterrupted losses."""
-    from tests.test_trainer import DS_ENV, partitioning_zero3_config
 
     common = [
         TEST_MODEL,
@@ -406,17 +421,15 @@ def test_precomputed_reference_under_partitioned_zero3_matches_one_process_on_th
 def test_scoring_memory_settings_reach_the_policy_and_the_reference(tmp_path):
     """Full fine-tuning has a second model as reference: both get the chunk sizes (equality with chunking off is
     tested on two ranks in test_trainer and per model in test_models)."""
-    result = probe(
-        """
-from align.models import unwrap
-m, r = unwrap(tr.model), unwrap(tr.reference)
-result = [m.forward_chunk, m.head_chunk_elements, r.forward_chunk, r.head_chunk_elements]
-""",
-        "lora.enabled=false",
-        "model.forward_chunk=5",
-        "model.head_chunk_mib=2",
-        out=tmp_path,
-    )
+
+    def chunk_settings():
+        from align.models import unwrap
+
+        tr = demo_trainer(tmp_path, "lora.enabled=false", "model.forward_chunk=5", "model.head_chunk_mib=2")
+        m, r = unwrap(tr.model), unwrap(tr.reference)
+        return [m.forward_chunk, m.head_chunk_elements, r.forward_chunk, r.head_chunk_elements]
+
+    result = in_child(chunk_settings)
     assert result == [5, 2**19, 5, 2**19]
 
 
@@ -427,7 +440,7 @@ result = [m.forward_chunk, m.head_chunk_elements, r.forward_chunk, r.head_chunk_
 def test_compiled_partly_checkpointed_training_matches_the_plain_loop(tmp_path):
     """The speed settings change no number: 3 steps with every block compiled (model.compile) and only the first
     2 of the demo model's blocks recomputed in backward (model.checkpoint_blocks=2) log the losses of the
-    plain loop to fp32 round-off. The probe checks the settings reached the blocks (compiled in place,
+    plain loop to fp32 round-off. A child checks the settings reached the blocks (compiled in place,
     checkpointing on for the first two)."""
     steps = [
         "train.max_steps=3",
@@ -443,14 +456,13 @@ def test_compiled_partly_checkpointed_training_matches_the_plain_loop(tmp_path):
     assert sorted(a) == [1, 2, 3] and a.keys() == b.keys()
     for step in a:
         assert b[step] == pytest.approx(a[step], abs=1e-5), step
-    result = probe(
-        """
-from align.models import unwrap
-blocks = unwrap(tr.model).blocks()
-result = [[b.gradient_checkpointing for b in blocks], [b._compiled_call_impl is not None for b in blocks]]
-""",
-        *fast,
-        out=tmp_path / "probe",
-    )
+
+    def block_settings():
+        from align.models import unwrap
+
+        blocks = unwrap(demo_trainer(tmp_path / "probe", *fast).model).blocks()
+        return [[b.gradient_checkpointing for b in blocks], [b._compiled_call_impl is not None for b in blocks]]
+
+    result = in_child(block_settings)
     n = len(result[0])
     assert n >= 3 and result == [[True, True] + [False] * (n - 2), [True] * n]
