@@ -178,6 +178,7 @@ ZERO2 = [
 ]
 # 8 pairs, 2 ranks x 2: 2 steps an epoch; 6 steps = 3 epochs (small: bf16 runs ~8x slower than fp32 on CPU)
 DIST = [
+    TEST_MODEL,
     "data.max_train_examples=8",
     "train.per_device_train_batch_size=2",
     "train.max_steps=6",
