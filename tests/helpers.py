@@ -4,7 +4,8 @@ the test process.
 A training run changes process-wide state (accelerate's singletons, signal handlers, the output directory's lock,
 torch's seeds and settings), so each run gets a process of its own, as a real launch does, but not a new
 interpreter: :func:`run_command` forks the test process (torch, transformers and align already imported) and the
-child calls the entry point as ``python -m`` would (``runpy``), with the command's argv, environment and directory;
+child calls the entry point's ``main(argv)`` (other modules and scripts run as ``__main__`` with ``runpy``, as
+``python -m`` / ``python script.py`` would), with the command's argv, environment and directory;
 :func:`in_child` runs a test's own function the same way and returns its value. Subprocesses remain where a real
 process boundary is what is tested: torchrun's and DeepSpeed's ranks (the launcher starts them), signals and
 SIGKILL fault injection (``tests/fault_run.py``), and the shell launch scripts.
@@ -180,7 +181,10 @@ def _run_target(kind, target, argv, out_path, err_path, env, cwd, setup, timeout
     if setup is not None:
         setup()
     try:
-        if kind == "-m":
+        if kind == "-m" and hasattr(sys.modules.get(target), "main"):  # align's entry points: main(argv)
+            sys.argv = [target, *argv]
+            sys.modules[target].main(argv)
+        elif kind == "-m":
             sys.argv = [target, *argv]
             runpy.run_module(target, run_name="__main__", alter_sys=True)
         elif kind == "-c":
@@ -241,9 +245,9 @@ def run_command(
     args: list, *, env: dict | None = None, cwd=ROOT, timeout: float = 1200, setup=None
 ) -> subprocess.CompletedProcess:
     """``subprocess.run(args, capture_output=True, text=True)`` for a command line. ``python -m M``, ``python -c``
-    and ``python script.py`` run in a child forked from the test process (the module runs as ``__main__``, as
-    python would run it; ``setup()`` first, in the child); any other command is a subprocess. ``timeout`` guards
-    against hangs."""
+    and ``python script.py`` run in a child forked from the test process (align's entry points through their
+    ``main(argv)``, anything else as ``__main__`` as python would run it; ``setup()`` first, in the child); any
+    other command is a subprocess. ``timeout`` guards against hangs."""
     args = [str(a) for a in args]
     env = ENV if env is None else env
     target = _python_target(args)
