@@ -172,11 +172,13 @@ def _exit_code(e: SystemExit) -> int:
     return 1
 
 
-def _run_target(kind, target, argv, out_path, err_path, env, cwd, setup, timeout) -> None:
+def _run_target(kind, target, argv, out_path, err_path, env, cwd, setup) -> None:
     """The child's body for :func:`run_command`: ``python -m target argv`` or ``python target argv``."""
     _become_child(env, cwd)
     _redirect_output(out_path, err_path)
-    faulthandler.dump_traceback_later(max(1, timeout - 5))  # a hang leaves every thread's stack in stderr
+    # on a timeout the parent sends SIGUSR1 first: every thread's stack goes to stderr (a signal, not
+    # dump_traceback_later's watchdog thread, whose lock a nested fork would inherit held)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     code = 0
     if setup is not None:
         setup()
@@ -230,11 +232,13 @@ def _fork_target(args, target, out_path, err_path, env, cwd, timeout, setup) -> 
     kind, what, argv = target
     if kind == "-m" and what.startswith("align."):
         __import__(what)  # its imports are paid once per test worker, not once per run
-    child_args = (kind, what, argv, out_path, err_path, env, os.fspath(cwd), setup, timeout)
+    child_args = (kind, what, argv, out_path, err_path, env, os.fspath(cwd), setup)
     proc = _FORK.Process(target=_run_target, args=child_args)
     proc.start()
     proc.join(timeout)
     if proc.is_alive():
+        os.kill(proc.pid, signal.SIGUSR1)  # the child's stacks into its stderr (faulthandler), then kill it
+        proc.join(2)
         proc.kill()
         proc.join()
         raise subprocess.TimeoutExpired(args, timeout, stderr=Path(err_path).read_text(errors="replace")[-5000:])

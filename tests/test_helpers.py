@@ -69,3 +69,12 @@ def _fails():
 def test_a_raise_in_the_child_fails_the_test_with_its_traceback():
     with pytest.raises(ChildFailed, match="ValueError: inside the child"):
         in_child(_fails)
+
+
+def _nested_run():
+    return run_command([sys.executable, "-c", "print('inner')"], timeout=60).stdout
+
+
+def test_a_child_can_fork_runs_of_its_own():
+    """An ablation forks its cells from its own forked child: nothing the first fork set up may block the second."""
+    assert in_child(_nested_run, timeout=120) == "inner\n"
