@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import (
     DS_ENV,
     ENV,
+    LAUNCHERS,
     QUIET,
     ROOT,
     TEST_MODEL,
@@ -164,18 +165,7 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues_exactly(tmp_path):
 
 # ---------------------------------------------------------------- two processes
 
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561"]
-ZERO2 = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--config_file",
-    "recipes/accelerate/zero2.yaml",
-    "--num_processes",
-    "2",
-    "--main_process_port",
-    "29563",
-]
+TORCHRUN, ZERO2 = LAUNCHERS["ddp"], LAUNCHERS["zero2"]
 # 8 pairs, 2 ranks x 2: 2 steps an epoch; 6 steps = 3 epochs (small: bf16 runs ~8x slower than fp32 on CPU)
 DIST = [
     TEST_MODEL,

@@ -20,6 +20,7 @@ from tests.helpers import (
     BASIC,
     DS_ENV,
     ENV,
+    LAUNCHERS,
     QUIET,
     ROOT,
     TEST_MODEL,
@@ -509,18 +510,7 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
 
 @pytest.mark.distributed
 def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_path):
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        "recipes/accelerate/zero2.yaml",
-        "--num_processes",
-        "2",
-        "--main_process_port",
-        "29543",
-        "align/train_dpo.py",
-    ]
+    launch = [*LAUNCHERS["zero2"], "align/train_dpo.py"]
     proc = run_command(
         fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
         env=DS_ENV,
