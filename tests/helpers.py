@@ -173,7 +173,7 @@ def _exit_code(e: SystemExit) -> int:
 
 
 def _run_target(kind, target, argv, out_path, err_path, env, cwd, setup) -> None:
-    """The child's body for :func:`run_command`: ``python -m target argv`` or ``python target argv``."""
+    """The child's body for :func:`run_command`: ``python -m target argv``, ``-c target argv`` or ``target argv``."""
     _become_child(env, cwd)
     _redirect_output(out_path, err_path)
     # on a timeout the parent sends SIGUSR1 first: every thread's stack goes to stderr (a signal, not
@@ -183,7 +183,7 @@ def _run_target(kind, target, argv, out_path, err_path, env, cwd, setup) -> None
     if setup is not None:
         setup()
     try:
-        if kind == "-m" and hasattr(sys.modules.get(target), "main"):  # align's entry points: main(argv)
+        if kind == "-m" and target.startswith("align."):  # align's entry points: main(argv), imported by the parent
             sys.argv = [target, *argv]
             sys.modules[target].main(argv)
         elif kind == "-m":
@@ -211,8 +211,6 @@ def _run_target(kind, target, argv, out_path, err_path, env, cwd, setup) -> None
     if code < 0:
         signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
-    sys.stdout.flush()
-    sys.stderr.flush()
     os._exit(code)
 
 
