@@ -1,4 +1,4 @@
-"""The tests' small model: ``data/tiny_test``, a random LLaDA (2 layers, width 64) with the tiny chat model's tokenizer.
+"""The tests' small model: ``data/tiny_test``, a random LLaDA (2 layers, width 80) with the tiny chat model's tokenizer.
 
     python data/make_test_model.py      # deterministic: the same bytes every time
 
@@ -27,7 +27,7 @@ from align.models.tokenizer import load_tokenizer  # noqa: E402
 
 SOURCE = ROOT / "data" / "tiny_chat"
 OUT = ROOT / "data" / "tiny_test"
-SHAPE = {"d_model": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 128}
+SHAPE = {"d_model": 80, "n_layers": 2, "n_heads": 4, "n_kv_heads": 4, "mlp_hidden_size": 128}
 
 
 def main() -> None:

@@ -86,7 +86,7 @@ def test_everyday_choice_runs_end_to_end_and_agrees_with_align_score(tiny, tmp_p
         model=tiny,
         tasks=["everyday_choice"],
         apply_chat_template=True,
-        task_manager=TaskManager(include_path=str(TASKS)),
+        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),  # not the ~14k built-in YAMLs
         bootstrap_iters=0,
         limit=40,
     )
@@ -165,7 +165,7 @@ def test_two_ranks_split_the_requests_and_give_the_one_process_numbers(tiny, tmp
         tasks=["everyday_choice"],
         apply_chat_template=True,
         limit=6,
-        task_manager=TaskManager(include_path=str(TASKS)),
+        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),  # not the ~14k built-in YAMLs
         bootstrap_iters=0,
     )
     assert single["results"]["everyday_choice"]["acc,none"] == multi_acc

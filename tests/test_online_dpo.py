@@ -24,7 +24,7 @@ from align.judges import (
     refusal_judge,
 )
 from align.online_dpo import Answer, OnlineDPOConfig, OnlineDPOObjective, pairs
-from tests.helpers import ENV, LAUNCHERS, ROOT, run, run_command
+from tests.helpers import ENV, LAUNCHERS, ROOT, TEST_MODEL, run, run_command
 
 JUDGES = "tests/fixtures/online_judges.py"
 USER = [{"role": "user", "content": "How do I bake bread?"}]
@@ -361,6 +361,7 @@ def test_rounds_hold_the_sampling_policy_and_resume_inside_a_round(tmp_path):
         "train.do_eval=false",
         "train.warmup_ratio=0",
         f"online.judge={JUDGES}:by_length",
+        TEST_MODEL,  # the mechanics tests' model: which policy samples is the question, not what it learns
     ]  # answers of different lengths always give a pair to learn from
     still, online, held = tmp_path / "still", tmp_path / "online", tmp_path / "held"
     online_run(still, *common, "train.learning_rate=1e-30", "train.save_steps=4")
@@ -424,6 +425,7 @@ def test_two_ranks_with_a_reward_model_judge_match_one_process(tmp_path, reward_
     """torchrun, 2 ranks of 2 prompts against one process of 4: the same samples, scores and losses; each rank
     took its half of each global batch of the epoch's order; the reward model (built by the test) judges."""
     rm = [
+        TEST_MODEL,  # the mechanics tests' model: the split and the gathering are tested, not what is learnt
         "online.judge=null",
         f"online.reward_model={reward_model_dir}",
         "online.reward_model_dtype=float32",
@@ -476,14 +478,17 @@ def test_two_ranks_with_a_reward_model_judge_match_one_process(tmp_path, reward_
 
 @pytest.mark.distributed
 def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
-    """The shipped zero3.yaml on 2 CPU ranks (bf16, full fine-tuning: the tiny model's embedding and MLP weights
-    are partitioned), online.round_steps=2: the ranks sample in lockstep with the round's weights swapped in through
-    DeepSpeed's gathers, evaluate policy against the frozen (partitioned) reference, and a resume from
-    checkpoint-3, inside the second round, samples step 4 as the uninterrupted run did."""
+    """The shipped zero3.yaml on 2 CPU ranks (bf16, full fine-tuning of the mechanics model: its embedding and
+    output layer are partitioned), online.round_steps=2: the ranks sample in lockstep with the round's weights
+    swapped in through DeepSpeed's gathers, evaluate policy against the frozen (partitioned) reference, and a resume
+    from checkpoint-3, inside the second round, samples step 4 as the uninterrupted run did. Judged by length, so
+    the random model's pairs are not ties and the steps train."""
     from tests.helpers import DS_ENV
 
     args = [
         "recipe=demo_online",
+        TEST_MODEL,
+        f"online.judge={JUDGES}:by_length",
         *TINY,
         "data.max_train_examples=4",
         "train.per_device_train_batch_size=1",
@@ -514,6 +519,8 @@ def test_zero3_full_fine_tuning_in_rounds_resumes_inside_a_round(tmp_path):
     assert [r["step"] for r in rows] == [s for s in (1, 2, 3, 4) for _ in range(2)]
     evals = [m for m in map(json.loads, (held / "metrics.jsonl").read_text().splitlines()) if "eval/win_rate" in m]
     assert [e["step"] for e in evals] == [0, 4] and evals[0]["eval/win_rate"] == 0.5  # step 0: policy = reference
+    trained = [m for m in map(json.loads, (held / "metrics.jsonl").read_text().splitlines()) if "tie_rate" in m]
+    assert trained and min(m["tie_rate"] for m in trained) < 1  # some pairs were not ties: the weights moved
     resumed.mkdir()
     shutil.copytree(held / "checkpoint-3", resumed / "checkpoint-3")
     run(

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ENV, ROOT, run_command
+from tests.helpers import ENV, ROOT, cells_forked, run_command
 
 README = (ROOT / "README.md").read_text()
 PAGES = [README] + [p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))]
@@ -48,9 +48,11 @@ SHORT = [
 # {tmp}: the test's own directory; {demo}: the output of one short demo run shared by the module (read only)
 DEMO = "python -m align.train_dpo recipe=demo train.output_dir={out} train.save_steps=1 " + " ".join(SHORT)
 # docs/ablation.md's grid, shortened: learning rates chosen on the validation split by one selection seed, then one
-# reported seed; 2 steps with every checkpoint kept, 4 held-out pairs, small behaviour
+# reported seed; 2 steps with every checkpoint kept, 4 held-out pairs, small behaviour, on the mechanics tests' small
+# model (what the grid machinery does, not what training does, is checked here)
 GRID = (
-    "python -m align.ablate recipe=demo grid.seed=0 grid.coupling=coupled,decoupled grid.learning_rate=1e-4,2e-4 "
+    "python -m align.ablate recipe=demo model.name_or_path=data/tiny_test grid.seed=0 grid.coupling=coupled,decoupled "
+    "grid.learning_rate=1e-4,2e-4 "
     "grid.select=best:reward grid.validation=data/demo_safety_val.jsonl "
     "grid.validation_prompts=data/demo_behaviour_val_prompts.jsonl grid.select_seeds=1 grid.output_dir={out} "
     "train.max_steps=2 train.eval_steps=1 train.save_steps=1 train.save_total_limit=null data.max_eval_examples=4 "
@@ -85,8 +87,8 @@ RUN = {
     "python -m align.train_dpo --help": None,
     "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2": (
         "python -m align.ablate recipe=demo grid.coupling=coupled,decoupled grid.seeds=2 grid.output_dir={tmp}/grid "
-        "train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 eval.n_samples=4 behaviour.prompts=null "
-        "train.report_to=none"
+        "model.name_or_path=data/tiny_test train.max_steps=1 train.eval_steps=1 data.max_eval_examples=4 "
+        "eval.n_samples=4 behaviour.prompts=null train.report_to=none"
     ),
     "python -m align.ablate variance model.name_or_path=outputs/demo/final": (
         "python -m align.ablate variance model.name_or_path={demo}/final variance.reps=2 variance.n_samples=1,2 "
@@ -172,7 +174,9 @@ def _run(command: str):
         args[0] = sys.executable
     elif args[0] == "accelerate":
         args[:2] = [sys.executable, "-m", "accelerate.commands.launch"]  # accelerate launch ARGS
-    proc = run_command(args, env=ENV, timeout=900)
+    # an ablation's cells are forked from the test process like every other run here
+    setup = cells_forked if args[1:3] == ["-m", "align.ablate"] else None
+    proc = run_command(args, env=ENV, timeout=900, setup=setup)
     assert proc.returncode == 0, f"{command}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return args, proc
 

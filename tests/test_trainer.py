@@ -208,7 +208,8 @@ def test_beavertails_recipe_with_local_tiny_model_and_data(tmp_path):
 )
 def test_ablation_settings_run(tmp_path, extra):
     out = tmp_path / "abl"
-    train(out, "train.max_steps=3", "train.eval_steps=0", "train.logging_steps=1", "data.max_eval_examples=8", *extra)
+    steps = ["train.max_steps=3", "train.eval_steps=0", "train.logging_steps=1", "data.max_eval_examples=8"]
+    train(out, TEST_MODEL, *steps, *extra)  # the mechanics tests' model unless extra names another
     assert all(torch.isfinite(torch.tensor(v)) for v in losses(out).values())
 
 
@@ -220,6 +221,7 @@ def test_bad_config_fails_at_start_naming_the_key(tmp_path):
 @pytest.mark.parametrize("mode", ["lora", "full"])
 def test_resume_continues_exactly(tmp_path, mode):
     common = [
+        TEST_MODEL,
         "train.max_steps=8",
         "train.save_steps=4",
         "train.logging_steps=1",
@@ -464,10 +466,10 @@ def test_full_fine_tuning_moves_weights_at_a_small_learning_rate(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.parametrize("config", ["zero2.yaml", "zero3_json.yaml"])
 def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
-    """The shipped ZeRO configs (accelerate's, mixed_precision bf16; and the JSON one, bf16 "auto"), 2 CPU ranks, the
-    bf16 checkpoint data/tiny_chat loaded from disk: trained and saved in bf16 (it used to be fp32: the trainer
-    passed mixed_precision="no" and overrode the launcher). The shipped zero3.yaml is checked by the same
-    assertions in tests/test_behaviour.py, whose ZeRO-3 run is the same launch (bf16, full fine-tuning)."""
+    """The shipped ZeRO configs (accelerate's, mixed_precision bf16; and the JSON one, bf16 "auto"), 2 CPU ranks, a
+    bf16 checkpoint loaded from disk (the mechanics model data/tiny_test): trained and saved in bf16 (it used to be
+    fp32: the trainer passed mixed_precision="no" and overrode the launcher). The shipped zero3.yaml is checked by
+    the same assertions in tests/test_behaviour.py, whose ZeRO-3 run is the same launch (bf16, full fine-tuning)."""
     from safetensors import safe_open
 
     path = f"recipes/accelerate/{config}"
@@ -490,6 +492,7 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
             "recipe=demo",
             f"train.output_dir={out}",
             *QUIET,
+            TEST_MODEL,
             "model.dtype=bfloat16",
             "lora.enabled=false",
             "train.max_steps=2",
@@ -512,7 +515,9 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
 def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_path):
     launch = [*LAUNCHERS["zero2"], "align/train_dpo.py"]
     proc = run_command(
-        fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, "model.dtype=float32"]),
+        fresh_ports(
+            [*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, TEST_MODEL, "model.dtype=float32"]
+        ),
         env=DS_ENV,
         timeout=300,
     )
@@ -569,7 +574,9 @@ def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
         "align/train_dpo.py",
     ]
     proc = run_command(
-        fresh_ports([*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, "train.save_merged=true"]),
+        fresh_ports(
+            [*launch, "recipe=demo", f"train.output_dir={tmp_path / 'o'}", *QUIET, TEST_MODEL, "train.save_merged=true"]
+        ),
         env=DS_ENV,
         timeout=300,
     )
