@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import struct
 import zipfile
@@ -63,21 +62,6 @@ def changed_settings(old: dict, new: dict) -> dict[str, tuple]:
     """{key: (old, new)} of the keys present in both whose values differ (a key one side lacks is not compared:
     a setting added to align since the checkpoint was written)."""
     return {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
-
-
-def check_output_dir(out: Path) -> None:
-    """Refuse (ConfigError, one line) an output directory that is a file, lies under a file, or cannot be written."""
-
-    out = Path(out)
-    if out.is_symlink() and not out.exists():
-        raise ConfigError(f"train.output_dir={out} is a dangling symlink (to {os.readlink(out)})")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"train.output_dir={out} is a file, not a directory")
-    existing = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
-    if not existing.is_dir():
-        raise ConfigError(f"train.output_dir={out}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"train.output_dir={out}: {existing} is not writable")
 
 
 def file_sha256(path: Path) -> str:
@@ -253,41 +237,6 @@ def latest_verified(out: Path) -> tuple[Path | None, dict | None, list[str]]:
         except CheckpointError as e:
             passed.append(str(e))
     return None, None, passed
-
-
-def resume_position(state: dict, *, micro_global: int, micro_per_epoch: int, accumulation: int) -> tuple[int, str]:
-    """(the global micro-step to continue from under the current batch geometry, a note when it was mapped).
-
-    The checkpoint records its micro-step and the geometry it counted in; its data position is (epoch, examples
-    into the epoch's order). Under another geometry that position is a whole number of the new micro-batches or
-    the resume is refused; an epoch that is now shorter than the position goes on with the next epoch.
-    """
-    geometry = state.get("geometry")
-    if geometry is None:  # written before checkpoints recorded their geometry: the step counts micro-steps alike
-        return state["global_step"] * accumulation, ""
-    old_micro, old_global, old_per_epoch = (
-        geometry["micro_consumed"],
-        geometry["micro_global"],
-        geometry["micro_per_epoch"],
-    )
-    if (old_global, old_per_epoch) == (micro_global, micro_per_epoch):
-        return old_micro, ""
-    epoch, offset = divmod(old_micro, old_per_epoch)
-    offset *= old_global  # examples into the epoch's order
-    if offset >= micro_per_epoch * micro_global:
-        return (epoch + 1) * micro_per_epoch, (
-            f"data position: epoch {epoch} uses {micro_per_epoch * micro_global} "
-            f"examples under the new batch geometry, {offset} were already seen; "
-            f"continuing with epoch {epoch + 1}"
-        )
-    if offset % micro_global:
-        raise CheckpointError(
-            f"the checkpoint stands {offset} examples into epoch {epoch}, which is not a whole "
-            f"number of the new global micro-batches of {micro_global}"
-        )
-    return epoch * micro_per_epoch + offset // micro_global, (
-        f"data position: epoch {epoch}, {offset} examples in, under the new batch geometry"
-    )
 
 
 def save_checkpoint(

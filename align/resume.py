@@ -26,15 +26,14 @@ from align.checkpoints import (
     GEOMETRY_KEYS,
     CheckpointError,
     changed_settings,
-    check_output_dir,
     complete_checkpoints,
     flat_settings,
     latest_verified,
-    resume_position,
     trajectory_of,
     verify_checkpoint,
 )
 from align.config import ConfigError, dump_config
+from align.runlock import check_output_dir
 
 RUN_FILES = (
     "metrics.jsonl",
@@ -83,6 +82,41 @@ class Resumed:
     policy_tokens: int
     changes: dict
     recorded: dict = field(default_factory=dict)  # changes that cannot change the trajectory: allowed, recorded
+
+
+def resume_position(state: dict, *, micro_global: int, micro_per_epoch: int, accumulation: int) -> tuple[int, str]:
+    """(the global micro-step to continue from under the current batch geometry, a note when it was mapped).
+
+    The checkpoint records its micro-step and the geometry it counted in; its data position is (epoch, examples
+    into the epoch's order). Under another geometry that position is a whole number of the new micro-batches or
+    the resume is refused; an epoch that is now shorter than the position goes on with the next epoch.
+    """
+    geometry = state.get("geometry")
+    if geometry is None:  # written before checkpoints recorded their geometry: the step counts micro-steps alike
+        return state["global_step"] * accumulation, ""
+    old_micro, old_global, old_per_epoch = (
+        geometry["micro_consumed"],
+        geometry["micro_global"],
+        geometry["micro_per_epoch"],
+    )
+    if (old_global, old_per_epoch) == (micro_global, micro_per_epoch):
+        return old_micro, ""
+    epoch, offset = divmod(old_micro, old_per_epoch)
+    offset *= old_global  # examples into the epoch's order
+    if offset >= micro_per_epoch * micro_global:
+        return (epoch + 1) * micro_per_epoch, (
+            f"data position: epoch {epoch} uses {micro_per_epoch * micro_global} "
+            f"examples under the new batch geometry, {offset} were already seen; "
+            f"continuing with epoch {epoch + 1}"
+        )
+    if offset % micro_global:
+        raise CheckpointError(
+            f"the checkpoint stands {offset} examples into epoch {epoch}, which is not a whole "
+            f"number of the new global micro-batches of {micro_global}"
+        )
+    return epoch * micro_per_epoch + offset // micro_global, (
+        f"data position: epoch {epoch}, {offset} examples in, under the new batch geometry"
+    )
 
 
 def plan_start(t, out: Path) -> StartPlan:

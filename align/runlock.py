@@ -17,8 +17,22 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from align.checkpoints import check_output_dir
 from align.errors import ConfigError
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse (ConfigError, one line) an output directory that is a file, lies under a file, or cannot be written."""
+
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"train.output_dir={out} is a dangling symlink (to {os.readlink(out)})")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"train.output_dir={out} is a file, not a directory")
+    existing = out if out.exists() else next(p for p in out.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"train.output_dir={out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"train.output_dir={out}: {existing} is not writable")
 
 
 def _holder(path: Path) -> str:

@@ -16,8 +16,10 @@ import pytest
 import torch
 import yaml
 
-from align.checkpoints import CheckpointError, check_output_dir, resume_position
+from align.checkpoints import CheckpointError
 from align.config import ConfigError
+from align.resume import resume_position
+from align.runlock import check_output_dir
 from tests.helpers import ENV, QUIET, ROOT, TEST_MODEL, losses, metrics, run_command, train
 
 RUN = [
