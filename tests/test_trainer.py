@@ -95,7 +95,7 @@ def test_tensorboard_events_go_to_one_folder_per_launch_under_runs(tmp_path):
     import re
 
     out = tmp_path / "out"
-    args = ["train.report_to=tensorboard", "train.max_steps=2", "train.eval_steps=0", "train.do_eval=false"]
+    args = ["train.report_to=tensorboard", "train.max_steps=2", "train.eval_steps=0", "train.do_eval=false", TEST_MODEL]
     train(out, *args[1:], "train.report_to=tensorboard")
     (run,) = (out / "runs").iterdir()
     assert re.fullmatch(r"[A-Z][a-z]{2}\d{2}_\d{2}-\d{2}-\d{2}_.+", run.name), run.name
@@ -128,6 +128,7 @@ def test_accelerate_launch_script_form_and_a_push_without_network(tmp_path):
             "recipe=demo",
             f"train.output_dir={out}",
             *QUIET,
+            TEST_MODEL,
             "train.max_steps=2",
             "train.eval_steps=0",
             "train.push_to_hub=true",
@@ -602,7 +603,8 @@ def test_verify_saved_fails_loudly_on_empty_or_missing_tensors(tmp_path):
 
 def test_a_new_run_into_a_used_output_dir_is_refused_unless_overwriting(tmp_path):
     out = tmp_path / "run"
-    common = ["train.max_steps=2", "train.eval_steps=0", "train.logging_steps=1", "train.overwrite_output_dir=false"]
+    common = [TEST_MODEL, "train.max_steps=2", "train.eval_steps=0", "train.logging_steps=1"]
+    common.append("train.overwrite_output_dir=false")
     train(out, *common)
     first = metrics(out)
     proc = run_command(
