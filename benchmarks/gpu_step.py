@@ -29,7 +29,7 @@ n and L, and chunked at ``--big-n``.
 
     python benchmarks/gpu_step.py --out results.json     # on a GPU: about 3-5 minutes on one H100
     python benchmarks/gpu_step.py --levers-only --lever-blocks 8,16 --out x.json   # the compiled rows only
-    python benchmarks/gpu_step.py --small                # CPU-sized config, what the test runs
+    python benchmarks/gpu_step.py --small --compile-backend aot_eager   # CPU-sized, what the test runs
 """
 
 from __future__ import annotations
@@ -119,6 +119,12 @@ def main(argv=None):
         help="comma-separated K of model.checkpoint_blocks for the compiled rows (default: half the blocks)",
     )
     ap.add_argument("--levers-only", action="store_true", help="only the compiled rows (no grid, no search)")
+    ap.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled rows (the CPU test uses aot_eager: the same traced graphs, no "
+        "kernel generation, which costs minutes of CPU)",
+    )
     ap.add_argument("--out", help="write every figure as JSON here (rewritten after every row)")
     ap.add_argument(
         "--profile",
@@ -389,7 +395,8 @@ def levers(model, config, args, run, show, results, ns, lengths):
     if not args.levers_only:
         row("align, RMSNorm unfused (before)", unfused_norm)
         row(f"align, {ks[0]} of {layers} blocks checkpointed", setting(count=ks[0]))
-    compile_blocks(base)
+    compile_blocks(base, backend=args.compile_backend)
+    results["compile_backend"] = args.compile_backend
     t0 = time.perf_counter()
     try:  # the first step compiles; its time is reported apart
         run(ours_step, args.pairs, n, T, 1)

@@ -36,7 +36,7 @@ def set_scoring_memory(model, *, forward_chunk: int = 0, head_chunk_mib: float =
     base.head_chunk_elements = max(1, int(head_chunk_mib * 2**20) // 4)
 
 
-def compile_blocks(model) -> None:
+def compile_blocks(model, backend: str = "inductor") -> None:
     """``torch.compile`` each transformer block in place (regional compilation), for speed.
 
     The blocks share their code, so one compilation serves all of them: the first steps pay it (tens of seconds
@@ -44,6 +44,8 @@ def compile_blocks(model) -> None:
     Parameter names, the state dict, peft, gradient checkpointing (traced into the compiled block) and the
     numbers are unchanged. Each block keeps a few compiled variants (grad or not, checkpointed or not, a
     first recompilation that makes the sequence length dynamic), so the recompile limit is raised to 32.
+    ``backend``: torch.compile's (``aot_eager`` traces the same graphs, forward and backward, without generating
+    kernels: a quick check of the compiled path on a CPU).
     """
     import torch._dynamo
 
@@ -52,7 +54,7 @@ def compile_blocks(model) -> None:
             setattr(torch._dynamo.config, attr, max(32, getattr(torch._dynamo.config, attr)))
             break
     for block in unwrap(model).blocks():
-        block.compile()
+        block.compile(backend=backend)
 
 
 def checkpoint_blocks(model, count: int | None) -> None:
