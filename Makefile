@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: install demo lint test bench
+.PHONY: install demo lint test test-quick bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: install
 
 test: lint
 	$(OFFLINE) $(BIN)/python -m pytest -q -n 2 --dist worksteal tests
+
+# a developer's quick subset: without the tests marked slow or distributed (CI runs everything: make test)
+test-quick: install
+	$(OFFLINE) $(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not distributed" tests
 
 bench: install
 	$(OFFLINE) $(BIN)/python benchmarks/estimator_variance.py
