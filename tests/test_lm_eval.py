@@ -25,6 +25,14 @@ from tests.helpers import ROOT  # noqa: E402
 TASKS = ROOT / "data" / "lm_eval"
 
 
+def project_tasks():
+    """lm-eval's task manager over the project's task only: by default it also indexes lm-eval's ~14,000 built-in
+    task YAMLs, about 20 s of CPU each time."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS), include_defaults=False)
+
+
 def request(kind: str, *args) -> Instance:
     return Instance(request_type=kind, doc={}, arguments=args, idx=0)
 
@@ -78,7 +86,6 @@ def test_everyday_choice_runs_end_to_end_and_agrees_with_align_score(tiny, tmp_p
     log-likelihood of the first items equals ``align.score`` on the same (question, reply) records with
     ``response_eos=false seed_by=content`` (the same masks), as the same numbers with the same standard errors."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     from align import score
 
@@ -86,7 +93,7 @@ def test_everyday_choice_runs_end_to_end_and_agrees_with_align_score(tiny, tmp_p
         model=tiny,
         tasks=["everyday_choice"],
         apply_chat_template=True,
-        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),  # not the ~14k built-in YAMLs
+        task_manager=project_tasks(),
         bootstrap_iters=0,
         limit=40,
     )
@@ -122,7 +129,6 @@ def test_two_ranks_split_the_requests_and_give_the_one_process_numbers(tiny, tmp
     """torchrun, 2 CPU ranks: lm-eval hands each rank its share of the documents; every log-likelihood equals the
     one-process number (draws seeded by content), and the gathered accuracy equals one process's."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     from tests.helpers import ENV, free_port, run_command
 
@@ -165,7 +171,7 @@ def test_two_ranks_split_the_requests_and_give_the_one_process_numbers(tiny, tmp
         tasks=["everyday_choice"],
         apply_chat_template=True,
         limit=6,
-        task_manager=TaskManager(include_path=str(TASKS), include_defaults=False),  # not the ~14k built-in YAMLs
+        task_manager=project_tasks(),
         bootstrap_iters=0,
     )
     assert single["results"]["everyday_choice"]["acc,none"] == multi_acc
