@@ -27,7 +27,7 @@ import zipfile
 from pathlib import Path
 
 from align.config import keys_with
-from align.errors import CheckpointError, ConfigError  # noqa: F401 (CheckpointError: re-exported)
+from align.errors import CheckpointError  # noqa: F401 (re-exported)
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.json"
