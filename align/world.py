@@ -573,12 +573,18 @@ def prompts(task: Task, split: str) -> list[str]:
     return [a.format(x=task.text) for i, a in enumerate(ASK) if i != k]
 
 
+@functools.cache
+def _split_tasks(held_out: bool, kind: str | None) -> tuple[Task, ...]:
+    # cached: the corpus generator asks for a kind's training tasks once per generated text (~20,000 times)
+    return tuple(t for t in tasks() if is_held_out_task(t) == held_out and (kind is None or t.kind == kind))
+
+
 def training_tasks(kind: str | None = None) -> list[Task]:
-    return [t for t in tasks() if not is_held_out_task(t) and (kind is None or t.kind == kind)]
+    return list(_split_tasks(False, kind))
 
 
 def held_out_tasks(kind: str | None = None) -> list[Task]:
-    return [t for t in tasks() if is_held_out_task(t) and (kind is None or t.kind == kind)]
+    return list(_split_tasks(True, kind))
 
 
 # -- answers -----------------------------------------------------------------------------------------------------

@@ -514,7 +514,9 @@ def test_deepspeed_trains_and_saves_a_bf16_checkpoint_in_bf16(tmp_path, config):
 
 @pytest.mark.distributed
 def test_deepspeed_precision_that_disagrees_with_the_weights_fails_at_start(tmp_path):
+    """The shipped ZeRO-2 config under accelerate launch; one rank is enough to be refused at start."""
     launch = [*LAUNCHERS["zero2"], "align/train_dpo.py"]
+    launch[launch.index("--num_processes") + 1] = "1"
     proc = run_command(
         fresh_ports(
             [*launch, "recipe=demo", f"train.output_dir={tmp_path}", *QUIET, TEST_MODEL, "model.dtype=float32"]
@@ -562,6 +564,7 @@ def test_partitioned_zero3_saves_hold_the_trained_weights(tmp_path, extra):
 
 @pytest.mark.distributed
 def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
+    """Under accelerate launch with a ZeRO-3 config; one rank is enough to be refused at start."""
     launch = [
         sys.executable,
         "-m",
@@ -569,7 +572,7 @@ def test_save_merged_under_zero3_is_refused_at_start(tmp_path):
         "--config_file",
         str(partitioning_zero3_config(tmp_path)),
         "--num_processes",
-        "2",
+        "1",
         "--main_process_port",
         "29547",
         "align/train_dpo.py",
