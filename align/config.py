@@ -143,6 +143,13 @@ class ModelArgs:
         "fused element-wise kernels, compiled once for all blocks in the first steps",
         trajectory=False,
     )
+    compile_backend: str = opt(
+        "inductor",
+        "torch.compile backend for model.compile: inductor generates fused kernels; aot_eager traces the same "
+        "forward and backward graphs without generating kernels (debugging, quick CPU checks)",
+        ("inductor", "aot_eager"),
+        trajectory=False,
+    )
 
 
 @dataclass

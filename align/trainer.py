@@ -125,7 +125,7 @@ class Trainer:
         if isinstance(model, MaskedDiffusionLM):
             set_scoring_memory(model, forward_chunk=m.forward_chunk, head_chunk_mib=m.head_chunk_mib)
             if m.compile:
-                compile_blocks(model)
+                compile_blocks(model, backend=m.compile_backend)
             return model
         asked = [
             f"model.{key}"
