@@ -133,7 +133,6 @@ def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0, tokeniz
     from align.models import load_model, spec_for
     from align.models.tokenizer import load_tokenizer
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
     model = load_model(str(model_dir), dtype=torch.float32).eval()
     tok = load_tokenizer(str(tokenizer or model_dir))  # a training checkpoint holds no tokenizer: give one
     spec = spec_for(model)
