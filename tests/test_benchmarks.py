@@ -147,3 +147,30 @@ def test_tensor_bytes_counts_the_peak_of_live_storages():
         assert counter.live == 3 * MiB
         del b, view, c
     assert counter.peak == 3 * MiB and counter.live == 0
+
+
+def test_copy_experiment_probes_what_it_says_and_its_synthetic_data_holds_no_task_of_the_world():
+    """benchmarks/copy_experiment.py: synthetic objects are never objects of the world (so no held-out task leaks
+    into training), drills and repeats copy what they show, and the copy probe, on the shipped model, fills the
+    objects of memorised tasks (if the probe masked the wrong tokens, this would fail)."""
+    import copy_experiment as ce
+
+    from align import world
+
+    real = {ce.object_of(t) for t in world.tasks()}  # the object: the task's text after its family's verb
+    assert {"bread", "my own locked laptop", "a car without keys"} <= real and "" not in real
+    rows = ce.synthetic_dialogues(300, seed=3)
+    assert len(rows) == 300 and not any(r["object"] in real for r in rows)
+    assert all(r["object"] in r["prompt"] and r["task"] in r["prompt"] for r in rows)
+    assert ce.synthetic_dialogues(5, seed=3) == rows[:5]  # deterministic
+    assert all(r["prompt"] == f"Say it back: {r['object']}." for r in ce.drills(20))
+    for r in ce.repeats(20):
+        first, second = r["text"].split(" Again: ")
+        assert first == second
+
+    model, tok, spec = ce.load("data/tiny_chat", None)
+    probe = ce.copy_probe(model, tok, spec, [json.loads(x) for x in Path(ROOT / "data/tiny_sft_test.jsonl").open()])
+    for mode in ("all", "one", "each"):
+        memorised = probe[f"heldout_phrasing/{mode}"]
+        assert memorised["records"] >= 50 and memorised["exact"] >= 0.8, (mode, memorised)
+    assert probe["heldout_task/all"]["records"] >= 80
