@@ -385,7 +385,11 @@ def train(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     data = work / "sft_mix.jsonl"
     if args.repeat and not data.exists():
-        data.write_text("".join(json.dumps(r) + "\n" for r in repeats(args.repeat)))
+        rows = [json.dumps(r) for r in repeats(args.repeat)]
+        if args.with_world:  # the world's pretraining text beside the repeats, shuffled together
+            rows += (ROOT / "data" / "tiny_pretrain.jsonl").read_text().splitlines()
+            random.Random(0).shuffle(rows)
+        data.write_text("\n".join(rows) + "\n")
     if args.drill and not data.exists():
         data.write_text("".join(json.dumps(r) + "\n" for r in drills(args.drill)))
     if args.scratch and not (work / "init").exists():
@@ -443,6 +447,7 @@ def main(argv=None) -> None:
     tr.add_argument("--lr", type=float, default=5e-4)
     tr.add_argument("--answers", type=int, default=60)
     tr.add_argument("--repeat", type=int, default=0, help="pretrain on this many repeat texts instead")
+    tr.add_argument("--with-world", action="store_true", help="with --repeat: the world's pretraining text too")
     tr.add_argument("--drill", type=int, default=0, help="train on this many pure copying drills instead")
     tr.add_argument("--scratch", action="store_true", help="start from a random model of --model's shape")
     tr.add_argument("--tie", action="store_true", help="with --scratch: tie the output head to the embedding")
