@@ -132,6 +132,22 @@ def repeats(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def fill(model, ids, positions: list[int], mask_token_id: int, each: bool):
+    """The argmax at ``positions`` of the one sequence ``ids`` [1, T] with those positions masked: all at once, or
+    (``each``) one at a time with the others shown (one row per position)."""
+    import torch
+
+    if each:
+        ids = ids.repeat(len(positions), 1)
+        ids[range(len(positions)), positions] = mask_token_id
+        with torch.no_grad():
+            return model(input_ids=ids).logits[range(len(positions)), positions].argmax(-1)
+    ids = ids.clone()
+    ids[0, positions] = mask_token_id
+    with torch.no_grad():
+        return model(input_ids=ids).logits[0, positions].argmax(-1)
+
+
 def repeat_probe(model, tok, spec, n: int = 100) -> dict:
     """On unseen repeat texts: ``each``, every token of the second copy masked alone (the rest shown); ``all``,
     the whole second copy masked (only the first copy says it)."""
@@ -146,17 +162,7 @@ def repeat_probe(model, tok, spec, n: int = 100) -> dict:
             second = text.index("Again:") + len("Again:")
             pos = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if a >= second and text[a:b].strip(" .")]
             ids = torch.tensor([enc.input_ids])
-            truth = ids[0, pos].clone()
-            if mode == "each":
-                ids = ids.repeat(len(pos), 1)
-                ids[range(len(pos)), pos] = spec.mask_token_id
-                with torch.no_grad():
-                    guess = model(input_ids=ids).logits[range(len(pos)), pos].argmax(-1)
-            else:
-                ids[0, pos] = spec.mask_token_id
-                with torch.no_grad():
-                    guess = model(input_ids=ids).logits[0, pos].argmax(-1)
-            right = guess == truth
+            right = fill(model, ids, pos, spec.mask_token_id, mode == "each") == ids[0, pos]
             hits, total, exact = hits + int(right.sum()), total + len(pos), exact + int(right.all())
         out[mode] = {"texts": n, "exact": round(exact / n, 3), "token": round(hits / total, 3)}
     return out
@@ -307,17 +313,8 @@ def copy_probe(model, tok, spec, rows: list[dict]) -> dict:
                     if any(a < e and b > s for s, e in spans) and text[a:b].strip()
                 ]
                 ids = torch.tensor([prompt_ids + response_ids])
-                truth = ids[0, masked].clone()
-                if mode == "each":  # one token masked at a time, its neighbours shown: one row per token
-                    ids = ids.repeat(len(masked), 1)
-                    ids[range(len(masked)), masked] = spec.mask_token_id
-                    with torch.no_grad():
-                        guess = model(input_ids=ids).logits[range(len(masked)), masked].argmax(-1)
-                else:
-                    ids[0, masked] = spec.mask_token_id
-                    with torch.no_grad():
-                        guess = model(input_ids=ids).logits[0, masked].argmax(-1)
-                right = guess == truth
+                guess = fill(model, ids, masked, spec.mask_token_id, mode == "each")
+                right = guess == ids[0, masked]
                 n += 1
                 exact += int(right.all())
                 hits += int(right.sum())
