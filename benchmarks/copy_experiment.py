@@ -1,26 +1,31 @@
-"""Does the tiny chat model copy an unseen task into its answer? A probe, and one fix tried on it.
+"""Does the tiny chat model copy an unseen task into its answer? Probes, and training runs that try to teach it.
 
 An answer to a held-out task (never in any training text) is only right if the model *copies* the task's object
 from the prompt into its answer ("Please teach me to fix a wobbly table." -> "To fix a wobbly table, first ...").
 With 5-6 objects per family, SFT can instead learn, for every family, which of its few memorised objects the
 prompt names: the cheaper solution, and one that answers an unseen object with a memorised one ("fix a noisy
-fan"). This script measures that and tries one remedy:
+fan"). This script measures that:
 
-- **copy probe** (one forward per record, seconds): held-out SFT records whose answer names the task's object;
-  the object's tokens masked wherever they occur in the answer, the rest of the answer shown. ``exact``: the
-  share of records where the argmax fills every masked token correctly; ``token``: per masked token. On
-  held-out *tasks* this needs copying; on held-out *phrasings* of training tasks memorisation is enough.
+- **copy probe** (``copy_probe``; one forward per record, seconds): held-out SFT records whose answer names the
+  task's object, the object's tokens masked, the rest of the answer shown; modes ``all`` (every occurrence
+  masked), ``one`` (the first; the answer shows it again) and ``each`` (one token at a time, its neighbours
+  shown). ``exact``: the share of records where the argmax fills every masked token; ``token``: per masked token.
+  On held-out *tasks* this needs copying; on held-out *phrasings* of training tasks memorisation is enough. Also
+  on unseen synthetic records, drills and repeat texts (``repeat_probe``).
 - **greedy answers** (``--answers N``): N held-out-task prompts of ``data/demo_behaviour_prompts.jsonl`` sampled
   greedily (48 tokens, 48 steps, low-confidence remasking): ``well_formed`` (``align.world.well_formed``),
   ``names_task`` (the answer contains the task's text) and ``helps_and_names`` (everyday/borderline prompts: not
   a refusal and names the task: a helpful answer about the asked task).
-- **the remedy**: continued SFT of a model on the world's SFT dialogues mixed with *synthetic* dialogues whose
-  object is a fresh random phrase of the world's object words (``synthetic_dialogues``; no phrase is an object of
-  the world, so no held-out task appears). Memorising objects cannot solve those; copying can.
+- **training runs** (``train``, ordinary ``align.train_sft`` runs, every checkpoint probed): continued SFT on the
+  world's dialogues mixed with *synthetic* ones whose object is a fresh random phrase of the world's object words
+  (``synthetic_dialogues``; never an object of the world, so no held-out task appears); or, from a random model
+  of the shipped shape (``--scratch``), copying drills (``--drill``) or repeat pretraining texts (``--repeat``).
+- **the skill in isolation** (``induction``): a 64-symbol copy task, fixed or variable offsets.
 
     python benchmarks/copy_experiment.py probe data/tiny_chat                    # the shipped model
-    python benchmarks/copy_experiment.py train --work build/copy --steps 1000   # the remedy, then probes
+    python benchmarks/copy_experiment.py train --work build/copy --steps 1000   # synthetic objects, then probes
     python benchmarks/copy_experiment.py probe build/copy/run/checkpoint-500 --tokenizer data/tiny_chat
+    python benchmarks/copy_experiment.py induction --variable --steps 1000
 
 Results: ``benchmarks/results/copy_experiment.md``.
 """
