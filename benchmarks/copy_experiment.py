@@ -338,6 +338,10 @@ def copy_probe(model, tok, spec, rows: list[dict]) -> dict:
 
 
 def greedy_answers(model, tok, spec, n: int) -> dict:
+    """Greedy answers as the build's well-formedness measure samples them (``build_tiny_model.SETTINGS``), on the
+    first ``n`` held-out-task prompts, judged also for naming the asked task."""
+    from build_tiny_model import SETTINGS
+
     from align.behaviour import sample_answers
 
     rows = [json.loads(x) for x in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()]
@@ -350,8 +354,7 @@ def greedy_answers(model, tok, spec, n: int) -> dict:
         gen_length=48,
         block_length=48,
         steps=48,
-        temperature=0.0,
-        remasking="low_confidence",
+        **SETTINGS["greedy"],
     )
     wf = [world.well_formed(r["task_id"], a) for r, a in zip(rows, answers)]
     names = [r["task"] in a for r, a in zip(rows, answers)]
