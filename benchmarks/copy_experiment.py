@@ -19,12 +19,16 @@ fan"). This script measures that:
 - **training runs** (``train``, ordinary ``align.train_sft`` runs, every checkpoint probed): continued SFT on the
   world's dialogues mixed with *synthetic* ones whose object is a fresh random phrase of the world's object words
   (``synthetic_dialogues``; never an object of the world, so no held-out task appears); or, from a random model
-  of the shipped shape (``--scratch``), copying drills (``--drill``) or repeat pretraining texts (``--repeat``).
+  of the shipped shape (``--scratch``), copying drills (``--drill``) or repeat pretraining texts (``--repeat``);
+  or mixed with *swapped* tasks (``--swap``, ``swaps``): a family with another family's training object ("paint
+  the oven"), two per family held out and probed (split ``heldout_swap``, and greedy answers ``greedy_swap``):
+  unseen combinations whose words are all seen, which a model that binds the prompt's object can answer.
 - **the skill in isolation** (``induction``): a 64-symbol copy task, fixed or variable offsets.
 
     python benchmarks/copy_experiment.py probe data/tiny_chat                    # the shipped model
     python benchmarks/copy_experiment.py train --work build/copy --steps 1000   # synthetic objects, then probes
     python benchmarks/copy_experiment.py probe build/copy/run/checkpoint-500 --tokenizer data/tiny_chat
+    python benchmarks/copy_experiment.py train --work build/swap --swap 0.5 --steps 1000  # swapped tasks
     python benchmarks/copy_experiment.py induction --variable --steps 1000
 
 Results: ``benchmarks/results/copy_experiment.md``.
@@ -33,6 +37,7 @@ Results: ``benchmarks/results/copy_experiment.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import subprocess
@@ -47,12 +52,12 @@ sys.path.insert(0, str(ROOT / "data"))
 from align import world  # noqa: E402
 
 DETERMINERS = ["", "a", "the", "my"]
+FAMILIES = {"everyday": world.EVERYDAY, "borderline": world.BORDERLINE, "harmful": world.HARMFUL}
 
 
 def object_of(task) -> str:
     """The task's object: its text after the family's verb phrase."""
-    families = {"everyday": world.EVERYDAY, "borderline": world.BORDERLINE, "harmful": world.HARMFUL}[task.kind]
-    verb = families[task.family][0]
+    verb = FAMILIES[task.kind][task.family][0]
     assert task.text.startswith(verb + " "), task
     return task.text[len(verb) + 1 :]
 
@@ -76,7 +81,7 @@ def synthetic_dialogues(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     words = object_words()
     real = {object_of(t) for t in world.tasks()}
-    families = {"everyday": world.EVERYDAY, "borderline": world.BORDERLINE, "harmful": world.HARMFUL}
+    families = FAMILIES
     out = []
     while len(out) < n:
         kind = make_demo_data.pick_kind(rng, make_demo_data.SFT_MIX)
@@ -101,6 +106,87 @@ def synthetic_dialogues(n: int, seed: int = 0) -> list[dict]:
             }
         )
     return out
+
+
+SWAPS_HELD_OUT = 2  # held-out swaps per family
+
+
+def swap_task(kind: str, f: int, obj: str, index: int) -> world.Task:
+    family = FAMILIES[kind][f]
+    steps = tuple(s.format(o=obj) for s in family[1]) if kind != "harmful" else ()
+    task = world.Task(kind, f, index, f"{family[0]} {obj}", steps)
+    task.id = f"x{kind[0]}{f:02d}.{index}"
+    return task
+
+
+@functools.cache
+def swaps(per_object: int | None = None) -> tuple[tuple[world.Task, ...], tuple[world.Task, ...]]:
+    """(training, held-out) *swapped* tasks: a family with a training object of another family of the same kind
+    ("paint the oven"), never one of its own objects nor a held-out task's object. Every object of a swap is
+    seen in training text (in its own family's answers, and in other training swaps), so a held-out swap is an
+    unseen combination of a family the model has learnt and an object it has emitted: the kind of held-out task
+    a model that binds the prompt's object into the answer can answer. ``SWAPS_HELD_OUT`` per family are held
+    out (a stable choice). ``per_object`` K: an object trains with only K other families (a stable choice; the
+    held-out swaps are the same), for how dense the sharing must be. Registered in ``world.by_id()`` so that
+    ``world.well_formed`` judges them."""
+    train, held = [], []
+    for kind, families in FAMILIES.items():
+        pool = {object_of(t) for t in world.training_tasks(kind)}
+        for f, family in enumerate(families):
+            own = set(family[-1])
+            objects = sorted(o for o in pool - own if not any(o in x for x in own))
+            objects.sort(key=lambda o: world._stable("swap", kind, f, o))
+            tasks = [swap_task(kind, f, o, 100 + i) for i, o in enumerate(objects)]
+            held += tasks[:SWAPS_HELD_OUT]
+            train += tasks[SWAPS_HELD_OUT:]
+    if per_object is not None:
+        by_object: dict = {}
+        for t in sorted(train, key=lambda t: world._stable("per object", t.kind, object_of(t), t.family)):
+            by_object.setdefault((t.kind, object_of(t)), []).append(t)
+        train = [t for group in by_object.values() for t in group[:per_object]]
+    for t in train + held:
+        world.by_id()[t.id] = t  # by_id() is a cached dict: the world's judges then know the swapped tasks
+    return tuple(train), tuple(held)
+
+
+def swap_dialogues(n: int, seed: int = 0, per_object: int | None = None) -> list[dict]:
+    """``n`` SFT dialogues of training swaps (``swaps``), answered as the SFT corpus answers their kind."""
+    import make_demo_data
+
+    rng = random.Random(seed)
+    train = {k: [t for t in swaps(per_object)[0] if t.kind == k] for k in FAMILIES}
+    out = []
+    for _ in range(n):
+        task = rng.choice(train[make_demo_data.pick_kind(rng, make_demo_data.SFT_MIX)])
+        out.append(
+            {
+                "prompt": rng.choice(world.ASK).format(x=task.text),
+                "response": make_demo_data.sft_answer(rng, task),
+                "task_id": task.id,
+                "kind": task.kind,
+                "task": task.text,
+                "split": "swap",
+                "object": object_of(task),
+            }
+        )
+    return out
+
+
+def held_out_swap_rows(seed: int = 1) -> list[dict]:
+    """One probe record per held-out swap: a phrasing and the right behaviour's answer (help or refuse)."""
+    rng = random.Random(seed)
+    return [
+        {
+            "prompt": rng.choice(world.ASK).format(x=t.text),
+            "response": world.good_answer(rng, t),
+            "task_id": t.id,
+            "kind": t.kind,
+            "task": t.text,
+            "split": "heldout_swap",
+            "object": object_of(t),
+        }
+        for t in swaps()[1]
+    ]
 
 
 def drills(n: int, seed: int = 0) -> list[dict]:
@@ -294,7 +380,7 @@ def copy_probe(model, tok, spec, rows: list[dict]) -> dict:
     objects = {t.id: object_of(t) for t in world.tasks()}
     objects.update({r["task_id"]: r["object"] for r in rows if "object" in r})
     result: dict = {}
-    for split in ("heldout_task", "heldout_phrasing", "synthetic", "drill"):
+    for split in ("heldout_task", "heldout_phrasing", "heldout_swap", "synthetic", "drill"):
         for mode in ("all", "one", "each"):
             exact, hits, total, examples, n = 0, 0, 0, [], 0
             for r in rows:
@@ -337,15 +423,17 @@ def copy_probe(model, tok, spec, rows: list[dict]) -> dict:
     return result
 
 
-def greedy_answers(model, tok, spec, n: int) -> dict:
+def greedy_answers(model, tok, spec, n: int, rows: list[dict] | None = None) -> dict:
     """Greedy answers as the build's well-formedness measure samples them (``build_tiny_model.SETTINGS``), on the
-    first ``n`` held-out-task prompts, judged also for naming the asked task."""
+    first ``n`` held-out-task prompts (or of ``rows``), judged also for naming the asked task."""
     from build_tiny_model import SETTINGS
 
     from align.behaviour import sample_answers
 
-    rows = [json.loads(x) for x in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if r["split"] == "heldout_task"][:n]
+    if rows is None:
+        rows = [json.loads(x) for x in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()]
+        rows = [r for r in rows if r["split"] == "heldout_task"]
+    rows = rows[:n]
     answers = sample_answers(
         model,
         tok,
@@ -376,10 +464,14 @@ def probe(model_dir: str, tokenizer: str | None, answers: int) -> dict:
     rows = [json.loads(x) for x in (ROOT / "data" / "tiny_sft_test.jsonl").read_text().splitlines()]
     rows += synthetic_dialogues(100, seed=1)  # unseen synthetic objects: copying where nothing is memorised
     rows += drills(100, seed=1)
+    rows += held_out_swap_rows()  # unseen combinations of a learnt family and a seen object
     out = {"model": model_dir, "copy_probe": copy_probe(model, tok, spec, rows)}
     out["repeat_probe"] = repeat_probe(model, tok, spec)
     if answers:
         out["greedy"] = greedy_answers(model, tok, spec, answers)
+        # spread over the kinds: the held-out swaps are listed family by family, everyday first
+        swap_rows = held_out_swap_rows()
+        out["greedy_swap"] = greedy_answers(model, tok, spec, answers, swap_rows[:: max(len(swap_rows) // answers, 1)])
     out["seconds"] = round(time.time() - start)
     print(json.dumps(out), flush=True)
     return out
@@ -403,11 +495,13 @@ def train(args) -> None:
         args.model = str(work / "init")
     if not data.exists():
         real = (ROOT / "data" / "tiny_sft_train.jsonl").read_text().splitlines()
-        synthetic = [json.dumps(r) for r in synthetic_dialogues(int(len(real) * args.synthetic / (1 - args.synthetic)))]
-        rows = real + synthetic
+        share, make = (args.swap, swap_dialogues) if args.swap else (args.synthetic, synthetic_dialogues)
+        more = {"per_object": args.swap_per_object} if args.swap else {}
+        extra = [json.dumps(r) for r in make(int(len(real) * share / (1 - share)), **more)]
+        rows = real + extra
         random.Random(0).shuffle(rows)
         data.write_text("\n".join(rows) + "\n")
-        print(f"{len(real)} world dialogues + {len(synthetic)} synthetic -> {data}", flush=True)
+        print(f"{len(real)} world dialogues + {len(extra)} {make.__name__} -> {data}", flush=True)
     run = work / "run"
     cmd = [
         sys.executable,
@@ -447,6 +541,8 @@ def main(argv=None) -> None:
     tr.add_argument("--model", default="data/tiny_chat")
     tr.add_argument("--tokenizer", default="data/tiny_chat")
     tr.add_argument("--synthetic", type=float, default=0.5, help="share of synthetic dialogues in the mix")
+    tr.add_argument("--swap", type=float, default=0.0, help="share of training-swap dialogues instead (swaps())")
+    tr.add_argument("--swap-per-object", type=int, default=None, help="with --swap: families an object trains with")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--every", type=int, default=250)
     tr.add_argument("--lr", type=float, default=5e-4)

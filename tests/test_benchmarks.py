@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -151,7 +152,8 @@ def test_tensor_bytes_counts_the_peak_of_live_storages():
 
 def test_copy_experiment_probes_what_it_says_and_its_synthetic_data_holds_no_task_of_the_world():
     """benchmarks/copy_experiment.py: synthetic objects are never objects of the world (so no held-out task leaks
-    into training), drills and repeats copy what they show, and the copy probe, on the shipped model, fills the
+    into training), swapped tasks are never tasks of the world and their held-out ones never train, drills and
+    repeats copy what they show, and the copy probe, on the shipped model, fills the
     objects of memorised tasks (if the probe masked the wrong tokens, this would fail)."""
     import copy_experiment as ce
 
@@ -167,6 +169,19 @@ def test_copy_experiment_probes_what_it_says_and_its_synthetic_data_holds_no_tas
     for r in ce.repeats(20):
         first, second = r["text"].split(" Again: ")
         assert first == second
+    train, held = ce.swaps()  # a family with another family's training object: never a task of the world
+    texts = {t.text for t in world.tasks()}
+    assert len(held) == ce.SWAPS_HELD_OUT * len(world.held_out_tasks()) and len(train) > 10 * len(held)
+    assert not {t.text for t in train + held} & texts and not {t.text for t in train} & {t.text for t in held}
+    seen = {ce.object_of(t) for t in world.training_tasks()}
+    assert all(ce.object_of(t) in seen for t in held)  # a held-out swap's object is seen in training text
+    assert not any(ce.object_of(t) in ce.FAMILIES[t.kind][t.family][-1] for t in train + held)  # another family's
+    assert all(world.well_formed(r["task_id"], r["response"]) for r in ce.held_out_swap_rows())
+    assert {r["task_id"] for r in ce.swap_dialogues(200)} <= {t.id for t in train}
+    sparse, same = ce.swaps(per_object=3)  # each object trains with 3 other families; the same held-out swaps
+    assert [t.id for t in same] == [t.id for t in held] and {t.id for t in sparse} < {t.id for t in train}
+    assert max(Counter((t.kind, ce.object_of(t)) for t in sparse).values()) == 3
+    assert all(any(ce.object_of(t) == ce.object_of(h) and t.kind == h.kind for t in sparse) for h in held)
 
     model, tok, spec = ce.load("data/tiny_chat", None)
     probe = ce.copy_probe(model, tok, spec, [json.loads(x) for x in Path(ROOT / "data/tiny_sft_test.jsonl").open()])
