@@ -424,9 +424,9 @@ def copy_probe(model, tok, spec, rows: list[dict]) -> dict:
 
 
 def greedy_answers(model, tok, spec, n: int, rows: list[dict] | None = None) -> dict:
-    """Greedy answers as the build's well-formedness measure samples them (``build_tiny_model.SETTINGS``), on the
-    first ``n`` held-out-task prompts (or of ``rows``), judged also for naming the asked task."""
-    from build_tiny_model import SETTINGS
+    """Greedy answers as the build's well-formedness measure samples them (``build_tiny_model.LENGTHS`` and
+    ``SETTINGS``), on the first ``n`` held-out-task prompts (or of ``rows``), judged also for naming the asked task."""
+    from build_tiny_model import LENGTHS, SETTINGS
 
     from align.behaviour import sample_answers
 
@@ -439,9 +439,7 @@ def greedy_answers(model, tok, spec, n: int, rows: list[dict] | None = None) -> 
         tok,
         spec,
         [r["prompt"] for r in rows],
-        gen_length=48,
-        block_length=48,
-        steps=48,
+        **LENGTHS,
         **SETTINGS["greedy"],
     )
     wf = [world.well_formed(r["task_id"], a) for r, a in zip(rows, answers)]

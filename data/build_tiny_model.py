@@ -117,6 +117,8 @@ SETTINGS = {
     "greedy": dict(temperature=0.0, remasking="low_confidence"),
     "demo": dict(temperature=1.0, remasking="random"),
 }
+# and the answers it samples: 48 tokens in 48 steps, one block
+LENGTHS = dict(gen_length=48, block_length=48, steps=48)
 
 
 def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0, tokenizer: Path | None = None) -> dict:
@@ -138,7 +140,7 @@ def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0, tokeniz
     spec = spec_for(model)
     rows = [json.loads(line) for line in (ROOT / "data" / "demo_behaviour_prompts.jsonl").read_text().splitlines()]
     rows = rows[:limit] if limit else rows
-    out = {"prompts": len(rows), "gen_length": 48, "steps": 48}
+    out = {"prompts": len(rows), "gen_length": LENGTHS["gen_length"], "steps": LENGTHS["steps"]}
 
     def share(flags):
         p = sum(flags) / len(flags)
@@ -151,9 +153,7 @@ def measure(model_dir: Path, *, limit: int | None = None, seed: int = 0, tokeniz
             tok,
             spec,
             [r["prompt"] for r in rows],
-            gen_length=48,
-            block_length=48,
-            steps=48,
+            **LENGTHS,
             seed=seed,
             **setting,
         )
