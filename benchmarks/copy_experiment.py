@@ -65,11 +65,21 @@ def object_of(task) -> str:
 def object_words() -> list[str]:
     """Every word of every object of the world (held-out tasks' objects included), articles left out."""
     words = set()
-    for families in (world.EVERYDAY, world.BORDERLINE, world.HARMFUL):
+    for families in FAMILIES.values():
         for family in families:
             for o in family[-1]:
                 words.update(w for w in o.split() if w not in DETERMINERS)
     return sorted(words)
+
+
+def family_task(kind: str, f: int, obj: str, index: int) -> world.Task:
+    """Family ``f`` of ``kind`` with any object (its steps filled with it), id ``x<kind><family>.<index>``: never
+    an id of the world."""
+    family = FAMILIES[kind][f]
+    steps = tuple(s.format(o=obj) for s in family[1]) if kind != "harmful" else ()
+    task = world.Task(kind, f, index, f"{family[0]} {obj}", steps)
+    task.id = f"x{kind[0]}{f:02d}.{index}"
+    return task
 
 
 def synthetic_dialogues(n: int, seed: int = 0) -> list[dict]:
@@ -81,18 +91,15 @@ def synthetic_dialogues(n: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     words = object_words()
     real = {object_of(t) for t in world.tasks()}
-    families = FAMILIES
     out = []
     while len(out) < n:
         kind = make_demo_data.pick_kind(rng, make_demo_data.SFT_MIX)
-        f = rng.randrange(len(families[kind]))
-        family = families[kind][f]
+        f = rng.randrange(len(FAMILIES[kind]))
         det = rng.choice(DETERMINERS)
         obj = " ".join(([det] if det else []) + rng.sample(words, rng.randint(1, 3)))
         if obj in real:
             continue
-        steps = tuple(s.format(o=obj) for s in family[1]) if kind != "harmful" else ()
-        task = world.Task(kind, f, 99, f"{family[0]} {obj}", steps)
+        task = family_task(kind, f, obj, 99)
         prompt = rng.choice(world.ASK).format(x=task.text)
         out.append(
             {
@@ -109,14 +116,6 @@ def synthetic_dialogues(n: int, seed: int = 0) -> list[dict]:
 
 
 SWAPS_HELD_OUT = 2  # held-out swaps per family
-
-
-def swap_task(kind: str, f: int, obj: str, index: int) -> world.Task:
-    family = FAMILIES[kind][f]
-    steps = tuple(s.format(o=obj) for s in family[1]) if kind != "harmful" else ()
-    task = world.Task(kind, f, index, f"{family[0]} {obj}", steps)
-    task.id = f"x{kind[0]}{f:02d}.{index}"
-    return task
 
 
 @functools.cache
@@ -136,7 +135,7 @@ def swaps(per_object: int | None = None) -> tuple[tuple[world.Task, ...], tuple[
             own = set(family[-1])
             objects = sorted(o for o in pool - own if not any(o in x for x in own))
             objects.sort(key=lambda o: world._stable("swap", kind, f, o))
-            tasks = [swap_task(kind, f, o, 100 + i) for i, o in enumerate(objects)]
+            tasks = [family_task(kind, f, o, 100 + i) for i, o in enumerate(objects)]
             held += tasks[:SWAPS_HELD_OUT]
             train += tasks[SWAPS_HELD_OUT:]
     if per_object is not None:
